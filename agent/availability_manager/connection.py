@@ -1,0 +1,119 @@
+"""A conntrack entry as the cluster sees it: what is synced, injected and compared.
+
+Only what defines a connection and its protocol state is kept: tuples, state,
+status bits, mark and bucket. Counters and timeouts are deliberately absent:
+they change on every packet and are not synced (the seed's rule); an injected
+entry gets the timeout of its state class on the receiving kernel.
+
+NAT needs no extra field: a translated connection is exactly one whose reply
+tuple is not the inverse of its original tuple, and the kernel re-creates the
+binding from the two tuples on injection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import struct
+
+# IP protocol numbers the cluster knows how to sync by default.
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+PROTO_NAMES = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
+
+# nf_conntrack status bits we care about (include/uapi/linux/netfilter/nf_conntrack_common.h)
+IPS_EXPECTED = 1 << 0
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+IPS_SYNC_MASK = IPS_EXPECTED | IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT | IPS_DST_NAT
+
+# TCP conntrack states (enum tcp_conntrack)
+TCP_NONE, TCP_SYN_SENT, TCP_SYN_RECV, TCP_ESTABLISHED, TCP_FIN_WAIT = 0, 1, 2, 3, 4
+TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_TIME_WAIT, TCP_CLOSE, TCP_SYN_SENT2 = 5, 6, 7, 8, 9
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tuple:
+    """One direction of a connection. Addresses are packed bytes (4 or 16).
+    For ICMP, `sport` is the echo id and `dport` is type << 8 | code."""
+
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+
+    def __post_init__(self) -> None:
+        if len(self.src) not in (4, 16) or len(self.dst) != len(self.src):
+            raise ValueError("tuple addresses must both be 4 or both be 16 bytes")
+        if not (0 <= self.sport <= 0xFFFF and 0 <= self.dport <= 0xFFFF):
+            raise ValueError("ports must be 0..65535")
+
+    def inverse(self) -> Tuple:
+        return Tuple(self.dst, self.src, self.dport, self.sport)
+
+    def __str__(self) -> str:
+        return (
+            f"{ipaddress.ip_address(self.src)}:{self.sport}"
+            f">{ipaddress.ip_address(self.dst)}:{self.dport}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connection:
+    proto: int
+    orig: Tuple
+    reply: Tuple
+    state: int = 0
+    status: int = 0
+    mark: int = 0
+    bucket: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.proto <= 255:
+            raise ValueError("proto must be 0..255")
+        if len(self.orig.src) != len(self.reply.src):
+            raise ValueError("original and reply tuples must be of one address family")
+        if not 0 <= self.state <= 255:
+            raise ValueError("state must be 0..255")
+        if not 0 <= self.status <= 0xFFFFFFFF or not 0 <= self.mark <= 0xFFFFFFFF:
+            raise ValueError("status and mark must be 32-bit unsigned")
+        if not 0 <= self.bucket <= 0xFFFF:
+            raise ValueError("bucket must be 0..65535")
+
+    @property
+    def family(self) -> int:
+        return 4 if len(self.orig.src) == 4 else 6
+
+    @property
+    def key(self) -> bytes:
+        """8-byte digest of what identifies the connection (protocol and
+        original tuple): the handle UPDATE and DELETE messages carry."""
+        return connection_key(self.proto, self.orig)
+
+    @property
+    def nat(self) -> bool:
+        return self.reply != self.orig.inverse()
+
+    def with_state(self, state: int, status: int) -> Connection:
+        return dataclasses.replace(self, state=state, status=status)
+
+    def __str__(self) -> str:
+        return f"proto {self.proto} {self.orig} bucket {self.bucket} state {self.state}"
+
+
+_KEY = struct.Struct("!BHH")
+
+
+def connection_key(proto: int, orig: Tuple) -> bytes:
+    material = _KEY.pack(proto, orig.sport, orig.dport) + orig.src + orig.dst
+    return hashlib.blake2b(material, digest_size=8).digest()
+
+
+def make_tuple(src: str, dst: str, sport: int, dport: int) -> Tuple:
+    """Convenience for tests and tools: a tuple from address strings."""
+    return Tuple(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, sport, dport)

@@ -1,0 +1,340 @@
+"""Wire format of the availability-manager: datagram header and typed messages.
+
+This module owns every byte layout on the sync network, and nothing else: no
+keys, no state. A datagram is
+
+    Header (20 bytes, sent in clear, authenticated as AEAD associated data)
+        magic    2  b"FC"
+        version  1  wire version of the sender (WIRE_VERSION)
+        key_id   1  which cluster key sealed the payload
+        sender   4  node id of the sender (u32, by default its IPv4 sync address)
+        counter  8  per-sender packet counter, the nonce (never reused)
+        length   2  length of the sealed payload that follows, tag included
+        reserved 2  zero
+    Payload: AEAD(Message*)
+
+    Message = type u8 | flags u8 | length u16 | Attribute*
+    Attribute = id u16 | length u16 | value
+
+Message classes are frozen dataclasses registered with `@message(type)`;
+each field names its attribute id and kind with `attr()`. The table built from
+the registry drives both the encoder and the bounds-checked decoder, so a new
+message is a new dataclass and nothing else. Decoding raises `WireError`
+with a short, countable `reason`; nothing else escapes, and nothing is
+returned from a datagram that fails anywhere (all-or-nothing).
+
+Unknown attribute ids inside a known message are skipped (so a newer peer can
+add optional attributes); unknown message types are an error counted as
+`unknown-message`, except when the message flag MSG_FLAG_OPTIONAL is set, in
+which case the message is skipped. That is the forward-compatibility rule
+rolling upgrades depend on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from enum import IntEnum
+from typing import Any, ClassVar, Protocol, TypeVar
+
+MAGIC = b"FC"
+WIRE_VERSION = 1
+HEADER = struct.Struct("!2sBBIQHH")
+HEADER_SIZE = HEADER.size  # 20
+MSG_HEADER = struct.Struct("!BBH")
+ATTR_HEADER = struct.Struct("!HH")
+MAX_DATAGRAM = 1472  # one Ethernet frame of UDP/IPv4 payload
+TAG_SIZE = 16
+
+MSG_FLAG_OPTIONAL = 0x01
+
+
+class WireError(Exception):
+    """A datagram or message that cannot be accepted. `reason` is a short
+    stable token used as a counter label (e.g. ``truncated-header``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class MsgType(IntEnum):
+    HEARTBEAT = 1
+    RB_DATA = 2
+    RB_NAK = 3
+    RB_LOST = 4
+    RANGE_STATE = 8
+    CT_NEW = 16
+    CT_NEW_RESYNC = 17
+    CT_UPDATE = 18
+    CT_DELETE = 19
+    CT_DIGEST = 20
+    CT_RESYNC_REQUEST = 21
+    CT_RESYNC_DONE = 22
+    TEST_PAYLOAD = 250  # the benchmark's "test plugin"
+
+
+class Kind(IntEnum):
+    U8 = 1
+    U16 = 2
+    U32 = 3
+    U64 = 4
+    BYTES = 5
+    ADDR = 6  # 4 or 16 bytes (IPv4 or IPv6 address, network order)
+
+
+_INT_FORMATS = {
+    Kind.U8: struct.Struct("!B"),
+    Kind.U16: struct.Struct("!H"),
+    Kind.U32: struct.Struct("!I"),
+    Kind.U64: struct.Struct("!Q"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttrSpec:
+    attr_id: int
+    name: str
+    kind: Kind
+    required: bool
+    repeated: bool
+    max_len: int
+
+
+def attr(
+    attr_id: int,
+    kind: Kind,
+    *,
+    required: bool = True,
+    repeated: bool = False,
+    max_len: int = 1400,
+    default: Any = dataclasses.MISSING,
+) -> Any:
+    """Declare a dataclass field as wire attribute `attr_id` of `kind`.
+
+    A repeated attribute is a tuple on the Python side (default empty). An
+    optional (not required) attribute must have a default, used when absent.
+    """
+    meta = {"wire": (attr_id, kind, required, repeated, max_len)}
+    if repeated:
+        return dataclasses.field(default=(), metadata=meta)
+    if default is not dataclasses.MISSING:
+        return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(metadata=meta)
+
+
+class WireMessage(Protocol):
+    MSG_TYPE: ClassVar[MsgType]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schema:
+    cls: type
+    msg_type: MsgType
+    attrs: tuple[AttrSpec, ...]
+    by_id: dict[int, AttrSpec]
+
+
+_REGISTRY: dict[int, _Schema] = {}
+_BY_CLASS: dict[type, _Schema] = {}
+
+M = TypeVar("M")
+
+
+def message(msg_type: MsgType) -> Callable[[type[M]], type[M]]:
+    """Class decorator: register a frozen dataclass as wire message `msg_type`."""
+
+    def register(cls: type[M]) -> type[M]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass")
+        if msg_type in _REGISTRY:
+            raise TypeError(f"message type {msg_type!r} registered twice")
+        specs = []
+        for f in dataclasses.fields(cls):
+            wire = f.metadata.get("wire")
+            if wire is None:
+                raise TypeError(f"{cls.__name__}.{f.name} has no wire attribute")
+            attr_id, kind, required, repeated, max_len = wire
+            specs.append(AttrSpec(attr_id, f.name, kind, required, repeated, max_len))
+        ids = [s.attr_id for s in specs]
+        if len(set(ids)) != len(ids):
+            raise TypeError(f"{cls.__name__} has duplicate attribute ids")
+        schema = _Schema(cls, msg_type, tuple(specs), {s.attr_id: s for s in specs})
+        _REGISTRY[int(msg_type)] = schema
+        _BY_CLASS[cls] = schema
+        cls.MSG_TYPE = msg_type  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def _encode_value(spec: AttrSpec, value: Any) -> bytes:
+    if spec.kind in _INT_FORMATS:
+        try:
+            return _INT_FORMATS[spec.kind].pack(value)
+        except struct.error as exc:
+            raise ValueError(f"attribute {spec.name}: {value!r} out of range") from exc
+    data = bytes(value)
+    if spec.kind is Kind.ADDR and len(data) not in (4, 16):
+        raise ValueError(f"attribute {spec.name}: address must be 4 or 16 bytes")
+    if len(data) > spec.max_len:
+        raise ValueError(f"attribute {spec.name}: {len(data)} bytes > {spec.max_len}")
+    return data
+
+
+def encode_message(msg: Any, flags: int = 0) -> bytes:
+    """Encode one registered message (type, flags, length, attributes)."""
+    schema = _BY_CLASS.get(type(msg))
+    if schema is None:
+        raise TypeError(f"{type(msg).__name__} is not a registered wire message")
+    parts: list[bytes] = []
+    for spec in schema.attrs:
+        value = getattr(msg, spec.name)
+        values: Iterable[Any] = value if spec.repeated else (value,)
+        for v in values:
+            data = _encode_value(spec, v)
+            parts.append(ATTR_HEADER.pack(spec.attr_id, len(data)))
+            parts.append(data)
+    body = b"".join(parts)
+    if len(body) > 0xFFFF:
+        raise ValueError(f"{type(msg).__name__} too large ({len(body)} bytes)")
+    return MSG_HEADER.pack(int(schema.msg_type), flags, len(body)) + body
+
+
+def encode_messages(msgs: Sequence[Any]) -> bytes:
+    return b"".join(encode_message(m) for m in msgs)
+
+
+def encoded_size(msg: Any) -> int:
+    return len(encode_message(msg))
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+def _decode_value(spec: AttrSpec, data: bytes) -> Any:
+    if spec.kind in _INT_FORMATS:
+        fmt = _INT_FORMATS[spec.kind]
+        if len(data) != fmt.size:
+            raise WireError("bad-attribute-length", f"{spec.name}: {len(data)} bytes")
+        return fmt.unpack(data)[0]
+    if spec.kind is Kind.ADDR and len(data) not in (4, 16):
+        raise WireError("bad-attribute-length", f"{spec.name}: address of {len(data)} bytes")
+    if len(data) > spec.max_len:
+        raise WireError("oversized-attribute", f"{spec.name}: {len(data)} bytes")
+    return bytes(data)
+
+
+def _decode_body(schema: _Schema, body: memoryview) -> Any:
+    values: dict[str, Any] = {}
+    repeated: dict[str, list[Any]] = {s.name: [] for s in schema.attrs if s.repeated}
+    pos = 0
+    end = len(body)
+    while pos < end:
+        if end - pos < ATTR_HEADER.size:
+            raise WireError("truncated-attribute")
+        attr_id, length = ATTR_HEADER.unpack_from(body, pos)
+        pos += ATTR_HEADER.size
+        if length > end - pos:
+            raise WireError("truncated-attribute", f"id {attr_id}")
+        data = bytes(body[pos : pos + length])
+        pos += length
+        spec = schema.by_id.get(attr_id)
+        if spec is None:
+            continue  # unknown attribute of a known message: newer peer, skip
+        value = _decode_value(spec, data)
+        if spec.repeated:
+            repeated[spec.name].append(value)
+        elif spec.name in values:
+            raise WireError("duplicate-attribute", spec.name)
+        else:
+            values[spec.name] = value
+    for spec in schema.attrs:
+        if spec.repeated:
+            values[spec.name] = tuple(repeated[spec.name])
+        elif spec.name not in values and spec.required:
+            raise WireError("missing-attribute", f"{schema.cls.__name__}.{spec.name}")
+    try:
+        return schema.cls(**values)
+    except (TypeError, ValueError) as exc:
+        # __post_init__ validation of the message class refused the values
+        raise WireError("invalid-value", f"{schema.cls.__name__}: {exc}") from None
+
+
+def decode_messages(data: bytes | memoryview) -> list[Any]:
+    """Decode a sequence of messages; all of them or WireError."""
+    view = memoryview(data)
+    out: list[Any] = []
+    pos = 0
+    end = len(view)
+    while pos < end:
+        if end - pos < MSG_HEADER.size:
+            raise WireError("truncated-message")
+        msg_type, flags, length = MSG_HEADER.unpack_from(view, pos)
+        pos += MSG_HEADER.size
+        if length > end - pos:
+            raise WireError("truncated-message", f"type {msg_type}")
+        body = view[pos : pos + length]
+        pos += length
+        schema = _REGISTRY.get(msg_type)
+        if schema is None:
+            if flags & MSG_FLAG_OPTIONAL:
+                continue
+            raise WireError("unknown-message", f"type {msg_type}")
+        out.append(_decode_body(schema, body))
+    return out
+
+
+def decode_message(data: bytes | memoryview) -> Any:
+    """Decode exactly one message."""
+    msgs = decode_messages(data)
+    if len(msgs) != 1:
+        raise WireError("bad-message-count", f"{len(msgs)} messages, expected 1")
+    return msgs[0]
+
+
+# -- datagram header ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    version: int
+    key_id: int
+    sender: int
+    counter: int
+    length: int
+
+    def encode(self) -> bytes:
+        return HEADER.pack(
+            MAGIC, self.version, self.key_id, self.sender, self.counter, self.length, 0
+        )
+
+
+def decode_header(datagram: bytes | memoryview) -> Header:
+    """Parse and check the clear header of a datagram (not its payload)."""
+    if len(datagram) > MAX_DATAGRAM:
+        raise WireError("oversized-datagram", f"{len(datagram)} bytes")
+    if len(datagram) < HEADER_SIZE:
+        raise WireError("truncated-header", f"{len(datagram)} bytes")
+    magic, version, key_id, sender, counter, length, reserved = HEADER.unpack_from(datagram)
+    if magic != MAGIC:
+        raise WireError("bad-magic")
+    if version == 0 or version > WIRE_VERSION_MAX_ACCEPTED:
+        raise WireError("unsupported-version", f"version {version}")
+    if reserved != 0:
+        raise WireError("bad-reserved")
+    if length != len(datagram) - HEADER_SIZE:
+        raise WireError("bad-length", f"header says {length}, have {len(datagram) - HEADER_SIZE}")
+    if length < TAG_SIZE:
+        raise WireError("truncated-payload")
+    return Header(version, key_id, sender, counter, length)
+
+
+# Datagrams of any version up to this one are parsed; what a version may carry is
+# decided above the header (unknown optional messages/attributes are skipped).
+WIRE_VERSION_MAX_ACCEPTED = 15

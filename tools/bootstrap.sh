@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need on a fresh Debian 12 machine:
+# the Debian packages of the data plane and lab, and the project virtualenv.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(nftables conntrack iproute2 iperf3 procps python3-venv)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e 'agent[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test area in turn and reports each; exits non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+areas=(lint unit sim)
+failed=()
+for area in "${areas[@]}"; do
+    echo "=== make test-$area"
+    if ! make --no-print-directory "test-$area"; then
+        failed+=("$area")
+    fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED areas: ${failed[*]}"
+    exit 1
+fi
+echo "all test areas passed: ${areas[*]}"
