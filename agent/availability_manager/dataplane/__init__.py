@@ -1,0 +1,1 @@
+"""Data-plane backends (what the kernel does with packets) and conntrack access."""
