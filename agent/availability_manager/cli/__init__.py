@@ -1,0 +1,1 @@
+"""clusterctl: the control CLI."""

@@ -1,0 +1,1 @@
+"""The asyncio runtime of the agent: sockets, timers, kernel, control, metrics."""

@@ -1,0 +1,95 @@
+"""The control socket: one JSON request per line, one JSON answer per line.
+
+Root-only: the socket is created mode 0600 in a 0700 directory. Requests are
+`{"cmd": "<name>"}` with optional arguments; answers are
+`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The command
+table (`handlers`) maps names to callables of the runtime; this module only
+does framing and validation, so it is the same for every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 4096
+Handler = Callable[[Mapping[str, Any]], Any]
+
+
+class ControlError(Exception):
+    """A refused request; the message goes back to the client."""
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
+        self.path = path
+        self.handlers = dict(handlers)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await self._reply(writer, {"ok": False, "error": "request too long"})
+                    break
+                if not line:
+                    break
+                await self._reply(writer, self.dispatch(line))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _reply(self, writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+        writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+        await writer.drain()
+
+    def dispatch(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return {"ok": False, "error": "request must be an object with a 'cmd' string"}
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return {"ok": False, "error": f"unknown command {request['cmd']!r} (known: {known})"}
+        try:
+            return {"ok": True, "result": handler(request)}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception:  # a bug must not kill the agent; it is logged in full
+            log.exception("control command %s failed", request["cmd"])
+            return {"ok": False, "error": f"internal error in {request['cmd']}; see the agent log"}

@@ -1,0 +1,133 @@
+"""`availability-manager`: the agent daemon's command line.
+
+    availability-manager [--config FILE]            run the agent
+    availability-manager --check [--config FILE]    validate config and key, then exit
+    availability-manager --cleanup [--config FILE]  remove the data plane (systemd ExecStopPost)
+
+User errors (config, key file, missing privileges) print one line naming the
+problem and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from ..dataplane.base import DataPlane, DataPlaneConfig
+from .config import DEFAULT_PATH, AgentConfig, ConfigError, load_config
+from .keyfile import KeyFileError, load_keys
+
+EXIT_USAGE = 2
+
+
+def dataplane_for(cfg: AgentConfig) -> DataPlane:
+    dp_cfg = DataPlaneConfig(
+        node_id=cfg.node_id,
+        settings=cfg.cluster,
+        zones=cfg.zones,
+        mark_mask=cfg.mark_mask,
+        tcp_loose=cfg.tcp_loose,
+    )
+    if cfg.cluster.backend == "clusterdev":
+        from ..dataplane.clusterdev import ClusterdevDataPlane
+
+        return ClusterdevDataPlane(dp_cfg)
+    from ..dataplane.nftables import NftablesDataPlane
+
+    return NftablesDataPlane(dp_cfg)
+
+
+async def _run(cfg: AgentConfig) -> str:
+    from ..dataplane.conntrack_netlink import ConntrackSocket
+    from .links import LinkMonitor
+    from .runtime import Runtime
+    from .systemd import Notifier
+    from .transport import SyncSocket
+
+    metrics = None
+    if cfg.metrics.enabled:
+        from .metrics import serve
+
+        metrics = serve(cfg.metrics.address, cfg.metrics.port)
+    sync = SyncSocket(
+        cfg.sync.interface,
+        cfg.sync.address,
+        cfg.sync.port,
+        cfg.sync.transport,
+        group=cfg.sync.group,
+        peers=cfg.sync.peers,
+        broadcast=_broadcast_address(cfg),
+    )
+    interfaces = [cfg.sync.interface, *(z.interface for z in cfg.zones)]
+    runtime = Runtime(
+        cfg,
+        dataplane_for(cfg),
+        ConntrackSocket(mark_mask=cfg.mark_mask),
+        sync,
+        LinkMonitor(interfaces),
+        Notifier(),
+        metrics,
+    )
+    return await runtime.run()
+
+
+def _broadcast_address(cfg: AgentConfig) -> object:
+    if cfg.sync.transport != "broadcast":
+        return None
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=cfg.sync.interface)
+        for addr in ipr.get_addr(index=idx[0]) if idx else []:
+            brd = addr.get_attr("IFA_BROADCAST")
+            if brd:
+                import ipaddress
+
+                return ipaddress.IPv4Address(brd)
+    raise ConfigError(f"sync.interface {cfg.sync.interface} has no IPv4 broadcast address")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="availability-manager", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_PATH, help="configuration file")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    mode.add_argument("--cleanup", action="store_true", help="remove the data plane and exit")
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stdout,
+    )
+    try:
+        cfg = load_config(args.config)
+        load_keys(cfg.key_file)
+    except (ConfigError, KeyFileError) as exc:
+        print(f"availability-manager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(f"{cfg.path}: configuration valid")
+        return 0
+    if args.cleanup:
+        dataplane_for(cfg).uninstall()
+        return 0
+    try:
+        reason = asyncio.run(_run(cfg))
+    except ConfigError as exc:
+        print(f"availability-manager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as exc:
+        print(f"availability-manager: permission denied ({exc}); run as root", file=sys.stderr)
+        return EXIT_USAGE
+    logging.getLogger("availability-manager").info("stopped: %s", reason)
+    return 0 if reason == "left" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

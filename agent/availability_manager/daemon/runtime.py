@@ -1,0 +1,387 @@
+"""The asyncio adapter that drives a `Node` on a real firewall node.
+
+It does only what the sans-I/O Node cannot: read sockets (sync network,
+conntrack events, link events, control), keep one timer armed at
+`node.next_timer()`, and carry out the node's events on the kernel in the
+order they come (inject, reprogram, delete). After every input it "pumps":
+events first, then datagrams, then re-arms the timer. Nothing here decides
+anything about the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import node_events as ev
+from ..connection import Connection
+from ..crypto import Keyring
+from ..dataplane.base import DataPlane
+from ..node import Node, NodeConfig
+from ..types import format_node_id
+from .config import AgentConfig, ConfigError, load_config, reload_incompatible
+from .control import ControlError, ControlServer
+from .keyfile import KeyFileError, load_keys
+from .links import LinkMonitor
+from .systemd import Notifier
+from .transport import SyncSocket
+
+log = logging.getLogger("availability-manager")
+
+LINK_RECHECK_S = 1.0
+METRICS_PUBLISH_S = 1.0
+
+
+class ConntrackTable(Protocol):
+    def fileno(self) -> int: ...
+    def read_events(self) -> list[tuple[str, Connection]]: ...
+    def dump(self) -> list[Connection]: ...
+    def inject(self, conns: list[Connection]) -> int: ...
+    def delete(self, conns: list[Connection]) -> int: ...
+    def close(self) -> None: ...
+
+
+def next_incarnation(state_dir: Path) -> int:
+    """A number larger than any earlier run's: persisted, and never below the
+    wall clock in milliseconds (so a lost state file still moves forward)."""
+    path = state_dir / "incarnation"
+    try:
+        previous = int(path.read_text().strip())
+    except (OSError, ValueError):
+        previous = 0
+    incarnation = max(previous + 1, time.time_ns() // 1_000_000)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{incarnation}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot persist incarnation in %s: %s", state_dir, exc.strerror)
+    return incarnation
+
+
+def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeConfig:
+    return NodeConfig(
+        node_id=cfg.node_id,
+        settings=cfg.cluster,
+        keyring=keyring,
+        incarnation=incarnation,
+        # nonces start at the wall clock in microseconds: a restarted node
+        # never reuses one (see crypto.py)
+        initial_counter=time.time_ns() // 1000,
+        heartbeat_interval=cfg.heartbeat.interval_ms / 1000.0,
+        heartbeat_misses=cfg.heartbeat.misses,
+        weight=cfg.weight,
+        protocols=cfg.protocols,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        dataplane: DataPlane,
+        conntrack: ConntrackTable,
+        sync: SyncSocket,
+        links: LinkMonitor | None,
+        notifier: Notifier | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dataplane = dataplane
+        self.conntrack = conntrack
+        self.sync = sync
+        self.links = links
+        self.notifier = notifier or Notifier({})
+        self.metrics = metrics
+        self.loop = asyncio.get_running_loop()
+        keys, send_id = load_keys(cfg.key_file)
+        self.node = Node(
+            node_config(cfg, Keyring(keys, send_id), next_incarnation(cfg.state_dir)),
+            random.Random(os.urandom(16)),
+            self.loop.time(),
+        )
+        self.counters: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Future[str] = self.loop.create_future()
+        self._leaving = False
+        self._links_up: bool | None = None
+        self.control = ControlServer(cfg.control_socket, self._control_handlers())
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until a leave completes or a fatal error; returns why it stopped."""
+        self.dataplane.install()
+        self.loop.add_reader(self.sync.fileno(), self._on_sync)
+        self.loop.add_reader(self.conntrack.fileno(), self._on_conntrack)
+        if self.links is not None:
+            self.loop.add_reader(self.links.fileno(), self._on_links)
+        await self.control.start()
+        self._check_links()
+        self.node.local_table_dump(self.conntrack.dump(), self.loop.time())
+        self._periodic()
+        if self.notifier.watchdog_interval:
+            self._watchdog()
+        for sig, handler in (
+            (signal.SIGTERM, self.request_leave),
+            (signal.SIGINT, self.request_leave),
+            (signal.SIGHUP, self.reload),
+        ):
+            self.loop.add_signal_handler(sig, handler)
+        log.info(
+            "started node %s backend %s, %d zones, sync %s via %s",
+            format_node_id(self.cfg.node_id),
+            self.cfg.cluster.backend,
+            len(self.cfg.zones),
+            self.cfg.sync.interface,
+            self.cfg.sync.transport,
+        )
+        self._pump()
+        try:
+            return await self._stopped
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for fd_owner in (self.sync, self.conntrack, self.links):
+            if fd_owner is not None:
+                self.loop.remove_reader(fd_owner.fileno())
+        if self._timer:
+            self._timer.cancel()
+        await self.control.close()
+        self.dataplane.uninstall()
+        self.sync.close()
+        self.conntrack.close()
+        if self.links:
+            self.links.close()
+
+    def request_leave(self) -> None:
+        """SIGTERM: a graceful leave, bounded by leave_timeout_s."""
+        if self._leaving:
+            return
+        self._leaving = True
+        log.info("leaving: handing buckets to the other nodes (timeout %gs)",
+                 self.cfg.leave_timeout_s)
+        self.notifier.stopping("leaving the cluster")
+        self.node.leave(self.loop.time())
+        self.loop.call_later(self.cfg.leave_timeout_s, self._leave_timeout)
+        self._pump()
+
+    def _leave_timeout(self) -> None:
+        if not self._stopped.done():
+            log.warning(
+                "leave not confirmed within %gs: stopping anyway, still owning %d buckets",
+                self.cfg.leave_timeout_s,
+                len(self.node.owned_buckets()),
+            )
+            self._stopped.set_result("leave-timeout")
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change live; a bad file keeps the running config."""
+        try:
+            new = load_config(self.cfg.path)
+            keys, send_id = load_keys(new.key_file)
+            keyring = Keyring(keys, send_id)
+        except (ConfigError, KeyFileError, ValueError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.counters["reload_failed"] += 1
+            return
+        fixed = reload_incompatible(self.cfg, new)
+        if fixed:
+            log.error(
+                "reload refused, keeping the running configuration: %s cannot change "
+                "without a restart (drain, restart, join)",
+                ", ".join(fixed),
+            )
+            self.counters["reload_failed"] += 1
+            return
+        self.node.set_keyring(keyring)
+        self.cfg = dataclasses.replace(new)
+        self.counters["reloads"] += 1
+        log.info("configuration reloaded from %s", new.path)
+        self._pump()
+
+    # -- inputs -----------------------------------------------------------------
+
+    def _on_sync(self) -> None:
+        now = self.loop.time()
+        for datagram in self.sync.receive_all():
+            self.node.receive_datagram(datagram, now)
+        self._pump()
+
+    def _on_conntrack(self) -> None:
+        now = self.loop.time()
+        try:
+            events = self.conntrack.read_events()
+        except Exception as exc:  # EventsLost and friends: the table is the truth
+            if type(exc).__name__ != "EventsLost":
+                raise
+            self.counters["conntrack_redumps"] += 1
+            log.warning("conntrack events lost: re-reading the table")
+            self.node.local_table_dump(self.conntrack.dump(), now)
+            self._pump()
+            return
+        for kind, conn in events:
+            if kind == "new":
+                self.node.connection_new(conn, now)
+            elif kind == "update":
+                self.node.connection_update(conn, now)
+            elif kind == "destroy":
+                self.node.connection_destroy(conn, now)
+        self._pump()
+
+    def _on_links(self) -> None:
+        assert self.links is not None
+        self.links.drain_events()
+        self._check_links()
+        self._pump()
+
+    def _check_links(self) -> None:
+        if self.links is None:
+            up = True
+        else:
+            down = self.links.down()
+            up = not down
+            if not up and self._links_up is not False:
+                log.warning("own status down: interfaces %s", ", ".join(down))
+        if up != self._links_up:
+            if up and self._links_up is False:
+                log.info("own status up: all interfaces up")
+            self._links_up = up
+            self.node.set_link_status(up, self.loop.time())
+
+    def _periodic(self) -> None:
+        self._check_links()
+        if self.metrics is not None:
+            self.metrics.publish(self.stats(), {"node": format_node_id(self.cfg.node_id)})
+        self._pump()
+        self.loop.call_later(min(LINK_RECHECK_S, METRICS_PUBLISH_S), self._periodic)
+
+    def _watchdog(self) -> None:
+        # pinged from the event loop itself: a stuck loop stops the pings
+        self.notifier.watchdog()
+        assert self.notifier.watchdog_interval
+        self.loop.call_later(self.notifier.watchdog_interval, self._watchdog)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.node.handle_timer(self.loop.time())
+        self._pump()
+
+    # -- outputs ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        now = self.loop.time()
+        while (event := self.node.next_event()) is not None:
+            self._perform(event)
+        for datagram in self.node.datagrams_to_send(now):
+            self.sync.send(datagram)
+        deadline = self.node.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
+
+    def _perform(self, event: object) -> None:
+        if isinstance(event, ev.InjectConnections):
+            done = self.conntrack.inject(list(event.conns)) if event.conns else 0
+            self.counters["injected"] += done
+            log.info("%s (%d written)", event.describe(), done)
+        elif isinstance(event, ev.OwnedBucketsChanged):
+            self.dataplane.set_owned_buckets(event.owned)
+            log.info("%s", event.describe())
+        elif isinstance(event, ev.DeleteConnections):
+            done = self.conntrack.delete(list(event.conns)) if event.conns else 0
+            self.counters["deleted"] += done
+            log.info("%s (%d removed)", event.describe(), done)
+        elif isinstance(event, ev.Ready):
+            log.info("%s", event.describe())
+            self.notifier.ready(event.describe())
+        elif isinstance(event, ev.LeaveComplete):
+            log.info("%s", event.describe())
+            if not self._stopped.done():
+                self._stopped.set_result("left")
+        else:
+            describe = getattr(event, "describe", None)
+            log.info("%s", describe() if describe else event)
+
+    # -- views for control and metrics --------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.node.stats())
+        stats.update(self.counters)
+        stats["sync_send_errors"] = self.sync.send_errors
+        stats["links_up"] = bool(self._links_up)
+        return stats
+
+    def status(self) -> dict[str, Any]:
+        owners = self.node.bucket_owners()
+        members = self.node.members()
+        me = format_node_id(self.cfg.node_id)
+        member_list = []
+        for node_id, info in sorted(members.items()):
+            name = format_node_id(node_id)
+            member_list.append(
+                {
+                    "node": name,
+                    "state": getattr(info, "state_name", str(getattr(info, "state", "active"))),
+                    "weight": getattr(info, "weight", 1),
+                    "incarnation": getattr(info, "incarnation", 0),
+                    "self": node_id == self.cfg.node_id,
+                    "owned": sum(1 for o in owners if node_id in o),
+                }
+            )
+        stats = self.stats()
+        return {
+            "node_id": me,
+            "state": self.node.state_name(),
+            "backend": self.cfg.cluster.backend,
+            "buckets": self.cfg.cluster.buckets,
+            "ready": bool(stats.get("ready", False)),
+            "stable": bool(self.node.is_stable()),
+            "owned": sorted(self.node.owned_buckets()),
+            "members": member_list,
+            "owners": [sorted(format_node_id(n) for n in o) for o in owners],
+            "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
+            "dataplane": self.dataplane.status(),
+        }
+
+    def _control_handlers(self) -> dict[str, Any]:
+        def drain(_req: Any) -> dict[str, Any]:
+            if self._leaving:
+                raise ControlError("the node is leaving")
+            self.node.drain(self.loop.time())
+            self._pump()
+            return {"state": self.node.state_name()}
+
+        def join(_req: Any) -> dict[str, Any]:
+            if self._leaving:
+                raise ControlError("the node is leaving")
+            self.node.undrain(self.loop.time())
+            self._pump()
+            return {"state": self.node.state_name()}
+
+        def leave(_req: Any) -> dict[str, Any]:
+            self.request_leave()
+            return {"state": self.node.state_name()}
+
+        def connections(_req: Any) -> dict[str, Any]:
+            return self.node.connection_counts()
+
+        return {
+            "status": lambda _req: self.status(),
+            "connections": connections,
+            "drain": drain,
+            "join": join,
+            "leave": leave,
+        }

@@ -1,0 +1,100 @@
+"""UDP sockets of the sync network (and of optional zone heartbeats).
+
+Three ways to reach every peer, chosen in the config: multicast to a group
+(default; one datagram reaches all), broadcast on the sync interface's
+subnet, or unicast to each configured peer. The socket is bound to the sync
+interface (SO_BINDTODEVICE) so datagrams never leave by another route, and
+multicast loopback is off so a node does not hear itself (the crypto layer
+drops its own datagrams anyway).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Sequence
+
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+RCVBUF = 4 * 1024 * 1024
+
+
+class SyncSocket:
+    def __init__(
+        self,
+        interface: str,
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int,
+        transport: str,
+        group: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+        peers: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        broadcast: ipaddress.IPv4Address | None = None,
+    ) -> None:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setblocking(False)
+            ifindex = socket.if_nametoindex(interface)
+            if transport == "multicast":
+                assert group is not None
+                if family == socket.AF_INET:
+                    sock.bind(("", port))
+                    mreq = struct.pack("!4s4si", group.packed, address.packed, ifindex)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, address.packed)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+                else:
+                    sock.bind(("", port))
+                    mreq6 = group.packed + struct.pack("@I", ifindex)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq6)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+                self.destinations: list[tuple[str, int] | tuple[str, int, int, int]] = [
+                    (str(group), port) if family == socket.AF_INET else (str(group), port, 0, ifindex)
+                ]
+            elif transport == "broadcast":
+                if broadcast is None:
+                    raise ValueError("broadcast transport needs the interface's broadcast address")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.bind(("", port))
+                self.destinations = [(str(broadcast), port)]
+            else:
+                sock.bind((str(address), port))
+                self.destinations = [(str(p), port) for p in peers if p != address]
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.send_errors = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, datagram: bytes) -> None:
+        for dest in self.destinations:
+            try:
+                self.sock.sendto(datagram, dest)
+            except OSError:
+                # ENETUNREACH/ENOBUFS while a link is down: counted, the
+                # protocol's own repair (NAK, heartbeat) covers the loss
+                self.send_errors += 1
+
+    def receive_all(self, limit: int = 256) -> list[bytes]:
+        out = []
+        for _ in range(limit):
+            try:
+                data, _addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            out.append(data)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()

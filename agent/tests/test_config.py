@@ -1,0 +1,131 @@
+"""The config file: a valid file loads, every kind of mistake names its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from availability_manager.daemon.config import (
+    ConfigError,
+    load_config,
+    parse_config,
+    reload_incompatible,
+)
+
+GOOD: dict[str, Any] = {
+    "node_id": "198.51.100.11",
+    "sync": {"interface": "sync0", "address": "198.51.100.11"},
+    "zones": [
+        {
+            "name": "outside",
+            "interface": "out0",
+            "cluster_ips": ["192.0.2.1/24"],
+            "cluster_mac": "01:00:5e:7f:00:01",
+        },
+        {
+            "name": "inside",
+            "interface": "in0",
+            "cluster_ips": ["203.0.113.1/24", "2001:db8::1/64"],
+            "cluster_mac": "01:00:5e:7f:00:02",
+        },
+    ],
+    "key_file": "/etc/availability-manager/cluster.key",
+}
+
+
+def parse(data: Any) -> Any:
+    return parse_config(data, Path("/etc/am.yml"))
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(GOOD)
+    cur: Any = data
+    keys = path.split(".")
+    for k in keys[:-1]:
+        cur = cur[int(k)] if isinstance(cur, list) else cur.setdefault(k, {})
+    last = keys[-1]
+    if value is KeyError:
+        del cur[last]
+    elif isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+    return data
+
+
+def test_minimal_config_gets_defaults() -> None:
+    cfg = parse(GOOD)
+    assert cfg.node_id == 0xC633640B
+    assert cfg.cluster.buckets == 256
+    assert cfg.heartbeat.interval_ms == 50 and cfg.heartbeat.misses == 3
+    assert cfg.sync.transport == "multicast" and str(cfg.sync.group) == "239.255.77.1"
+    assert [z.name for z in cfg.zones] == ["outside", "inside"]
+    assert cfg.protocols == frozenset({1, 6, 17, 58})
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "names"),
+    [
+        ("node_id", KeyError, "node_id: is required"),
+        ("node_id", "198.51.100.12", "must be the node's sync address"),
+        ("node_id", "not-an-ip", "node_id: expected an IPv4 address"),
+        ("sync.address", "300.1.1.1", "sync.address: expected an IP address"),
+        ("sync.transport", "carrier-pigeon", "sync.transport: expected one of"),
+        ("sync.group", "198.51.100.1", "sync.group: expected a multicast IPv4"),
+        ("zones.0.cluster_ips", [], "zones[0].cluster_ips: expected a non-empty list"),
+        ("zones.0.cluster_ips", ["192.0.2.1"], "zones[0].cluster_ips[0]: expected an address"),
+        ("zones.1.cluster_mac", "00:11:22:33:44:55", "zones[1]: zone inside: cluster_mac"),
+        ("zones.1.cluster_mac", "01:00:5e:zz:00:02", "is not a MAC"),
+        ("zones.1.interface", "out0", "zones: every zone and the sync network"),
+        ("zones.1.bogus", 1, "zones[1].bogus: unknown key"),
+        ("cluster.buckets", 0, "cluster.buckets: expected an integer from 1 to 4096"),
+        ("cluster.hash_fields", "ports", "cluster.hash_fields: expected one of"),
+        ("heartbeat.interval_ms", "fast", "heartbeat.interval_ms: expected an integer"),
+        ("heartbeat.misses", 1, "heartbeat.misses: expected an integer from 2"),
+        ("protocols", ["tcp", "sctp"], "protocols[1]: expected one of"),
+        ("key_file", "relative/key", "key_file: expected an absolute path"),
+        ("mark_mask", 0x0F, "mark_mask: expected contiguous bits wide enough"),
+        ("weight", 0, "weight: expected an integer from 1 to 1000"),
+        ("colour", "blue", "colour: unknown key"),
+    ],
+)
+def test_each_mistake_names_its_key(path: str, value: Any, names: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(with_change(path, value))
+    message = str(err.value)
+    assert message.startswith("/etc/am.yml: ")
+    assert names in message
+
+
+def test_unicast_needs_peers() -> None:
+    with pytest.raises(ConfigError, match="sync.peers: at least one peer"):
+        parse(with_change("sync.transport", "unicast"))
+    cfg = parse(with_change("sync", {"interface": "sync0", "address": "198.51.100.11",
+                                     "transport": "unicast", "peers": ["198.51.100.12"]}))
+    assert [str(p) for p in cfg.sync.peers] == ["198.51.100.12"]
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse([1, 2])
+    bad = tmp_path / "c.yml"
+    bad.write_text("node_id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c.yml: line \d+ column \d+: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yml")
+
+
+def test_file_round_trip_and_reload_rules(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(yaml.safe_dump(GOOD))
+    old = load_config(f)
+    assert reload_incompatible(old, load_config(f)) == []
+    f.write_text(yaml.safe_dump(with_change("weight", 3)))
+    assert reload_incompatible(old, load_config(f)) == []
+    f.write_text(yaml.safe_dump(with_change("cluster.buckets", 512)))
+    assert reload_incompatible(old, load_config(f)) == ["cluster"]

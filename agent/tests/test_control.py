@@ -1,0 +1,159 @@
+"""Control socket and clusterctl, against a real Unix socket server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from availability_manager.cli import clusterctl
+from availability_manager.daemon.control import ControlError, ControlServer
+
+
+def fake_status(owned_by_me: int = 2) -> dict[str, Any]:
+    a, b = "198.51.100.11", "198.51.100.12"
+    owners = [[a]] * owned_by_me + [[b]] * (4 - owned_by_me)
+    return {
+        "node_id": a,
+        "state": "active" if owned_by_me else "draining",
+        "backend": "nftables",
+        "buckets": 4,
+        "ready": True,
+        "stable": True,
+        "owned": list(range(owned_by_me)),
+        "members": [
+            {"node": a, "state": "active", "weight": 1, "incarnation": 1, "self": True,
+             "owned": owned_by_me},
+            {"node": b, "state": "active", "weight": 1, "incarnation": 1, "self": False,
+             "owned": 4 - owned_by_me},
+        ],
+        "owners": owners,
+        "sync": {"naks": 0},
+    }
+
+
+class Agent:
+    """A ControlServer with a tiny state: drain takes effect after two polls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.polls_until_drained: int | None = None
+        self.drain_stuck = False
+
+    def status(self, _req: Any) -> dict[str, Any]:
+        if self.polls_until_drained is not None and not self.drain_stuck:
+            self.polls_until_drained -= 1
+            if self.polls_until_drained <= 0:
+                return fake_status(owned_by_me=0)
+        return fake_status()
+
+    def drain(self, _req: Any) -> dict[str, Any]:
+        self.polls_until_drained = 2
+        return {"state": "draining"}
+
+    def refuse(self, _req: Any) -> None:
+        raise ControlError("the node is leaving")
+
+    def crash(self, _req: Any) -> None:
+        raise RuntimeError("bug")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    path = tmp_path / "run" / "control.sock"
+    a = Agent(path)
+    loop = asyncio.new_event_loop()
+    server = ControlServer(
+        path, {"status": a.status, "drain": a.drain, "join": a.refuse, "crash": a.crash}
+    )
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield a
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def raw(path: Path, data: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(data)
+        return json.loads(s.makefile().readline())  # type: ignore[no-any-return]
+
+
+def test_socket_is_root_only(agent: Agent) -> None:
+    assert stat.S_IMODE(os.stat(agent.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(agent.path.parent).st_mode) == 0o700
+
+
+def test_bad_requests_get_clear_errors(agent: Agent) -> None:
+    assert raw(agent.path, b"not json\n") == {"ok": False, "error": "request is not JSON"}
+    assert "must be an object" in raw(agent.path, b"[1]\n")["error"]
+    answer = raw(agent.path, b'{"cmd": "reboot"}\n')
+    assert answer["ok"] is False and "unknown command 'reboot'" in answer["error"]
+    assert "internal error in crash" in raw(agent.path, b'{"cmd": "crash"}\n')["error"]
+    assert raw(agent.path, b'{"cmd": "status"}\n')["result"]["node_id"] == "198.51.100.11"
+
+
+def test_status_ranges_json(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    assert clusterctl.main(["--socket", str(agent.path), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["owned"] == [0, 1]
+    assert clusterctl.main(["--socket", str(agent.path), "ranges"]) == 0
+    out = capsys.readouterr().out
+    assert "[AABB]" in out and "holes 0" in out
+
+
+def test_ranges_bar_marks_holes_and_transit() -> None:
+    st = fake_status()
+    st["owners"] = [["198.51.100.11"], [], ["198.51.100.11", "198.51.100.12"], ["198.51.100.12"]]
+    assert clusterctl.ranges_bar(st) == "A.+B"
+
+
+def test_drain_waits_for_confirmation(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    assert clusterctl.main(["--socket", str(agent.path), "drain", "--timeout", "5"]) == 0
+    assert "drain: confirmed" in capsys.readouterr().out
+
+
+def test_drain_times_out(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    agent.drain_stuck = True
+    assert clusterctl.main(["--socket", str(agent.path), "drain", "--timeout", "0.3"]) == 1
+    assert "not confirmed within 0.3 s (owns 2 buckets" in capsys.readouterr().err
+
+
+def test_refused_and_unreachable(
+    agent: Agent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert clusterctl.main(["--socket", str(agent.path), "join"]) == 1
+    assert "the agent refused: the node is leaving" in capsys.readouterr().err
+    assert clusterctl.main(["--socket", str(tmp_path / "none.sock"), "status"]) == 3
+    assert "is availability-manager running?" in capsys.readouterr().err
+
+
+def test_garbage_answer_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "g.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def answer_garbage() -> None:
+        conn, _ = srv.accept()
+        conn.recv(100)
+        conn.sendall(b"<html>\n")
+        conn.close()
+
+    t = threading.Thread(target=answer_garbage)
+    t.start()
+    assert clusterctl.main(["--socket", str(path), "status"]) == 3
+    t.join(5)
+    srv.close()
+    assert "not JSON" in capsys.readouterr().err
