@@ -1,0 +1,79 @@
+"""Run every benchmark and assemble docs/benchmarks.md from their sections.
+
+Each benchmark `bench/<name>.py` writes docs/benchmarks/<name>.md (and plots
+beside it). This script runs them (or only assembles with --assemble-only)
+and concatenates the sections under a header with the date and commit.
+`--quick` runs each benchmark's short smoke version (used by make test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ROOT / "docs" / "benchmarks"
+# order of sections in docs/benchmarks.md; benchmarks not listed run after these
+ORDER = ["rb_overhead", "bucket_movement", "failover", "sync_throughput", "dataplane_cost"]
+SKIP = {"run_all"}
+
+
+def benchmarks() -> list[str]:
+    names = [p.stem for p in sorted((ROOT / "bench").glob("*.py")) if p.stem not in SKIP]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def assemble() -> None:
+    today = datetime.date.today().isoformat()
+    parts = [
+        "# fwcluster benchmarks\n",
+        f"Assembled {today} at commit {commit()} by `make bench` (`bench/run_all.py`).",
+        "Each section names the command that produced it; the machine is the project's",
+        "standard one (2 cores, Debian 12, Python 3.11) unless a section says otherwise.",
+        "Numbers are measurements, not goals; where a goal is missed the section says so.\n",
+    ]
+    for name in benchmarks():
+        section = SECTIONS / f"{name}.md"
+        if section.exists():
+            parts.append(section.read_text().strip() + "\n")
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke runs only")
+    parser.add_argument("--assemble-only", action="store_true")
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    args = parser.parse_args()
+    failed = []
+    if not args.assemble_only:
+        for name in args.names or benchmarks():
+            cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py")]
+            if args.quick:
+                cmd.append("--quick")
+            print(f"=== bench {name}", flush=True)
+            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                failed.append(name)
+    if not args.quick:
+        assemble()
+    if failed:
+        print(f"bench: failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fwcluster developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: member
+short_description: Join, drain or remove a node of an fwcluster firewall cluster
+version_added: "0.1.0"
+description:
+  - Puts the node it runs on into the wanted cluster membership state by talking to the
+    local availability-manager agent through C(clusterctl --json).
+  - Waits until the cluster confirms the change (the other nodes have claimed or
+    released the buckets) or O(timeout) passes, which fails the task.
+  - Draining keeps forwarding the node's established connections while the other nodes
+    take over its buckets and connections; nothing is dropped.
+options:
+  state:
+    description:
+      - V(joined) the node owns its share of buckets (undoes a drain).
+      - V(drained) the node owns no bucket; the others hold all of them.
+      - V(absent) the node has left the cluster and its agent has stopped.
+    type: str
+    choices: [joined, drained, absent]
+    default: joined
+  timeout:
+    description: Seconds to wait for the cluster to confirm.
+    type: int
+    default: 60
+  socket:
+    description: Control socket of the agent; the agent's default when omitted.
+    type: path
+  clusterctl:
+    description: Path of the clusterctl program; looked up in PATH when omitted.
+    type: path
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+author:
+  - fwcluster developers
+"""
+
+EXAMPLES = r"""
+- name: Take the node out of service for maintenance
+  fwcluster.cluster.member:
+    state: drained
+    timeout: 120
+
+- name: Put it back
+  fwcluster.cluster.member:
+    state: joined
+"""
+
+RETURN = r"""
+before:
+  description: Membership summary before the change.
+  returned: always
+  type: dict
+  sample: {"member": true, "state": "active", "owned_buckets": 86, "members": 3, "stable": true}
+after:
+  description: Membership summary after the change (predicted in check mode).
+  returned: always
+  type: dict
+  sample: {"member": true, "state": "draining", "owned_buckets": 0, "members": 3, "stable": true}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fwcluster.cluster.plugins.module_utils import clusterctl as ctl
+
+
+def current(module):
+    try:
+        return ctl.status(module)
+    except ctl.AgentUnreachable:
+        return None
+
+
+def is_in_state(st, state):
+    if state == "absent":
+        return st is None
+    if st is None:
+        return False
+    if state == "drained":
+        return st["state"] == "draining" and not st["owned"]
+    return st["state"] == "active" and bool(st["owned"]) and bool(st["stable"])
+
+
+def predicted(st, state):
+    after = ctl.summary(st)
+    if state == "absent":
+        return {"member": False}
+    after["state"] = "draining" if state == "drained" else "active"
+    if state == "drained":
+        after["owned_buckets"] = 0
+    return after
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", default="joined", choices=["joined", "drained", "absent"]),
+            timeout=dict(type="int", default=60),
+            socket=dict(type="path"),
+            clusterctl=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    state = module.params["state"]
+    if module.params["timeout"] <= 0:
+        module.fail_json(msg="timeout must be a positive number of seconds")
+    try:
+        before_status = current(module)
+        if state != "absent" and before_status is None:
+            module.fail_json(
+                msg="the availability-manager agent is not running on this node; "
+                "start it (role availability_manager) before state=%s" % state
+            )
+        before = ctl.summary(before_status)
+        if is_in_state(before_status, state):
+            module.exit_json(changed=False, before=before, after=before)
+        if module.check_mode:
+            after = predicted(before_status, state)
+            module.exit_json(changed=True, before=before, after=after,
+                             diff=dict(before=before, after=after))
+        verb = {"joined": "join", "drained": "drain", "absent": "leave"}[state]
+        ctl.run(module, [verb, "--timeout", str(module.params["timeout"])], expect_json=False)
+        after = ctl.summary(current(module))
+    except ctl.ClusterctlError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=True, before=before, after=after, diff=dict(before=before, after=after))
+
+
+if __name__ == "__main__":
+    main()
