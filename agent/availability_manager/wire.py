@@ -157,6 +157,8 @@ def message(msg_type: MsgType) -> Callable[[type[M]], type[M]]:
             if wire is None:
                 raise TypeError(f"{cls.__name__}.{f.name} has no wire attribute")
             attr_id, kind, required, repeated, max_len = wire
+            if not 0 <= attr_id <= 0xFFFF or not 0 < max_len <= 0xFFFF:
+                raise TypeError(f"{cls.__name__}.{f.name}: attribute id or max_len out of range")
             specs.append(AttrSpec(attr_id, f.name, kind, required, repeated, max_len))
         ids = [s.attr_id for s in specs]
         if len(set(ids)) != len(ids):
@@ -179,6 +181,8 @@ def _encode_value(spec: AttrSpec, value: Any) -> bytes:
             return _INT_FORMATS[spec.kind].pack(value)
         except struct.error as exc:
             raise ValueError(f"attribute {spec.name}: {value!r} out of range") from exc
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValueError(f"attribute {spec.name}: expected bytes, got {type(value).__name__}")
     data = bytes(value)
     if spec.kind is Kind.ADDR and len(data) not in (4, 16):
         raise ValueError(f"attribute {spec.name}: address must be 4 or 16 bytes")
@@ -192,6 +196,8 @@ def encode_message(msg: Any, flags: int = 0) -> bytes:
     schema = _BY_CLASS.get(type(msg))
     if schema is None:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
+    if not 0 <= flags <= 0xFF:
+        raise ValueError(f"message flags must be 0..255, got {flags}")
     parts: list[bytes] = []
     for spec in schema.attrs:
         value = getattr(msg, spec.name)

@@ -1,0 +1,405 @@
+"""Availability layer: heartbeats, the join rule and failure detection.
+
+`Availability` owns this node's view of who is alive: which peers it hears
+(the *known* set, whose size it announces as `cluster_size`), which of them
+are admitted (passed the join rule), and which are *up* (reported to the
+layer above with NodeUp). It sends one Heartbeat per interval. It is sans-I/O:
+time comes in as `now`, heartbeats come out of `messages_to_send(now)`,
+events out of `next_event()`.
+
+Per peer, as seen by this node (a row per input; events in brackets):
+
+    state            input                                   next state
+    ---------------  --------------------------------------  -------------------------------
+    unknown          heartbeat, same fingerprint             known (announced size grows)
+    known            heartbeat with cluster_size == ours     admitted; up if links up [NodeUp]
+    admitted, up     heartbeat with own_status=0             admitted, not up [NodeDown links-down]
+    admitted, not up heartbeat with own_status=1             up [NodeUp]
+    up               heartbeat, other state or weight        up [NodeStateChanged]
+    any              higher incarnation                      known, re-checked
+                                                             [NodeDown restarted, if it was up]
+    any              lower incarnation than ever seen        unchanged (counted "stale")
+    any              no heartbeat for misses*interval+tol    unknown [NodeDown timeout, or
+                                                             leaving if it announced LEAVING]
+    any              other fingerprint                       unchanged [PeerRefused, once]
+
+Join rule (the seed's): a peer is admitted only once it announces the cluster
+size this node sees, the peer included. The announced size counts every peer
+heard (admitted or not), so nodes that start together converge: each one's
+announced size grows as it hears the others until all agree.
+
+Own links down (`set_own_status(False)`): this node keeps sending heartbeats
+with own_status=0; peers report it NodeDown("links-down") and drop it from
+`members()`, and so does the node itself, so that every node computes the
+bucket distribution without it (a node whose links are down must own no
+buckets). It stays admitted: when its links come back it is NodeUp again at
+once. A peer is never evicted for disagreeing on the cluster size once
+admitted; that rule only gates entry.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import ClassVar
+
+from . import wire
+from .types import MAX_NODE_ID, NodeId
+
+FINGERPRINT_SIZE = 8
+MAX_WEIGHT = 1000
+# A heartbeat arriving exactly `misses * interval` after the last one must not
+# kill: the peer is declared dead this fraction of an interval later.
+DEADLINE_TOLERANCE = 0.2
+
+
+class NodeState(IntEnum):
+    ACTIVE = 0
+    DRAINING = 1
+    LEAVING = 2
+
+
+@wire.message(wire.MsgType.HEARTBEAT)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat:
+    MSG_TYPE: ClassVar[wire.MsgType]
+
+    incarnation: int = wire.attr(1, wire.Kind.U64)
+    cluster_size: int = wire.attr(2, wire.Kind.U16)
+    fingerprint: bytes = wire.attr(3, wire.Kind.BYTES, max_len=FINGERPRINT_SIZE)
+    wire_version: int = wire.attr(4, wire.Kind.U8)
+    state: int = wire.attr(5, wire.Kind.U8)
+    weight: int = wire.attr(6, wire.Kind.U16)
+    rb_next_seq: int = wire.attr(7, wire.Kind.U32)
+    own_status: int = wire.attr(8, wire.Kind.U8)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.incarnation <= 2**64 - 1:
+            raise ValueError(f"incarnation {self.incarnation} is not a u64")
+        if not 1 <= self.cluster_size <= 0xFFFF:
+            raise ValueError(f"cluster_size {self.cluster_size} is not 1..65535")
+        if len(self.fingerprint) != FINGERPRINT_SIZE:
+            raise ValueError(f"fingerprint must be {FINGERPRINT_SIZE} bytes")
+        if not 1 <= self.wire_version <= 0xFF:
+            raise ValueError(f"wire_version {self.wire_version} is not 1..255")
+        if self.state not in _STATES:
+            raise ValueError(f"state {self.state} is not one of {sorted(_STATES)}")
+        if not 1 <= self.weight <= MAX_WEIGHT:
+            raise ValueError(f"weight {self.weight} is not 1..{MAX_WEIGHT}")
+        if not 0 <= self.rb_next_seq <= 0xFFFFFFFF:
+            raise ValueError(f"rb_next_seq {self.rb_next_seq} is not a u32")
+        if self.own_status not in (0, 1):
+            raise ValueError(f"own_status {self.own_status} is not 0 or 1")
+
+
+_STATES = frozenset(int(s) for s in NodeState)
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeUp:
+    """A peer is admitted and eligible: count it in the membership."""
+
+    node: NodeId
+    incarnation: int
+    state: NodeState
+    weight: int
+    rb_next_seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeDown:
+    """A peer reported up is gone: "timeout", "leaving" (it announced LEAVING
+    and then went silent), "restarted" (a higher incarnation; a NodeUp
+    follows once it is admitted again) or "links-down" (its own status)."""
+
+    node: NodeId
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStateChanged:
+    node: NodeId
+    state: NodeState
+    weight: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerRefused:
+    """A peer that can never be admitted (log it): emitted once per peer and
+    reason until that peer is accepted again."""
+
+    node: NodeId
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OwnStatusChanged:
+    up: bool
+
+
+AvailabilityEvent = NodeUp | NodeDown | NodeStateChanged | PeerRefused | OwnStatusChanged
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemberInfo:
+    node: NodeId
+    incarnation: int
+    state: NodeState
+    weight: int
+    rb_next_seq: int
+    wire_version: int
+
+
+class _Peer:
+    """What this node knows of one peer (mutable, private)."""
+
+    __slots__ = (
+        "admitted",
+        "deadline",
+        "incarnation",
+        "own_up",
+        "rb_next_seq",
+        "state",
+        "up",
+        "weight",
+        "wire_version",
+    )
+
+    def __init__(self, hb: Heartbeat) -> None:
+        self.incarnation = hb.incarnation
+        self.admitted = False
+        self.up = False
+        self.deadline = 0.0
+        self.state = NodeState(hb.state)
+        self.weight = hb.weight
+        self.rb_next_seq = hb.rb_next_seq
+        self.own_up = bool(hb.own_status)
+        self.wire_version = hb.wire_version
+
+
+class Availability:
+    """One node's heartbeat sender and failure detector (see the module
+    docstring for the per-peer transitions).
+
+    Inputs: `receive(hb, source, now)`, `handle_timer(now)`, and
+    `set_own_status`, `set_state`, `set_weight`, `set_rb_next_seq`.
+    Outputs: `messages_to_send(now)`, `next_timer()`, `next_event()`;
+    views: `members()`, `cluster_size()`, `settled()`, `stats`.
+    """
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        incarnation: int,
+        fingerprint: bytes,
+        *,
+        interval: float = 0.05,
+        misses: int = 3,
+        weight: int = 1,
+        wire_version: int = wire.WIRE_VERSION,
+        now: float,
+    ) -> None:
+        if not 0 <= node_id <= MAX_NODE_ID:
+            raise ValueError(f"node_id {node_id} is not a u32")
+        if not interval > 0:
+            raise ValueError(f"interval must be positive, got {interval}")
+        if misses < 1:
+            raise ValueError(f"misses must be at least 1, got {misses}")
+        # Validates incarnation, fingerprint, weight and wire_version once, the
+        # same way a peer's decoder will.
+        Heartbeat(incarnation, 1, fingerprint, wire_version, 0, weight, 0, 1)
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.fingerprint = bytes(fingerprint)
+        self.interval = interval
+        self.misses = misses
+        self.wire_version = wire_version
+        self.timeout = misses * interval + DEADLINE_TOLERANCE * interval
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._weight = weight
+        self._state = NodeState.ACTIVE
+        self._own_up = True
+        self._rb_next_seq = 0
+        self._next_send = now
+        self._peers: dict[NodeId, _Peer] = {}
+        # Highest incarnation ever seen per node, kept after it times out, so a
+        # late heartbeat of a previous life is still recognised as stale.
+        self._incarnations: dict[NodeId, int] = {}
+        self._refused: dict[NodeId, set[str]] = {}  # reasons already reported
+        self._events: collections.deque[AvailabilityEvent] = collections.deque()
+
+    # -- inputs ---------------------------------------------------------------
+
+    def set_own_status(self, up: bool, now: float) -> None:
+        if up == self._own_up:
+            return
+        self._own_up = up
+        self._events.append(OwnStatusChanged(up))
+        self._next_send = min(self._next_send, now)  # tell the peers at once
+
+    def set_state(self, state: NodeState, now: float) -> None:
+        state = NodeState(state)
+        if state == self._state:
+            return
+        self._state = state
+        self._next_send = min(self._next_send, now)
+
+    def set_weight(self, weight: int, now: float) -> None:
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight {weight} is not 1..{MAX_WEIGHT}")
+        if weight == self._weight:
+            return
+        self._weight = weight
+        self._next_send = min(self._next_send, now)
+
+    def set_rb_next_seq(self, seq: int) -> None:
+        if not 0 <= seq <= 0xFFFFFFFF:
+            raise ValueError(f"rb_next_seq {seq} is not a u32")
+        self._rb_next_seq = seq
+
+    def receive(self, hb: Heartbeat, source: NodeId, now: float) -> None:
+        if source == self.node_id:
+            self.stats["own"] += 1
+            return
+        # Expire first: a heartbeat arriving after the deadline finds the peer
+        # already gone and makes it join again, rather than silently reviving it.
+        self._expire(now)
+        self.stats["heartbeats_received"] += 1
+        if hb.fingerprint != self.fingerprint:
+            self._refuse(source, "fingerprint-mismatch")
+            return
+        if hb.incarnation < self._incarnations.get(source, 0):
+            self.stats["stale"] += 1
+            return
+        peer = self._peers.get(source)
+        if peer is not None and hb.incarnation > peer.incarnation:
+            if peer.up:
+                self._events.append(NodeDown(source, "restarted"))
+            peer = None
+        if peer is None:
+            if source not in self._peers:
+                self._next_send = min(self._next_send, now)  # our announced size grew
+            peer = self._peers[source] = _Peer(hb)
+        if self._refused:
+            self._refused.pop(source, None)  # report a later refusal again
+        self._incarnations[source] = hb.incarnation
+        self._update(source, peer, hb, now)
+
+    def handle_timer(self, now: float) -> None:
+        self._expire(now)
+
+    # -- outputs --------------------------------------------------------------
+
+    def messages_to_send(self, now: float) -> list[Heartbeat]:
+        if now < self._next_send:
+            return []
+        self._next_send = now + self.interval
+        self.stats["heartbeats_sent"] += 1
+        return [
+            Heartbeat(
+                incarnation=self.incarnation,
+                cluster_size=self.cluster_size(),
+                fingerprint=self.fingerprint,
+                wire_version=self.wire_version,
+                state=int(self._state),
+                weight=self._weight,
+                rb_next_seq=self._rb_next_seq,
+                own_status=int(self._own_up),
+            )
+        ]
+
+    def next_timer(self) -> float:
+        deadlines = [p.deadline for p in self._peers.values()]
+        return min(self._next_send, *deadlines) if deadlines else self._next_send
+
+    def next_event(self) -> AvailabilityEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def iter_events(self) -> Iterator[AvailabilityEvent]:
+        """Pop every pending event (a convenience for drivers and tests)."""
+        while self._events:
+            yield self._events.popleft()
+
+    # -- views ----------------------------------------------------------------
+
+    @property
+    def own_status(self) -> bool:
+        return self._own_up
+
+    @property
+    def state(self) -> NodeState:
+        return self._state
+
+    def cluster_size(self) -> int:
+        """The size announced in heartbeats: this node and every peer heard
+        within the timeout with our fingerprint, admitted or not."""
+        return min(len(self._peers) + 1, 0xFFFF)
+
+    def settled(self) -> bool:
+        """Every peer heard is admitted: the membership is not about to grow."""
+        return all(p.admitted for p in self._peers.values())
+
+    def members(self) -> dict[NodeId, MemberInfo]:
+        """The admitted, eligible members (this node included unless its own
+        links are down), as every layer above must see them."""
+        out = {
+            node: MemberInfo(node, p.incarnation, p.state, p.weight, p.rb_next_seq, p.wire_version)
+            for node, p in self._peers.items()
+            if p.up
+        }
+        if self._own_up:
+            out[self.node_id] = MemberInfo(
+                self.node_id,
+                self.incarnation,
+                self._state,
+                self._weight,
+                self._rb_next_seq,
+                self.wire_version,
+            )
+        return dict(sorted(out.items()))
+
+    # -- internals ------------------------------------------------------------
+
+    def _refuse(self, source: NodeId, reason: str) -> None:
+        self.stats["refused"] += 1
+        reported = self._refused.setdefault(source, set())
+        if reason not in reported:
+            reported.add(reason)
+            self._events.append(PeerRefused(source, reason))
+
+    def _update(self, source: NodeId, peer: _Peer, hb: Heartbeat, now: float) -> None:
+        changed = peer.state != hb.state or peer.weight != hb.weight
+        peer.state = NodeState(hb.state)
+        peer.weight = hb.weight
+        peer.rb_next_seq = hb.rb_next_seq
+        peer.own_up = bool(hb.own_status)
+        peer.wire_version = hb.wire_version
+        peer.deadline = now + self.timeout
+        if not peer.admitted and hb.cluster_size == self.cluster_size():
+            peer.admitted = True
+        eligible = peer.admitted and peer.own_up
+        if eligible and not peer.up:
+            peer.up = True
+            self._events.append(
+                NodeUp(source, peer.incarnation, peer.state, peer.weight, peer.rb_next_seq)
+            )
+        elif peer.up and not eligible:
+            peer.up = False
+            self._events.append(NodeDown(source, "links-down"))
+        elif peer.up and changed:
+            self._events.append(NodeStateChanged(source, peer.state, peer.weight))
+
+    def _expire(self, now: float) -> None:
+        dead = sorted(node for node, p in self._peers.items() if now >= p.deadline)
+        for node in dead:
+            peer = self._peers.pop(node)
+            if peer.up:
+                reason = "leaving" if peer.state == NodeState.LEAVING else "timeout"
+                self._events.append(NodeDown(node, reason))
+        if dead:
+            self._next_send = min(self._next_send, now)  # our announced size shrank
