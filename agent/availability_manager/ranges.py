@@ -1,0 +1,350 @@
+"""Range distribution (the seed's "clusterdev protocol"): who owns which buckets.
+
+`RangeDistribution` owns this node's set of owned buckets, its view of every
+peer's last claim and the aim computed from the membership (assignment.py). It
+does not own the membership (the availability layer decides who is a member
+and tells us through set_members/peer_down) nor the data plane (the Node acts
+on our Claim/Release events).
+
+The rule, from the seed, with the release condition made strict:
+
+    on every membership change:   owned := owned | aimed          (Claim)
+    on RangeState(claim) from S:  for b in owned & claim, b not in aimed:
+                                      release b if S is the node that aims
+                                      for b, S computes from our membership
+                                      (same digest) and the claim arrived
+                                      since our last membership change (Release)
+    on peer_down(S):              forget S's claim; S leaves the membership,
+                                  so the survivors' aims grow and they claim.
+
+A bucket is only released after another node has claimed it, so ownership is
+doubled in transit and never missing. A node that is not a member (draining,
+leaving) aims for nothing and keeps its buckets until their new owners claim
+them. Range state is idempotent: the whole claim is sent on every heartbeat
+tick (unreliable broadcast), and at once after a change, so a lost RangeState
+is repaired by the next one.
+
+Transitions of the stability flag (events in brackets):
+
+    unstable --(owned == aim, every member claims exactly its aim with our
+                digest, no non-member claims a bucket)--> stable   [Stable]
+    stable   --(anything else)--> unstable                         [Unstable]
+
+`release_rule="immediate"` is the known-bad variant for the simulator: buckets
+are dropped as soon as they leave the aim, which opens holes in transit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, deque
+from collections.abc import Mapping
+
+from . import assignment
+from .types import MAX_NODE_ID, NodeId
+from .wire import Kind, MsgType, attr, message
+
+RELEASE_RULES = ("after-claim", "immediate")
+
+
+def bitmap_size(buckets: int) -> int:
+    return (buckets + 7) // 8
+
+
+def encode_bitmap(owned: frozenset[int] | set[int], buckets: int) -> bytes:
+    """Bucket b is bit (0x80 >> b % 8) of byte b // 8."""
+    out = bytearray(bitmap_size(buckets))
+    for b in owned:
+        if not 0 <= b < buckets:
+            raise ValueError(f"bucket {b} out of range 0..{buckets - 1}")
+        out[b >> 3] |= 0x80 >> (b & 7)
+    return bytes(out)
+
+
+def decode_bitmap(bitmap: bytes, buckets: int) -> frozenset[int]:
+    return frozenset(b for b in range(buckets) if bitmap[b >> 3] & (0x80 >> (b & 7)))
+
+
+@message(MsgType.RANGE_STATE)
+@dataclasses.dataclass(frozen=True)
+class RangeState:
+    """The sender's whole claim: every bucket it owns, as a bitmap."""
+
+    buckets: int = attr(1, Kind.U16)  # bucket count the bitmap covers
+    bitmap: bytes = attr(2, Kind.BYTES, max_len=bitmap_size(assignment.MAX_BUCKETS))
+    digest: int = attr(3, Kind.U64)  # membership_digest() of the sender's members
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.buckets <= assignment.MAX_BUCKETS:
+            raise ValueError(f"bucket count {self.buckets} out of 1..{assignment.MAX_BUCKETS}")
+        if len(self.bitmap) != bitmap_size(self.buckets):
+            raise ValueError(f"bitmap of {len(self.bitmap)} bytes for {self.buckets} buckets")
+        pad = self.buckets & 7
+        if pad and self.bitmap[-1] & (0xFF >> pad):
+            raise ValueError("bits set beyond the last bucket")
+        if not 0 <= self.digest < 1 << 64:
+            raise ValueError("digest must be a u64")
+
+    @classmethod
+    def of(cls, owned: frozenset[int] | set[int], buckets: int, digest: int) -> RangeState:
+        return cls(buckets, encode_bitmap(owned, buckets), digest)
+
+    def owned(self) -> frozenset[int]:
+        return decode_bitmap(self.bitmap, self.buckets)
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """These buckets are now owned: inject their cached connections, then
+    reprogram the data plane."""
+
+    buckets: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Release:
+    """These buckets are no longer owned (another node claimed them): delete
+    their local connections, reprogram the data plane."""
+
+    buckets: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stable:
+    """Every member owns exactly its aim and all agree on the membership."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unstable:
+    """The configuration stopped being stable (membership change, lost claim...)."""
+
+
+RangeEvent = Claim | Release | Stable | Unstable
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PeerClaim:
+    owned: frozenset[int]
+    digest: int
+    received: float
+    view: int  # our membership change counter when it arrived
+
+
+class RangeDistribution:
+    """The range distribution state machine of one node (see module docstring)."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        buckets: int,
+        seed: int,
+        *,
+        now: float,
+        release_rule: str = "after-claim",
+    ) -> None:
+        if not 0 <= node_id <= MAX_NODE_ID:
+            raise ValueError(f"node id {node_id} is not a 32-bit unsigned integer")
+        if not 1 <= buckets <= assignment.MAX_BUCKETS:
+            raise ValueError(f"buckets must be 1..{assignment.MAX_BUCKETS}, got {buckets}")
+        if release_rule not in RELEASE_RULES:
+            raise ValueError(f"release_rule must be one of {RELEASE_RULES}, got {release_rule!r}")
+        self.node_id = node_id
+        self.buckets = buckets
+        self.seed = seed
+        self.release_rule = release_rule
+        self._members: dict[NodeId, int] = {}
+        self._view = 0  # counts our membership changes; a claim only counts in its view
+        self._digest = assignment.membership_digest({})
+        self._aim: tuple[NodeId, ...] = ()
+        self._aimed: frozenset[int] = frozenset()
+        self._member_aims: dict[NodeId, frozenset[int]] = {}
+        self._owned: set[int] = set()
+        self._peers: dict[NodeId, _PeerClaim] = {}
+        self._events: deque[RangeEvent] = deque()
+        self._send_due: float | None = None
+        self._stable = False
+        self.stats: Counter[str] = Counter()
+
+    # -- inputs ---------------------------------------------------------------
+
+    def set_members(self, members: Mapping[NodeId, int], now: float) -> None:
+        """The nodes that should own buckets, with their weights: alive,
+        admitted, not draining or leaving, links up. Includes this node unless
+        it is draining. Raises ValueError (before any change) if invalid."""
+        assignment.validate_members(members, self.buckets)
+        new = dict(members)
+        if new == self._members:
+            return
+        self.stats["membership_changes"] += 1
+        self._members = new
+        self._view += 1
+        self._digest = assignment.membership_digest(new)
+        self._aim = assignment.aimed_assignment(new, self.buckets, self.seed)
+        self._member_aims = {n: assignment.buckets_of(self._aim, n) for n in new}
+        self._aimed = self._member_aims.get(self.node_id, frozenset())
+        self._claim_aim()
+        if self.release_rule == "immediate":
+            self._release(self._owned - self._aimed, now)
+        # after-claim: claims stored so far predate this view; releases wait for fresh ones
+        self._send_due = now  # peers must learn our digest (and claim) at once
+        self._update_stability()
+
+    def peer_down(self, node: NodeId, now: float) -> None:
+        """`node` failed or left: forget its claim and take over its aim."""
+        if node == self.node_id:
+            self.stats["dropped_peer_down_self"] += 1
+            return
+        self._peers.pop(node, None)
+        if node in self._members:
+            survivors = {n: w for n, w in self._members.items() if n != node}
+            self.set_members(survivors, now)
+        else:
+            self._update_stability()
+
+    def receive(self, msg: object, source: NodeId, now: float) -> None:
+        """A RangeState from `source`: record its claim, release what it claims
+        and aims for. Malformed or foreign input is counted and ignored."""
+        if not isinstance(msg, RangeState):
+            self.stats["dropped_not_range_state"] += 1
+            return
+        if source == self.node_id:
+            self.stats["dropped_own_message"] += 1
+            return
+        if not 0 <= source <= MAX_NODE_ID:
+            self.stats["dropped_bad_source"] += 1
+            return
+        if msg.buckets != self.buckets:
+            self.stats["dropped_bucket_count_mismatch"] += 1
+            return
+        self.stats["rx"] += 1
+        self._peers[source] = _PeerClaim(msg.owned(), msg.digest, now, self._view)
+        if msg.digest != self._digest:
+            self.stats["rx_other_view"] += 1
+        if self.release_rule == "after-claim":
+            self._release_to(source, now)
+        self._update_stability()
+
+    def handle_timer(self, now: float) -> None:
+        """Nothing expires here: the timer only asks the driver to send now."""
+
+    # -- outputs --------------------------------------------------------------
+
+    def messages_to_send(self, now: float) -> list[RangeState]:
+        """This node's current claim; one on every call (each heartbeat tick)."""
+        self._send_due = None
+        self.stats["tx"] += 1
+        return [RangeState.of(self._owned, self.buckets, self._digest)]
+
+    def next_timer(self) -> float | None:
+        """When a changed claim must be sent (now), else None: periodic sends
+        follow the heartbeat tick of the caller."""
+        return self._send_due
+
+    def next_event(self) -> RangeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- views ----------------------------------------------------------------
+
+    def owned(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    def aimed(self) -> frozenset[int]:
+        return self._aimed
+
+    def aim(self) -> tuple[NodeId, ...]:
+        """The whole aimed assignment (owner per bucket) for the current membership."""
+        return self._aim
+
+    def members(self) -> dict[NodeId, int]:
+        return dict(self._members)
+
+    def digest(self) -> int:
+        return self._digest
+
+    def owners(self) -> list[frozenset[NodeId]]:
+        """Per bucket, the nodes known to own it: this node plus the last claim
+        of every peer not reported down (members, and non-members such as a
+        draining node that still holds buckets)."""
+        owners: list[set[NodeId]] = [set() for _ in range(self.buckets)]
+        for b in self._owned:
+            owners[b].add(self.node_id)
+        for peer, claim in self._peers.items():
+            for b in claim.owned:
+                owners[b].add(peer)
+        return [frozenset(s) for s in owners]
+
+    def holes(self) -> frozenset[int]:
+        """Buckets nobody is known to own."""
+        known = set(self._owned)
+        for claim in self._peers.values():
+            known |= claim.owned
+        return frozenset(range(self.buckets)) - known
+
+    def is_stable(self) -> bool:
+        return self._stable
+
+    # -- internals ------------------------------------------------------------
+
+    def _claim_aim(self) -> None:
+        new = self._aimed - self._owned
+        if new:
+            self._owned |= new
+            self.stats["claimed_buckets"] += len(new)
+            self._events.append(Claim(frozenset(new)))
+
+    def _release_to(self, peer: NodeId, now: float) -> None:
+        """Release the buckets `peer` claims and aims for, if it shares our view."""
+        claim = self._peers.get(peer)
+        if claim is None or not self._current(claim):
+            return
+        aim = self._aim
+        if not aim:
+            return  # no members: nobody to hand buckets to, keep them
+        self._release(
+            frozenset(
+                b for b in claim.owned & self._owned if b not in self._aimed and aim[b] == peer
+            ),
+            now,
+        )
+
+    def _release(self, buckets: frozenset[int] | set[int], now: float) -> None:
+        if buckets:
+            self._owned -= buckets
+            self.stats["released_buckets"] += len(buckets)
+            self._events.append(Release(frozenset(buckets)))
+            if self._send_due is None:
+                self._send_due = now
+
+    def _current(self, claim: _PeerClaim) -> bool:
+        """A claim made from our membership view and received since we adopted
+        it. The digest alone is not enough: after A -> B -> A, a claim kept
+        from the first A epoch has the right digest but is stale (its sender
+        may have handed those buckets on during B), and releasing to it can
+        open a hole (found by the property test in test_ranges.py)."""
+        return claim.digest == self._digest and claim.view == self._view
+
+    def _compute_stable(self) -> bool:
+        if not self._aim or self._owned != self._aimed:
+            return False
+        for node in self._members:
+            if node == self.node_id:
+                continue
+            claim = self._peers.get(node)
+            if claim is None or not self._current(claim):
+                return False
+            if claim.owned != self._member_aims[node]:
+                return False
+        # a non-member still holding buckets means double ownership in transit
+        return all(
+            not claim.owned for peer, claim in self._peers.items() if peer not in self._members
+        )
+
+    def _update_stability(self) -> None:
+        stable = self._compute_stable()
+        if stable != self._stable:
+            self._stable = stable
+            self.stats["stable" if stable else "unstable"] += 1
+            self._events.append(Stable() if stable else Unstable())
