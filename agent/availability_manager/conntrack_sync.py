@@ -1,0 +1,661 @@
+"""Conntrack synchronisation: every node's relevant conntrack entries, replicated
+to every peer over the reliable broadcast (the seed's "conntrack protocol").
+
+Sans-I/O. The Node feeds kernel conntrack events in (`local_*`), hands every
+message from `messages_to_send(now)` to the reliable broadcast (FIFO and
+gap-free per sender, or an Out-of-Sync signal) and passes the CT messages it
+delivers to `receive`.
+
+What this object owns:
+
+- the *mirror*: this node's relevant entries as last announced to peers;
+- one *cache* per peer, alive or dead: that peer's entries as it announced
+  them. A dead peer's cache is what a survivor injects when it claims the dead
+  node's buckets; it lives until `forget_peer`;
+- the resync *rounds* this node sends, one at a time and paced;
+- the periodic digest check, both as sender and as receiver.
+
+Transitions:
+
+    sender, rounds     idle --start(scope)--> round(scope)
+                       round --snapshot sent, RESYNC_DONE--> idle | round(pending scope)
+                       a start while a round runs merges into the pending scope.
+                       Starts: peer_up, out_of_sync(role="sender"), a RESYNC_REQUEST
+                       targeted at us (scope = its groups, or all).
+    receiver, per peer (none) --any message | peer_up--> alive --peer_down--> dead
+                       dead --peer_up--> alive;  any --forget_peer--> (none)
+    receiver, rounds   keys of NEW_RESYNC are collected per peer; at the peer's
+                       RESYNC_DONE(scope) its cached entries in scope that were not
+                       collected are stale and removed, and the collection restarts.
+    receiver, digests  compared once the peer's first full round has ended, or
+                       2 check intervals after first contact (that round was lost);
+                       a mismatch asks for the bad groups, one request at a time.
+
+Why rounds are consistent without a start marker: a sender runs one round at a
+time and, while a round runs, announces every new entry in the round's scope
+as NEW_RESYNC too. So the NEW_RESYNCs between two RESYNC_DONEs of one sender
+are exactly its entries in scope at the end of the round (FIFO delivery keeps
+the DELETEs in between in order).
+
+Why a digest mismatch is real: CT_DIGEST travels in the same FIFO stream as
+the changes, and is not sent while a round is running or pending, so a
+receiver that applied everything before it must hold exactly the sender's
+mirror. A mismatch means a message was lost without an Out-of-Sync signal.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import random
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
+
+from .connection import (
+    IPS_EXPECTED,
+    IPS_SYNC_MASK,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_CLOSE,
+    TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+    TCP_FIN_WAIT,
+    TCP_LAST_ACK,
+    TCP_NONE,
+    TCP_SYN_RECV,
+    TCP_SYN_SENT,
+    TCP_SYN_SENT2,
+    TCP_TIME_WAIT,
+    Connection,
+)
+from .ct_messages import (
+    MAX_GROUPS,
+    CtDelete,
+    CtDigest,
+    CtMessage,
+    CtNew,
+    CtNewResync,
+    CtResyncDone,
+    CtResyncRequest,
+    CtUpdate,
+)
+from .types import NodeId
+
+SYNCED_PROTOCOLS = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
+
+
+def default_is_relevant(conn: Connection) -> bool:
+    """TCP, UDP, ICMP and ICMPv6 entries; never EXPECTED ones (the seed's rule:
+    an expectation is re-created by its helper, it is not a connection yet)."""
+    return conn.proto in SYNCED_PROTOCOLS and not conn.status & IPS_EXPECTED
+
+
+_MOD64 = 1 << 64
+_HASH_HEAD = struct.Struct("!BBIIHHHHH")
+
+
+def entry_hash(conn: Connection) -> int:
+    """64-bit hash of every synced field of an entry; group digests are sums of these."""
+    o, r = conn.orig, conn.reply
+    material = (
+        _HASH_HEAD.pack(
+            conn.proto, conn.state, conn.status, conn.mark, conn.bucket,
+            o.sport, o.dport, r.sport, r.dport,
+        )
+        + o.src + o.dst + r.src + r.dst
+    )  # fmt: skip
+    digest = hashlib.blake2b(material, digest_size=8, person=b"fwcl-ct-entry").digest()
+    return int.from_bytes(digest, "big")
+
+
+# How far a connection has progressed; when several caches hold one key, the
+# takeover prefers the most advanced copy (connections only move forward).
+_TCP_PROGRESS = {
+    TCP_NONE: 0,
+    TCP_SYN_SENT: 1,
+    TCP_SYN_SENT2: 2,
+    TCP_SYN_RECV: 3,
+    TCP_ESTABLISHED: 4,
+    TCP_FIN_WAIT: 5,
+    TCP_CLOSE_WAIT: 6,
+    TCP_LAST_ACK: 7,
+    TCP_TIME_WAIT: 8,
+    TCP_CLOSE: 9,
+}
+
+
+def progress(conn: Connection) -> tuple[int, int]:
+    state = _TCP_PROGRESS.get(conn.state, 0) if conn.proto == PROTO_TCP else conn.state
+    return state, (conn.status & IPS_SYNC_MASK).bit_count()
+
+
+class _Table:
+    """Entries by key, indexed by bucket, with per-group (count, sum) digests
+    kept up to date on every change (never recomputed from scratch).
+
+    Iteration orders are insertion orders (dicts, never sets of bytes, whose
+    order changes with the per-process hash seed): rounds and takeover lists
+    come out the same in every run, which the simulator's replays rely on."""
+
+    __slots__ = ("_by_bucket", "_groups", "counts", "entries", "sums")
+
+    def __init__(self, groups: int) -> None:
+        self._groups = groups
+        self.entries: dict[bytes, Connection] = {}
+        self._by_bucket: dict[int, dict[bytes, None]] = {}
+        self.counts = [0] * groups
+        self.sums = [0] * groups
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: bytes) -> Connection | None:
+        return self.entries.get(key)
+
+    def put(self, key: bytes, conn: Connection) -> Connection | None:
+        old = self.remove(key)
+        self.entries[key] = conn
+        self._by_bucket.setdefault(conn.bucket, {})[key] = None
+        g = conn.bucket % self._groups
+        self.counts[g] += 1
+        self.sums[g] = (self.sums[g] + entry_hash(conn)) % _MOD64
+        return old
+
+    def remove(self, key: bytes) -> Connection | None:
+        old = self.entries.pop(key, None)
+        if old is None:
+            return None
+        keys = self._by_bucket[old.bucket]
+        del keys[key]
+        if not keys:
+            del self._by_bucket[old.bucket]
+        g = old.bucket % self._groups
+        self.counts[g] -= 1
+        self.sums[g] = (self.sums[g] - entry_hash(old)) % _MOD64
+        return old
+
+    def digests(self) -> list[tuple[int, int]]:
+        return list(zip(self.counts, self.sums, strict=True))
+
+    def keys_in_groups(self, groups: frozenset[int]) -> list[bytes]:
+        out: list[bytes] = []
+        for bucket in sorted(self._by_bucket):
+            if bucket % self._groups in groups:
+                out.extend(self._by_bucket[bucket])
+        return out
+
+    def in_buckets(self, buckets: Iterable[int]) -> Iterable[tuple[bytes, Connection]]:
+        for bucket in sorted(buckets):
+            for key in self._by_bucket.get(bucket, {}):
+                yield key, self.entries[key]
+
+
+@dataclasses.dataclass(slots=True)
+class _Round:
+    scope: frozenset[int]
+    keys: list[bytes]  # snapshot of the mirror's keys in scope when the round started
+    pos: int = 0
+
+
+# -- events for the Node ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResyncReceived:
+    """A peer finished a resync round; `groups` is None for a full one."""
+
+    peer: NodeId
+    groups: frozenset[int] | None
+    stale_dropped: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DigestMismatch:
+    """Our cache of `peer` disagreed with its digest in these groups: a message
+    was lost silently; a scoped resync has been requested (unless one is pending)."""
+
+    peer: NodeId
+    groups: frozenset[int]
+    requested: bool
+
+
+ConntrackSyncEvent = ResyncReceived | DigestMismatch
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConntrackSyncStats:
+    sent: Mapping[str, int]  # by message type name
+    received: Mapping[str, int]
+    rejected: Mapping[str, int]  # received messages dropped, by reason
+    local_entries: int
+    cache_sizes: Mapping[NodeId, int]
+    dead_peers: frozenset[NodeId]
+    resyncs: Mapping[str, int]  # rounds started by this node, by cause
+    resync_requests: Mapping[str, int]  # requests sent, by cause
+    digest_mismatches: int
+    unknown_updates: int
+    unknown_deletes: int
+    stale_dropped: int
+    local_ignored: int  # kernel events for irrelevant or unknown entries
+
+
+Role = Literal["sender", "receiver"]
+
+
+class ConntrackSync:
+    """The conntrack protocol of one node. See the module docstring."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        buckets: int,
+        *,
+        is_relevant: Callable[[Connection], bool] = default_is_relevant,
+        check_interval: float = 2.0,
+        groups: int = 16,
+        max_messages_per_call: int = 256,
+        pace_interval: float = 0.01,
+        status_mask: int = IPS_SYNC_MASK,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        if not 1 <= buckets <= 0x10000:
+            raise ValueError(f"buckets must be 1..65536, got {buckets}")
+        if not 1 <= groups <= MAX_GROUPS:
+            raise ValueError(f"groups must be 1..{MAX_GROUPS}, got {groups}")
+        if check_interval <= 0 or pace_interval < 0 or max_messages_per_call < 1:
+            raise ValueError("check_interval > 0, pace_interval >= 0, max_messages_per_call >= 1")
+        self.node_id = node_id
+        self.buckets = buckets
+        self.groups = groups
+        self.check_interval = check_interval
+        self.max_messages_per_call = max_messages_per_call
+        self.pace_interval = pace_interval
+        self._is_relevant = is_relevant
+        self._status_mask = status_mask
+        self._rng = rng
+        self._all_groups = frozenset(range(groups))
+
+        self._mirror = _Table(groups)
+        self._queue: collections.deque[CtMessage] = collections.deque()
+        self._round: _Round | None = None
+        self._pending_scope: frozenset[int] = frozenset()  # empty: no round pending
+        self._last_pull = now
+        self._round_due = now  # when the running round may add its next batch
+        self._check_at = now + check_interval * rng.uniform(0.5, 1.0)
+
+        self._caches: dict[NodeId, _Table] = {}
+        self._dead: set[NodeId] = set()
+        self._collected: dict[NodeId, set[bytes]] = {}  # NEW_RESYNC keys since last DONE
+        self._requested_at: dict[NodeId, float] = {}  # our outstanding resync requests
+        # Peers with a cache but no full round received yet, and since when.
+        self._unsynced_since: dict[NodeId, float] = {}
+        self._events: collections.deque[ConntrackSyncEvent] = collections.deque()
+
+        self._sent: collections.Counter[str] = collections.Counter()
+        self._received: collections.Counter[str] = collections.Counter()
+        self._rejected: collections.Counter[str] = collections.Counter()
+        self._resyncs: collections.Counter[str] = collections.Counter()
+        self._requests: collections.Counter[str] = collections.Counter()
+        self._digest_mismatches = 0
+        self._unknown_updates = 0
+        self._unknown_deletes = 0
+        self._stale_dropped = 0
+        self._local_ignored = 0
+
+    # -- local side: the kernel's table of this node ---------------------------
+
+    def local_new(self, conn: Connection, now: float) -> None:
+        """A kernel NEW event. Idempotent: an entry we already announced
+        unchanged (e.g. one we injected via `adopt`) is not announced again."""
+        self._local_upsert(conn)
+
+    def local_update(self, conn: Connection, now: float) -> None:
+        """A kernel UPDATE event; only changes of state, status or mark are sent."""
+        self._local_upsert(conn)
+
+    def local_destroy(self, conn: Connection, now: float) -> None:
+        key = conn.key
+        if self._mirror.remove(key) is None:
+            self._local_ignored += 1
+            return
+        self._queue.append(CtDelete(key))
+
+    def local_dump(self, conns: Iterable[Connection], now: float) -> None:
+        """The whole kernel table, re-read after lost events: announce the difference."""
+        seen: set[bytes] = set()
+        for conn in conns:
+            key = self._local_upsert(conn)
+            if key is not None:
+                seen.add(key)
+        for key in [k for k in self._mirror.entries if k not in seen]:
+            self._mirror.remove(key)
+            self._queue.append(CtDelete(key))
+
+    def adopt(self, conns: Iterable[Connection], now: float) -> None:
+        """Entries the Node injected into the kernel after a takeover are ours
+        now: mirror them and announce them so every cache follows the new owner."""
+        for conn in conns:
+            self._local_upsert(conn)
+
+    def _local_upsert(self, conn: Connection) -> bytes | None:
+        """Mirror `conn` and queue what peers need; the key if it is mirrored."""
+        key = conn.key
+        if not self._is_relevant(conn):
+            self._local_ignored += 1
+            if self._mirror.remove(key) is not None:  # it was relevant before
+                self._queue.append(CtDelete(key))
+            return None
+        if conn.status & ~self._status_mask:
+            # Only the status bits that mean something on another node are synced;
+            # the rest (CONFIRMED, DYING, ...) would cause UPDATEs that carry nothing.
+            conn = dataclasses.replace(conn, status=conn.status & self._status_mask)
+        old = self._mirror.get(key)
+        if old == conn:
+            return key
+        self._mirror.put(key, conn)
+        if old is not None and old.reply == conn.reply and old.bucket == conn.bucket:
+            self._queue.append(CtUpdate(key, conn.state, conn.status, conn.mark))
+        else:
+            self._queue.append(self._announcement(conn))
+        return key
+
+    def _announcement(self, conn: Connection) -> CtNew | CtNewResync:
+        # While a round runs, new entries in its scope are part of it (see module doc).
+        r = self._round
+        if r is not None and conn.bucket % self.groups in r.scope:
+            return CtNewResync.from_connection(conn)
+        return CtNew.from_connection(conn)
+
+    # -- membership ------------------------------------------------------------
+
+    def peer_up(self, peer: NodeId, now: float) -> None:
+        """A peer (new, or back) joined: it needs our whole table."""
+        self._dead.discard(peer)
+        self._cache(peer, now)
+        self._start_round(self._all_groups, "peer-up")
+
+    def peer_down(self, peer: NodeId, now: float) -> None:
+        """Keep its cache for the takeover, marked dead, until `forget_peer`."""
+        if peer in self._caches:
+            self._dead.add(peer)
+        self._requested_at.pop(peer, None)
+
+    def forget_peer(self, peer: NodeId) -> None:
+        self._caches.pop(peer, None)
+        self._dead.discard(peer)
+        self._collected.pop(peer, None)
+        self._requested_at.pop(peer, None)
+        self._unsynced_since.pop(peer, None)
+
+    def out_of_sync(self, peer: NodeId, role: Role, now: float) -> None:
+        """The reliable broadcast lost messages. As "sender" (peers may have lost
+        ours): resend everything. As "receiver" (we lost `peer`'s): ask it to."""
+        if role == "sender":
+            self._start_round(self._all_groups, "out-of-sync")
+        elif role == "receiver":
+            self._request(peer, frozenset(), "out-of-sync", now, force=True)
+        else:
+            raise ValueError(f"role must be 'sender' or 'receiver', got {role!r}")
+
+    # -- peer side -------------------------------------------------------------
+
+    def receive(self, msg: object, source: NodeId, now: float) -> None:
+        """A CT message delivered by the reliable broadcast from `source`.
+        Anything unusable is counted in `stats.rejected` and changes nothing."""
+        if source == self.node_id:
+            self._rejected["own-message"] += 1
+            return
+        if isinstance(msg, CtNew | CtNewResync):
+            self._received[type(msg).__name__] += 1
+            self._receive_entry(msg, source, now)
+        elif isinstance(msg, CtUpdate):
+            self._received["CtUpdate"] += 1
+            self._receive_update(msg, source)
+        elif isinstance(msg, CtDelete):
+            self._received["CtDelete"] += 1
+            self._receive_delete(msg, source)
+        elif isinstance(msg, CtDigest):
+            self._received["CtDigest"] += 1
+            self._receive_digest(msg, source, now)
+        elif isinstance(msg, CtResyncRequest):
+            self._received["CtResyncRequest"] += 1
+            self._receive_request(msg)
+        elif isinstance(msg, CtResyncDone):
+            self._received["CtResyncDone"] += 1
+            self._receive_done(msg, source, now)
+        else:
+            self._rejected["unexpected-message"] += 1
+
+    def _cache(self, peer: NodeId, now: float) -> _Table:
+        table = self._caches.get(peer)
+        if table is None:
+            table = self._caches[peer] = _Table(self.groups)
+            self._unsynced_since[peer] = now
+        return table
+
+    def _receive_entry(self, msg: CtNew | CtNewResync, source: NodeId, now: float) -> None:
+        conn = msg.to_connection()  # cannot fail: validated when the message was built
+        if conn.bucket >= self.buckets:
+            self._rejected["bucket-out-of-range"] += 1
+            return
+        key = conn.key
+        self._cache(source, now).put(key, conn)  # a known key is replaced
+        if isinstance(msg, CtNewResync):
+            self._collected.setdefault(source, set()).add(key)
+
+    def _receive_update(self, msg: CtUpdate, source: NodeId) -> None:
+        table = self._caches.get(source)
+        old = table.get(msg.key) if table is not None else None
+        if table is None or old is None:
+            self._unknown_updates += 1  # lost NEW; the next digest check repairs it
+            return
+        table.put(
+            msg.key, dataclasses.replace(old, state=msg.state, status=msg.status, mark=msg.mark)
+        )
+
+    def _receive_delete(self, msg: CtDelete, source: NodeId) -> None:
+        table = self._caches.get(source)
+        if table is None or table.remove(msg.key) is None:
+            self._unknown_deletes += 1
+            return
+        collected = self._collected.get(source)
+        if collected is not None:
+            collected.discard(msg.key)
+
+    def _receive_digest(self, msg: CtDigest, source: NodeId, now: float) -> None:
+        theirs = msg.groups()
+        if len(theirs) != self.groups:
+            self._rejected["digest-groups-mismatch"] += 1  # configuration differs
+            return
+        ours = self._cache(source, now).digests()
+        since = self._unsynced_since.get(source)
+        if since is not None and now - since < 2 * self.check_interval:
+            # Our cache of it is incomplete until its first full round for us
+            # ends, and that round may not even have started: comparing now
+            # would only request a second full round. Past the grace time the
+            # round (or its end) must have been lost, and the check asks anew.
+            self._rejected["digest-before-resync"] += 1
+            return
+        bad = frozenset(g for g in range(self.groups) if ours[g] != theirs[g])
+        if not bad:
+            return
+        self._digest_mismatches += 1
+        scope = frozenset() if bad == self._all_groups else bad
+        requested = self._request(source, scope, "digest-mismatch", now)
+        self._events.append(DigestMismatch(peer=source, groups=bad, requested=requested))
+
+    def _receive_request(self, msg: CtResyncRequest) -> None:
+        if msg.target != self.node_id:
+            return  # a broadcast meant for another node
+        if any(g >= self.groups for g in msg.groups):
+            self._rejected["group-out-of-range"] += 1
+            return
+        full = not msg.groups
+        self._start_round(
+            self._all_groups if full else frozenset(msg.groups),
+            "request-full" if full else "request-groups",
+        )
+
+    def _receive_done(self, msg: CtResyncDone, source: NodeId, now: float) -> None:
+        if any(g >= self.groups for g in msg.groups):
+            self._rejected["group-out-of-range"] += 1
+            return
+        scope = frozenset(msg.groups) if msg.groups else self._all_groups
+        table = self._cache(source, now)
+        collected = self._collected.pop(source, set())
+        stale = [k for k in table.keys_in_groups(scope) if k not in collected]
+        for key in stale:
+            table.remove(key)
+        self._stale_dropped += len(stale)
+        self._requested_at.pop(source, None)
+        if not msg.groups:
+            self._unsynced_since.pop(source, None)
+        self._events.append(
+            ResyncReceived(
+                peer=source,
+                groups=frozenset(msg.groups) if msg.groups else None,
+                stale_dropped=len(stale),
+            )
+        )
+
+    # -- resync rounds (sending side) -----------------------------------------
+
+    def _start_round(self, scope: frozenset[int], cause: str) -> None:
+        self._resyncs[cause] += 1
+        if self._round is not None:
+            self._pending_scope |= scope
+            return
+        self._round = _Round(scope, self._mirror.keys_in_groups(scope))
+
+    def _request(
+        self, peer: NodeId, groups: frozenset[int], cause: str, now: float, *, force: bool = False
+    ) -> bool:
+        """Ask `peer` for a resync (all groups if `groups` is empty). Unless
+        forced, not while a request of ours is unanswered: a digest that crossed
+        our request in flight would only ask again."""
+        asked = self._requested_at.get(peer)
+        if not force and asked is not None and now - asked < 2 * self.check_interval:
+            return False
+        self._requested_at[peer] = now
+        self._requests[cause] += 1
+        self._queue.append(CtResyncRequest(peer, tuple(sorted(groups))))
+        return True
+
+    def _next_round_message(self) -> CtNewResync | CtResyncDone | None:
+        r = self._round
+        if r is None:
+            return None
+        while r.pos < len(r.keys):
+            key = r.keys[r.pos]
+            r.pos += 1
+            conn = self._mirror.get(key)
+            if conn is not None:  # else deleted since the snapshot; its DELETE went out
+                return CtNewResync.from_connection(conn)
+        done = CtResyncDone(() if r.scope == self._all_groups else tuple(sorted(r.scope)))
+        self._round = None
+        if self._pending_scope:
+            scope, self._pending_scope = self._pending_scope, frozenset()
+            self._round = _Round(scope, self._mirror.keys_in_groups(scope))
+        return done
+
+    # -- sans-I/O surface ------------------------------------------------------
+
+    def messages_to_send(self, now: float) -> list[CtMessage]:
+        """Messages for the reliable broadcast, in order, at most
+        `max_messages_per_call`. Live changes go out as soon as they are pulled;
+        a resync round adds at most one batch per `pace_interval`, so a big
+        table neither overruns the broadcast's sender buffer nor starves the
+        heartbeats that share the link (next_timer says when to pull again)."""
+        self._last_pull = now
+        out: list[CtMessage] = []
+        cap = self.max_messages_per_call
+        while self._queue and len(out) < cap:
+            out.append(self._queue.popleft())
+        if self._round is not None and len(out) < cap and now >= self._round_due:
+            while self._round is not None and len(out) < cap:
+                step = self._next_round_message()
+                if step is not None:
+                    out.append(step)
+            self._round_due = now + self.pace_interval
+        for msg in out:
+            self._sent[type(msg).__name__] += 1
+        return out
+
+    def next_timer(self) -> float | None:
+        if self._queue:
+            return self._last_pull  # due already: pull again
+        if self._round is not None:
+            return min(self._check_at, self._round_due)
+        return self._check_at
+
+    def handle_timer(self, now: float) -> None:
+        # A round's pacing deadline needs no action: the caller pulls messages_to_send next.
+        if now < self._check_at:
+            return
+        self._check_at = now + self.check_interval * self._rng.uniform(0.9, 1.1)
+        if self._round is None:  # mid-round, receivers' caches are legitimately behind
+            self._queue.append(CtDigest.from_groups(self._mirror.digests()))
+
+    def next_event(self) -> ConntrackSyncEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- queries for the Node ----------------------------------------------------
+
+    def cached_in_buckets(self, buckets: frozenset[int]) -> list[Connection]:
+        """Peers' cached entries (alive or dead) in `buckets`, one per key: the
+        most advanced copy when several peers hold it (ties: lowest peer id)."""
+        best: dict[bytes, Connection] = {}
+        for peer in sorted(self._caches):
+            for key, conn in self._caches[peer].in_buckets(buckets):
+                have = best.get(key)
+                if have is None or progress(conn) > progress(have):
+                    best[key] = conn
+        return list(best.values())
+
+    def local_in_buckets(self, buckets: frozenset[int]) -> list[Connection]:
+        return [conn for _, conn in self._mirror.in_buckets(buckets)]
+
+    def local_entries(self) -> list[Connection]:
+        return list(self._mirror.entries.values())
+
+    def cache_entries(self, peer: NodeId) -> list[Connection]:
+        table = self._caches.get(peer)
+        return list(table.entries.values()) if table is not None else []
+
+    def peers(self) -> dict[NodeId, bool]:
+        """Peers with a cache, and whether each is alive."""
+        return {p: p not in self._dead for p in sorted(self._caches)}
+
+    def local_digests(self) -> list[tuple[int, int]]:
+        return self._mirror.digests()
+
+    def cache_digests(self, peer: NodeId) -> list[tuple[int, int]]:
+        table = self._caches.get(peer)
+        return table.digests() if table is not None else [(0, 0)] * self.groups
+
+    @property
+    def resync_in_progress(self) -> bool:
+        return self._round is not None
+
+    @property
+    def stats(self) -> ConntrackSyncStats:
+        return ConntrackSyncStats(
+            sent=dict(self._sent),
+            received=dict(self._received),
+            rejected=dict(self._rejected),
+            local_entries=len(self._mirror),
+            cache_sizes={p: len(t) for p, t in sorted(self._caches.items())},
+            dead_peers=frozenset(self._dead),
+            resyncs=dict(self._resyncs),
+            resync_requests=dict(self._requests),
+            digest_mismatches=self._digest_mismatches,
+            unknown_updates=self._unknown_updates,
+            unknown_deletes=self._unknown_deletes,
+            stale_dropped=self._stale_dropped,
+            local_ignored=self._local_ignored,
+        )
