@@ -17,20 +17,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ROOT / "docs" / "benchmarks"
 # order of sections in docs/benchmarks.md; benchmarks not listed run after these
-ORDER = ["rb_overhead", "bucket_movement", "failover", "sync_throughput", "dataplane_cost"]
+ORDER = [
+    "rb_overhead",
+    "bucket_movement",
+    "failover",
+    "sync_throughput",
+    "dataplane_cost",
+]
 SKIP = {"run_all"}
 
 
 def benchmarks() -> list[str]:
-    names = [p.stem for p in sorted((ROOT / "bench").glob("*.py")) if p.stem not in SKIP]
-    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = [
+        p.stem for p in sorted((ROOT / "bench").glob("*.py")) if p.stem not in SKIP
+    ]
+    return sorted(
+        names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)
+    )
 
 
 def commit() -> str:
     try:
         return subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -104,8 +104,17 @@ def test_each_mistake_names_its_key(path: str, value: Any, names: str) -> None:
 def test_unicast_needs_peers() -> None:
     with pytest.raises(ConfigError, match="sync.peers: at least one peer"):
         parse(with_change("sync.transport", "unicast"))
-    cfg = parse(with_change("sync", {"interface": "sync0", "address": "198.51.100.11",
-                                     "transport": "unicast", "peers": ["198.51.100.12"]}))
+    cfg = parse(
+        with_change(
+            "sync",
+            {
+                "interface": "sync0",
+                "address": "198.51.100.11",
+                "transport": "unicast",
+                "peers": ["198.51.100.12"],
+            },
+        )
+    )
     assert [str(p) for p in cfg.sync.peers] == ["198.51.100.12"]
 
 

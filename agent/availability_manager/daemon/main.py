@@ -91,7 +91,9 @@ def _broadcast_address(cfg: AgentConfig) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="availability-manager", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="availability-manager", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_PATH, help="configuration file")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="validate the configuration and exit")

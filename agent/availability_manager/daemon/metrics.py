@@ -18,8 +18,16 @@ from prometheus_client.registry import Collector
 PREFIX = "fwcluster_"
 
 # Node.stats() keys exported as gauges; everything else numeric is a counter.
-GAUGES = {"members", "owned_buckets", "cache_size", "local_connections", "sync_lag_seconds",
-          "ready", "stable", "links_up"}
+GAUGES = {
+    "members",
+    "owned_buckets",
+    "cache_size",
+    "local_connections",
+    "sync_lag_seconds",
+    "ready",
+    "stable",
+    "links_up",
+}
 
 
 class SnapshotCollector(Collector):

@@ -169,8 +169,9 @@ class Runtime:
         if self._leaving:
             return
         self._leaving = True
-        log.info("leaving: handing buckets to the other nodes (timeout %gs)",
-                 self.cfg.leave_timeout_s)
+        log.info(
+            "leaving: handing buckets to the other nodes (timeout %gs)", self.cfg.leave_timeout_s
+        )
         self.notifier.stopping("leaving the cluster")
         self.node.leave(self.loop.time())
         self.loop.call_later(self.cfg.leave_timeout_s, self._leave_timeout)

@@ -55,7 +55,9 @@ class SyncSocket:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
                 self.destinations: list[tuple[str, int] | tuple[str, int, int, int]] = [
-                    (str(group), port) if family == socket.AF_INET else (str(group), port, 0, ifindex)
+                    (str(group), port)
+                    if family == socket.AF_INET
+                    else (str(group), port, 0, ifindex)
                 ]
             elif transport == "broadcast":
                 if broadcast is None:

@@ -51,7 +51,9 @@ class DataPlaneConfig:
     node_id: int
     settings: ClusterSettings
     zones: tuple[Zone, ...]  # ordered: orientation of the symmetric hash follows this order
-    mark_mask: int = 0x0000FFFF  # bits of the conntrack mark that hold bucket + 1 (0 = unclassified)
+    mark_mask: int = (
+        0x0000FFFF  # bits of the conntrack mark that hold bucket + 1 (0 = unclassified)
+    )
     tcp_loose: bool = False  # nf_conntrack_tcp_loose: mid-stream pickup (see docs/dataplane.md)
 
 

@@ -1,0 +1,276 @@
+"""Generic netlink messages of the clusterdev kernel module, as bytes.
+
+Building and parsing only (no sockets): `ClusterdevBackend` in clusterdev.py
+does the I/O. The numbers mirror kmod/clusterdev/clusterdev_uapi.h; a unit
+test reads that header and checks they agree.
+
+Parsing never raises anything but `GenlError` (a malformed or unexpected
+message, with `reason` as a short counter label) or `KernelError` (the kernel
+answered with a negative errno).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+# <linux/netlink.h>, <linux/genetlink.h>
+NETLINK_GENERIC = 16
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+# kmod/clusterdev/clusterdev_uapi.h
+FAMILY_NAME = "clusterdev"
+FAMILY_VERSION = 1
+MAX_BUCKETS = 4096
+CMD_SET_CONFIG = 1
+CMD_GET_CONFIG = 2
+CMD_GET_STATS = 3
+HASH_ADDRESSES = 0
+HASH_ADDRESSES_PORTS = 1
+A_BUCKETS = 1
+A_SEED = 2
+A_HASH_FIELDS = 3
+A_MARK_MASK = 4
+A_OWNED = 5
+A_STATS_PACKETS = 6
+A_STATS_CONNS = 7
+A_STATS_DROP_NOT_OWNED = 8
+A_STATS_DROP_INVALID = 9
+A_PAD = 10
+
+HASH_FIELDS_CODES = {"addresses": HASH_ADDRESSES, "addresses+ports": HASH_ADDRESSES_PORTS}
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_GENLMSGHDR = struct.Struct("=BBH")  # cmd, version, reserved
+_NLATTR = struct.Struct("=HH")  # len, type
+
+
+class GenlError(Exception):
+    """A message from the kernel that does not parse; `reason` is a counter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class KernelError(Exception):
+    """The kernel refused a request with this errno."""
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(f"kernel refused the request: errno {errno}")
+        self.errno = errno
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    buckets: int
+    seed: int
+    hash_fields: str
+    mark_mask: int
+    owned: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stats:
+    packets: tuple[int, ...]  # per bucket
+    conns: tuple[int, ...]  # NEW connections accepted, per bucket
+    drop_not_owned: int
+    drop_invalid: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    type: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attr(atype: int, value: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    length = _NLATTR.size + len(value)
+    return _NLATTR.pack(length, atype) + value + b"\0" * (_align4(length) - length)
+
+
+def nlmsg(mtype: int, flags: int, seq: int, payload: bytes) -> bytes:
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), mtype, flags, seq, 0) + payload
+
+
+def genlmsg(family: int, cmd: int, seq: int, attrs: bytes, version: int = FAMILY_VERSION) -> bytes:
+    return nlmsg(family, NLM_F_REQUEST | NLM_F_ACK, seq, _GENLMSGHDR.pack(cmd, version, 0) + attrs)
+
+
+def encode_bitmap(owned: frozenset[int], buckets: int) -> bytes:
+    """Bucket b is bit b % 8 of byte b // 8, as the module reads it."""
+    out = bytearray((buckets + 7) // 8)
+    for b in owned:
+        if not 0 <= b < buckets:
+            raise ValueError(f"bucket {b} outside 0..{buckets - 1}")
+        out[b // 8] |= 1 << (b % 8)
+    return bytes(out)
+
+
+def decode_bitmap(data: bytes) -> frozenset[int]:
+    return frozenset(
+        i * 8 + bit for i, byte in enumerate(data) for bit in range(8) if byte >> bit & 1
+    )
+
+
+def get_family_request(seq: int) -> bytes:
+    name = attr(CTRL_ATTR_FAMILY_NAME, FAMILY_NAME.encode() + b"\0")
+    return genlmsg(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, seq, name, version=1)
+
+
+def set_config_request(
+    family: int,
+    seq: int,
+    *,
+    buckets: int | None = None,
+    seed: int | None = None,
+    hash_fields: str | None = None,
+    mark_mask: int | None = None,
+    owned: frozenset[int] | None = None,
+) -> bytes:
+    """A SET_CONFIG with the given fields; `owned` needs `buckets` to size the bitmap."""
+    parts = []
+    if buckets is not None:
+        parts.append(attr(A_BUCKETS, struct.pack("=I", buckets)))
+    if seed is not None:
+        parts.append(attr(A_SEED, struct.pack("=I", seed)))
+    if hash_fields is not None:
+        parts.append(attr(A_HASH_FIELDS, struct.pack("=B", HASH_FIELDS_CODES[hash_fields])))
+    if mark_mask is not None:
+        parts.append(attr(A_MARK_MASK, struct.pack("=I", mark_mask)))
+    if owned is not None:
+        if buckets is None:
+            raise ValueError("owned needs buckets (the bitmap's size)")
+        parts.append(attr(A_OWNED, encode_bitmap(owned, buckets)))
+    return genlmsg(family, CMD_SET_CONFIG, seq, b"".join(parts))
+
+
+def get_config_request(family: int, seq: int) -> bytes:
+    return genlmsg(family, CMD_GET_CONFIG, seq, b"")
+
+
+def get_stats_request(family: int, seq: int) -> bytes:
+    return genlmsg(family, CMD_GET_STATS, seq, b"")
+
+
+def parse_messages(data: bytes) -> list[Message]:
+    """Split one datagram from a netlink socket into messages."""
+    out = []
+    off = 0
+    while off < len(data):
+        if len(data) - off < _NLMSGHDR.size:
+            raise GenlError("short_header", f"{len(data) - off} bytes left")
+        length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            raise GenlError("bad_length", f"nlmsg_len {length} at {off} of {len(data)}")
+        out.append(Message(mtype, flags, seq, bytes(data[off + _NLMSGHDR.size : off + length])))
+        off += _align4(length)
+    return out
+
+
+def check_error(msg: Message) -> None:
+    """Raise KernelError for a negative NLMSG_ERROR; an ack (errno 0) is fine."""
+    if msg.type != NLMSG_ERROR:
+        return
+    if len(msg.payload) < 4:
+        raise GenlError("short_error")
+    (err,) = struct.unpack_from("=i", msg.payload)
+    if err < 0:
+        raise KernelError(-err)
+
+
+def parse_attrs(data: bytes) -> dict[int, bytes]:
+    """Attributes of a flat attribute stream; later duplicates win, as in the kernel."""
+    attrs: dict[int, bytes] = {}
+    off = 0
+    while off + _NLATTR.size <= len(data):
+        length, atype = _NLATTR.unpack_from(data, off)
+        if length < _NLATTR.size or off + length > len(data):
+            raise GenlError("bad_attr_length", f"nla_len {length} at {off}")
+        attrs[atype & 0x3FFF] = bytes(data[off + _NLATTR.size : off + length])
+        off += _align4(length)
+    return attrs
+
+
+def _genl_attrs(msg: Message, family: int, cmd: int) -> dict[int, bytes]:
+    check_error(msg)
+    if msg.type != family:
+        raise GenlError("unexpected_type", f"type {msg.type}, expected {family}")
+    if len(msg.payload) < _GENLMSGHDR.size:
+        raise GenlError("short_genl_header")
+    got_cmd, _version, _reserved = _GENLMSGHDR.unpack_from(msg.payload)
+    if got_cmd != cmd:
+        raise GenlError("unexpected_cmd", f"cmd {got_cmd}, expected {cmd}")
+    return parse_attrs(msg.payload[_GENLMSGHDR.size :])
+
+
+def _u(attrs: dict[int, bytes], atype: int, fmt: str) -> int:
+    value = attrs.get(atype)
+    if value is None:
+        raise GenlError("missing_attr", f"attribute {atype}")
+    if len(value) != struct.calcsize(fmt):
+        raise GenlError("bad_attr_size", f"attribute {atype}: {len(value)} bytes")
+    result: int = struct.unpack(fmt, value)[0]
+    return result
+
+
+def parse_family_id(msg: Message) -> int:
+    attrs = _genl_attrs(msg, GENL_ID_CTRL, 1)  # CTRL_CMD_NEWFAMILY
+    return _u(attrs, CTRL_ATTR_FAMILY_ID, "=H")
+
+
+def parse_config(msg: Message, family: int) -> Config:
+    attrs = _genl_attrs(msg, family, CMD_GET_CONFIG)
+    buckets = _u(attrs, A_BUCKETS, "=I")
+    code = _u(attrs, A_HASH_FIELDS, "=B")
+    names = {v: k for k, v in HASH_FIELDS_CODES.items()}
+    if code not in names:
+        raise GenlError("bad_hash_fields", str(code))
+    bitmap = attrs.get(A_OWNED)
+    if bitmap is None or len(bitmap) != (buckets + 7) // 8:
+        raise GenlError("bad_bitmap")
+    owned = decode_bitmap(bitmap)
+    if any(b >= buckets for b in owned):
+        raise GenlError("bad_bitmap", "bit beyond bucket count")
+    return Config(
+        buckets=buckets,
+        seed=_u(attrs, A_SEED, "=I"),
+        hash_fields=names[code],
+        mark_mask=_u(attrs, A_MARK_MASK, "=I"),
+        owned=owned,
+    )
+
+
+def _u64_array(attrs: dict[int, bytes], atype: int) -> tuple[int, ...]:
+    data = attrs.get(atype)
+    if data is None or len(data) % 8:
+        raise GenlError("bad_counters", f"attribute {atype}")
+    return tuple(v for (v,) in struct.iter_unpack("=Q", data))
+
+
+def parse_stats(msg: Message, family: int) -> Stats:
+    attrs = _genl_attrs(msg, family, CMD_GET_STATS)
+    packets = _u64_array(attrs, A_STATS_PACKETS)
+    conns = _u64_array(attrs, A_STATS_CONNS)
+    if len(packets) != len(conns):
+        raise GenlError("bad_counters", "arrays differ in length")
+    return Stats(
+        packets=packets,
+        conns=conns,
+        drop_not_owned=_u(attrs, A_STATS_DROP_NOT_OWNED, "=Q"),
+        drop_invalid=_u(attrs, A_STATS_DROP_INVALID, "=Q"),
+    )

@@ -1,0 +1,220 @@
+"""Render the agent's own nftables tables from a DataPlaneConfig.
+
+Only `table inet fwcluster` and `table arp fwcluster` are ever written; the
+operator's policy lives in other tables beside them. An `accept` in our
+chains only ends our chain (later base chains still see the packet); a
+`drop` is final. So the tables have no opinion on traffic that is not sent
+to a cluster MAC, and on cluster traffic they only decide "is this node the
+one that handles this connection".
+
+Packet path (prerouting, priority -150: after conntrack, before DNAT):
+
+    ether daddr in cluster MACs -> cluster_traffic, else no opinion
+    cluster_traffic: pkttype := host; established/related: accept;
+                     invalid: drop; NEW: orient, then hash_fwd / hash_rev
+    hash_*:          mark := bucket + 1 under mark_mask; owned: accept; drop
+
+The orientation rule and the mark layout are explained in docs/dataplane.md;
+bucket.py is the Python twin of the hash expressions rendered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .base import DataPlaneConfig
+from .bucket import mask_shift
+from .nd_mangle import render_nd_rules
+
+TABLE = "fwcluster"
+OWNED_SET = "owned"
+COUNTERS = ("accepted_new", "not_owned", "invalid")
+
+_PORT_PROTOS = "{ tcp, udp, dccp, sctp, udplite }"
+
+
+def validate_config(config: DataPlaneConfig) -> None:
+    """Reject what the ruleset cannot express, before rendering anything."""
+    shift = mask_shift(config.mark_mask)
+    if config.settings.buckets > config.mark_mask >> shift:
+        raise ValueError(
+            f"mark mask {config.mark_mask:#x} cannot hold bucket+1 up to {config.settings.buckets}"
+        )
+    if not config.zones:
+        raise ValueError("at least one zone is required")
+    names = [z.name for z in config.zones]
+    ifaces = [z.interface for z in config.zones]
+    if len(set(names)) != len(names) or len(set(ifaces)) != len(ifaces):
+        raise ValueError("zone names and zone interfaces must be unique")
+    for z in config.zones:
+        if not all(c.isalnum() or c in "-_." for c in z.interface):
+            raise ValueError(f"zone {z.name}: interface {z.interface!r} has unsupported characters")
+
+
+def _hash(config: DataPlaneConfig, fields: str) -> str:
+    s = config.settings
+    return f"jhash {fields} mod {s.buckets} seed {s.hash_seed:#010x}"
+
+
+def _mark_stmt(config: DataPlaneConfig, fields: str) -> str:
+    shift = mask_shift(config.mark_mask)
+    shifted = f" << {shift}" if shift else ""
+    return f"ct mark set {_hash(config, fields)} offset 1{shifted}"
+
+
+def _classify(config: DataPlaneConfig, match: str, fields: str) -> list[str]:
+    """Two rules: record the bucket in the conntrack mark, accept if owned.
+    The hash is computed twice so that `owned` holds plain bucket numbers."""
+    prefix = f"{match} " if match else ""
+    return [
+        f"{prefix}{_mark_stmt(config, fields)}",
+        f'{prefix}{_hash(config, fields)} @{OWNED_SET} counter name "accepted_new" accept',
+    ]
+
+
+def _hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
+    """Rules of hash_fwd (forward=True) or hash_rev: addresses, then ports or
+    the ICMP echo id when settings.hash_fields asks for them."""
+
+    def fields(fam: str, extra: tuple[str, ...]) -> str:
+        a, b = (f"{fam} saddr", f"{fam} daddr") if forward else (f"{fam} daddr", f"{fam} saddr")
+        parts = [a, b]
+        if len(extra) == 2:
+            parts += list(extra) if forward else [extra[1], extra[0]]
+        else:
+            parts += list(extra)
+        return " . ".join(parts)
+
+    rules: list[str] = []
+    if config.settings.hash_fields == "addresses+ports":
+        for fam in ("ip", "ip6"):
+            rules += _classify(
+                config, f"meta l4proto {_PORT_PROTOS}", fields(fam, ("th sport", "th dport"))
+            )
+        # `icmp id` makes nft add `icmp type { echo-request, echo-reply }`:
+        # other ICMP types fall through to the address-only rules below.
+        rules += _classify(config, "", fields("ip", ("icmp id",)))
+        rules += _classify(config, "", fields("ip6", ("icmpv6 id",)))
+        # A packet whose bucket was computed above but is not owned must not
+        # be re-classified by the address rules: stop it here.
+        rules.append(f'meta l4proto {_PORT_PROTOS} counter name "not_owned" drop')
+        rules.append('icmp type { echo-request, echo-reply } counter name "not_owned" drop')
+        rules.append('icmpv6 type { echo-request, echo-reply } counter name "not_owned" drop')
+    for fam in ("ip", "ip6"):
+        rules += _classify(config, "", fields(fam, ()))
+    rules.append('counter name "not_owned" drop')
+    return rules
+
+
+def _orientation_map(config: DataPlaneConfig) -> str | None:
+    """Zone pairs whose packets are hashed swapped: from a later zone to an
+    earlier one. Every other case is hashed as-is (see bucket.is_forward)."""
+    entries = []
+    for i, earlier in enumerate(config.zones):
+        for later in config.zones[i + 1 :]:
+            entries.append(f'"{later.interface}" . "{earlier.interface}" : goto hash_rev')
+    if not entries:
+        return None
+    return "iif . fib daddr oif vmap { " + ", ".join(entries) + " }"
+
+
+def _macs(config: DataPlaneConfig) -> str:
+    macs = sorted({z.cluster_mac.lower() for z in config.zones})
+    return "{ " + ", ".join(macs) + " }"
+
+
+def render_ruleset(
+    config: DataPlaneConfig,
+    owned: Iterable[int] = (),
+    interface_macs: Mapping[str, str] | None = None,
+) -> str:
+    """An `nft -f` script that (re)creates both tables in one transaction.
+    Re-running it replaces them atomically (create-if-missing, delete, add).
+    `interface_macs` (zone interface -> its own MAC) enables the IPv6
+    neighbour discovery rules (nd_mangle.py) for zones with IPv6 cluster IPs."""
+    validate_config(config)
+    elements = render_elements(config, owned)
+    out: list[str] = []
+    out.append(f"table inet {TABLE} {{}}")
+    out.append(f"delete table inet {TABLE}")
+    out.append(f"table inet {TABLE} {{")
+    for name in COUNTERS:
+        out.append(f"  counter {name} {{}}")
+    out.append(f"  set {OWNED_SET} {{")
+    out.append(f"    typeof numgen inc mod {config.settings.buckets}")
+    if elements:
+        out.append(f"    elements = {{ {elements} }}")
+    out.append("  }")
+    out.append("  chain prerouting {")
+    out.append("    type filter hook prerouting priority -150; policy accept;")
+    out.append(f"    ether daddr {_macs(config)} goto cluster_traffic")
+    out.append("  }")
+    out.append("  chain cluster_traffic {")
+    out.append("    meta pkttype set host")
+    out.append("    ct state established,related accept")
+    out.append('    ct state invalid counter name "invalid" drop')
+    out.append("    fib daddr type local goto hash_fwd")
+    vmap = _orientation_map(config)
+    if vmap:
+        out.append(f"    {vmap}")
+    out.append("    goto hash_fwd")
+    out.append("  }")
+    for chain, forward in (("hash_fwd", True), ("hash_rev", False)):
+        out.append(f"  chain {chain} {{")
+        out += [f"    {r}" for r in _hash_chain(config, forward)]
+        out.append("  }")
+    nd_rules = render_nd_rules(config, interface_macs or {})
+    if nd_rules:
+        out.append("  chain nd_output {")
+        out.append("    type filter hook output priority 0; policy accept;")
+        out += [f"    {r}" for r in nd_rules]
+        out.append("  }")
+    out.append("}")
+    out += _render_arp(config)
+    return "\n".join(out) + "\n"
+
+
+def _render_arp(config: DataPlaneConfig) -> list[str]:
+    """ARP output mangling: every ARP packet this node sends for a cluster IP
+    (replies and requests) names the zone's multicast MAC, so neighbours
+    cache it and the switch floods the frames to every node."""
+    rules = []
+    for z in config.zones:
+        for ip in z.cluster_ips:
+            if ip.version == 4:
+                rules.append(
+                    f"    arp saddr ip {ip.ip} arp saddr ether set {z.cluster_mac.lower()}"
+                )
+    out = [f"table arp {TABLE} {{}}", f"delete table arp {TABLE}", f"table arp {TABLE} {{"]
+    out.append("  chain output {")
+    out.append("    type filter hook output priority 0; policy accept;")
+    out += rules
+    out.append("  }")
+    out.append("}")
+    return out
+
+
+def render_elements(config: DataPlaneConfig, owned: Iterable[int]) -> str:
+    """Comma-separated, validated bucket numbers ("" for none)."""
+    buckets = sorted(set(owned))
+    for b in buckets:
+        if not isinstance(b, int) or not 0 <= b < config.settings.buckets:
+            raise ValueError(f"bucket {b!r} out of range 0..{config.settings.buckets - 1}")
+    return ", ".join(str(b) for b in buckets)
+
+
+def render_owned_update(config: DataPlaneConfig, owned: Iterable[int]) -> str:
+    """An `nft -f` script replacing the owned set in one transaction."""
+    elements = render_elements(config, owned)
+    out = [f"flush set inet {TABLE} {OWNED_SET}"]
+    if elements:
+        out.append(f"add element inet {TABLE} {OWNED_SET} {{ {elements} }}")
+    return "\n".join(out) + "\n"
+
+
+def render_uninstall() -> str:
+    """Delete both tables if present (create-then-delete never fails)."""
+    return (
+        f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+        f"table arp {TABLE} {{}}\ndelete table arp {TABLE}\n"
+    )

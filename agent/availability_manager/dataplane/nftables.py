@@ -1,0 +1,217 @@
+"""The nftables data-plane backend: no kernel module, stock nft and iproute2.
+
+It owns, on this node and in the current network namespace:
+  * the tables `inet fwcluster` and `arp fwcluster` (nft_ruleset.py);
+  * the cluster multicast MAC of every zone on the zone interface
+    (`ip maddr`, since pyroute2 has no API for link-layer multicast lists);
+  * the cluster IPs it had to add to the zone interfaces (iproute2 `ip`);
+  * the sysctls it changed (sysctl.py), restored on uninstall.
+
+Lifecycle: install() -> set_owned_buckets()* -> uninstall(). Every call is
+idempotent; install() on an installed backend re-renders the tables and
+keeps the owned set. What install() added is remembered in this object only:
+a new process cannot undo an older process's install beyond deleting the
+tables (the daemon calls uninstall() before it exits).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .base import DataPlaneConfig, Zone
+from .nft_ruleset import (
+    COUNTERS,
+    OWNED_SET,
+    TABLE,
+    render_owned_update,
+    render_ruleset,
+    render_uninstall,
+    validate_config,
+)
+from .sysctl import PROC_SYS, SysctlChanges
+
+log = logging.getLogger(__name__)
+
+IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class DataPlaneError(RuntimeError):
+    """A command the backend needs failed; the message says which and why."""
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as e:
+        raise DataPlaneError(f"{cmd[0]} not found: install nftables and iproute2") from e
+    except subprocess.TimeoutExpired as e:
+        raise DataPlaneError(f"{' '.join(cmd)} timed out") from e
+    if done.returncode != 0:
+        raise DataPlaneError(
+            f"{' '.join(cmd)} failed (exit {done.returncode}): {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def nft_apply(script: str, check: bool = False) -> None:
+    """Run an nft script as one transaction (`nft -f -`), or only check it."""
+    _run(["nft", "-c", "-f", "-"] if check else ["nft", "-f", "-"], stdin=script)
+
+
+def nft_json(*args: str) -> list[dict[str, Any]]:
+    out = json.loads(_run(["nft", "-j", *args]))
+    items = out.get("nftables", []) if isinstance(out, dict) else []
+    return [i for i in items if isinstance(i, dict)]
+
+
+def _interface_addresses(interface: str) -> set[IPAddr]:
+    data = json.loads(_run(["ip", "-j", "addr", "show", "dev", interface]))
+    found: set[IPAddr] = set()
+    for link in data:
+        for a in link.get("addr_info", []):
+            found.add(ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}"))
+    return found
+
+
+def _interface_mac(interface: str) -> str:
+    data = json.loads(_run(["ip", "-j", "link", "show", "dev", interface]))
+    if not data or "address" not in data[0]:
+        raise DataPlaneError(f"interface {interface} has no link-layer address")
+    return str(data[0]["address"])
+
+
+def _interface_maddrs(interface: str, proc: Path = Path("/proc/net/dev_mcast")) -> set[str]:
+    """Link-layer multicast addresses of an interface (this namespace)."""
+    macs = set()
+    for line in proc.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[1] == interface and len(parts[4]) == 12:
+            h = parts[4].lower()
+            macs.add(":".join(h[i : i + 2] for i in range(0, 12, 2)))
+    return macs
+
+
+class NftablesDataPlane:
+    """base.DataPlane with nftables; see the module docstring."""
+
+    name = "nftables"
+
+    def __init__(self, config: DataPlaneConfig, proc_sys: Path = PROC_SYS) -> None:
+        validate_config(config)
+        self.config = config
+        self.sysctls = SysctlChanges(proc_sys)
+        self.added_addresses: list[tuple[str, IPAddr]] = []
+        self.added_maddrs: list[tuple[str, str]] = []
+        self.installed = False
+        self.owned: frozenset[int] = frozenset()
+
+    # --- DataPlane -----------------------------------------------------------------
+
+    def install(self) -> None:
+        macs = {z.interface: _interface_mac(z.interface) for z in self.config.zones}
+        script = render_ruleset(self.config, self.owned, macs)
+        nft_apply(script)  # first: it fails early if a zone interface is missing
+        self.installed = True
+        has_v6 = False
+        for zone in self.config.zones:
+            self._add_maddr(zone)
+            for ip in zone.cluster_ips:
+                has_v6 |= ip.version == 6
+                self._add_address(zone, ip)
+        self.sysctls.set("net.ipv4.conf.all.arp_announce", "2")
+        self.sysctls.set("net.ipv4.ip_forward", "1")
+        if has_v6:
+            self.sysctls.set("net.ipv6.conf.all.forwarding", "1")
+        self.sysctls.set(
+            "net.netfilter.nf_conntrack_tcp_loose", "1" if self.config.tcp_loose else "0"
+        )
+        log.info("nftables data plane installed: %d zones", len(self.config.zones))
+
+    def set_owned_buckets(self, owned: frozenset[int]) -> None:
+        if not self.installed:
+            raise DataPlaneError("set_owned_buckets() before install()")
+        nft_apply(render_owned_update(self.config, owned))  # validates before running
+        self.owned = frozenset(owned)
+
+    def uninstall(self) -> None:
+        errors: list[str] = []
+        try:
+            nft_apply(render_uninstall())
+        except DataPlaneError as e:
+            errors.append(str(e))
+        for iface, ip in reversed(self.added_addresses):
+            try:
+                _run(["ip", "addr", "del", str(ip), "dev", iface])
+            except DataPlaneError as e:
+                errors.append(str(e))
+        for iface, mac in reversed(self.added_maddrs):
+            try:
+                _run(["ip", "maddr", "del", mac, "dev", iface])
+            except DataPlaneError as e:
+                errors.append(str(e))
+        self.added_addresses.clear()
+        self.added_maddrs.clear()
+        try:
+            self.sysctls.restore()
+        except RuntimeError as e:
+            errors.append(str(e))
+        self.installed = False
+        self.owned = frozenset()
+        if errors:
+            raise DataPlaneError("uninstall incomplete: " + "; ".join(errors))
+
+    def status(self) -> dict[str, object]:
+        result: dict[str, object] = {"backend": self.name, "installed": self.installed}
+        if not self.installed:
+            return result
+        result["owned"] = self.programmed_owned()
+        counters: dict[str, int] = {}
+        for item in nft_json("list", "counters", "table", "inet", TABLE):
+            c = item.get("counter")
+            if isinstance(c, dict) and c.get("name") in COUNTERS:
+                counters[str(c["name"])] = int(c.get("packets", 0))
+        result["counters"] = counters
+        return result
+
+    # --- helpers -------------------------------------------------------------------
+
+    def programmed_owned(self) -> list[int]:
+        """The owned set as the kernel has it (read back with `nft -j`)."""
+        for item in nft_json("list", "set", "inet", TABLE, OWNED_SET):
+            s = item.get("set")
+            if isinstance(s, dict):
+                return sorted(int(e) for e in s.get("elem", []) if isinstance(e, int))
+        return []
+
+    def _add_maddr(self, zone: Zone) -> None:
+        mac = zone.cluster_mac.lower()
+        if mac in _interface_maddrs(zone.interface):
+            return
+        _run(["ip", "maddr", "add", mac, "dev", zone.interface])
+        self.added_maddrs.append((zone.interface, mac))
+
+    def _add_address(self, zone: Zone, ip: IPAddr) -> None:
+        present = _interface_addresses(zone.interface)
+        if ip in present:
+            return
+        if ip.version == 4 and not any(p.version == 4 and ip.ip in p.network for p in present):
+            # The first address of a subnet is the primary one and the source
+            # of the node's own traffic: the node IP must come first.
+            log.warning(
+                "zone %s: cluster IP %s becomes primary on %s (no node IP in its subnet)",
+                zone.name,
+                ip,
+                zone.interface,
+            )
+        cmd = ["ip", "addr", "add", str(ip), "dev", zone.interface]
+        if ip.version == 6:
+            # Every node has this address: duplicate address detection would
+            # disable it, and a deprecated address is never a source address.
+            cmd += ["nodad", "preferred_lft", "0"]
+        _run(cmd)
+        self.added_addresses.append((zone.interface, ip))

@@ -1,0 +1,320 @@
+"""The nftables backend on the real kernel, in namespaces this test creates.
+
+client (zone inside) --veth-- fw --veth-- server (zone outside)
+
+The fw namespace runs NftablesDataPlane. Real TCP, UDP and ICMP flows (IPv4
+and IPv6, both directions, and to the cluster IP itself) cross it; the
+conntrack marks the kernel writes are compared with the Python twin
+(bucket.py), and with a partial owned set only the flows whose twin bucket is
+owned get through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.bucket import bucket_of, bucket_of_mark
+from availability_manager.dataplane.nftables import NftablesDataPlane, _interface_maddrs
+from availability_manager.dataplane.nslab import (
+    NsLab,
+    icmp_echoes,
+    inside,
+    sh,
+    tcp_flows,
+    udp_flows,
+    wait_until,
+)
+from availability_manager.dataplane.sysctl import read_sysctl
+from availability_manager.types import ClusterSettings
+
+pytestmark = pytest.mark.lab
+
+MAC_IN = "03:fc:00:00:00:01"
+MAC_OUT = "03:fc:00:00:00:02"
+CLIENT, SERVER = "192.0.2.10", "198.51.100.10"
+CLIENT6, SERVER6 = "2001:db8:1::10", "2001:db8:2::10"
+CLUSTER_IN, CLUSTER_OUT = "192.0.2.1", "198.51.100.1"
+CLUSTER_IN6 = "2001:db8:1::1"
+HAIRPIN = "203.0.113.7"
+ZONES = ("inside", "outside")
+
+
+def ipv6_groups(macs: set[str]) -> set[str]:
+    return {m for m in macs if m.startswith("33:33:")}
+
+
+def _config(settings: ClusterSettings, tcp_loose: bool = False) -> DataPlaneConfig:
+    ip = ipaddress.ip_interface
+    return DataPlaneConfig(
+        node_id=1,
+        settings=settings,
+        zones=(
+            Zone("inside", "in0", (ip(f"{CLUSTER_IN}/24"), ip(f"{CLUSTER_IN6}/64")), MAC_IN),
+            Zone("outside", "out0", (ip(f"{CLUSTER_OUT}/24"),), MAC_OUT),
+        ),
+        tcp_loose=tcp_loose,
+    )
+
+
+class Lab:
+    def __init__(self) -> None:
+        self.nslab = NsLab(f"fwdp-{os.getpid()}-nb-")
+        lab = self.nslab
+        self.client, self.fw, self.server = lab.ns("c"), lab.ns("f"), lab.ns("s")
+        lab.veth(self.client, "eth0", self.fw, "in0")
+        lab.veth(self.fw, "out0", self.server, "eth0")
+        lab.addr(self.client, "eth0", f"{CLIENT}/24")
+        lab.addr(self.client, "eth0", f"{CLIENT6}/64")
+        lab.addr(self.fw, "in0", "192.0.2.2/24")  # node IPs first: they stay primary
+        lab.addr(self.fw, "in0", "2001:db8:1::2/64")
+        lab.addr(self.fw, "out0", "198.51.100.2/24")
+        lab.addr(self.fw, "out0", "2001:db8:2::2/64")
+        lab.addr(self.server, "eth0", f"{SERVER}/24")
+        lab.addr(self.server, "eth0", f"{SERVER6}/64")
+        lab.route(self.client, "198.51.100.0/24", CLUSTER_IN)
+        lab.route(self.server, "192.0.2.0/24", CLUSTER_OUT)
+        lab.route(self.client, "2001:db8:2::/64", CLUSTER_IN6)
+        lab.route(self.server, "2001:db8:1::/64", "2001:db8:2::2")
+        # Hairpin: the fw routes 203.0.113.0/24 back into zone inside (to the
+        # client, which drops it); conntrack on the fw still records the flow.
+        lab.route(self.fw, "203.0.113.0/24", CLIENT)
+        lab.route(self.client, "203.0.113.0/24", CLUSTER_IN)
+
+    def destroy(self) -> None:
+        self.nslab.destroy()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+# --- reading conntrack with the conntrack tool (the independent witness) -------------
+
+_ENTRY = re.compile(
+    r"^(?P<l3>ipv[46])\s+\d+\s+(?P<proto>\w+)\s+(?P<num>\d+)\s.*?src=(?P<src>\S+) dst=(?P<dst>\S+)"
+    r"(?: sport=(?P<sport>\d+) dport=(?P<dport>\d+))?"
+    r"(?: type=(?P<type>\d+) code=\d+ id=(?P<id>\d+))?"
+    r".*?mark=(?P<mark>\d+)"
+)
+
+
+def conntrack_entries(ns: str) -> list[dict[str, str]]:
+    out = sh("conntrack", "-L", "-o", "extended", ns=ns, check=False)  # both families
+    return [m.groupdict() for line in out.splitlines() if (m := _ENTRY.match(line))]
+
+
+def twin_bucket(settings: ClusterSettings, e: dict[str, str]) -> int:
+    src, dst = ipaddress.ip_address(e["src"]), ipaddress.ip_address(e["dst"])
+    client_side = [
+        ipaddress.ip_network("192.0.2.0/24"),
+        ipaddress.ip_network("2001:db8:1::/64"),
+        ipaddress.ip_network("203.0.113.0/24"),  # routed back into zone inside
+    ]
+    in_zone = "inside" if any(src in n for n in client_side) else "outside"
+    local = str(dst) in (CLUSTER_IN, CLUSTER_OUT, CLUSTER_IN6)
+    out_zone = None if local else ("inside" if any(dst in n for n in client_side) else "outside")
+    if e["type"] is not None:
+        sport, dport = int(e["id"]), int(e["type"]) << 8
+    else:
+        sport, dport = int(e["sport"] or 0), int(e["dport"] or 0)
+    return bucket_of(
+        settings,
+        ZONES,
+        in_zone=in_zone,
+        out_zone=out_zone,
+        proto=int(e["num"]),
+        src=src.packed,
+        dst=dst.packed,
+        sport=sport,
+        dport=dport,
+    )
+
+
+# --- tests ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hash_fields", ["addresses+ports", "addresses"])
+def test_kernel_marks_equal_twin_for_real_flows(lab: Lab, hash_fields: str) -> None:
+    settings = ClusterSettings(buckets=256, hash_seed=0x1234ABCD, hash_fields=hash_fields)
+    dp = NftablesDataPlane(_config(settings))
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(frozenset(range(256)))
+    deadline = time.monotonic() + 60
+    assert tcp_flows(lab.client, lab.server, CLIENT, SERVER, range(20000, 20150)) == 150
+    udp_flows(lab.client, CLIENT, SERVER, range(21000, 21150))
+    udp_flows(lab.server, SERVER, CLIENT, range(22000, 22100))  # outside -> inside
+    udp_flows(lab.client, CLIENT, CLUSTER_IN, range(23000, 23030), dport=53)  # local
+    udp_flows(lab.client, CLIENT6, SERVER6, range(24000, 24080))
+    udp_flows(lab.client, CLIENT, HAIRPIN, range(25000, 25050))  # inside -> inside
+    icmp_echoes(lab.client, SERVER, range(1, 101))
+    icmp_echoes(lab.client, SERVER6, range(1, 31))
+    assert tcp_flows(lab.client, lab.server, CLIENT6, SERVER6, range(26000, 26030)) == 30
+    assert time.monotonic() < deadline
+    expected = 150 + 150 + 100 + 30 + 80 + 50 + 100 + 30 + 30
+
+    def lab_entries() -> list[dict[str, str]]:
+        entries = conntrack_entries(lab.fw)
+        return [e for e in entries if e["src"] in (CLIENT, SERVER, CLIENT6)]
+
+    wait_until(lambda: len(lab_entries()) >= expected)
+    found = lab_entries()
+    assert len(found) == expected, f"{len(found)} conntrack entries, expected {expected}"
+    kinds = {(e["src"], e["dst"]) for e in found}
+    assert {(CLIENT, HAIRPIN), (CLIENT, CLUSTER_IN), (SERVER, CLIENT), (CLIENT6, SERVER6)} <= kinds
+    protos = {(e["l3"], e["proto"]) for e in found}
+    assert {("ipv4", "tcp"), ("ipv4", "udp"), ("ipv4", "icmp")} <= protos
+    assert {("ipv6", "tcp"), ("ipv6", "udp"), ("ipv6", "icmpv6")} <= protos
+    wrong = [e for e in found if bucket_of_mark(int(e["mark"]), 0xFFFF) != twin_bucket(settings, e)]
+    assert not wrong, f"{len(wrong)} of {len(found)} differ, e.g. {wrong[:3]}"
+    with inside(lab.fw):
+        dp.uninstall()
+
+
+def test_only_flows_in_owned_buckets_pass(lab: Lab) -> None:
+    settings = ClusterSettings(buckets=64, hash_seed=0xC0FFEE)
+    owned = frozenset(range(0, 64, 3))
+    ports = range(30000, 30200)
+    client, server = ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(SERVER).packed
+    expected = {
+        p
+        for p in ports
+        if bucket_of(
+            settings,
+            ZONES,
+            in_zone="inside",
+            out_zone="outside",
+            proto=17,
+            src=client,
+            dst=server,
+            sport=p,
+            dport=5000,
+        )
+        in owned
+    }
+    assert 0 < len(expected) < len(ports)
+    dp = NftablesDataPlane(_config(settings))
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(owned)
+        assert dp.programmed_owned() == sorted(owned)
+    with inside(lab.server):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((SERVER, 5000))
+        rx.setblocking(False)
+    got: set[int] = set()
+
+    def received_expected() -> bool:
+        while True:
+            try:
+                got.add(rx.recvfrom(16)[1][1])
+            except BlockingIOError:
+                return got >= expected
+
+    try:
+        udp_flows(lab.client, CLIENT, SERVER, ports)
+        wait_until(received_expected)
+        time.sleep(0.1)  # a straggler that should not have passed would arrive by now
+        received_expected()
+    finally:
+        rx.close()
+    assert got == expected
+    with inside(lab.fw):
+        status = dp.status()
+        dp.uninstall()
+    counters = status["counters"]
+    assert isinstance(counters, dict)
+    assert counters["not_owned"] == len(ports) - len(expected)
+    assert counters["accepted_new"] == len(expected)
+
+
+def test_install_uninstall_restores_the_namespace(lab: Lab) -> None:
+    settings = ClusterSettings()
+    with inside(lab.fw):
+        before_fwd = read_sysctl("net.ipv4.ip_forward")
+        before_announce = read_sysctl("net.ipv4.conf.all.arp_announce")
+        before_addrs = sh("ip", "-br", "addr")
+        # IPv6 groups (33:33:...) follow the kernel's own address state: ignored.
+        before_maddr = _interface_maddrs("in0") - ipv6_groups(_interface_maddrs("in0"))
+        # The operator's own policy, which the agent must leave alone.
+        sh(
+            "nft",
+            "add table inet user; add chain inet user c { type filter hook prerouting "
+            "priority 0; }; add rule inet user c meta mark 0x1234 accept",
+        )
+        user_before = sh("nft", "list", "table", "inet", "user")
+        dp = NftablesDataPlane(_config(settings, tcp_loose=True))
+        dp.install()
+        dp.install()  # idempotent
+        assert read_sysctl("net.ipv4.ip_forward") == "1"
+        assert read_sysctl("net.ipv4.conf.all.arp_announce") == "2"
+        assert read_sysctl("net.netfilter.nf_conntrack_tcp_loose") == "1"
+        assert CLUSTER_IN in sh("ip", "-br", "addr", "show", "dev", "in0")
+        assert MAC_IN in sh("ip", "maddr", "show", "dev", "in0")
+        primary = sh("ip", "-4", "-br", "addr", "show", "dev", "in0").split()[2]
+        assert primary.startswith("192.0.2.2/")  # node IP stays primary
+        tables = sh("nft", "list", "tables")
+        assert "table inet fwcluster" in tables and "table arp fwcluster" in tables
+        dp.set_owned_buckets(frozenset({1, 2, 3}))
+        dp.set_owned_buckets(frozenset({7}))
+        assert dp.programmed_owned() == [7]
+        assert sh("nft", "list", "table", "inet", "user") == user_before
+        dp.uninstall()
+        assert "fwcluster" not in sh("nft", "list", "tables")
+        assert sh("nft", "list", "table", "inet", "user") == user_before
+        assert read_sysctl("net.ipv4.ip_forward") == before_fwd
+        assert read_sysctl("net.ipv4.conf.all.arp_announce") == before_announce
+        assert sh("ip", "-br", "addr") == before_addrs
+        after = _interface_maddrs("in0")
+        assert after - ipv6_groups(after) == before_maddr
+        assert MAC_IN not in after
+
+
+def test_neighbour_advertisements_for_cluster_ipv6_carry_the_cluster_mac(lab: Lab) -> None:
+    dp = NftablesDataPlane(_config(ClusterSettings()))
+    with inside(lab.fw):
+        dp.install()
+    try:
+        udp_flows(lab.client, CLIENT6, CLUSTER_IN6, range(40000, 40001))  # resolves it
+        assert wait_until(
+            lambda: "lladdr" in sh("ip", "-6", "neigh", "show", CLUSTER_IN6, ns=lab.client)
+        )
+        neigh = sh("ip", "-6", "neigh", "show", CLUSTER_IN6, ns=lab.client)
+        # The node's own IPv6 address is still answered with its own MAC.
+        udp_flows(lab.client, CLIENT6, "2001:db8:1::2", range(40001, 40002))
+        assert wait_until(
+            lambda: "lladdr" in sh("ip", "-6", "neigh", "show", "2001:db8:1::2", ns=lab.client)
+        )
+        own = sh("ip", "-6", "neigh", "show", "2001:db8:1::2", ns=lab.client)
+    finally:
+        with inside(lab.fw):
+            dp.uninstall()
+    assert MAC_IN in neigh
+    assert MAC_IN not in own
+
+
+def test_arp_replies_for_cluster_ip_carry_the_cluster_mac(lab: Lab) -> None:
+    dp = NftablesDataPlane(_config(ClusterSettings()))
+    with inside(lab.fw):
+        dp.install()
+    udp_flows(lab.client, CLIENT, CLUSTER_IN, range(40000, 40001))  # resolves the cluster IP
+    wait_until(lambda: "lladdr" in sh("ip", "neigh", "show", CLUSTER_IN, ns=lab.client))
+    neigh = sh("ip", "neigh", "show", CLUSTER_IN, ns=lab.client)
+    with inside(lab.fw):
+        dp.uninstall()
+    assert MAC_IN in neigh

@@ -1,0 +1,286 @@
+"""The rendered nftables ruleset (dataplane/nft_ruleset.py).
+
+Text properties here; `nft -c` (the real parser, no change to the kernel)
+in a namespace with the zone interfaces for the lab-marked tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.nd_mangle import nd_compensation
+from availability_manager.dataplane.nft_ruleset import (
+    render_owned_update,
+    render_ruleset,
+    render_uninstall,
+    validate_config,
+)
+from availability_manager.types import ClusterSettings
+
+IP = ipaddress.ip_interface
+
+
+def config(
+    settings: ClusterSettings | None = None, mask: int = 0xFFFF, zones: int = 3
+) -> DataPlaneConfig:
+    all_zones = (
+        Zone("inside", "in0", (IP("192.0.2.1/24"), IP("2001:db8:1::1/64")), "03:fc:00:00:00:01"),
+        Zone("dmz", "dmz0", (IP("203.0.113.1/24"),), "03:fc:00:00:00:03"),
+        Zone(
+            "outside", "out0", (IP("198.51.100.1/24"), IP("198.51.100.2/24")), "03:fc:00:00:00:02"
+        ),
+    )
+    return DataPlaneConfig(1, settings or ClusterSettings(), all_zones[:zones], mark_mask=mask)
+
+
+def chain(text: str, name: str) -> list[str]:
+    m = re.search(rf"chain {name} {{\n(.*?)\n  }}", text, re.S)
+    assert m, name
+    return [line.strip() for line in m.group(1).splitlines()]
+
+
+def test_only_the_agents_own_tables_are_written() -> None:
+    text = render_ruleset(config()) + render_owned_update(config(), {1}) + render_uninstall()
+    tables = set(re.findall(r"\btable (\w+) (\w+)", text))
+    assert tables == {("inet", "fwcluster"), ("arp", "fwcluster")}
+    assert "flush ruleset" not in text
+    for line in text.splitlines():
+        for verb in ("delete", "flush", "add"):
+            if line.startswith(verb):
+                assert "fwcluster" in line, line
+
+
+def test_hash_is_seeded_explicitly_never_symhash() -> None:
+    settings = ClusterSettings(buckets=300, hash_seed=0xABCDEF01)
+    text = render_ruleset(config(settings))
+    assert "symhash" not in text
+    hashes = re.findall(r"jhash [^@\n]*?mod (\d+) seed (0x[0-9a-f]+)", text)
+    assert hashes and all(h == ("300", "0xabcdef01") for h in hashes)
+    assert len(re.findall(r"\bjhash\b", text)) == len(hashes)  # no unseeded jhash
+
+
+def test_prerouting_order_and_priority() -> None:
+    text = render_ruleset(config())
+    pre = chain(text, "prerouting")
+    assert pre[0] == "type filter hook prerouting priority -150; policy accept;"
+    assert pre[1].startswith("ether daddr {") and pre[1].endswith("goto cluster_traffic")
+    for mac in ("03:fc:00:00:00:01", "03:fc:00:00:00:02", "03:fc:00:00:00:03"):
+        assert mac in pre[1]
+    ct = chain(text, "cluster_traffic")
+    assert ct[0] == "meta pkttype set host"
+    assert ct[1] == "ct state established,related accept"
+    assert ct[2].startswith("ct state invalid") and ct[2].endswith("drop")
+    assert ct[3] == "fib daddr type local goto hash_fwd"  # local before the zone map
+    assert ct[-1] == "goto hash_fwd"
+
+
+def test_orientation_map_swaps_exactly_later_to_earlier_zone_pairs() -> None:
+    ct = chain(render_ruleset(config()), "cluster_traffic")
+    [vmap] = [r for r in ct if r.startswith("iif . fib daddr oif vmap")]
+    pairs = set(re.findall(r'"(\w+)" \. "(\w+)" : goto hash_rev', vmap))
+    assert pairs == {("dmz0", "in0"), ("out0", "in0"), ("out0", "dmz0")}
+    single = chain(render_ruleset(config(zones=1)), "cluster_traffic")
+    assert not any("vmap" in r for r in single)
+
+
+def test_reverse_chain_hashes_the_swapped_fields() -> None:
+    text = render_ruleset(config())
+    fwd = [re.search(r"jhash (.*?) mod", r) for r in chain(text, "hash_fwd")]
+    rev = [re.search(r"jhash (.*?) mod", r) for r in chain(text, "hash_rev")]
+    fwd_fields = [m.group(1) for m in fwd if m]
+    rev_fields = [m.group(1) for m in rev if m]
+    assert len(fwd_fields) == len(rev_fields) > 0
+
+    def swap(fields: str) -> str:
+        return (
+            fields.replace("saddr", "@S")
+            .replace("daddr", "saddr")
+            .replace("@S", "daddr")
+            .replace("sport", "@P")
+            .replace("dport", "sport")
+            .replace("@P", "dport")
+        )
+
+    assert [swap(f) for f in fwd_fields] == rev_fields
+
+
+def test_each_hash_chain_marks_then_checks_owned_then_drops() -> None:
+    hash_fwd = chain(render_ruleset(config()), "hash_fwd")
+    marks = [r for r in hash_fwd if "ct mark set jhash" in r]
+    checks = [r for r in hash_fwd if "@owned" in r]
+    assert len(marks) == len(checks) == 6  # (ports, icmp id, addresses) x (ipv4, ipv6)
+    for m, c in zip(marks, checks, strict=True):
+        assert hash_fwd.index(c) == hash_fwd.index(m) + 1
+        assert m.split("ct mark set ")[1].split(" offset 1")[0] in c
+        assert m.endswith("offset 1") and c.endswith("accept")
+    assert hash_fwd[-1].endswith("drop")
+
+
+def test_mark_is_shifted_under_the_mask() -> None:
+    text = render_ruleset(config(mask=0xFFF0000))
+    assert all(r.endswith("offset 1 << 16") for r in re.findall(r"ct mark set .*", text))
+
+
+def test_addresses_only_setting_hashes_no_ports() -> None:
+    text = render_ruleset(config(ClusterSettings(hash_fields="addresses")))
+    assert "sport" not in text and " id " not in text
+    assert "jhash ip saddr . ip daddr mod" in text
+
+
+def test_arp_mangling_for_every_ipv4_cluster_ip() -> None:
+    text = render_ruleset(config())
+    arp = chain(text, "output")
+    assert arp[0] == "type filter hook output priority 0; policy accept;"
+    assert set(arp[1:]) == {
+        "arp saddr ip 192.0.2.1 arp saddr ether set 03:fc:00:00:00:01",
+        "arp saddr ip 203.0.113.1 arp saddr ether set 03:fc:00:00:00:03",
+        "arp saddr ip 198.51.100.1 arp saddr ether set 03:fc:00:00:00:02",
+        "arp saddr ip 198.51.100.2 arp saddr ether set 03:fc:00:00:00:02",
+    }
+
+
+def test_owned_update_is_one_flush_and_one_add() -> None:
+    assert render_owned_update(config(), [5, 1, 5]) == (
+        "flush set inet fwcluster owned\nadd element inet fwcluster owned { 1, 5 }\n"
+    )
+    assert render_owned_update(config(), []) == "flush set inet fwcluster owned\n"
+    with pytest.raises(ValueError):
+        render_owned_update(config(), [256])
+    with pytest.raises(ValueError):
+        render_owned_update(config(), [-1])
+    assert "elements = { 2, 3 }" in render_ruleset(config(), {3, 2})
+
+
+def test_invalid_configs_are_refused() -> None:
+    with pytest.raises(ValueError):
+        validate_config(config(ClusterSettings(buckets=300), mask=0xFF))
+    with pytest.raises(ValueError):
+        validate_config(config(mask=0xF0F0))
+    dup = config()
+    dup = DataPlaneConfig(
+        1,
+        dup.settings,
+        (dup.zones[0], Zone("other", "in0", dup.zones[1].cluster_ips, "03:fc:00:00:00:09")),
+    )
+    with pytest.raises(ValueError):
+        validate_config(dup)
+
+
+# --- the real nft parser -------------------------------------------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0 or not shutil.which("nft"):
+        pytest.skip("needs root and nft")
+    name = f"fwdp-{os.getpid()}-rs"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for ifname in ("in0", "dmz0", "out0"):
+            subprocess.run(
+                [
+                    "ip",
+                    "-n",
+                    name,
+                    "link",
+                    "add",
+                    ifname,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    ifname + "p",
+                ],
+                check=True,
+            )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def nft_check(ns: str, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"],
+        input=script,
+        text=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(
+    ("settings", "mask"),
+    [
+        (ClusterSettings(), 0xFFFF),
+        (ClusterSettings(buckets=4096, hash_fields="addresses"), 0xFFFF0000),
+        (ClusterSettings(buckets=1, hash_seed=0), 0x1),
+    ],
+)
+def test_nft_accepts_the_rendered_ruleset(netns: str, settings: ClusterSettings, mask: int) -> None:
+    macs = {"in0": "52:99:0e:21:8b:8f", "dmz0": "52:99:0e:21:8b:90", "out0": "52:99:0e:21:8b:91"}
+    script = render_ruleset(config(settings, mask), range(0, settings.buckets, 2), macs)
+    assert "nd-neighbor-advert" in script
+    done = nft_check(netns, script)
+    assert done.returncode == 0, done.stderr
+    # The parser is not lenient: a broken script is refused.
+    broken = render_ruleset(config(settings, mask)).replace("goto hash_fwd", "goto no_such_chain")
+    assert nft_check(netns, broken).returncode != 0
+
+
+# --- IPv6 neighbour discovery mangling -------------------------------------------------
+
+
+def _icmpv6_checksum(src: bytes, dst: bytes, message: bytes) -> int:
+    pseudo = src + dst + len(message).to_bytes(4, "big") + b"\0\0\0\x3a"
+    data = pseudo + message
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def test_nd_rewrite_keeps_the_icmpv6_checksum_valid() -> None:
+    src = ipaddress.ip_address("fe80::1").packed
+    dst = ipaddress.ip_address("2001:db8:1::10").packed
+    target = ipaddress.ip_address("2001:db8:1::1").packed
+    for own in ("52:99:0e:21:8b:8f", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:fe"):
+        for cluster in ("03:fc:00:00:00:01", "01:00:5e:7f:ff:ff"):
+            # A neighbour advertisement as Linux sends it: flags S|O, reserved zero,
+            # target, target link-layer address option with the interface's MAC.
+            na = bytearray(
+                b"\x88\x00\0\0\x60\0\0\0"
+                + target
+                + b"\x02\x01"
+                + bytes.fromhex(own.replace(":", ""))
+            )
+            struct.pack_into("!H", na, 2, _icmpv6_checksum(src, dst, bytes(na)))
+            # What the rule writes: the cluster MAC at byte 26, compensation at byte 6.
+            na[26:32] = bytes.fromhex(cluster.replace(":", ""))
+            struct.pack_into("!H", na, 6, nd_compensation(own, cluster))
+            assert _icmpv6_checksum(src, dst, bytes(na)) in (0, 0xFFFF), (own, cluster)
+
+
+def test_nd_rules_only_for_ipv6_cluster_ips_with_known_interface_mac() -> None:
+    cfg = config()
+    macs = {"in0": "52:99:0e:21:8b:8f", "out0": "52:99:0e:21:8b:90"}
+    text = render_ruleset(cfg, (), macs)
+    nd = chain(text, "nd_output")
+    assert nd[0] == "type filter hook output priority 0; policy accept;"
+    target = "0x" + ipaddress.ip_address("2001:db8:1::1").packed.hex()
+    comp = f"{nd_compensation('52:99:0e:21:8b:8f', '03:fc:00:00:00:01'):#06x}"
+    assert nd[1:] == [
+        f'oif "in0" icmpv6 type nd-neighbor-advert @th,64,128 {target} @th,192,8 2 '
+        f"@th,208,48 set 0x03fc00000001 @th,48,16 set {comp}",
+        'oif "in0" icmpv6 type nd-neighbor-solicit ip6 saddr 2001:db8:1::1 @th,192,8 1 '
+        f"@th,208,48 set 0x03fc00000001 @th,48,16 set {comp}",
+    ]
+    assert "nd_output" not in render_ruleset(cfg)  # no interface MACs: no ND rules
