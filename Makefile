@@ -4,35 +4,61 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTEST := $(VENV)/bin/pytest
+PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 SEEDS ?= 2000
 export PYTHONDONTWRITEBYTECODE := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo test test-lint test-unit test-sim test-lab test-kmod test-ansible bench clean
+.PHONY: bootstrap demo demo-sim test test-lint test-unit test-sim test-lab test-ansible \
+	test-kmod test-bench-smoke bench bench-compare clean
 
 bootstrap:
 	@./tools/bootstrap.sh
 
+# The main job: a 3-node cluster in namespaces, traffic, a node killed, the verdict.
 demo: bootstrap
+	./bin/demo
+
+# The same story in the deterministic simulator (no root, no kernel).
+demo-sim: bootstrap
 	$(PY) -m availability_manager.sim.demo
 
 test: bootstrap
 	@./tools/run-tests.sh
 
 test-lint: bootstrap
-	$(VENV)/bin/ruff check agent bench
-	$(VENV)/bin/ruff format --check agent bench
+	$(VENV)/bin/ruff check agent lab bench
+	$(VENV)/bin/ruff format --check agent lab bench
 	cd agent && ../$(VENV)/bin/mypy availability_manager
 
 test-unit: bootstrap
-	$(PYTEST) -q agent/tests -m "not sim and not lab" -n 2
+	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"
 
 test-sim: bootstrap
-	$(PYTEST) -q agent/tests -m sim
+	$(PYTEST) -q -n 2 agent/tests -m sim
 	$(PY) -m availability_manager.sim --seeds $(SEEDS) --jobs 2
+
+# Real kernels: network namespaces, nftables, conntrack. Needs root. Serial:
+# the lab uses fixed namespace names.
+test-lab: bootstrap
+	$(PYTEST) -q agent/tests/lab -m lab
+	cd lab && ../$(PYTEST) -q tests
+
+test-ansible: bootstrap
+	./tools/ansible-tests.sh
+
+test-kmod: bootstrap
+	./kmod/run-tests.sh
+
+# Every benchmark's short version, so none of them rots (numbers not kept).
+test-bench-smoke: bootstrap
+	$(PY) bench/run_all.py --quick
 
 bench: bootstrap
 	$(PY) bench/run_all.py
 
+bench-compare: bootstrap
+	./tools/bench-compare.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache kmod/build

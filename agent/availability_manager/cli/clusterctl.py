@@ -121,9 +121,13 @@ def print_ranges(st: dict[str, Any]) -> None:
 
 
 def print_connections(result: dict[str, Any]) -> None:
-    print(f"local connections {result['local']}, cached from peers {result['cached']}")
-    for owner, count in sorted(result["by_owner"].items()):
-        print(f"  owner {owner:<16} {count:>7}")
+    print(f"local connections (this node's conntrack table): {result['local']}")
+    peers = result.get("peers", {})
+    if peers:
+        print("cached from peers (what this node injects if it takes over their buckets):")
+    for peer, info in sorted(peers.items()):
+        alive = "" if info.get("alive", True) else "  (down: kept for takeover)"
+        print(f"  {peer:<16} {info['entries']:>7}{alive}")
 
 
 # -- waiting for the cluster -----------------------------------------------------

@@ -1,9 +1,10 @@
 """Own status: are this node's sync and zone interfaces up?
 
-rtnetlink link events (pyroute2, RTMGRP_LINK) tell *when* to look; the
-answer is read from each interface's operstate and IFF_UP flag, so a missed
-event cannot leave a wrong answer for long (the runtime also re-checks
-periodically).
+rtnetlink link events (a raw NETLINK_ROUTE socket in the RTMGRP_LINK group)
+tell *when* to look; the answer is read from each interface's flags and
+carrier in sysfs, so a missed event cannot leave a wrong answer for long (the
+runtime also re-checks periodically). A raw socket, not pyroute2's IPRoute,
+because the latter starts its own event loop machinery inside ours.
 """
 
 from __future__ import annotations
@@ -11,27 +12,30 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from pyroute2 import IPRoute
-
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 0x1
 IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
 
 
 class LinkMonitor:
     def __init__(self, interfaces: Sequence[str]) -> None:
         self.interfaces = tuple(interfaces)
-        self._ipr = IPRoute()
-        self._ipr.bind()  # default groups include RTMGRP_LINK
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self._sock.bind((0, RTMGRP_LINK))
+        self._sock.setblocking(False)
 
     def fileno(self) -> int:
-        return int(self._ipr.fileno())
+        return self._sock.fileno()
 
     def drain_events(self) -> None:
         """Consume pending rtnetlink messages; the caller then calls down()."""
-        try:
-            self._ipr.get()
-        except (OSError, socket.error):
-            pass
+        while True:
+            try:
+                self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ENOBUFS: events lost, down() reads the truth anyway
+                return
 
     def down(self) -> list[str]:
         """Interfaces that are not up with carrier (missing ones count as down)."""
@@ -50,4 +54,4 @@ class LinkMonitor:
         return bad
 
     def close(self) -> None:
-        self._ipr.close()
+        self._sock.close()

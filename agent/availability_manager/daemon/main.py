@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
     return NftablesDataPlane(dp_cfg)
 
 
-async def _run(cfg: AgentConfig) -> str:
+async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str:
     from ..dataplane.conntrack_netlink import ConntrackSocket
     from .links import LinkMonitor
     from .runtime import Runtime
@@ -59,7 +60,7 @@ async def _run(cfg: AgentConfig) -> str:
         cfg.sync.transport,
         group=cfg.sync.group,
         peers=cfg.sync.peers,
-        broadcast=_broadcast_address(cfg),
+        broadcast=broadcast,
     )
     interfaces = [cfg.sync.interface, *(z.interface for z in cfg.zones)]
     runtime = Runtime(
@@ -74,7 +75,8 @@ async def _run(cfg: AgentConfig) -> str:
     return await runtime.run()
 
 
-def _broadcast_address(cfg: AgentConfig) -> object:
+def _broadcast_address(cfg: AgentConfig) -> ipaddress.IPv4Address | None:
+    """The sync interface's IPv4 broadcast address (read before the loop starts)."""
     if cfg.sync.transport != "broadcast":
         return None
     from pyroute2 import IPRoute
@@ -84,8 +86,6 @@ def _broadcast_address(cfg: AgentConfig) -> object:
         for addr in ipr.get_addr(index=idx[0]) if idx else []:
             brd = addr.get_attr("IFA_BROADCAST")
             if brd:
-                import ipaddress
-
                 return ipaddress.IPv4Address(brd)
     raise ConfigError(f"sync.interface {cfg.sync.interface} has no IPv4 broadcast address")
 
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         dataplane_for(cfg).uninstall()
         return 0
     try:
-        reason = asyncio.run(_run(cfg))
+        # pyroute2 must not run inside the event loop: read what it gives first
+        reason = asyncio.run(_run(cfg, _broadcast_address(cfg)))
     except ConfigError as exc:
         print(f"availability-manager: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -323,6 +323,10 @@ class Runtime:
         stats.update(self.counters)
         stats["sync_send_errors"] = self.sync.send_errors
         stats["links_up"] = bool(self._links_up)
+        stats["ready"] = self.node.ready
+        stats["stable"] = self.node.stable
+        stats["members"] = len(self.node.members())
+        stats["owned_buckets"] = len(self.node.owned_buckets())
         return stats
 
     def status(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class SyncSocket:
                 assert group is not None
                 if family == socket.AF_INET:
                     sock.bind(("", port))
-                    mreq = struct.pack("!4s4si", group.packed, address.packed, ifindex)
+                    mreq = struct.pack("=4s4si", group.packed, address.packed, ifindex)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, address.packed)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)

@@ -1,0 +1,128 @@
+"""How the lab runs the availability-manager agent on a node: its YAML config,
+the cluster key, and the command lines of the agent and of `clusterctl`.
+
+Kept apart from the rest of the lab so the agent's authors can adjust the
+command or the config here without touching topology or faults.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .topology import SYNC_GROUP, SYNC_PORT, Host, Topology
+
+REPO = Path(os.environ.get("FWCLUSTER_REPO", str(Path(__file__).resolve().parents[2])))
+
+# Who puts the shared cluster IPs and the multicast MAC on the node interfaces
+# when agents run. The data-plane contract (dataplane/base.py: install()
+# "programs everything except ownership") gives it to the agent's backend, so
+# the lab only adds node addresses. Set False if the backend leaves addresses
+# to the host's network configuration; the lab then adds them itself.
+AGENT_OWNS_CLUSTER_ADDRESSES = True
+
+CLUSTER_SETTINGS: dict[str, Any] = {
+    "buckets": 256,
+    "hash_seed": 0x5EEDF17E,
+    "hash_fields": "addresses+ports",
+    "backend": "nftables",
+}
+HEARTBEAT = {"interval_ms": 50, "misses": 3}
+METRICS = {"address": "127.0.0.1", "port": 9477}  # per-namespace loopback: no clash
+PROTOCOLS = ["tcp", "udp", "icmp"]
+
+
+def key_path(run_dir: Path) -> Path:
+    return run_dir / "cluster.key"
+
+
+def config_path(run_dir: Path, node: str) -> Path:
+    return run_dir / node / "config.yml"
+
+
+def control_socket(run_dir: Path, node: str) -> Path:
+    return run_dir / node / "control.sock"
+
+
+def log_path(run_dir: Path, node: str) -> Path:
+    return run_dir / node / "agent.log"
+
+
+def write_key(run_dir: Path) -> Path:
+    """32 random bytes as hex, written once: a restarted node must use the same key."""
+    path = key_path(run_dir)
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+def agent_config(topo: Topology, node: Host, run_dir: Path) -> dict[str, Any]:
+    sync_addr = str(node.link("sync").address.ip)
+    return {
+        "node_id": sync_addr,
+        "sync": {
+            "interface": node.link("sync").ifname,
+            "address": sync_addr,
+            "transport": "multicast",
+            "group": SYNC_GROUP,
+            "port": SYNC_PORT,
+        },
+        "zones": [
+            {
+                "name": z.name,
+                "interface": z.node_ifname,
+                "cluster_ips": [str(z.cluster_ip)],
+                "cluster_mac": z.cluster_mac,
+            }
+            for z in topo.zones
+        ],
+        "cluster": dict(CLUSTER_SETTINGS),
+        "heartbeat": dict(HEARTBEAT),
+        "key_file": str(key_path(run_dir)),
+        "protocols": list(PROTOCOLS),
+        "control_socket": str(control_socket(run_dir, node.name)),
+        "metrics": dict(METRICS),
+        # Not in the lab's fixed key list, but needed: all nodes share one
+        # filesystem, and each must keep its own incarnation counter.
+        "state_dir": str(run_dir / node.name / "state"),
+    }
+
+
+def write_config(topo: Topology, node: Host, run_dir: Path) -> Path:
+    path = config_path(run_dir, node.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# written by the fwcluster lab; rewritten on every `lab up`\n"
+    text += yaml.safe_dump(agent_config(topo, node, run_dir), sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def agent_argv(run_dir: Path, node: str) -> list[str]:
+    return [
+        str(REPO / ".venv" / "bin" / "availability-manager"),
+        "--config",
+        str(config_path(run_dir, node)),
+    ]
+
+
+def clusterctl_argv(run_dir: Path, node: str, *args: str) -> list[str]:
+    return [
+        str(REPO / ".venv" / "bin" / "clusterctl"),
+        "--socket",
+        str(control_socket(run_dir, node)),
+        *(args or ("status",)),
+    ]
+
+
+def agent_available() -> bool:
+    """The agent's entry point exists and its daemon module is importable."""
+    exe = REPO / ".venv" / "bin" / "availability-manager"
+    daemon = REPO / "agent" / "availability_manager" / "daemon" / "main.py"
+    return exe.exists() and daemon.exists()

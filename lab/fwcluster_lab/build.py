@@ -1,0 +1,244 @@
+"""`lab up` and `lab down`: create the namespaces, bridges, veths, addresses,
+routes and processes of a topology, and remove all of it again.
+
+`down` trusts nothing but names and recorded pids: it stops the processes in
+state.json (pid and start time must match), then every process still inside
+a namespace whose name starts with the lab's prefix, then deletes those
+namespaces (which deletes their veths and bridges). So it also cleans up
+after a lab that crashed half-way through `up`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import agent, standalone
+from .netns import (
+    LabError,
+    Proc,
+    ip_batch,
+    kill_pid,
+    list_namespaces,
+    namespace_pids,
+    run,
+    spawn,
+    stop,
+    sysctl,
+)
+from .state import LabState
+from .topology import Host, Topology, build_topology
+
+LAB_DIR = Path(__file__).resolve().parents[1]
+TRAFFIC_PORT = 7001  # TCP echo and UDP responder on every server
+
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    # Answer and ask ARP with the node's own (primary) address, never the shared one.
+    "net.ipv4.conf.all.arp_announce": "2",
+    "net.ipv4.conf.default.arp_announce": "2",
+}
+# IPv6 off everywhere: router solicitations and MLD reports would only add noise
+# to the bridges and to the counters of the sync network.
+QUIET_SYSCTLS = {
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+}
+
+
+def lab_env() -> dict[str, str]:
+    """The environment of processes the lab starts: the lab and agent packages importable."""
+    env = dict(os.environ)
+    paths = [str(LAB_DIR), str(agent.REPO / "agent")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
+
+
+def server_control_socket(run_dir: Path, server: str) -> Path:
+    return run_dir / "traffic" / f"{server}.sock"
+
+
+def _leftovers(prefix: str) -> list[str]:
+    return [ns for ns in list_namespaces() if ns.startswith(prefix)]
+
+
+def _switch(topo: Topology) -> None:
+    lines = ["link set lo up"]
+    for br in topo.bridges:
+        # mcast_snooping 0: flood multicast-MAC frames to every port (the cluster MAC's point).
+        lines.append(f"link add {br} type bridge mcast_snooping 0 stp_state 0")
+        lines.append(f"link set {br} up")
+    ip_batch(topo.switch_ns, lines)
+
+
+def _wire(topo: Topology, host: Host, links_up: bool) -> None:
+    sw_lines = []
+    for link in host.links:
+        sw_lines.append(
+            f"link add {link.sw_ifname} type veth peer name {link.ifname} netns {host.ns}"
+        )
+        sw_lines.append(f"link set {link.sw_ifname} master {link.bridge} up")
+    ip_batch(topo.switch_ns, sw_lines)
+    lines = ["link set lo up"]
+    for link in host.links:
+        lines.append(f"address add {link.address} dev {link.ifname}")  # first: the primary
+        lines.append(f"link set {link.ifname} {'up' if links_up else 'down'}")
+    for dst, via in host.routes:
+        lines.append(f"route add {dst} via {via}")
+    ip_batch(host.ns, lines)
+
+
+def _start_agent(state: LabState, topo: Topology, node: Host) -> Proc | None:
+    if not agent.agent_available():
+        print(f"lab: agent not installed yet; {node.name} runs without one", file=sys.stderr)
+        return None
+    proc = spawn(
+        node.ns,
+        agent.agent_argv(state.run_dir, node.name),
+        agent.log_path(state.run_dir, node.name),
+        f"agent:{node.name}",
+        env=lab_env(),
+    )
+    state.procs[proc.what] = proc
+    state.save()
+    return proc
+
+
+def _report_early_exits(state: LabState, timeout: float = 5.0) -> None:
+    """An agent that dies at start (bad config, a bug) should not go unnoticed:
+    wait until each has opened its control socket or exited, then say which exited."""
+    deadline = time.monotonic() + timeout
+    pending = {n: p for n, p in state.procs.items() if n.startswith("agent:")}
+    while pending and time.monotonic() < deadline:
+        for name, proc in list(pending.items()):
+            node = name.split(":", 1)[1]
+            if not proc.alive():
+                log = agent.log_path(state.run_dir, node)
+                print(f"lab: {name} exited at start; see {log}", file=sys.stderr)
+                del pending[name]
+            elif agent.control_socket(state.run_dir, node).exists():
+                del pending[name]
+        time.sleep(0.05)
+
+
+def start_agent(state: LabState, node_name: str) -> Proc | None:
+    topo = state.topology()
+    return _start_agent(state, topo, topo.node(node_name))
+
+
+def _start_servers(state: LabState, topo: Topology) -> None:
+    for server in topo.servers:
+        sock = server_control_socket(state.run_dir, server.name)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)  # a stale one would pass for readiness
+        argv = [
+            sys.executable,
+            "-m",
+            "fwcluster_lab.traffic_server",
+            "--listen",
+            str(server.links[0].address.ip),
+            "--port",
+            str(TRAFFIC_PORT),
+            "--control",
+            str(sock),
+        ]
+        log = state.run_dir / "traffic" / f"{server.name}.log"
+        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}", env=lab_env())
+        state.procs[proc.what] = proc
+        state.save()
+        # Ready means listening: the server binds TCP and UDP before its control
+        # socket, so a client started right after `up` is never refused.
+        deadline = time.monotonic() + 15.0
+        while not sock.exists():
+            if not proc.alive():
+                raise LabError(f"traffic server on {server.name} exited; see {log}")
+            if time.monotonic() > deadline:
+                raise LabError(f"traffic server on {server.name} not listening; see {log}")
+            time.sleep(0.02)
+
+
+def up(
+    run_dir: Path,
+    prefix: str,
+    nodes: int = 3,
+    clients: int = 1,
+    servers: int = 1,
+    agents: bool = True,
+) -> LabState:
+    existing = LabState.load(run_dir)
+    if existing is not None or _leftovers(prefix):
+        raise LabError(f"a lab with prefix {prefix!r} exists already: run `lab down` first")
+    topo = build_topology(nodes, clients, servers, prefix)
+    state = LabState(run_dir, prefix, nodes, clients, servers, agents)
+    state.save()
+    try:
+        for ns in topo.namespaces:
+            run(["ip", "netns", "add", ns])
+            state.namespaces.append(ns)
+        state.save()
+        for ns in topo.namespaces:
+            sysctl(ns, QUIET_SYSCTLS)
+        _switch(topo)
+        for host in topo.hosts:
+            # Without agents fw1 alone forwards: the others stay cabled but down.
+            links_up = agents or host.role != "node" or host is topo.nodes[0]
+            _wire(topo, host, links_up)
+            if host.role == "node":
+                sysctl(host.ns, NODE_SYSCTLS)
+        if agents:
+            agent.write_key(run_dir)
+            for node in topo.nodes:
+                agent.write_config(topo, node, run_dir)
+                if not agent.AGENT_OWNS_CLUSTER_ADDRESSES:
+                    standalone.add_cluster_addresses(topo, node)
+        else:
+            for node in topo.nodes:
+                standalone.install(topo, node)
+            state.dead_nodes = [n.name for n in topo.nodes[1:]]
+        state.save()
+        _start_servers(state, topo)
+        if agents:
+            for node in topo.nodes:
+                _start_agent(state, topo, node)
+            _report_early_exits(state)
+    except BaseException:
+        # Half a lab is worse than none: take down what was made, then report the failure.
+        down(run_dir, prefix)
+        raise
+    return state
+
+
+def down(run_dir: Path, prefix: str, keep_logs: bool = False) -> list[str]:
+    """Remove every process, namespace and file of the lab; returns what it removed."""
+    removed: list[str] = []
+    state = LabState.load(run_dir)
+    if state is not None:
+        for name, proc in sorted(state.procs.items()):
+            if proc.alive():
+                stop(proc, timeout=3.0)
+                removed.append(f"process {name} (pid {proc.pid})")
+    namespaces = set(_leftovers(prefix))
+    if state is not None:
+        namespaces |= {ns for ns in state.namespaces if ns in list_namespaces()}
+    for ns in sorted(namespaces):
+        for pid in namespace_pids(ns):
+            kill_pid(pid)
+            removed.append(f"process {pid} in {ns}")
+        ip_del = run(["ip", "netns", "del", ns], check=False)
+        if ip_del.returncode == 0:
+            removed.append(f"namespace {ns}")
+    if run_dir.exists():
+        if keep_logs:
+            (run_dir / "state.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+def set_links(host: Host, up_: bool) -> None:
+    ip_batch(host.ns, [f"link set {link.ifname} {'up' if up_ else 'down'}" for link in host.links])

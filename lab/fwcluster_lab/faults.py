@@ -1,0 +1,127 @@
+"""Faults the lab can inject: a node dies or comes back, the switch partitions
+the sync or zone network, the sync network loses packets.
+
+Partitions and loss live in one nftables table of the `bridge` family in the
+switch namespace (`fwl_faults`), rebuilt whole from the state on every change,
+so what is loaded is always exactly what state.json says. Partitions drop
+frames between bridge ports; the links stay up, as when a switch or cable in
+between fails, so nodes must notice by missing heartbeats, not by carrier.
+Loss drops each frame a sync port would transmit with probability N%
+(`numgen random`), independently per receiving node.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from .build import set_links, start_agent
+from .netns import LabError, nft, stop
+from .state import LabState
+from .topology import Topology
+
+TABLE = "fwl_faults"
+PLANES = {"sync": ("sync",), "zone": ("outside", "inside")}
+
+
+def _ports(topo: Topology, bridges: tuple[str, ...]) -> list[str]:
+    return [link.sw_ifname for h in topo.hosts for link in h.links if link.bridge in bridges]
+
+
+def _set(names: list[str]) -> str:
+    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
+
+
+def ruleset(state: LabState) -> str:
+    topo = state.topology()
+    partition_rules = []
+    for part in state.partitions:
+        bridges = PLANES[part["plane"]]
+        group = [
+            link.sw_ifname
+            for name in part["nodes"]
+            for link in topo.node(name).links
+            if link.bridge in bridges
+        ]
+        rest = [p for p in _ports(topo, bridges) if p not in group]
+        if group and rest:
+            partition_rules.append(f"    iifname {_set(group)} oifname {_set(rest)} drop")
+            partition_rules.append(f"    iifname {_set(rest)} oifname {_set(group)} drop")
+    loss_rules = []
+    if state.sync_loss_percent > 0:
+        sync_ports = _ports(topo, PLANES["sync"])
+        loss_rules.append(
+            f"    oifname {_set(sync_ports)} numgen random mod 100 < {state.sync_loss_percent} drop"
+        )
+    nl = "\n"
+    return f"""
+table bridge {TABLE}
+delete table bridge {TABLE}
+table bridge {TABLE} {{
+  chain partition {{
+    type filter hook forward priority 0; policy accept;
+{nl.join(partition_rules)}
+  }}
+  chain loss {{
+    type filter hook forward priority 10; policy accept;
+{nl.join(loss_rules)}
+  }}
+}}
+"""
+
+
+def apply(state: LabState) -> None:
+    nft(state.topology().switch_ns, ruleset(state))
+    state.save()
+
+
+def kill(state: LabState, node: str) -> None:
+    """The node dies: its agent gets SIGKILL (no goodbye) and all its links go down."""
+    host = state.topology().node(node)
+    proc = state.procs.get(f"agent:{host.name}")
+    if proc is not None:
+        stop(proc, signal.SIGKILL)
+        del state.procs[proc.what]
+    set_links(host, False)
+    if host.name not in state.dead_nodes:
+        state.dead_nodes.append(host.name)
+    state.save()
+
+
+def revive(state: LabState, node: str) -> None:
+    """Links up again and, when the lab runs agents, a fresh agent process."""
+    host = state.topology().node(node)
+    set_links(host, True)
+    if host.name in state.dead_nodes:
+        state.dead_nodes.remove(host.name)
+    state.save()
+    if state.agents:
+        proc = state.procs.get(f"agent:{host.name}")
+        if proc is None or not proc.alive():
+            start_agent(state, host.name)
+
+
+def partition(state: LabState, plane: str, nodes: list[str]) -> None:
+    if plane not in PLANES:
+        raise LabError(f"partition: plane must be one of {sorted(PLANES)}, got {plane!r}")
+    topo = state.topology()
+    names = [topo.node(n).name for n in nodes]  # validates every name before any change
+    if not names:
+        raise LabError("partition: name the node or nodes to cut off (--nodes fw1,fw2)")
+    if len(set(names)) == len(topo.nodes) and plane == "sync":
+        raise LabError("partition: the group would hold every node; nothing to cut")
+    state.partitions.append({"plane": plane, "nodes": sorted(set(names))})
+    apply(state)
+
+
+def heal(state: LabState) -> None:
+    state.partitions = []
+    apply(state)
+
+
+def loss(state: LabState, plane: str, percent: int) -> None:
+    if plane != "sync":
+        raise LabError("loss: only the sync network is supported")
+    if not 0 <= percent <= 100:
+        raise LabError(f"loss: percent must be 0..100, got {percent}")
+    state.sync_loss_percent = percent
+    apply(state)

@@ -1,0 +1,75 @@
+"""The lab with real availability-manager agents (root): the cluster settles,
+traffic through it is exact, and a node dying under traffic costs no stream.
+
+Marked `lab_agent` as well as `lab`: it judges the agent as much as the lab,
+so it is run on its own (`-m lab_agent`) while the agent is being written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fwcluster_lab import agent, build, cluster, faults, traffic_control
+from fwcluster_lab.netns import list_namespaces
+from fwcluster_lab.state import LabState
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.lab_agent,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("nft") is None or not agent.agent_available(),
+        reason="needs root, nftables and the availability-manager daemon",
+    ),
+]
+
+PREFIX = "fwa-"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
+    run_dir = lab_run_dir(PREFIX)
+    build.down(run_dir, PREFIX)
+    state = build.up(run_dir, PREFIX, nodes=3, agents=True)
+    try:
+        cluster.wait_settled(state, timeout=30)
+        yield state
+    finally:
+        build.down(run_dir, PREFIX, keep_logs=True)  # agent logs stay for the post-mortem
+        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+
+
+def assert_exact(s: dict[str, Any], streams: int) -> None:
+    detail = {k: s[k] for k in ("tcp", "udp", "ping", "stall_histogram_ms")}
+    assert (s["established"], s["lost"], s["duplicates"]) == (streams, 0, 0), detail
+    assert s["tcp"]["bytes_sent"] == s["tcp"]["bytes_echoed"] == s["server"]["run"]["tcp_bytes_in"]
+
+
+def test_traffic_through_the_cluster_is_exact(lab: LabState) -> None:
+    opts = ["--tcp", "60", "--udp", "10", "--ping", "2", "--duration", "2", "--drain", "2"]
+    s = traffic_control.run_foreground(lab, opts, None)
+    assert_exact(s, 60)
+    assert s["lost_packets"] == 0
+
+
+def test_a_node_dying_under_traffic_costs_no_stream(lab: LabState) -> None:
+    traffic_control.start(lab, ["--tcp", "60", "--udp", "10", "--drain", "3"])
+    try:
+        time.sleep(1.0)
+        faults.kill(lab, "fw1")
+        cluster.wait_settled(lab, timeout=10)
+        time.sleep(2.0)
+    finally:
+        s = traffic_control.stop_background(lab)
+        faults.revive(lab, "fw1")
+    assert_exact(s, 60)
+    # fw1's third of the streams waited for the takeover; none for longer than 5 s
+    assert s["longest_stall_ms"] < 5000
+    cluster.wait_settled(lab, timeout=30)
+    assert_exact(traffic_control.run_foreground(lab, ["--tcp", "30", "--duration", "1"], None), 30)
