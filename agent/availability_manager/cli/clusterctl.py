@@ -20,6 +20,17 @@ from typing import Any
 DEFAULT_SOCKET = Path("/run/availability-manager/control.sock")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 BAR_WIDTH = 64
+# the sync counters `status` shows a person (--json has them all)
+SYNC_SUMMARY = (
+    "local_entries",
+    "cache_entries",
+    "naks",
+    "out_of_sync",
+    "resyncs",
+    "digest_mismatches",
+    "injected",
+    "deleted",
+)
 
 
 class Unreachable(Exception):
@@ -94,10 +105,8 @@ def print_status(st: dict[str, Any]) -> None:
     print(f"cluster   {len(st['members'])} members, {st['buckets']} buckets, {ready}")
     print(f"owned     {len(st['owned'])} buckets")
     sync = st.get("sync", {})
-    print(
-        "sync      "
-        + ", ".join(f"{k} {v}" for k, v in sorted(sync.items()) if not isinstance(v, dict))
-    )
+    shown = [k for k in SYNC_SUMMARY if k in sync]
+    print("sync      " + ", ".join(f"{k.replace('_', ' ')} {sync[k]}" for k in shown))
     letters = member_letters(st)
     print("members:")
     for m in sorted(st["members"], key=lambda m: m["node"]):

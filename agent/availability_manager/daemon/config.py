@@ -73,6 +73,7 @@ class AgentConfig:
     tcp_loose: bool = False
     leave_timeout_s: float = 30.0
     state_dir: Path = Path("/var/lib/availability-manager")
+    realtime: bool = True
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -188,6 +189,7 @@ _TOP_KEYS = {
     "tcp_loose",
     "leave_timeout_s",
     "state_dir",
+    "realtime",
 }
 
 
@@ -260,6 +262,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
         leave_timeout_s=float(r.get(top, "leave_timeout_s", "", r.integer(1, 3600), 30)),
         state_dir=r.get(top, "state_dir", "", r.abspath, Path("/var/lib/availability-manager")),
+        realtime=r.get(top, "realtime", "", r.boolean, True),
     )
 
 

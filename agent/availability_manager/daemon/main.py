@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def _broadcast_address(cfg: AgentConfig) -> ipaddress.IPv4Address | None:
     raise ConfigError(f"sync.interface {cfg.sync.interface} has no IPv4 broadcast address")
 
 
+REALTIME_PRIORITY = 20
+
+
+def _ask_for_realtime() -> None:
+    """Heartbeats must not starve behind other work on a busy firewall (a late
+    heartbeat looks like a dead node): ask for SCHED_RR, as keepalived does."""
+    log = logging.getLogger("availability-manager")
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(REALTIME_PRIORITY))
+    except (PermissionError, OSError) as exc:
+        log.warning("realtime scheduling refused (%s): running at normal priority", exc)
+    else:
+        log.info("running with realtime scheduling (SCHED_RR %d)", REALTIME_PRIORITY)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="availability-manager", description=__doc__.split("\n")[0]
@@ -119,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cleanup:
         dataplane_for(cfg).uninstall()
         return 0
+    if cfg.realtime:
+        _ask_for_realtime()
     try:
         # pyroute2 must not run inside the event loop: read what it gives first
         reason = asyncio.run(_run(cfg, _broadcast_address(cfg)))

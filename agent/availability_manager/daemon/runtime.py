@@ -6,6 +6,11 @@ conntrack events, link events, control), keep one timer armed at
 order they come (inject, reprogram, delete). After every input it "pumps":
 events first, then datagrams, then re-arms the timer. Nothing here decides
 anything about the cluster.
+
+Kernel work (nft transactions, conntrack writes) runs on one worker thread,
+in event order: an `nft -f` under load can take tens of milliseconds, and
+the event loop must keep sending heartbeats meanwhile, or a busy node looks
+dead to its peers.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,6 +120,7 @@ class Runtime:
         self._stopped: asyncio.Future[str] = self.loop.create_future()
         self._leaving = False
         self._links_up: bool | None = None
+        self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
     # -- lifecycle --------------------------------------------------------------
@@ -158,6 +165,7 @@ class Runtime:
         if self._timer:
             self._timer.cancel()
         await self.control.close()
+        self._kernel.shutdown(wait=True)  # finish queued kernel work first
         self.dataplane.uninstall()
         self.sync.close()
         self.conntrack.close()
@@ -184,7 +192,7 @@ class Runtime:
                 self.cfg.leave_timeout_s,
                 len(self.node.owned_buckets()),
             )
-            self._stopped.set_result("leave-timeout")
+            self._stop("leave-timeout")
 
     def reload(self) -> None:
         """SIGHUP: apply what can change live; a bad file keeps the running config."""
@@ -228,8 +236,7 @@ class Runtime:
                 raise
             self.counters["conntrack_redumps"] += 1
             log.warning("conntrack events lost: re-reading the table")
-            self.node.local_table_dump(self.conntrack.dump(), now)
-            self._pump()
+            self._kernel.submit(self._redump)
             return
         for kind, conn in events:
             if kind == "new":
@@ -239,6 +246,16 @@ class Runtime:
             elif kind == "destroy":
                 self.node.connection_destroy(conn, now)
         self._pump()
+
+    def _redump(self) -> None:
+        """Worker thread: read the whole table, hand it to the node in the loop."""
+        conns = self.conntrack.dump()
+
+        def apply() -> None:
+            self.node.local_table_dump(conns, self.loop.time())
+            self._pump()
+
+        self.loop.call_soon_threadsafe(apply)
 
     def _on_links(self) -> None:
         assert self.links is not None
@@ -294,6 +311,17 @@ class Runtime:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
     def _perform(self, event: object) -> None:
+        """Queue an event for the kernel worker; events keep their order."""
+        self._kernel.submit(self._perform_in_worker, event)
+
+    def _perform_in_worker(self, event: object) -> None:
+        try:
+            self._carry_out(event)
+        except Exception:  # a kernel error must not stop later events silently
+            self.counters["kernel_errors"] += 1
+            log.exception("carrying out %s failed", type(event).__name__)
+
+    def _carry_out(self, event: object) -> None:
         if isinstance(event, ev.InjectConnections):
             done = self.conntrack.inject(list(event.conns)) if event.conns else 0
             self.counters["injected"] += done
@@ -310,11 +338,14 @@ class Runtime:
             self.notifier.ready(event.describe())
         elif isinstance(event, ev.LeaveComplete):
             log.info("%s", event.describe())
-            if not self._stopped.done():
-                self._stopped.set_result("left")
+            self.loop.call_soon_threadsafe(self._stop, "left")
         else:
             describe = getattr(event, "describe", None)
             log.info("%s", describe() if describe else event)
+
+    def _stop(self, reason: str) -> None:
+        if not self._stopped.done():
+            self._stopped.set_result(reason)
 
     # -- views for control and metrics --------------------------------------------
 
@@ -339,9 +370,9 @@ class Runtime:
             member_list.append(
                 {
                     "node": name,
-                    "state": getattr(info, "state_name", str(getattr(info, "state", "active"))),
-                    "weight": getattr(info, "weight", 1),
-                    "incarnation": getattr(info, "incarnation", 0),
+                    "state": info.state.name.lower(),
+                    "weight": info.weight,
+                    "incarnation": info.incarnation,
                     "self": node_id == self.cfg.node_id,
                     "owned": sum(1 for o in owners if node_id in o),
                 }
