@@ -122,13 +122,13 @@ def test_status_ranges_json(agent: Agent, capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(capsys.readouterr().out)["owned"] == [0, 1]
     assert clusterctl.main(["--socket", str(agent.path), "ranges"]) == 0
     out = capsys.readouterr().out
-    assert "[AABB]" in out and "holes 0" in out
+    assert "    0 AABB" in out and "holes 0" in out
 
 
-def test_ranges_bar_marks_holes_and_transit() -> None:
+def test_ranges_rows_mark_holes_and_transit() -> None:
     st = fake_status()
     st["owners"] = [["198.51.100.11"], [], ["198.51.100.11", "198.51.100.12"], ["198.51.100.12"]]
-    assert clusterctl.ranges_bar(st) == "A.+B"
+    assert clusterctl.ranges_rows(st, width=2) == ["    0 A.", "    2 +B"]
 
 
 def test_drain_waits_for_confirmation(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,23 +80,23 @@ def member_letters(status: dict[str, Any]) -> dict[str, str]:
     return {n: chr(ord("A") + i) if i < 26 else "#" for i, n in enumerate(sorted(names))}
 
 
-def ranges_bar(status: dict[str, Any], width: int = BAR_WIDTH) -> str:
-    """The seed's visual tester: one character per slice of buckets, the
-    owner's letter; '+' where two nodes own a slice (in transit), '.' a hole."""
+def bucket_char(owners: list[str], letters: dict[str, str]) -> str:
+    """One bucket: its owner's letter, '+' when two nodes own it (in transit),
+    '.' when nobody does (a hole)."""
+    if not owners:
+        return "."
+    if len(owners) > 1:
+        return "+"
+    return letters.get(owners[0], "?")
+
+
+def ranges_rows(status: dict[str, Any], width: int = BAR_WIDTH) -> list[str]:
+    """The seed's visual tester: one character per bucket, `width` per row,
+    each row prefixed with its first bucket number."""
     owners: list[list[str]] = status["owners"]
     letters = member_letters(status)
-    n = len(owners)
-    cells = []
-    for c in range(min(width, n)):
-        lo, hi = c * n // min(width, n), (c + 1) * n // min(width, n)
-        seen = {o for b in range(lo, hi) for o in owners[b]}
-        if not seen:
-            cells.append(".")
-        elif len(seen) > 1:
-            cells.append("+")
-        else:
-            cells.append(letters.get(next(iter(seen)), "?"))
-    return "".join(cells)
+    chars = "".join(bucket_char(o, letters) for o in owners)
+    return [f"{i:>5} {chars[i : i + width]}" for i in range(0, len(chars), width)]
 
 
 def print_status(st: dict[str, Any]) -> None:
@@ -119,8 +119,9 @@ def print_status(st: dict[str, Any]) -> None:
 
 def print_ranges(st: dict[str, Any]) -> None:
     letters = member_letters(st)
-    print(f"buckets 0..{st['buckets'] - 1}, {BAR_WIDTH} cells")
-    print(f"[{ranges_bar(st)}]")
+    print(f"buckets 0..{st['buckets'] - 1}, one character each ('+' two owners, '.' none)")
+    for row in ranges_rows(st):
+        print(row)
     for node, letter in sorted(letters.items(), key=lambda x: x[1]):
         count = sum(1 for o in st["owners"] if node in o)
         print(f"  {letter} = {node} ({count} buckets)")

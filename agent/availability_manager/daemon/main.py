@@ -63,6 +63,20 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
         peers=cfg.sync.peers,
         broadcast=broadcast,
     )
+    zone_sockets = []
+    if cfg.heartbeat.zone_heartbeats:
+        from .transport import ZONE_HEARTBEAT_GROUP
+
+        zone_sockets = [
+            SyncSocket(
+                z.interface,
+                ipaddress.IPv4Address("0.0.0.0"),
+                cfg.sync.port + 1,
+                "multicast",
+                group=ZONE_HEARTBEAT_GROUP,
+            )
+            for z in cfg.zones
+        ]
     interfaces = [cfg.sync.interface, *(z.interface for z in cfg.zones)]
     runtime = Runtime(
         cfg,
@@ -72,6 +86,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
         LinkMonitor(interfaces),
         Notifier(),
         metrics,
+        zone_sockets,
     )
     return await runtime.run()
 

@@ -100,11 +100,13 @@ class Runtime:
         links: LinkMonitor | None,
         notifier: Notifier | None = None,
         metrics: Any = None,
+        zone_sockets: list[SyncSocket] | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
         self.conntrack = conntrack
         self.sync = sync
+        self.zone_sockets = list(zone_sockets or [])
         self.links = links
         self.notifier = notifier or Notifier({})
         self.metrics = metrics
@@ -128,7 +130,9 @@ class Runtime:
     async def run(self) -> str:
         """Run until a leave completes or a fatal error; returns why it stopped."""
         self.dataplane.install()
-        self.loop.add_reader(self.sync.fileno(), self._on_sync)
+        self.loop.add_reader(self.sync.fileno(), self._on_sync, self.sync)
+        for zs in self.zone_sockets:
+            self.loop.add_reader(zs.fileno(), self._on_sync, zs)
         self.loop.add_reader(self.conntrack.fileno(), self._on_conntrack)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
@@ -159,9 +163,11 @@ class Runtime:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for fd_owner in (self.sync, self.conntrack, self.links):
+        for fd_owner in (self.sync, self.conntrack, self.links, *self.zone_sockets):
             if fd_owner is not None:
                 self.loop.remove_reader(fd_owner.fileno())
+        for zs in self.zone_sockets:
+            zs.close()
         if self._timer:
             self._timer.cancel()
         await self.control.close()
@@ -221,9 +227,9 @@ class Runtime:
 
     # -- inputs -----------------------------------------------------------------
 
-    def _on_sync(self) -> None:
+    def _on_sync(self, sock: SyncSocket) -> None:
         now = self.loop.time()
-        for datagram in self.sync.receive_all():
+        for datagram in sock.receive_all():
             self.node.receive_datagram(datagram, now)
         self._pump()
 
@@ -303,6 +309,9 @@ class Runtime:
             self._perform(event)
         for datagram in self.node.datagrams_to_send(now):
             self.sync.send(datagram)
+        for datagram in self.node.zone_datagrams_to_send():
+            for zs in self.zone_sockets:
+                zs.send(datagram)
         deadline = self.node.next_timer()
         if self._timer is not None:
             self._timer.cancel()
@@ -353,6 +362,7 @@ class Runtime:
         stats = dict(self.node.stats())
         stats.update(self.counters)
         stats["sync_send_errors"] = self.sync.send_errors
+        stats["zone_send_errors"] = sum(zs.send_errors for zs in self.zone_sockets)
         stats["links_up"] = bool(self._links_up)
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable

@@ -6,6 +6,11 @@ subnet, or unicast to each configured peer. The socket is bound to the sync
 interface (SO_BINDTODEVICE) so datagrams never leave by another route, and
 multicast loopback is off so a node does not hear itself (the crypto layer
 drops its own datagrams anyway).
+
+Zone heartbeats use the same class on each zone interface, with the group
+ZONE_HEARTBEAT_GROUP and the sync port + 1: a copy of every heartbeat goes
+out there too, so a node alive on its data links is not taken for dead when
+only the sync network fails.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from collections.abc import Sequence
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 RCVBUF = 4 * 1024 * 1024
+
+
+ZONE_HEARTBEAT_GROUP = ipaddress.IPv4Address("239.255.77.2")
 
 
 class SyncSocket:
@@ -42,9 +50,11 @@ class SyncSocket:
                 assert group is not None
                 if family == socket.AF_INET:
                     sock.bind(("", port))
-                    mreq = struct.pack("=4s4si", group.packed, address.packed, ifindex)
+                    # struct ip_mreqn: group, local address (any), ifindex (host order)
+                    mreq = struct.pack("=4s4si", group.packed, bytes(4), ifindex)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, address.packed)
+                    out_if = struct.pack("=4s4si", bytes(4), bytes(4), ifindex)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, out_if)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
                 else:

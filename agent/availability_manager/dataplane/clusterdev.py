@@ -9,7 +9,7 @@ bitmap are set over the module's generic netlink family; the bitmap is
 swapped atomically in the kernel, so `set_owned_buckets` is one message.
 
 `GenlChannel` is the netlink I/O (bytes are built and parsed in
-clusterdev_genl.py); `ClusterdevBackend` implements base.DataPlane. Commands
+clusterdev_genl.py); `ClusterdevDataPlane` implements base.DataPlane. Commands
 (`ip`, `modprobe`, `sysctl`) go through an injectable runner so the backend
 can be tested without a kernel.
 """
@@ -43,6 +43,8 @@ class GenlChannel:
 
     def __init__(self, sock: socket.socket | None = None) -> None:
         self._sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, genl.NETLINK_GENERIC)
+        # The kernel answers at once; a silent socket is a bug, not a wait.
+        self._sock.settimeout(5.0)
         self._sock.bind((0, 0))
         self._seq = 0
         self.family = self._resolve_family()
@@ -123,7 +125,7 @@ def device_name(index: int, zone: Zone) -> str:
     return f"cd{index}{zone.name}"[:15]
 
 
-class ClusterdevBackend:
+class ClusterdevDataPlane:
     """base.DataPlane over the clusterdev kernel module."""
 
     name = "clusterdev"

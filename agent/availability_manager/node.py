@@ -1,0 +1,749 @@
+"""`Node`: the protocol layers of one cluster node composed; what drivers talk to.
+
+Owns the glue between the layers and nothing they own themselves: the datagram
+in/out path (Encryption + wire), the routing of each layer's events to the
+others, the membership handed to the range distribution, the join gate, and
+the data-plane orders to the driver (node_events). Sans-I/O in bytes, like
+aioquic's QuicConnection: inputs are `receive_datagram`, `handle_timer` and the
+host API (conntrack events, drain/undrain/leave, link status); outputs are
+pulled with `datagrams_to_send`, `next_timer` and `next_event`.
+
+Glue, per layer event (docs/architecture.md):
+
+    Heartbeat received        -> Availability.receive, then
+                                 ReliableBroadcast.observe_next_seq (its rb_next_seq)
+    NodeUp(p)                 -> RB.peer_up(p), ConntrackSync.peer_up(p) (send it our
+                                 table), ask p for its table, membership recomputed
+    NodeDown(p)               -> RB.peer_down(p), ConntrackSync.peer_down(p) (its cache
+                                 is kept for the takeover), Ranges.peer_down(p)
+    RB Delivered(p, payload)  -> CT messages decoded -> ConntrackSync.receive; an entry
+                                 in a bucket we own that we lack is injected at once
+    RB OutOfSync(p, role)     -> ConntrackSync.out_of_sync (a resync follows)
+    CT messages to send       -> packed into RB payloads -> RB.send
+    Ranges Claim(B)           -> InjectConnections(cached entries of B we lack), then
+                                 OwnedBucketsChanged; the injected entries are adopted
+    Ranges Release(B)         -> OwnedBucketsChanged, then DeleteConnections(our entries
+                                 of B); peers are told with CT DELETEs
+    Ranges Stable (first)     -> Ready (once)
+    a peer down for forget_after  -> ConntrackSync.forget_peer (its cache was kept
+                                 so a false timeout under loss needs no full resync)
+
+The driver performs InjectConnections / OwnedBucketsChanged / DeleteConnections
+in order, right away; the Node mirrors the injected and deleted entries in its
+own table immediately (kernel echo events of them are idempotent no-ops).
+After every input the driver pulls events, then datagrams, then re-arms one
+timer at `next_timer()` (a deadline in the past means "call handle_timer now").
+
+Node lifecycle (`phase()`):
+
+    joining  --grace over, every up peer's table received (or join timeout)--> member
+    member   --drain()--> draining  --undrain()--> member
+    member|draining --leave()--> leaving --owns nothing, others hold all--> left
+                                                                  [LeaveComplete]
+
+A joining node does not count itself in the membership, so it claims no
+bucket until it holds the connection tables of the nodes it takes buckets
+from; the others keep those buckets until it claims them (release after claim).
+
+Handover safety: releasing a bucket deletes our entries of it, so whoever
+claimed it must hold them first. Ranges guarantees the claim came first; the
+Node adds what makes the claimer *know* the entries:
+1. after a peer comes up we withhold our own RangeState until its whole table
+   has arrived (or `join_timeout`), so nobody releases to us before we hold
+   their entries (this covers a node back from a partition, whose old claims
+   predate the entries made meanwhile);
+2. a peer's RangeState is applied only when everything the peer sent before
+   it was delivered (no gap in its stream: a resync request may be in it);
+3. and not while we owe that peer our table (it came up, or asked for a
+   resync): FIFO then delivers our table before our DELETEs, and entries that
+   reach the claimer after its claim are injected at once (`_inject_late`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from . import node_events as ev
+from . import wire
+from .availability import (
+    Availability,
+    Heartbeat,
+    MemberInfo,
+    NodeState,
+    NodeStateChanged,
+    OwnStatusChanged,
+)
+from .availability import NodeDown as AvNodeDown
+from .availability import NodeUp as AvNodeUp
+from .availability import PeerRefused as AvPeerRefused
+from .broadcast import MAX_PAYLOAD, Delivered, RbData, RbLost, RbNak, ReliableBroadcast
+from .broadcast import OutOfSync as RbOutOfSync
+from .connection import IPS_EXPECTED, Connection
+from .conntrack_sync import SYNCED_PROTOCOLS, ConntrackSync, DigestMismatch, ResyncReceived
+from .crypto import Encryption, Keyring
+from .ct_messages import CT_MESSAGE_TYPES, CtNew, CtNewResync, CtResyncRequest
+from .ranges import Claim, RangeDistribution, RangeState, Release, Stable, Unstable
+from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
+
+JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """Everything a Node is built from. Validated on construction."""
+
+    node_id: NodeId
+    settings: ClusterSettings
+    keyring: Keyring
+    incarnation: int
+    initial_counter: int
+    heartbeat_interval: float = 0.05
+    heartbeat_misses: int = 3
+    weight: int = 1
+    protocols: frozenset[int] = SYNCED_PROTOCOLS
+    is_relevant: Callable[[Connection], bool] | None = None  # default: by `protocols`
+    release_rule: str = "after-claim"  # "immediate" only for the simulator's bad variant
+    join_timeout: float = JOIN_TIMEOUT
+    forget_after: float = 60.0  # seconds a dead peer's cache is kept
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_id <= MAX_NODE_ID:
+            raise ValueError(f"node_id must be a 32-bit unsigned integer, got {self.node_id}")
+        if not 0 <= self.incarnation < 1 << 64:
+            raise ValueError(f"incarnation must be a u64, got {self.incarnation}")
+        if not 0 <= self.initial_counter < 1 << 64:
+            raise ValueError(f"initial_counter must be a u64, got {self.initial_counter}")
+        if not 0.001 <= self.heartbeat_interval <= 10.0:
+            raise ValueError(
+                f"heartbeat_interval must be 0.001..10 s, got {self.heartbeat_interval}"
+            )
+        if not 1 <= self.heartbeat_misses <= 100:
+            raise ValueError(f"heartbeat_misses must be 1..100, got {self.heartbeat_misses}")
+        if not 1 <= self.weight <= 1000:
+            raise ValueError(f"weight must be 1..1000, got {self.weight}")
+        if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
+            raise ValueError("protocols must be a non-empty set of IP protocol numbers")
+        if self.release_rule not in ("after-claim", "immediate"):
+            raise ValueError(
+                f"release_rule must be after-claim or immediate, not {self.release_rule!r}"
+            )
+        if self.join_timeout <= 0 or self.forget_after <= 0:
+            raise ValueError("join_timeout and forget_after must be positive")
+
+    def relevance(self) -> Callable[[Connection], bool]:
+        if self.is_relevant is not None:
+            return self.is_relevant
+        protocols = frozenset(self.protocols)
+
+        def relevant(conn: Connection) -> bool:
+            return conn.proto in protocols and not conn.status & IPS_EXPECTED
+
+        return relevant
+
+
+class NodeObserver(Protocol):
+    """Optional hook for test drivers (the simulator's FIFO invariant)."""
+
+    def delivered(self, sender: NodeId, seq: int) -> None: ...
+
+    def stream_reset(self, sender: NodeId) -> None: ...
+
+
+class Node:
+    """One cluster node's protocol stack (see the module docstring)."""
+
+    def __init__(self, config: NodeConfig, rng: random.Random, now: float) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        settings = config.settings
+        self._buckets = settings.buckets
+        self._encryption = Encryption(config.node_id, config.keyring, config.initial_counter)
+        self._availability = Availability(
+            config.node_id,
+            config.incarnation,
+            settings.fingerprint(),
+            interval=config.heartbeat_interval,
+            misses=config.heartbeat_misses,
+            weight=config.weight,
+            now=now,
+        )
+        self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
+        self._ranges = RangeDistribution(
+            config.node_id,
+            settings.buckets,
+            settings.hash_seed,
+            now=now,
+            release_rule=config.release_rule,
+        )
+        self._sync = ConntrackSync(
+            config.node_id, settings.buckets, is_relevant=config.relevance(), rng=rng, now=now
+        )
+        self._events: deque[ev.NodeEvent] = deque()
+        self._owned: frozenset[int] = frozenset()
+        self._ready = False
+        self._stable = False
+        self._joined = False
+        # Wait a few heartbeats before counting ourselves in: a node joining a
+        # running cluster must hear it first, or it would claim every bucket.
+        self._join_at = now + config.heartbeat_interval * (config.heartbeat_misses + 1)
+        self._join_deadline = self._join_at + config.join_timeout
+        self._join_timer = self._join_at  # then the deadline: tables are awaited by events
+        self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
+        self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
+        # Handover safety (module docstring). Releasing a bucket to a peer
+        # deletes our entries of it, so the peer must hold them first:
+        # 1. we withhold our RangeState while we wait for the whole table of a
+        #    peer that came up (deadline per peer), so nobody releases to us
+        #    before we hold their entries;
+        # 2. a peer's RangeState is applied only once everything it sent
+        #    before it was delivered (no gap in its stream), and
+        # 3. not while we still owe that peer our table (it came up, or asked
+        #    for a resync): FIFO then puts our table before our DELETEs.
+        self._awaiting_table: dict[NodeId, float] = {}  # peer -> give-up time
+        self._down_since: dict[NodeId, float] = {}  # dead peers whose cache we keep
+        self._table_owed: set[NodeId] = set()
+        self._deferred_claims: dict[NodeId, RangeState] = {}
+        self._range_state_pending = False  # send ours as soon as rule 1 allows
+        self._leaving = False
+        self._left = False
+        self._draining = False
+        self.observer: NodeObserver | None = None
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._zone_out: list[bytes] = []
+
+    # -- datagrams in ------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """One datagram from the sync network. Anything unusable is counted
+        (stats "drop_<reason>") and dropped whole; nothing raises."""
+        opened = self._encryption.open(data)
+        if opened is None:
+            return  # Encryption counted the reason
+        header, plaintext = opened
+        try:
+            messages = wire.decode_messages(plaintext)
+        except wire.WireError as exc:
+            self._counters[f"drop_{exc.reason}"] += 1
+            return
+        source = header.sender
+        # Heartbeats first (a NodeUp starts the peer's stream and their
+        # rb_next_seq reveals lost data), then the stream, then claims, so a
+        # claim is judged after everything the peer sent before it.
+        messages.sort(key=_dispatch_rank)
+        if not self._fresh_state(source, header.counter, messages):
+            # Heartbeat and range state are state, not log: one that was
+            # overtaken on the way (reordered) would revert a newer one.
+            self._counters["drop_stale-state"] += 1
+            messages = [m for m in messages if _dispatch_rank(m) == 1]
+        for msg in messages:
+            self._dispatch(msg, source, now)
+        self._pump(now)
+
+    def _fresh_state(self, source: NodeId, counter: int, messages: list[object]) -> bool:
+        """False if the datagram carries state older than state already applied.
+        Counters only grow, across restarts too (they start at the boot time)."""
+        if True:
+            return True
+        if counter < self._state_counter.get(source, -1):
+            return False
+        self._state_counter[source] = counter
+        return True
+
+    def _dispatch(self, msg: object, source: NodeId, now: float) -> None:
+        if isinstance(msg, Heartbeat):
+            self._availability.receive(msg, source, now)
+            self._pump(now)  # a NodeUp must reach the broadcast layer before the next step
+            if self._broadcast.expected_seq(source) is not None:
+                self._broadcast.observe_next_seq(source, msg.rb_next_seq, now)
+        elif isinstance(msg, RangeState):
+            if source not in self._up:
+                self._counters["drop_range-state-from-non-member"] += 1
+            elif self._claim_must_wait(source):
+                self._deferred_claims[source] = msg  # the latest claim is all that matters
+                self._counters["range_state_deferred"] += 1
+            else:
+                self._deferred_claims.pop(source, None)
+                self._ranges.receive(msg, source, now)
+        elif isinstance(msg, RbData | RbNak | RbLost):
+            self._broadcast.receive(msg, source, now)
+        else:
+            self._counters["drop_unexpected-message"] += 1
+
+    # -- host inputs ---------------------------------------------------------------
+
+    def set_link_status(self, up: bool, now: float) -> None:
+        self._availability.set_own_status(up, now)
+        self._pump(now)
+
+    def connection_new(self, conn: Connection, now: float) -> None:
+        self._sync.local_new(conn, now)
+
+    def connection_update(self, conn: Connection, now: float) -> None:
+        self._sync.local_update(conn, now)
+
+    def connection_destroy(self, conn: Connection, now: float) -> None:
+        self._sync.local_destroy(conn, now)
+
+    def local_table_dump(self, conns: list[Connection], now: float) -> None:
+        self._sync.local_dump(conns, now)
+
+    def drain(self, now: float) -> None:
+        """Hand every bucket over but keep forwarding the connections we have."""
+        if self._leaving:
+            return
+        self._draining = True
+        self._availability.set_state(NodeState.DRAINING, now)
+        self._update_membership(now)  # our own state raises no availability event
+        self._pump(now)
+
+    def undrain(self, now: float) -> None:
+        if self._leaving or not self._draining:
+            return
+        self._draining = False
+        self._availability.set_state(NodeState.ACTIVE, now)
+        self._update_membership(now)
+        self._pump(now)
+
+    def leave(self, now: float) -> None:
+        """Hand every bucket over, then LeaveComplete (the driver stops the node)."""
+        self._leaving = True
+        self._availability.set_state(NodeState.LEAVING, now)
+        self._update_membership(now)
+        self._pump(now)
+
+    # -- timers ----------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        deadlines = [
+            self._availability.next_timer(),
+            self._broadcast.next_timer(),
+            self._sync.next_timer(),
+        ]
+        if not self._awaiting_table:
+            deadlines.append(self._ranges.next_timer())
+            if self._range_state_pending:
+                deadlines.append(0.0)  # due at once: send the withheld claim
+        else:
+            deadlines.append(min(self._awaiting_table.values()))
+        if not self._joined:
+            deadlines.append(self._join_timer)
+        if self._down_since:
+            deadlines.append(min(self._down_since.values()) + self.config.forget_after)
+        if self._deferred_claims and self._deferred_ready():
+            deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
+        times = [t for t in deadlines if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        self._availability.handle_timer(now)
+        deadline = self._broadcast.next_timer()
+        if deadline is not None and deadline <= now:
+            self._broadcast.handle_timer(now)
+        self._sync.handle_timer(now)
+        self._ranges.handle_timer(now)
+        expired = [p for p, t in self._awaiting_table.items() if t <= now]
+        for peer in expired:
+            # Its table never completed (a lossy or overloaded peer): stop
+            # waiting, or our claims would never be heard.
+            del self._awaiting_table[peer]
+            self._counters["table_wait_timeouts"] += 1
+        self._forget_dead_peers(now)
+        self._pump(now)
+
+    # -- datagrams out -----------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Every message due, packed into as few sealed datagrams as fit:
+        heartbeat and range state first, then broadcast control, then data."""
+        self._feed_broadcast(now)
+        self._availability.set_rb_next_seq(self._broadcast.next_seq)
+        unreliable: list[object] = list(self._availability.messages_to_send(now))
+        if not self._awaiting_table:
+            range_due = self._ranges.next_timer()
+            if (
+                unreliable
+                or self._range_state_pending
+                or (range_due is not None and range_due <= now)
+            ):
+                unreliable.extend(self._ranges.messages_to_send(now))
+                self._range_state_pending = False
+        else:
+            self._range_state_pending = True
+        rb_out = self._broadcast.messages_to_send(now)
+        control = [m for m in rb_out if not isinstance(m, RbData)]
+        data = [m for m in rb_out if isinstance(m, RbData)]
+        encoded = [wire.encode_message(m) for m in (*unreliable, *control, *data)]
+        if any(isinstance(m, Heartbeat) for m in unreliable):
+            # the same heartbeat (and range state), sealed apart, for the zone
+            # links: peers that still hear us there do not take us for dead
+            # when only the sync network fails (a second copy is a replay)
+            zone = [wire.encode_message(m) for m in unreliable]
+            self._zone_out.extend(
+                self._encryption.seal(p) for p in pack(zone, self._encryption.max_plaintext)
+            )
+        return [self._encryption.seal(p) for p in pack(encoded, self._encryption.max_plaintext)]
+
+    def zone_datagrams_to_send(self) -> list[bytes]:
+        """Heartbeat datagrams for the zone links (see datagrams_to_send); a
+        driver without zone heartbeats may ignore them."""
+        out, self._zone_out = self._zone_out, []
+        return out
+
+    def _feed_broadcast(self, now: float) -> None:
+        """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
+        msgs = self._sync.messages_to_send(now)
+        for payload in pack([wire.encode_message(m) for m in msgs], MAX_PAYLOAD):
+            self._broadcast.send(payload, now)
+        if self._table_owed and not self._sync.resync_in_progress:
+            # Every round, including the ones for these peers, has been handed
+            # to the broadcast; their deferred claims are applied at the next
+            # input or timer (this call only sends, it never raises events).
+            self._table_owed.clear()
+
+    def _claim_must_wait(self, peer: NodeId) -> bool:
+        """Rules 2 and 3 of handover safety (see __init__)."""
+        return (
+            peer in self._table_owed
+            or self._broadcast.missing_count(peer) > 0
+            or self._broadcast.held_count(peer) > 0
+        )
+
+    def _deferred_ready(self) -> bool:
+        return any(not self._claim_must_wait(p) for p in self._deferred_claims)
+
+    def _apply_deferred_claims(self, now: float) -> None:
+        for peer in sorted(self._deferred_claims):
+            if peer not in self._up:
+                del self._deferred_claims[peer]
+            elif not self._claim_must_wait(peer):
+                self._ranges.receive(self._deferred_claims.pop(peer), peer, now)
+
+    # -- events out ------------------------------------------------------------------
+
+    def next_event(self) -> ev.NodeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- read-only views -------------------------------------------------------------
+
+    def members(self) -> dict[NodeId, MemberInfo]:
+        """Peers that are up (admitted, links up) and this node, with their state."""
+        return self._availability.members()
+
+    def distribution_members(self) -> dict[NodeId, int]:
+        """The membership the buckets are distributed over (node -> weight)."""
+        return self._ranges.members()
+
+    def owned_buckets(self) -> frozenset[int]:
+        return self._owned
+
+    def bucket_owners(self) -> tuple[frozenset[NodeId], ...]:
+        """Per bucket, the nodes known to own it (this node's view)."""
+        return tuple(self._ranges.owners())
+
+    def phase(self) -> str:
+        if self._left:
+            return "left"
+        if self._leaving:
+            return "leaving"
+        if not self._joined:
+            return "joining"
+        return "draining" if self._draining else "member"
+
+    def state_name(self) -> str:
+        """The lifecycle phase, for status output (an alias of `phase`)."""
+        return self.phase()
+
+    def is_stable(self) -> bool:
+        """Every member owns exactly its aim and all agree on the membership."""
+        return self._stable
+
+    def connection_counts(self) -> dict[str, object]:
+        """Entries per table: our own and each peer's cache (alive or dead)."""
+        peers = {
+            format_node_id(peer): {
+                "entries": len(self._sync.cache_entries(peer)),
+                "alive": alive,
+            }
+            for peer, alive in self._sync.peers().items()
+        }
+        return {"local": len(self._sync.local_entries()), "peers": peers}
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        """A key rotation step at runtime (see crypto.Keyring)."""
+        self._encryption.set_keyring(keyring)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def stable(self) -> bool:
+        return self._stable
+
+    def known_keys(self) -> frozenset[bytes]:
+        """Keys of every entry this node knows: its own and every cached peer's."""
+        keys = {c.key for c in self._sync.local_entries()}
+        for peer in self._sync.peers():
+            keys.update(c.key for c in self._sync.cache_entries(peer))
+        return frozenset(keys)
+
+    def peer_cache(self, peer: NodeId) -> dict[bytes, Connection]:
+        return {c.key: c for c in self._sync.cache_entries(peer)}
+
+    def local_entries(self) -> dict[bytes, Connection]:
+        return {c.key: c for c in self._sync.local_entries()}
+
+    def stats(self) -> dict[str, int]:
+        """A flat dict of counters and gauges for metrics."""
+        out: dict[str, int] = dict(self._counters)
+        for reason, count in self._encryption.drops.items():
+            out[f"drop_{reason}"] = out.get(f"drop_{reason}", 0) + count
+        out["datagrams_sealed"] = self._encryption.sealed
+        out["datagrams_opened"] = self._encryption.opened
+        av = self._availability.stats
+        out["heartbeats_sent"] = av.get("heartbeats_sent", 0)
+        out["heartbeats_received"] = av.get("heartbeats_received", 0)
+        out["heartbeats_stale"] = av.get("stale", 0)
+        out["peers_refused"] = av.get("refused", 0)
+        rb = self._broadcast.stats
+        out["rb_data_sent"] = rb.data_sent
+        out["rb_retransmitted"] = rb.retransmitted
+        out["rb_repairs_suppressed"] = rb.repairs_suppressed
+        out["naks"] = rb.naks_sent
+        out["naks_suppressed"] = rb.naks_suppressed
+        out["rb_lost_sent"] = rb.lost_sent
+        out["rb_delivered"] = rb.delivered
+        out["rb_duplicates"] = rb.duplicates
+        out["out_of_sync"] = rb.out_of_sync
+        out["rb_buffered"] = self._broadcast.buffered
+        out["drop_rb-unknown-peer"] = rb.dropped_unknown_peer
+        for reason, count in rb.dropped.items():
+            out[f"drop_rb-{reason}"] = count
+        ct = self._sync.stats
+        out["resyncs"] = sum(ct.resyncs.values())
+        out["resync_requests"] = sum(ct.resync_requests.values())
+        out["digest_mismatches"] = ct.digest_mismatches
+        out["ct_unknown_updates"] = ct.unknown_updates
+        out["ct_unknown_deletes"] = ct.unknown_deletes
+        out["ct_stale_dropped"] = ct.stale_dropped
+        for reason, count in ct.rejected.items():
+            out[f"drop_ct-{reason}"] = count
+        out["local_entries"] = ct.local_entries
+        out["cache_entries"] = sum(ct.cache_sizes.values())
+        out["cached_peers"] = len(ct.cache_sizes)
+        out["owned_buckets"] = len(self._owned)
+        out["members"] = len(self._ranges.members())
+        out["stable"] = int(self._stable)
+        out["ready"] = int(self._ready)
+        for name, count in self._ranges.stats.items():
+            out[f"ranges_{name}"] = count
+        return out
+
+    # -- the glue ----------------------------------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        """Route every pending layer event until all layers are quiet."""
+        busy = True
+        while busy:
+            busy = False
+            while (a := self._availability.next_event()) is not None:
+                busy = True
+                self._on_availability(a, now)
+            self._maybe_join(now)
+            while (b := self._broadcast.next_event()) is not None:
+                busy = True
+                self._on_broadcast(b, now)
+            while (c := self._sync.next_event()) is not None:
+                busy = True
+                self._on_sync(c)
+            while (r := self._ranges.next_event()) is not None:
+                busy = True
+                self._on_ranges(r, now)
+            if self._deferred_claims and self._deferred_ready():
+                busy = True
+                self._apply_deferred_claims(now)
+        self._check_leave_complete()
+
+    def _on_availability(self, event: object, now: float) -> None:
+        if isinstance(event, AvNodeUp):
+            peer = event.node
+            self._broadcast.peer_up(peer, event.rb_next_seq, now)
+            if self.observer is not None:
+                self.observer.stream_reset(peer)
+            self._sync.peer_up(peer, now)
+            # Its table may have started before we listened to its stream: ask for it.
+            self._sync.out_of_sync(peer, "receiver", now)
+            self._awaiting_table[peer] = now + self.config.join_timeout
+            self._down_since.pop(peer, None)
+            self._up.add(peer)
+            self._table_owed.add(peer)
+            self._deferred_claims.pop(peer, None)
+            self._events.append(ev.NodeUp(node=peer, incarnation=event.incarnation))
+            self._update_membership(now)
+        elif isinstance(event, AvNodeDown):
+            peer = event.node
+            self._broadcast.peer_down(peer, now)
+            if self.observer is not None:
+                self.observer.stream_reset(peer)
+            self._sync.peer_down(peer, now)
+            self._ranges.peer_down(peer, now)
+            self._awaiting_table.pop(peer, None)
+            self._down_since[peer] = now
+            self._up.discard(peer)
+            self._table_owed.discard(peer)
+            self._deferred_claims.pop(peer, None)
+            self._events.append(ev.NodeDown(node=peer, reason=event.reason))
+            self._update_membership(now)
+        elif isinstance(event, NodeStateChanged | OwnStatusChanged):
+            self._update_membership(now)
+        elif isinstance(event, AvPeerRefused):
+            self._events.append(ev.PeerRefused(node=event.node, reason=event.reason))
+
+    def _on_broadcast(self, event: object, now: float) -> None:
+        if isinstance(event, Delivered):
+            if self.observer is not None:
+                self.observer.delivered(event.source, event.seq)
+            try:
+                messages = wire.decode_messages(event.payload)
+            except wire.WireError as exc:
+                self._counters[f"drop_rb-payload-{exc.reason}"] += 1
+                return
+            for msg in messages:
+                if not isinstance(msg, CT_MESSAGE_TYPES):
+                    self._counters["drop_rb-payload-not-ct"] += 1
+                    continue
+                self._sync.receive(msg, event.source, now)
+                if isinstance(msg, CtNew | CtNewResync):
+                    self._inject_late(msg.to_connection(), now)
+                elif isinstance(msg, CtResyncRequest) and msg.target == self.node_id:
+                    self._table_owed.add(event.source)  # rule 3: it lacks our table
+        elif isinstance(event, RbOutOfSync):
+            if event.role == "receiver" and self.observer is not None:
+                self.observer.stream_reset(event.peer)
+            self._sync.out_of_sync(event.peer, event.role, now)
+            self._events.append(ev.OutOfSync(peer=event.peer))
+
+    def _on_sync(self, event: object) -> None:
+        if isinstance(event, ResyncReceived):
+            if event.groups is None:
+                self._awaiting_table.pop(event.peer, None)
+                self._counters["tables_received"] += 1
+        elif isinstance(event, DigestMismatch):
+            self._counters["digest_mismatch_events"] += 1
+
+    def _on_ranges(self, event: object, now: float) -> None:
+        if isinstance(event, Claim):
+            mine = {c.key for c in self._sync.local_in_buckets(event.buckets)}
+            conns = tuple(
+                c for c in self._sync.cached_in_buckets(event.buckets) if c.key not in mine
+            )
+            if conns:
+                self._events.append(ev.InjectConnections(conns=conns, buckets=event.buckets))
+                self._sync.adopt(conns, now)
+                self._counters["injected"] += len(conns)
+            self._owned = self._owned | event.buckets
+            self._events.append(ev.OwnedBucketsChanged(owned=self._owned, claimed=event.buckets))
+        elif isinstance(event, Release):
+            self._owned = self._owned - event.buckets
+            self._events.append(ev.OwnedBucketsChanged(owned=self._owned, released=event.buckets))
+            conns = tuple(self._sync.local_in_buckets(event.buckets))
+            if conns:
+                self._events.append(ev.DeleteConnections(conns=conns, buckets=event.buckets))
+                for conn in conns:
+                    self._sync.local_destroy(conn, now)
+                self._counters["deleted"] += len(conns)
+        elif isinstance(event, Stable):
+            self._stable = True
+            if not self._ready and self._joined:
+                self._ready = True
+                self._events.append(
+                    ev.Ready(owned=self._owned, members=tuple(sorted(self._ranges.members())))
+                )
+        elif isinstance(event, Unstable):
+            self._stable = False
+
+    def _inject_late(self, conn: Connection, now: float) -> None:
+        """A peer's entry arrived for a bucket we already own (it was created
+        there while the bucket was in transit, or the sync partition healed):
+        take it over now, or the peer's release would delete its only copy."""
+        if conn.bucket not in self._owned:
+            return
+        if any(c.key == conn.key for c in self._sync.local_in_buckets(frozenset((conn.bucket,)))):
+            return
+        self._events.append(ev.InjectConnections(conns=(conn,), buckets=frozenset((conn.bucket,))))
+        self._sync.adopt((conn,), now)
+        self._counters["injected"] += 1
+        self._counters["injected_late"] += 1
+
+    def _forget_dead_peers(self, now: float) -> None:
+        """A dead peer's cache is what survivors inject when they claim its
+        buckets, and what spares a full resync if it was only a false timeout
+        (loss). Keep it `forget_after` seconds, then free the memory."""
+        for peer, since in list(self._down_since.items()):
+            if now - since >= self.config.forget_after:
+                del self._down_since[peer]
+                if not self._sync.peers().get(peer, True):
+                    self._sync.forget_peer(peer)
+                    self._counters["peers_forgotten"] += 1
+
+    def _maybe_join(self, now: float) -> None:
+        if self._joined or now < self._join_at:
+            return
+        self._join_timer = self._join_deadline
+        settled = self._availability.settled() and not self._awaiting_table
+        if settled or now >= self._join_deadline:
+            self._joined = True
+            if not settled:
+                self._counters["joined_without_tables"] += 1
+            self._update_membership(now)
+
+    def _update_membership(self, now: float) -> None:
+        members = {
+            node: info.weight
+            for node, info in self._availability.members().items()
+            if info.state == NodeState.ACTIVE and (node != self.node_id or self._joined)
+        }
+        self._ranges.set_members(members, now)
+
+    def _check_leave_complete(self) -> None:
+        if (
+            self._leaving
+            and not self._left
+            and not self._owned
+            and not self._ranges.holes()
+            and any(n != self.node_id for n in self._ranges.members())
+        ):
+            self._left = True
+            self._events.append(ev.LeaveComplete())
+
+
+def _dispatch_rank(msg: object) -> int:
+    if isinstance(msg, Heartbeat):
+        return 0
+    if isinstance(msg, RangeState):
+        return 2
+    return 1
+
+
+def pack(encoded: list[bytes], limit: int) -> list[bytes]:
+    """Concatenate encoded messages, in order, into as few chunks of at most
+    `limit` bytes as a greedy fill gives (each message must fit on its own)."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for item in encoded:
+        if len(item) > limit:
+            raise ValueError(f"message of {len(item)} bytes exceeds the limit {limit}")
+        if size + len(item) > limit and current:
+            chunks.append(b"".join(current))
+            current, size = [], 0
+        current.append(item)
+        size += len(item)
+    if current:
+        chunks.append(b"".join(current))
+    return chunks

@@ -1,0 +1,148 @@
+"""Events a `Node` hands to its driver (the daemon or the simulator).
+
+The first three are data-plane orders and must be performed in the order they
+come out of `Node.next_event()`: an `InjectConnections` always precedes the
+`OwnedBucketsChanged` that claims its buckets (a claimed bucket never lacks a
+connection this node knew about), and a `DeleteConnections` always follows the
+`OwnedBucketsChanged` that released its buckets (a released bucket keeps its
+entries until the data plane no longer accepts NEW packets for it).
+
+The rest are lifecycle notices for logs, metrics and service managers. Every
+event has `describe()`, a one-line human-readable text used by the daemon's log
+and by the simulator's trace and demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .connection import Connection
+from .types import NodeId, format_node_id
+
+
+def format_buckets(buckets: frozenset[int]) -> str:
+    """Compact text of a bucket set: ``0-20,64,70-79`` (ranges of consecutive ids)."""
+    if not buckets:
+        return "-"
+    parts: list[str] = []
+    ordered = sorted(buckets)
+    start = prev = ordered[0]
+    for b in ordered[1:]:
+        if b == prev + 1:
+            prev = b
+            continue
+        parts.append(f"{start}-{prev}" if prev != start else str(start))
+        start = prev = b
+    parts.append(f"{start}-{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InjectConnections:
+    """Write these entries into the local conntrack table, now, before the
+    following `OwnedBucketsChanged` is programmed."""
+
+    conns: tuple[Connection, ...]
+    buckets: frozenset[int]  # the buckets about to be claimed that these belong to
+
+    def describe(self) -> str:
+        return f"inject {len(self.conns)} connections of buckets {format_buckets(self.buckets)}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OwnedBucketsChanged:
+    """Program the data plane atomically with this complete set of owned buckets."""
+
+    owned: frozenset[int]
+    claimed: frozenset[int] = frozenset()  # compared with the previous set, for logs
+    released: frozenset[int] = frozenset()
+
+    def describe(self) -> str:
+        text = f"owns {len(self.owned)} buckets"
+        if self.claimed:
+            text += f", claimed {format_buckets(self.claimed)}"
+        if self.released:
+            text += f", released {format_buckets(self.released)}"
+        return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteConnections:
+    """Another node has claimed these buckets: remove these local entries."""
+
+    conns: tuple[Connection, ...]
+    buckets: frozenset[int]
+
+    def describe(self) -> str:
+        return f"delete {len(self.conns)} connections of buckets {format_buckets(self.buckets)}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeUp:
+    node: NodeId
+    incarnation: int
+
+    def describe(self) -> str:
+        return f"peer {format_node_id(self.node)} up (incarnation {self.incarnation})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDown:
+    node: NodeId
+    reason: str  # e.g. "timeout", "left", "restarted"
+
+    def describe(self) -> str:
+        return f"peer {format_node_id(self.node)} down ({self.reason})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRefused:
+    node: NodeId
+    reason: str  # e.g. "settings-mismatch"
+
+    def describe(self) -> str:
+        return f"peer {format_node_id(self.node)} refused: {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OutOfSync:
+    """The reliable broadcast with `peer` lost messages it cannot repair; a full
+    conntrack resync follows."""
+
+    peer: NodeId
+
+    def describe(self) -> str:
+        return f"out of sync with {format_node_id(self.peer)}: full resync"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """The first stable configuration was reached (emitted once)."""
+
+    owned: frozenset[int]
+    members: tuple[NodeId, ...]
+
+    def describe(self) -> str:
+        names = ", ".join(format_node_id(m) for m in self.members)
+        return f"ready: stable with members {names}, owns {len(self.owned)} buckets"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveComplete:
+    """After `leave()`: this node owns nothing and the others claimed everything."""
+
+    def describe(self) -> str:
+        return "leave complete: owns nothing, the others hold every bucket"
+
+
+NodeEvent = (
+    InjectConnections
+    | OwnedBucketsChanged
+    | DeleteConnections
+    | NodeUp
+    | NodeDown
+    | PeerRefused
+    | OutOfSync
+    | Ready
+    | LeaveComplete
+)

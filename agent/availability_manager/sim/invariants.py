@@ -1,0 +1,215 @@
+"""What must hold in every simulated run, checked as the run goes.
+
+Owns the verdict of a run: a list of `Violation`s plus report-only counters.
+The runner calls a hook for each relevant act (a delivery, a data-plane
+program, a crash, a quiet period reached) and the checker compares it with
+the rules below, which come from docs/architecture.md:
+
+fifo        each receiver gets each sender's reliable-broadcast messages in
+            order and without gaps (a gap is allowed only after an OutOfSync or
+            a restart of that stream: a full resync follows);
+hole        once the cluster was first complete, a bucket is never left with
+            no live owner by a *release* (a crash leaves a gap until the
+            survivors notice: that is measured as failover time, not a fault);
+injection   when a node's data plane starts owning a bucket, every connection
+            of that bucket the node knows about (its cache of the peers) is
+            already in its kernel table;
+assignment  after 2 s without faults or membership change, every bucket has
+            exactly one live owner and the ownership is aimed_assignment of
+            the live active members;
+caches      after a quiet period with no new traffic, every node's cache of
+            each live peer equals that peer's kernel table.
+
+Report-only: connections of a crashed node that no survivor knew at the
+moment of the crash ("unsynced at crash": their NEW was still in flight),
+connections lost, the longest failover gap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from ..connection import Connection
+from ..types import NodeId
+
+SEQ_MOD = 1 << 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Violation:
+    time: float
+    rule: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"t={self.time * 1000:.1f}ms {self.rule}: {self.detail}"
+
+
+@dataclasses.dataclass
+class Report:
+    """Report-only numbers of a run (not violations)."""
+
+    failover_gaps: int = 0
+    max_gap: float = 0.0
+    unsynced_at_crash: int = 0
+    holes_seen_by_new: int = 0
+    deliveries: int = 0
+    injection_checks: int = 0
+    assignment_checks: int = 0
+    cache_checks: int = 0
+
+
+class Invariants:
+    MAX_VIOLATIONS = 20  # a broken run would otherwise report the same fault forever
+
+    def __init__(self, buckets: int) -> None:
+        self.buckets = buckets
+        self.violations: list[Violation] = []
+        self.report = Report()
+        self._last_seq: dict[tuple[NodeId, NodeId], int] = {}
+        self._owners: list[set[NodeId]] = [set() for _ in range(buckets)]
+        self._unowned = buckets
+        self.armed = False  # the cluster was complete once: holes count from now on
+        self._gap_since: dict[int, float] = {}
+
+    def fail(self, now: float, rule: str, detail: str) -> None:
+        if len(self.violations) < self.MAX_VIOLATIONS:
+            self.violations.append(Violation(now, rule, detail))
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    # -- fifo ----------------------------------------------------------------------
+
+    def delivered(self, receiver: NodeId, sender: NodeId, seq: int, now: float) -> None:
+        self.report.deliveries += 1
+        key = (receiver, sender)
+        last = self._last_seq.get(key)
+        if last is not None and seq != (last + 1) % SEQ_MOD:
+            self.fail(now, "fifo", f"node {receiver} got seq {seq} from {sender} after {last}")
+        self._last_seq[key] = seq
+
+    def restart_stream(self, receiver: NodeId, sender: NodeId) -> None:
+        """An OutOfSync, or the peer came (back) up: its next sequence starts afresh."""
+        self._last_seq.pop((receiver, sender), None)
+
+    def forget_node(self, node: NodeId) -> None:
+        for key in [k for k in self._last_seq if node in k]:
+            del self._last_seq[key]
+
+    # -- hole ------------------------------------------------------------------------
+
+    def _add_owner(self, bucket: int, node: NodeId, now: float) -> None:
+        owners = self._owners[bucket]
+        if not owners:
+            self._unowned -= 1
+            since = self._gap_since.pop(bucket, None)
+            if since is not None:
+                self.report.failover_gaps += 1
+                self.report.max_gap = max(self.report.max_gap, now - since)
+            if self._unowned == 0:
+                self.armed = True
+        owners.add(node)
+
+    def _remove_owner(self, bucket: int, node: NodeId, now: float, allowed: bool) -> None:
+        owners = self._owners[bucket]
+        if node not in owners:
+            return
+        owners.discard(node)
+        if owners:
+            return
+        self._unowned += 1
+        if not self.armed:
+            return
+        if allowed:
+            self._gap_since[bucket] = now
+        else:
+            self.fail(now, "hole", f"node {node} released bucket {bucket}; no live node owns it")
+
+    def programmed(
+        self, node: NodeId, claimed: Iterable[int], released: Iterable[int], now: float
+    ) -> None:
+        """A live node's data plane was reprogrammed (claims first: no false hole)."""
+        for bucket in claimed:
+            self._add_owner(bucket, node, now)
+        for bucket in released:
+            self._remove_owner(bucket, node, now, allowed=False)
+
+    def node_gone(self, node: NodeId, owned: Iterable[int], now: float, graceful: bool) -> None:
+        """A node left the data plane: crashed/isolated (a gap is allowed until the
+        others notice) or stopped after a graceful leave (it must own nothing)."""
+        for bucket in owned:
+            self._remove_owner(bucket, node, now, allowed=not graceful)
+
+    def node_back(self, node: NodeId, owned: Iterable[int], now: float) -> None:
+        for bucket in owned:
+            self._add_owner(bucket, node, now)
+
+    def hole_seen_by_new(self, bucket: int) -> None:
+        self.report.holes_seen_by_new += 1
+
+    def owners(self, bucket: int) -> frozenset[NodeId]:
+        return frozenset(self._owners[bucket])
+
+    # -- injection -------------------------------------------------------------------------
+
+    def check_injection(
+        self,
+        node: NodeId,
+        claimed: frozenset[int],
+        live: Iterable[Connection],
+        known: frozenset[bytes],
+        table: Mapping[bytes, Connection],
+        now: float,
+    ) -> None:
+        """`known`: the keys the node knows (cache + local) right after the claim."""
+        self.report.injection_checks += 1
+        for conn in live:
+            if conn.bucket in claimed and conn.key in known and conn.key not in table:
+                self.fail(
+                    now,
+                    "injection",
+                    f"node {node} claimed bucket {conn.bucket} without its known connection {conn}",
+                )
+
+    # -- quiet-period checks -----------------------------------------------------------------
+
+    def check_assignment(
+        self, programmed: Mapping[NodeId, frozenset[int]], aimed: Mapping[int, NodeId], now: float
+    ) -> None:
+        """`programmed`: live data-plane nodes' bucket sets; `aimed`: bucket -> node."""
+        self.report.assignment_checks += 1
+        for bucket in range(self.buckets):
+            holders = sorted(n for n, owned in programmed.items() if bucket in owned)
+            want = aimed.get(bucket)
+            if holders != [want]:
+                self.fail(
+                    now,
+                    "assignment",
+                    f"after a quiet period bucket {bucket} is owned by {holders}, aimed {want}",
+                )
+                return  # one line is enough to replay it
+
+    def check_caches(
+        self,
+        caches: Mapping[tuple[NodeId, NodeId], Mapping[bytes, Connection]],
+        tables: Mapping[NodeId, Mapping[bytes, Connection]],
+        now: float,
+    ) -> None:
+        """`caches[(viewer, peer)]`: what viewer holds for peer; `tables[peer]`: peer's kernel."""
+        self.report.cache_checks += 1
+        for (viewer, peer), cache in sorted(caches.items()):
+            table = tables[peer]
+            if cache == table:
+                continue
+            missing = len(table.keys() - cache.keys())
+            extra = len(cache.keys() - table.keys())
+            stale = sum(1 for k in table.keys() & cache.keys() if table[k] != cache[k])
+            self.fail(
+                now,
+                "caches",
+                f"node {viewer}'s cache of {peer}: {missing} missing, {extra} extra, "
+                f"{stale} stale (table has {len(table)})",
+            )

@@ -1,0 +1,506 @@
+"""The simulator's driver: N `Node`s on one virtual clock.
+
+Owns the simulated cluster: which nodes exist and are alive, their kernels,
+the network between them, the workload, the fault operations a scenario calls
+(crash, restart, join, leave, drain, partitions, loss) and the wiring of every
+act to the invariant checker. It is the second adapter of `Node` (the daemon
+is the first) and does exactly what the daemon does: feed an input, perform
+the node's events in order, broadcast its datagrams, re-arm its one timer.
+
+Everything random comes from one seed: the network, the workload and every
+node's `random.Random` are derived from it in a fixed order, so
+`run_scenario(name, seed)` is a pure function and a failing seed replays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+from collections.abc import Callable
+
+from ..assignment import aimed_assignment
+from ..connection import Connection
+from ..crypto import Keyring
+from ..node import Node, NodeConfig
+from ..node_events import (
+    DeleteConnections,
+    InjectConnections,
+    LeaveComplete,
+    OwnedBucketsChanged,
+    Ready,
+)
+from ..types import ClusterSettings, NodeId, node_id_from_address
+from .clock import Scheduler
+from .invariants import Invariants, Violation
+from .kernel import Kernel
+from .network import LinkProfile, Network
+from .workload import Workload, WorkloadProfile
+
+_ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
+QUIET_PERIOD = 2.0  # seconds without faults or membership change before convergence is due
+QUIET_CHECK_EVERY = 0.25
+MAX_SPINS = 10_000
+
+
+def node_address(index: int) -> NodeId:
+    """Node `index` (0-based) lives at 192.0.2.(index + 1) on the sync network."""
+    return node_id_from_address(f"192.0.2.{index + 1}")
+
+
+def node_name(node: NodeId) -> str:
+    """A, B, C, ... for 192.0.2.1, .2, .3: short names for traces and bars."""
+    return chr(ord("A") + (node & 0xFF) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimOptions:
+    buckets: int = 64
+    release_rule: str = "after-claim"  # "immediate" is the known-bad variant
+    drop_injections: bool = False  # known-bad variant: the driver never injects
+    heartbeat_interval: float = 0.05
+    heartbeat_misses: int = 3
+
+
+@dataclasses.dataclass
+class SimNode:
+    """One machine: a Node (None while down) and its kernel."""
+
+    node_id: NodeId
+    kernel: Kernel
+    node: Node | None = None
+    incarnation: int = 0
+    isolated: bool = False  # fully partitioned: no sync and no data-plane traffic
+    links_down: bool = False  # its own data-plane links are down (sync still works)
+    draining: bool = False
+    leaving: bool = False
+    ready: bool = False
+    stop_requested: bool = False
+    spins: int = 0  # consecutive services that left the timer due
+    timer_token: int = 0
+    timer_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return node_name(self.node_id)
+
+    @property
+    def alive(self) -> bool:
+        return self.node is not None
+
+    @property
+    def offline(self) -> bool:
+        """Out of the data plane: packets neither reach it nor leave it."""
+        return self.isolated or self.links_down
+
+
+class Cluster:
+    def __init__(
+        self,
+        seed: int,
+        options: SimOptions | None = None,
+        trace: Callable[[str], None] | None = None,
+        workload: WorkloadProfile | None = None,
+    ) -> None:
+        self.seed = seed
+        self.options = options or SimOptions()
+        self._trace = trace
+        master = random.Random(seed)
+        self._node_rng_source = random.Random(master.getrandbits(64))
+        self.scheduler = Scheduler()
+        self.settings = ClusterSettings(
+            buckets=self.options.buckets, hash_seed=master.getrandbits(32), backend="sim"
+        )
+        key = hashlib.blake2b(b"fwcluster-sim-key" + seed.to_bytes(8, "big"), digest_size=32)
+        self.keyring = Keyring.single(key.digest())
+        self.network = Network(self.scheduler, random.Random(master.getrandbits(64)), self._deliver)
+        self.invariants = Invariants(self.options.buckets)
+        self.workload = Workload(
+            self.scheduler,
+            random.Random(master.getrandbits(64)),
+            self,
+            self.options.buckets,
+            self.settings.hash_seed,
+            workload,
+        )
+        self.nodes: dict[NodeId, SimNode] = {}
+        self.last_disturbance = 0.0
+        self._quiet_checked_at = -1.0
+        self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
+
+    # -- tracing ---------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return self.scheduler.now
+
+    def log(self, who: str, text: str) -> None:
+        if self._trace is not None:
+            # Node events name peers by address; the trace uses the letters.
+            text = _ADDRESS.sub(lambda m: node_name(node_address(int(m.group(1)) - 1)), text)
+            self._trace(f"{self.now * 1000:9.1f}ms  {who:<3} {text}")
+
+    def disturb(self, what: str) -> None:
+        """A fault or membership change: convergence checks wait QUIET_PERIOD from now."""
+        self.last_disturbance = self.now
+        self.log("sim", what)
+
+    # -- membership operations -----------------------------------------------------------
+
+    def start_node(self, index: int, weight: int = 1) -> SimNode:
+        """Boot node `index` (a join if the cluster already runs, a restart if it existed)."""
+        node_id = node_address(index)
+        sim = self.nodes.get(node_id)
+        if sim is None:
+            sim = SimNode(node_id, Kernel(node_id))
+            self.nodes[node_id] = sim
+        elif sim.alive:
+            raise RuntimeError(f"node {sim.name} is already running")
+        else:
+            sim.kernel = Kernel(node_id)  # a rebooted machine starts with an empty table
+        sim.kernel.drop_injections = self.options.drop_injections
+        sim.incarnation += 1
+        sim.isolated = sim.links_down = sim.draining = sim.leaving = False
+        sim.ready = sim.stop_requested = False
+        # The counter starts at the boot time in microseconds, as in the daemon:
+        # a restarted node starts above anything its previous life sent.
+        config = NodeConfig(
+            node_id=node_id,
+            settings=self.settings,
+            keyring=self.keyring,
+            incarnation=sim.incarnation,
+            initial_counter=int(self.now * 1_000_000) + 1,
+            heartbeat_interval=self.options.heartbeat_interval,
+            heartbeat_misses=self.options.heartbeat_misses,
+            weight=weight,
+            release_rule=self.options.release_rule,
+        )
+        rng = random.Random(self._node_rng_source.getrandbits(64))
+        sim.node = Node(config, rng, self.now)
+        sim.node.observer = _DeliveryObserver(self.invariants, node_id, self)
+        self.invariants.forget_node(node_id)
+        self.network.attach(node_id)
+        self.disturb(f"start {sim.name} (incarnation {sim.incarnation})")
+        self._service(sim)
+        return sim
+
+    def crash(self, index: int) -> None:
+        """The machine dies: its Node, its kernel table and its in-flight datagrams vanish."""
+        sim = self.nodes[node_address(index)]
+        if not sim.alive:
+            return
+        self.disturb(f"crash {sim.name}")
+        self._count_unsynced(sim)
+        self.network.detach(sim.node_id)
+        if not sim.offline:
+            self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=False)
+        sim.node = None
+        sim.kernel = Kernel(sim.node_id)
+        sim.timer_token += 1
+        sim.timer_at = None
+
+    def leave(self, index: int) -> None:
+        sim = self.nodes[node_address(index)]
+        if sim.node is None:
+            return
+        sim.leaving = True
+        self.disturb(f"leave {sim.name}")
+        sim.node.leave(self.now)
+        self._service(sim)
+
+    def drain(self, index: int) -> None:
+        sim = self.nodes[node_address(index)]
+        if sim.node is None:
+            return
+        sim.draining = True
+        self.disturb(f"drain {sim.name}")
+        sim.node.drain(self.now)
+        self._service(sim)
+
+    def undrain(self, index: int) -> None:
+        sim = self.nodes[node_address(index)]
+        if sim.node is None:
+            return
+        sim.draining = False
+        self.disturb(f"undrain {sim.name}")
+        sim.node.undrain(self.now)
+        self._service(sim)
+
+    def _stop_after_leave(self, sim: SimNode) -> None:
+        if sim.node is None:
+            return
+        self.disturb(f"stop {sim.name} after its leave")
+        self.network.detach(sim.node_id)
+        if not sim.offline:
+            self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=True)
+        sim.node = None
+        sim.kernel = Kernel(sim.node_id)
+        sim.timer_token += 1
+        sim.timer_at = None
+
+    # -- network faults -------------------------------------------------------------------
+
+    def set_loss(self, loss: float, duplicate: float = 0.0, jitter: float = 0.0001) -> None:
+        self.disturb(f"network loss {loss:.0%} duplicate {duplicate:.0%}")
+        self.network.set_default(LinkProfile(loss=loss, duplicate=duplicate, jitter=jitter))
+
+    def partition_sync(self, groups: list[list[int]]) -> None:
+        """Split the sync network only: every node keeps its data-plane traffic."""
+        names = " | ".join("".join(node_name(node_address(i)) for i in g) for g in groups)
+        self.disturb(f"sync network partitioned: {names}")
+        self.network.partition([[node_address(i) for i in g] for g in groups])
+
+    def isolate(self, indexes: list[int]) -> None:
+        """Cut these nodes from both the sync network and the data plane."""
+        group = [node_address(i) for i in indexes]
+        self.disturb(f"isolate {''.join(node_name(n) for n in group)} (sync and data plane)")
+        self.network.partition([group])
+        for node_id in group:
+            sim = self.nodes.get(node_id)
+            if sim is not None and sim.alive and not sim.isolated:
+                was_offline = sim.offline
+                sim.isolated = True
+                if was_offline:
+                    continue
+                self._count_unsynced(sim)
+                self.invariants.node_gone(node_id, sim.kernel.owned, self.now, graceful=False)
+
+    def set_links(self, index: int, up: bool) -> None:
+        """The node's own data-plane links go down (or come back): it tells its
+        Node, which tells the peers; the sync network still works."""
+        sim = self.nodes[node_address(index)]
+        if sim.node is None or sim.links_down == (not up):
+            return
+        self.disturb(f"{sim.name}'s links {'up' if up else 'down'}")
+        if not up:
+            if not sim.offline:
+                self._count_unsynced(sim)
+                self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=False)
+            sim.links_down = True
+        else:
+            sim.links_down = False
+            if not sim.offline:
+                self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
+        sim.node.set_link_status(up, self.now)
+        self._service(sim)
+
+    def heal(self) -> None:
+        if not (self.network.faulty() or any(s.offline for s in self.nodes.values())):
+            return  # nothing to heal: not a disturbance
+        self.disturb("network healed")
+        self.network.heal()
+        self.network.set_default(LinkProfile())
+        self.network.clear_links()
+        for sim in self.nodes.values():
+            if sim.offline:
+                sim.isolated = False
+                if sim.links_down and sim.node is not None:
+                    sim.links_down = False
+                    sim.node.set_link_status(True, self.now)
+                    self._service(sim)
+                sim.links_down = False
+                if sim.alive:
+                    self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
+
+    # -- the workload's view (workload.Host) ------------------------------------------------------
+
+    def dataplane_kernels(self) -> list[Kernel]:
+        return [s.kernel for s in self.nodes.values() if s.alive and not s.offline]
+
+    def report(self, node: NodeId, kind: str, conn: Connection) -> None:
+        sim = self.nodes[node]
+        if sim.node is None:
+            return
+        if kind == "new":
+            sim.node.connection_new(conn, self.now)
+        elif kind == "update":
+            sim.node.connection_update(conn, self.now)
+        else:
+            sim.node.connection_destroy(conn, self.now)
+        self._service(sim)
+
+    def hole(self, bucket: int) -> None:
+        self.invariants.hole_seen_by_new(bucket)
+
+    # -- driving the nodes -------------------------------------------------------------------
+
+    def _deliver(self, receiver: NodeId, sender: NodeId, datagram: bytes) -> None:
+        sim = self.nodes.get(receiver)
+        if sim is None or sim.node is None:
+            return
+        sim.node.receive_datagram(datagram, self.now)
+        self._service(sim)
+
+    def _timer(self, sim: SimNode, token: int) -> Callable[[], None]:
+        def fire() -> None:
+            if token != sim.timer_token or sim.node is None:
+                return
+            sim.timer_at = None
+            deadline = sim.node.next_timer()
+            if deadline is not None and deadline <= self.now:
+                sim.node.handle_timer(self.now)
+            self._service(sim)
+
+        return fire
+
+    def _service(self, sim: SimNode) -> None:
+        """After any input: perform the node's events, send its datagrams, re-arm its timer."""
+        node = sim.node
+        if node is None:
+            return
+        now = self.now
+        claimed_now: set[int] = set()
+        while (event := node.next_event()) is not None:
+            self._perform(sim, event, claimed_now)
+        if claimed_now and not sim.offline:
+            self.invariants.check_injection(
+                sim.node_id,
+                frozenset(claimed_now),
+                self.workload.live.values(),
+                node.known_keys(),
+                sim.kernel.table,
+                now,
+            )
+        for datagram in node.datagrams_to_send(now):
+            self.network.broadcast(sim.node_id, datagram)
+        if sim.stop_requested:
+            self._stop_after_leave(sim)  # after its last datagrams went out
+            return
+        deadline = node.next_timer()
+        if deadline is not None and deadline <= now:
+            # A timer that stays due after being handled would spin forever at
+            # one instant: a livelock of the node, reported, then slowed down.
+            sim.spins += 1
+            if sim.spins > MAX_SPINS:
+                if sim.spins == MAX_SPINS + 1:
+                    self.invariants.fail(now, "livelock", f"node {sim.name}'s timer stays due")
+                deadline = now + 0.001
+        else:
+            sim.spins = 0
+        if deadline is not None and (sim.timer_at is None or deadline < sim.timer_at):
+            sim.timer_token += 1
+            sim.timer_at = deadline
+            self.scheduler.at(deadline, self._timer(sim, sim.timer_token))
+
+    def _perform(self, sim: SimNode, event: object, claimed_now: set[int]) -> None:
+        now = self.now
+        describe = getattr(event, "describe", None)
+        if describe is not None:
+            self.log(sim.name, describe())
+        if isinstance(event, InjectConnections):
+            sim.kernel.inject(event, now)
+        elif isinstance(event, OwnedBucketsChanged):
+            claimed, released = sim.kernel.program(event, now)
+            claimed_now.update(claimed)
+            if not sim.offline:
+                self.invariants.programmed(sim.node_id, claimed, released, now)
+        elif isinstance(event, DeleteConnections):
+            sim.kernel.delete(event)
+        elif isinstance(event, Ready):
+            sim.ready = True
+        elif isinstance(event, LeaveComplete):
+            sim.stop_requested = True
+
+    def _count_unsynced(self, sim: SimNode) -> None:
+        """Report-only: connections of a dying node that no other live node knows."""
+        survivors = [
+            s for s in self.nodes.values() if s.node is not None and s is not sim and not s.offline
+        ]
+        known: set[bytes] = set()
+        held: set[bytes] = set()
+        for s in survivors:
+            assert s.node is not None
+            known |= s.node.known_keys()
+            held |= s.kernel.table.keys()
+        for key in sim.kernel.table:
+            if key in self.workload.live and key not in held and key not in known:
+                self.invariants.report.unsynced_at_crash += 1
+
+    # -- convergence checks ------------------------------------------------------------------
+
+    def active_members(self) -> dict[NodeId, int]:
+        """The live, reachable, non-draining, non-leaving nodes and their weights."""
+        out: dict[NodeId, int] = {}
+        for s in self.nodes.values():
+            if s.node is not None and not (s.offline or s.draining or s.leaving):
+                out[s.node_id] = s.node.config.weight
+        return out
+
+    def quiet(self) -> bool:
+        return (
+            self.now - self.last_disturbance >= QUIET_PERIOD
+            and not self.network.faulty()
+            and bool(self.active_members())
+        )
+
+    def _quiet_tick(self) -> None:
+        if self.quiet() and self._quiet_checked_at < self.last_disturbance:
+            self._quiet_checked_at = self.now
+            self.check_assignment()
+        self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
+
+    def check_assignment(self) -> None:
+        aimed = aimed_buckets(self.active_members(), self.settings)
+        programmed = {
+            s.node_id: s.kernel.owned
+            for s in self.nodes.values()
+            if s.node is not None and not s.offline
+        }
+        self.invariants.check_assignment(programmed, aimed, self.now)
+
+    def check_caches(self) -> None:
+        live = [s for s in self.nodes.values() if s.node is not None and not s.offline]
+        caches = {}
+        tables = {s.node_id: dict(s.kernel.table) for s in live}
+        for viewer in live:
+            assert viewer.node is not None
+            for peer in live:
+                if peer is not viewer:
+                    caches[(viewer.node_id, peer.node_id)] = viewer.node.peer_cache(peer.node_id)
+        self.invariants.check_caches(caches, tables, self.now)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run_until(self, end: float) -> None:
+        self.scheduler.run_until(end)
+
+    def violations(self) -> list[Violation]:
+        return self.invariants.violations
+
+    def counters(self) -> dict[str, int]:
+        """Totals for reports: workload, network, kernels and every node's stats."""
+        out: dict[str, int] = {}
+        for name, value in dataclasses.asdict(self.workload.stats).items():
+            if isinstance(value, int):
+                out[f"workload_{name}"] = value
+        for name, value in dataclasses.asdict(self.network.stats).items():
+            out[f"network_{name}"] = value
+        for s in self.nodes.values():
+            for name, value in dataclasses.asdict(s.kernel.stats).items():
+                out[f"kernel_{name}"] = out.get(f"kernel_{name}", 0) + value
+            if s.node is not None:
+                for name, value in s.node.stats().items():
+                    out[f"node_{name}"] = out.get(f"node_{name}", 0) + value
+        return out
+
+
+def aimed_buckets(members: dict[NodeId, int], settings: ClusterSettings) -> dict[int, NodeId]:
+    """bucket -> node, as every node should compute it for `members`."""
+    owners = aimed_assignment(members, settings.buckets, settings.hash_seed)
+    return dict(enumerate(owners))
+
+
+class _DeliveryObserver:
+    """Feeds a node's reliable-broadcast deliveries to the FIFO invariant."""
+
+    def __init__(self, invariants: Invariants, node: NodeId, cluster: Cluster) -> None:
+        self._invariants = invariants
+        self._node = node
+        self._cluster = cluster
+
+    def delivered(self, sender: NodeId, seq: int) -> None:
+        self._invariants.delivered(self._node, sender, seq, self._cluster.now)
+
+    def stream_reset(self, sender: NodeId) -> None:
+        self._invariants.restart_stream(self._node, sender)

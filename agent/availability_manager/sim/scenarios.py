@@ -1,0 +1,217 @@
+"""Named simulator scenarios and the random "mixed" one.
+
+Owns the fault schedules. A scenario boots its nodes, starts the workload
+and schedules its faults on the cluster's clock, then returns the virtual time
+at which its faults are over. The runner then heals everything and lets the
+cluster settle (see `run.run_scenario`), so every scenario ends with
+the convergence checks.
+
+Node indexes are 0-based (0 = A = 192.0.2.1). Scenario lengths are chosen so
+that 2000 mixed seeds run in a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from functools import partial
+
+from .runner import Cluster
+
+BOOT_SPREAD = 0.03  # nodes of the initial cluster boot within 30 ms of each other
+WORKLOAD_START = 0.3  # right after the first stable configuration (about 0.25 s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    build: Callable[[Cluster, random.Random], float]
+    rate: float = 30.0  # new connections per second (the batch scenario uses fewer: speed)
+
+
+def _boot(cluster: Cluster, rng: random.Random, count: int) -> None:
+    for index in range(count):
+        cluster.scheduler.at(
+            rng.random() * BOOT_SPREAD,
+            partial(cluster.start_node, index),
+        )
+    cluster.scheduler.at(WORKLOAD_START, cluster.workload.start)
+
+
+def _at(cluster: Cluster, when: float, action: Callable[[], object]) -> None:
+    cluster.scheduler.at(when, action)
+
+
+def failover3(cluster: Cluster, rng: random.Random) -> float:
+    """The seed's table: 3 nodes stable, node 2 (B) dies, 1 and 3 take its range."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 2.0 + rng.random() * 0.2, lambda: cluster.crash(1))
+    return 3.0
+
+
+def join(cluster: Cluster, rng: random.Random) -> float:
+    """A 4th node joins a 3-node cluster under load."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 2.0 + rng.random() * 0.2, lambda: cluster.start_node(3))
+    return 3.0
+
+
+def loss30(cluster: Cluster, rng: random.Random) -> float:
+    """30 % loss on the sync network, with a crash and a restart during it."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.set_loss(0.3, duplicate=0.02, jitter=0.002))
+    _at(cluster, 2.2 + rng.random() * 0.3, lambda: cluster.crash(2))
+    _at(cluster, 3.2 + rng.random() * 0.3, lambda: cluster.start_node(2))
+    return 4.5
+
+
+def sync_partition(cluster: Cluster, rng: random.Random) -> float:
+    """The sync network splits (A | B C) while every node keeps forwarding; then heals."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.partition_sync([[0], [1, 2]]))
+    return 3.0 + rng.random() * 0.5
+
+
+def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
+    """D joins and is being resynced when B crashes."""
+    _boot(cluster, rng, 3)
+    join_at = 2.0
+    _at(cluster, join_at, lambda: cluster.start_node(3))
+    # D is admitted after a few heartbeats; the resync follows at once.
+    _at(cluster, join_at + 0.05 + rng.random() * 0.2, lambda: cluster.crash(1))
+    return 3.2
+
+
+def drain(cluster: Cluster, rng: random.Random) -> float:
+    """B is drained (its buckets move, its connections keep flowing), checked, then undrained."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.drain(1))
+    # 2 s of quiet after the drain: the assignment check runs without B.
+    _at(cluster, 4.0, lambda: cluster.undrain(1))
+    return 4.2
+
+
+def restart(cluster: Cluster, rng: random.Random) -> float:
+    """B crashes and comes back with a new incarnation and a higher counter."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.8, lambda: cluster.crash(1))
+    _at(cluster, 2.3 + rng.random() * 0.4, lambda: cluster.start_node(1))
+    return 3.0
+
+
+def leave(cluster: Cluster, rng: random.Random) -> float:
+    """C leaves gracefully: hands over its buckets, then stops."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.8, lambda: cluster.leave(2))
+    return 3.0
+
+
+def isolate(cluster: Cluster, rng: random.Random) -> float:
+    """A full partition: C loses both networks, then comes back."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.6, lambda: cluster.isolate([2]))
+    return 3.0 + rng.random() * 0.5
+
+
+def link_down(cluster: Cluster, rng: random.Random) -> float:
+    """B's data-plane links go down (its sync link stays up), then come back."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, partial(cluster.set_links, 1, False))
+    _at(cluster, 2.5 + rng.random() * 0.5, partial(cluster.set_links, 1, True))
+    return 3.2
+
+
+# -- the mixed random scenario --------------------------------------------------------
+
+
+def mixed(cluster: Cluster, rng: random.Random) -> float:
+    """3-5 nodes, then 1-3 faults drawn at random, each on a running cluster."""
+    count = rng.choice((3, 3, 3, 4, 4, 5))  # mostly small: 2000 seeds must stay fast
+    _boot(cluster, rng, count)
+    running = set(range(count))  # indexes expected to be alive when the fault fires
+    stopped: set[int] = set()
+    t = 0.6
+    for _ in range(rng.randint(1, 3)):
+        t += 0.3 + rng.random() * 0.8
+        kind = rng.choice(
+            (
+                "crash",
+                "restart",
+                "join",
+                "loss",
+                "sync-partition",
+                "isolate",
+                "drain",
+                "leave",
+                "link-down",
+            )
+        )
+        if len(running) <= 2 and kind in ("crash", "isolate", "drain", "leave", "link-down"):
+            kind = "join"
+        victim = rng.choice(sorted(running))
+        if kind == "crash":
+            running.discard(victim)
+            stopped.add(victim)
+            _at(cluster, t, partial(cluster.crash, victim))
+        elif kind == "restart":
+            _at(cluster, t, partial(cluster.crash, victim))
+            t += 0.1 + rng.random() * 0.6
+            _at(cluster, t, partial(cluster.start_node, victim))
+        elif kind == "join":
+            fresh = next((i for i in range(6) if i not in running and i not in stopped), 6)
+            if fresh >= 6:
+                continue
+            running.add(fresh)
+            _at(cluster, t, partial(cluster.start_node, fresh))
+        elif kind == "loss":
+            loss = rng.choice((0.05, 0.1, 0.3))
+            _at(cluster, t, partial(cluster.set_loss, loss, 0.01, 0.002))
+            t += 0.5 + rng.random()
+            _at(cluster, t, lambda: cluster.set_loss(0.0))
+        elif kind == "sync-partition":
+            order = sorted(running)
+            rng.shuffle(order)
+            cut = rng.randint(1, len(order) - 1)
+            groups = [order[:cut], order[cut:]]
+            _at(cluster, t, partial(cluster.partition_sync, groups))
+            t += 0.4 + rng.random() * 0.8
+            _at(cluster, t, cluster.heal)
+        elif kind == "isolate":
+            _at(cluster, t, partial(cluster.isolate, [victim]))
+            t += 0.4 + rng.random() * 0.8
+            _at(cluster, t, cluster.heal)
+        elif kind == "drain":
+            _at(cluster, t, partial(cluster.drain, victim))
+            t += 0.4 + rng.random() * 1.0
+            _at(cluster, t, partial(cluster.undrain, victim))
+        elif kind == "link-down":
+            _at(cluster, t, partial(cluster.set_links, victim, False))
+            t += 0.4 + rng.random() * 1.0
+            _at(cluster, t, partial(cluster.set_links, victim, True))
+        elif kind == "leave":
+            running.discard(victim)
+            stopped.add(victim)
+            _at(cluster, t, partial(cluster.leave, victim))
+    return t + 0.3
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("failover3", "3 nodes stable, B crashes, A and C take its range", failover3),
+        Scenario("join", "a 4th node joins a 3-node cluster under load", join),
+        Scenario("loss30", "30% sync loss with a crash and a restart", loss30),
+        Scenario("sync-partition", "sync network split A | B C, then healed", sync_partition),
+        Scenario(
+            "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync
+        ),
+        Scenario("drain", "B drained, checked, undrained", drain),
+        Scenario("restart", "B crashes and restarts with a new incarnation", restart),
+        Scenario("leave", "C leaves gracefully and stops", leave),
+        Scenario("isolate", "C cut from both networks, then back", isolate),
+        Scenario("link-down", "B's data-plane links down, then up", link_down),
+        Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0),
+    )
+}

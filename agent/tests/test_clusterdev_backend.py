@@ -1,0 +1,178 @@
+"""ClusterdevDataPlane (dataplane/clusterdev.py) with a fake command runner and
+a fake netlink channel: the commands and messages it issues, in order. The
+kernel side is tested in a guest by kmod/run-tests.sh."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+import pytest
+
+from availability_manager.dataplane import clusterdev_genl as genl
+from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.clusterdev import ClusterdevDataPlane, device_name, mark_bucket
+from availability_manager.types import ClusterSettings
+
+
+class FakeChannel:
+    def __init__(self, log: list[object]) -> None:
+        self.log = log
+        self.closed = False
+        self.config = genl.Config(256, 0, "addresses+ports", 0xFFFF, frozenset())
+
+    def set_config(self, **kwargs: object) -> None:
+        self.log.append(("genl", kwargs))
+        owned = kwargs.get("owned")
+        if isinstance(owned, frozenset):
+            self.config = genl.Config(
+                self.config.buckets, self.config.seed, self.config.hash_fields,
+                self.config.mark_mask, owned,
+            )  # fmt: skip
+
+    def get_config(self) -> genl.Config:
+        return self.config
+
+    def get_stats(self) -> genl.Stats:
+        return genl.Stats((3, 4) + (0,) * 254, (1, 1) + (0,) * 254, 7, 2)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeRunner:
+    def __init__(self, log: list[object]) -> None:
+        self.log = log
+        self.links: set[str] = set()
+        self.sysctls = {"net.ipv4.ip_forward": "0", "net.netfilter.nf_conntrack_tcp_loose": "1"}
+
+    def __call__(self, argv: Sequence[str]) -> str:
+        argv = list(argv)
+        self.log.append(tuple(argv))
+        if argv[:3] == ["ip", "-o", "link"]:
+            return "".join(f"{i}: {n}@eth0: <UP> mtu 1500\n" for i, n in enumerate(self.links))
+        if argv[:3] == ["ip", "link", "add"]:
+            self.links.add(argv[3])
+        if argv[:3] == ["ip", "link", "del"]:
+            self.links.discard(argv[3])
+        if argv[:2] == ["sysctl", "-n"]:
+            return self.sysctls[argv[2]] + "\n"
+        if argv[:3] == ["sysctl", "-q", "-w"]:
+            key, value = argv[3].split("=", 1)
+            self.sysctls[key] = value
+        return ""
+
+
+ZONES = (
+    Zone("inside", "eth0", (ipaddress.IPv4Interface("192.0.2.1/24"),), "01:00:5E:00:00:C1"),
+    Zone("outside", "eth1", (ipaddress.IPv4Interface("198.51.100.1/24"),), "01:00:5e:00:00:c2"),
+)
+
+
+def make(
+    buckets: int = 256,
+) -> tuple[ClusterdevDataPlane, FakeRunner, list[FakeChannel], list[object]]:
+    log: list[object] = []
+    runner = FakeRunner(log)
+    channels: list[FakeChannel] = []
+
+    def factory() -> FakeChannel:
+        channels.append(FakeChannel(log))
+        return channels[-1]
+
+    cfg = DataPlaneConfig(
+        node_id=1,
+        settings=ClusterSettings(buckets=buckets, hash_seed=0x1234, backend="clusterdev"),
+        zones=ZONES,
+        mark_mask=0xFFFF0000,
+    )
+    return ClusterdevDataPlane(cfg, runner, factory), runner, channels, log  # type: ignore[arg-type]
+
+
+def test_install_owns_nothing_before_links_come_up() -> None:
+    backend, runner, _, log = make()
+    backend.install()
+    genl_at = next(i for i, e in enumerate(log) if isinstance(e, tuple) and e[0] == "genl")
+    first_link = next(i for i, e in enumerate(log) if e[:3] == ("ip", "link", "add"))
+    assert genl_at < first_link
+    kwargs = log[genl_at][1]  # type: ignore[index]
+    assert kwargs == {
+        "buckets": 256, "seed": 0x1234, "hash_fields": "addresses+ports",
+        "mark_mask": 0xFFFF0000, "owned": frozenset(),
+    }  # fmt: skip
+    assert ("modprobe", "clusterdev") in log
+    assert (
+        "ip", "link", "add", device_name(0, ZONES[0]), "link", "eth0", "address",
+        "01:00:5e:00:00:c1", "type", "clusterdev",
+    ) in log  # fmt: skip
+    assert ("ip", "addr", "replace", "192.0.2.1/24", "dev", device_name(0, ZONES[0])) in log
+    assert runner.sysctls == {
+        "net.ipv4.ip_forward": "1",
+        "net.netfilter.nf_conntrack_tcp_loose": "0",
+    }
+
+
+def test_install_twice_adds_links_once() -> None:
+    backend, _, _, log = make()
+    backend.install()
+    backend.install()
+    adds = [e for e in log if e[:3] == ("ip", "link", "add")]
+    assert len(adds) == len(ZONES)
+
+
+def test_set_owned_buckets_is_one_message_with_the_whole_set() -> None:
+    backend, _, channels, log = make()
+    backend.install()
+    log.clear()
+    backend.set_owned_buckets(frozenset({0, 5, 255}))
+    assert log == [("genl", {"buckets": 256, "owned": frozenset({0, 5, 255})})]
+    assert backend.status()["owned_buckets"] == [0, 5, 255]
+    assert len(channels) == 1  # one socket, reused
+
+
+def test_set_owned_buckets_refuses_out_of_range_before_the_kernel() -> None:
+    backend, _, _, log = make(buckets=16)
+    backend.install()
+    log.clear()
+    with pytest.raises(ValueError):
+        backend.set_owned_buckets(frozenset({16}))
+    assert log == []
+
+
+def test_uninstall_removes_links_and_restores_sysctls() -> None:
+    backend, runner, channels, _ = make()
+    backend.install()
+    backend.set_owned_buckets(frozenset({1}))
+    backend.uninstall()
+    assert runner.links == set()
+    assert runner.sysctls == {
+        "net.ipv4.ip_forward": "0",
+        "net.netfilter.nf_conntrack_tcp_loose": "1",
+    }
+    assert channels[0].closed
+    assert channels[0].config.owned == frozenset()
+
+
+def test_status_reports_counters() -> None:
+    backend, _, _, _ = make()
+    backend.install()
+    status = backend.status()
+    assert status["backend"] == "clusterdev"
+    assert status["packets"] == 7 and status["connections"] == 2
+    assert status["drop_not_owned"] == 7 and status["drop_invalid"] == 2
+
+
+def test_device_names_fit_ifnamsiz() -> None:
+    zone = Zone(
+        "a_very_long_zon", "eth0", (ipaddress.IPv4Interface("192.0.2.1/24"),), "01:00:5e:00:00:01"
+    )
+    assert len(device_name(12, zone)) <= 15
+
+
+@pytest.mark.parametrize(
+    ("mark", "mask", "bucket"),
+    [(0x0001, 0xFFFF, 0), (0x00FF, 0xFFFF, 254), (0x0000, 0xFFFF, None),
+     (0xABCD0003, 0xFFFF0000, 0xABCC), (0x1234, 0xFFFF0000, None), (7, 0, None)],
+)  # fmt: skip
+def test_mark_bucket(mark: int, mask: int, bucket: int | None) -> None:
+    assert mark_bucket(mark, mask) == bucket

@@ -1,0 +1,184 @@
+"""Netlink bytes of the clusterdev family (dataplane/clusterdev_genl.py)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from availability_manager.dataplane import clusterdev_genl as genl
+
+UAPI = Path(__file__).resolve().parents[2] / "kmod" / "clusterdev" / "clusterdev_uapi.h"
+
+
+def _enum(text: str, name: str) -> dict[str, int]:
+    body = re.search(r"enum " + name + r" \{(.*?)\};", text, re.S)
+    assert body, name
+    names = re.findall(r"^\s*(\w+),", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S), re.M)
+    return {n: i for i, n in enumerate(names)}
+
+
+def test_numbers_match_the_kernel_header() -> None:
+    text = UAPI.read_text()
+    cmds = _enum(text, "clusterdev_cmd")
+    attrs = _enum(text, "clusterdev_attr")
+    hashes = _enum(text, "clusterdev_hash_fields")
+    assert cmds["CLUSTERDEV_CMD_SET_CONFIG"] == genl.CMD_SET_CONFIG
+    assert cmds["CLUSTERDEV_CMD_GET_CONFIG"] == genl.CMD_GET_CONFIG
+    assert cmds["CLUSTERDEV_CMD_GET_STATS"] == genl.CMD_GET_STATS
+    for name, value in attrs.items():
+        if name.startswith("CLUSTERDEV_A_") and name != "CLUSTERDEV_A_UNSPEC":
+            assert getattr(genl, name.removeprefix("CLUSTERDEV_")) == value, name
+    assert hashes["CLUSTERDEV_HASH_ADDRESSES"] == genl.HASH_ADDRESSES
+    assert hashes["CLUSTERDEV_HASH_ADDRESSES_PORTS"] == genl.HASH_ADDRESSES_PORTS
+    assert f'"{genl.FAMILY_NAME}"' in text
+    assert re.search(rf"CLUSTERDEV_MAX_BUCKETS\s+{genl.MAX_BUCKETS}\b", text)
+
+
+@given(
+    st.integers(1, 4096).flatmap(
+        lambda n: st.tuples(st.just(n), st.frozensets(st.integers(0, n - 1)))
+    )
+)
+def test_bitmap_roundtrip(case: tuple[int, frozenset[int]]) -> None:
+    buckets, owned = case
+    data = genl.encode_bitmap(owned, buckets)
+    assert len(data) == (buckets + 7) // 8
+    assert genl.decode_bitmap(data) == owned
+
+
+def test_bitmap_bit_order_is_the_modules() -> None:
+    # Bucket b is bit b % 8 of byte b // 8 (clusterdev_genl.c reads it so).
+    assert genl.encode_bitmap(frozenset({0, 9, 23}), 24) == bytes([0x01, 0x02, 0x80])
+
+
+def test_bitmap_refuses_buckets_outside_range() -> None:
+    with pytest.raises(ValueError):
+        genl.encode_bitmap(frozenset({256}), 256)
+
+
+def test_set_config_request_layout() -> None:
+    data = genl.set_config_request(
+        27,
+        5,
+        buckets=20,
+        seed=0xABCD,
+        hash_fields="addresses",
+        mark_mask=0xFF00,
+        owned=frozenset({1, 19}),
+    )
+    (msg,) = genl.parse_messages(data)
+    assert (msg.type, msg.seq) == (27, 5)
+    assert msg.flags == genl.NLM_F_REQUEST | genl.NLM_F_ACK
+    cmd, version, reserved = struct.unpack_from("=BBH", msg.payload)
+    assert (cmd, version, reserved) == (genl.CMD_SET_CONFIG, genl.FAMILY_VERSION, 0)
+    attrs = genl.parse_attrs(msg.payload[4:])
+    assert struct.unpack("=I", attrs[genl.A_BUCKETS]) == (20,)
+    assert struct.unpack("=I", attrs[genl.A_SEED]) == (0xABCD,)
+    assert attrs[genl.A_HASH_FIELDS] == bytes([genl.HASH_ADDRESSES])
+    assert struct.unpack("=I", attrs[genl.A_MARK_MASK]) == (0xFF00,)
+    assert attrs[genl.A_OWNED] == bytes([0x02, 0x00, 0x08])
+
+
+def test_owned_without_buckets_refused() -> None:
+    with pytest.raises(ValueError):
+        genl.set_config_request(1, 1, owned=frozenset({1}))
+
+
+def _reply(family: int, cmd: int, attrs: bytes, seq: int = 9) -> genl.Message:
+    (msg,) = genl.parse_messages(genl.nlmsg(family, 0, seq, struct.pack("=BBH", cmd, 1, 0) + attrs))
+    return msg
+
+
+def test_parse_config() -> None:
+    attrs = (
+        genl.attr(genl.A_BUCKETS, struct.pack("=I", 12))
+        + genl.attr(genl.A_SEED, struct.pack("=I", 7))
+        + genl.attr(genl.A_HASH_FIELDS, b"\x01")
+        + genl.attr(genl.A_MARK_MASK, struct.pack("=I", 0xFFFF))
+        + genl.attr(genl.A_OWNED, bytes([0x81, 0x08]))
+    )
+    cfg = genl.parse_config(_reply(30, genl.CMD_GET_CONFIG, attrs), 30)
+    assert cfg == genl.Config(12, 7, "addresses+ports", 0xFFFF, frozenset({0, 7, 11}))
+
+
+def test_parse_config_refuses_bits_beyond_bucket_count() -> None:
+    attrs = (
+        genl.attr(genl.A_BUCKETS, struct.pack("=I", 12))
+        + genl.attr(genl.A_SEED, struct.pack("=I", 7))
+        + genl.attr(genl.A_HASH_FIELDS, b"\x01")
+        + genl.attr(genl.A_MARK_MASK, struct.pack("=I", 0xFFFF))
+        + genl.attr(genl.A_OWNED, bytes([0x00, 0x10]))
+    )
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_config(_reply(30, genl.CMD_GET_CONFIG, attrs), 30)
+    assert e.value.reason == "bad_bitmap"
+
+
+def test_parse_stats() -> None:
+    attrs = (
+        genl.attr(genl.A_STATS_PACKETS, struct.pack("=3Q", 5, 0, 9))
+        + genl.attr(genl.A_STATS_CONNS, struct.pack("=3Q", 1, 0, 2))
+        + genl.attr(genl.A_STATS_DROP_NOT_OWNED, struct.pack("=Q", 4))
+        + genl.attr(genl.A_STATS_DROP_INVALID, struct.pack("=Q", 3))
+    )
+    stats = genl.parse_stats(_reply(30, genl.CMD_GET_STATS, attrs), 30)
+    assert stats == genl.Stats((5, 0, 9), (1, 0, 2), 4, 3)
+
+
+def test_kernel_error_carries_errno() -> None:
+    (msg,) = genl.parse_messages(
+        genl.nlmsg(genl.NLMSG_ERROR, 0, 3, struct.pack("=i", -22) + b"\0" * 16)
+    )
+    with pytest.raises(genl.KernelError) as e:
+        genl.check_error(msg)
+    assert e.value.errno == 22
+    (ack,) = genl.parse_messages(
+        genl.nlmsg(genl.NLMSG_ERROR, 0, 3, struct.pack("=i", 0) + b"\0" * 16)
+    )
+    genl.check_error(ack)  # an ack is not an error
+
+
+def test_reply_of_another_family_or_command_refused() -> None:
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_stats(_reply(31, genl.CMD_GET_STATS, b""), 30)
+    assert e.value.reason == "unexpected_type"
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_stats(_reply(30, genl.CMD_GET_CONFIG, b""), 30)
+    assert e.value.reason == "unexpected_cmd"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x10\x00", "short_header"),
+        (struct.pack("=IHHII", 8, 1, 0, 0, 0), "bad_length"),
+        (struct.pack("=IHHII", 40, 1, 0, 0, 0), "bad_length"),
+    ],
+)
+def test_malformed_datagrams(data: bytes, reason: str) -> None:
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_messages(data)
+    assert e.value.reason == reason
+
+
+def test_attribute_overrun_refused() -> None:
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_attrs(struct.pack("=HH", 40, 1) + b"\0" * 4)
+    assert e.value.reason == "bad_attr_length"
+
+
+@given(st.binary(max_size=200), st.sampled_from([genl.CMD_GET_CONFIG, genl.CMD_GET_STATS]))
+def test_garbage_only_raises_genl_errors(data: bytes, cmd: int) -> None:
+    try:
+        for msg in genl.parse_messages(data):
+            if cmd == genl.CMD_GET_CONFIG:
+                genl.parse_config(msg, msg.type)
+            else:
+                genl.parse_stats(msg, msg.type)
+    except (genl.GenlError, genl.KernelError):
+        pass

@@ -1,0 +1,425 @@
+"""Node: the layers composed, driven by hand on a fixed clock (aioquic style).
+
+A tiny driver below moves every node's datagrams to every other live node and
+performs its events on a dict "kernel", exactly as the daemon would; no
+simulator, no sockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from availability_manager import node_events as ev
+from availability_manager import wire
+from availability_manager.assignment import aimed_assignment, buckets_of
+from availability_manager.connection import (
+    IPS_ASSURED,
+    IPS_SEEN_REPLY,
+    PROTO_TCP,
+    TCP_ESTABLISHED,
+    TCP_SYN_SENT,
+    Connection,
+    make_tuple,
+)
+from availability_manager.crypto import Keyring
+from availability_manager.node import Node, NodeConfig, pack
+from availability_manager.types import ClusterSettings, node_id_from_address
+
+BUCKETS = 32
+SETTINGS = ClusterSettings(buckets=BUCKETS, hash_seed=1234, backend="sim")
+KEYRING = Keyring.single(bytes(range(32)))
+STEP = 0.005
+
+
+def nid(i: int) -> int:
+    return node_id_from_address(f"192.0.2.{i}")
+
+
+def config(i: int, **kw: object) -> NodeConfig:
+    base: dict[str, object] = dict(
+        node_id=nid(i), settings=SETTINGS, keyring=KEYRING, incarnation=1, initial_counter=1
+    )
+    base.update(kw)
+    return NodeConfig(**base)  # type: ignore[arg-type]
+
+
+def conn_in_bucket(bucket: int, n: int = 0) -> Connection:
+    orig = make_tuple(f"198.51.100.{n % 250 + 1}", "203.0.113.10", 10000 + n, 443)
+    return Connection(PROTO_TCP, orig, orig.inverse(), state=TCP_SYN_SENT, bucket=bucket)
+
+
+@dataclasses.dataclass
+class Host:
+    """One machine of the hand-made cluster: its Node, its events, its 'kernel'."""
+
+    node: Node
+    alive: bool = True
+    group: int = 0  # hosts hear each other only within one group (a partition)
+    events: list[tuple[float, object]] = dataclasses.field(default_factory=list)
+    table: dict[bytes, Connection] = dataclasses.field(default_factory=dict)
+    owned: frozenset[int] = frozenset()
+    # ordering record: when each key was written and each bucket claimed (event index)
+    written: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    claimed: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self, count: int, now: float = 0.0) -> None:
+        self.now = now
+        self.hosts = {
+            nid(i): Host(Node(config(i), random.Random(i), now)) for i in range(1, count + 1)
+        }
+
+    def host(self, i: int) -> Host:
+        return self.hosts[nid(i)]
+
+    def pump(self) -> None:
+        """Perform events and move datagrams until nothing is left to move."""
+        moving = True
+        while moving:
+            moving = False
+            for h in self.hosts.values():
+                if not h.alive:
+                    continue
+                self._perform(h)
+                for dgram in h.node.datagrams_to_send(self.now):
+                    moving = True
+                    for other in self.hosts.values():
+                        if other is not h and other.alive and other.group == h.group:
+                            other.node.receive_datagram(dgram, self.now)
+
+    def _perform(self, h: Host) -> None:
+        while (event := h.node.next_event()) is not None:
+            h.events.append((self.now, event))
+            if isinstance(event, ev.InjectConnections):
+                for c in event.conns:
+                    h.table[c.key] = c
+                    h.written[c.key] = len(h.events)
+            elif isinstance(event, ev.OwnedBucketsChanged):
+                for b in event.owned - h.owned:
+                    h.claimed[b] = len(h.events)
+                h.owned = event.owned
+            elif isinstance(event, ev.DeleteConnections):
+                for c in event.conns:
+                    h.table.pop(c.key, None)
+
+    def run(self, duration: float) -> None:
+        end = self.now + duration
+        while self.now < end - 1e-9:
+            self.now = round(self.now + STEP, 6)
+            for h in self.hosts.values():
+                if not h.alive:
+                    continue
+                t = h.node.next_timer()
+                if t is not None and t <= self.now:
+                    h.node.handle_timer(self.now)
+            self.pump()
+
+    def new_connection(self, i: int, conn: Connection) -> None:
+        h = self.host(i)
+        h.table[conn.key] = conn
+        h.node.connection_new(conn, self.now)
+        self.pump()
+
+
+def events_of(h: Host, kind: type) -> list[tuple[float, object]]:
+    return [(t, e) for t, e in h.events if isinstance(e, kind)]
+
+
+def aimed(members: list[int]) -> tuple[int, ...]:
+    return aimed_assignment({m: 1 for m in members}, BUCKETS, SETTINGS.hash_seed)
+
+
+@pytest.fixture
+def three() -> Cluster:
+    c = Cluster(3)
+    c.run(1.0)
+    return c
+
+
+def test_three_nodes_come_up_ready_and_split_the_buckets_as_aimed(three: Cluster) -> None:
+    aim = aimed([nid(1), nid(2), nid(3)])
+    union: set[int] = set()
+    for node_id, h in three.hosts.items():
+        assert len(events_of(h, ev.Ready)) == 1
+        assert len(events_of(h, ev.NodeUp)) == 2
+        assert h.owned == buckets_of(aim, node_id)
+        assert h.node.owned_buckets() == h.owned
+        assert not union & h.owned
+        union |= h.owned
+        assert h.node.stable
+        assert h.node.phase() == "member"
+        assert set(h.node.members()) == {nid(1), nid(2), nid(3)}
+    assert union == set(range(BUCKETS))
+    owners = three.host(1).node.bucket_owners()
+    assert all(owners[b] == {aim[b]} for b in range(BUCKETS))
+
+
+def test_a_joining_node_claims_nothing_before_the_grace_period() -> None:
+    c = Cluster(1)
+    c.run(0.1)  # less than (misses + 1) heartbeat intervals
+    assert c.host(1).owned == frozenset()
+    c.run(0.3)
+    assert c.host(1).owned == frozenset(range(BUCKETS))  # alone: everything
+
+
+def test_connection_new_update_destroy_replicate_to_the_peers(three: Cluster) -> None:
+    a = three.host(1)
+    bucket = min(a.owned)
+    conn = conn_in_bucket(bucket)
+    three.new_connection(1, conn)
+    for i in (2, 3):
+        assert three.host(i).node.peer_cache(nid(1)) == {conn.key: conn}
+    established = conn.with_state(TCP_ESTABLISHED, IPS_SEEN_REPLY | IPS_ASSURED)
+    a.node.connection_update(established, three.now)
+    three.pump()
+    for i in (2, 3):
+        assert three.host(i).node.peer_cache(nid(1))[conn.key].state == TCP_ESTABLISHED
+    a.node.connection_destroy(established, three.now)
+    three.pump()
+    for i in (2, 3):
+        assert three.host(i).node.peer_cache(nid(1)) == {}
+
+
+def test_killed_node_connections_are_injected_before_its_buckets_are_claimed(
+    three: Cluster,
+) -> None:
+    b = three.host(2)
+    conns = [conn_in_bucket(bucket, n) for n, bucket in enumerate(sorted(b.owned))]
+    for conn in conns:
+        three.new_connection(2, conn)
+    b.alive = False
+    killed_at = three.now
+    three.run(0.4)
+    survivors = [three.host(1), three.host(3)]
+    injected: set[bytes] = set()
+    for h in survivors:
+        downs = events_of(h, ev.NodeDown)
+        assert len(downs) == 1 and downs[0][1].node == nid(2)  # type: ignore[attr-defined]
+        detected = downs[0][0] - killed_at
+        assert 0.14 <= detected <= 0.2  # 3 missed heartbeats of 50 ms (+ tolerance)
+        for conn in conns:
+            if conn.bucket in h.owned:
+                # in the table, and written before the claim of its bucket
+                assert conn.key in h.table
+                assert h.written[conn.key] < h.claimed[conn.bucket]
+                injected.add(conn.key)
+    assert injected == {c.key for c in conns}  # every connection of B has a new home
+    aim = aimed([nid(1), nid(3)])
+    assert survivors[0].owned | survivors[1].owned == set(range(BUCKETS))
+    assert survivors[0].owned == buckets_of(aim, nid(1))
+    # The injected entries are announced as the survivor's own.
+    for conn in conns:
+        owner = nid(1) if conn.bucket in survivors[0].owned else nid(3)
+        other = three.hosts[nid(3) if owner == nid(1) else nid(1)]
+        assert conn.key in other.node.peer_cache(owner)
+
+
+def test_drain_hands_the_buckets_over_and_undrain_takes_them_back(three: Cluster) -> None:
+    b = three.host(2)
+    before = b.owned
+    conn = conn_in_bucket(min(before))
+    three.new_connection(2, conn)
+    b.node.drain(three.now)
+    three.run(0.3)
+    assert b.owned == frozenset()
+    assert b.node.phase() == "draining"
+    new_owner = three.host(1) if conn.bucket in three.host(1).owned else three.host(3)
+    assert conn.key in new_owner.table  # the connection follows its bucket
+    assert three.host(1).owned | three.host(3).owned == set(range(BUCKETS))
+    b.node.undrain(three.now)
+    three.run(0.3)
+    assert b.owned == before
+    assert conn.key in b.table
+
+
+def test_leave_completes_once_the_others_hold_every_bucket(three: Cluster) -> None:
+    c = three.host(3)
+    c.node.leave(three.now)
+    three.run(0.3)
+    done = events_of(c, ev.LeaveComplete)
+    assert len(done) == 1
+    assert c.owned == frozenset()
+    assert three.host(1).owned | three.host(2).owned == set(range(BUCKETS))
+    # LeaveComplete comes after the last release
+    last_program = max(
+        i for i, (_, e) in enumerate(c.events) if isinstance(e, ev.OwnedBucketsChanged)
+    )
+    assert c.events.index(done[0]) > last_program
+
+
+def test_after_a_sync_partition_heals_every_connection_ends_at_its_bucket_owner() -> None:
+    c = Cluster(2)
+    c.run(1.0)
+    a, b = c.host(1), c.host(2)
+    b.group = 1  # split: each node takes over the other's buckets
+    c.run(0.4)
+    assert a.owned == b.owned == frozenset(range(BUCKETS))
+    # While split, both data planes accept NEW connections in every bucket.
+    made_at_a = [conn_in_bucket(bucket, bucket) for bucket in range(0, BUCKETS, 3)]
+    made_at_b = [conn_in_bucket(bucket, 100 + bucket) for bucket in range(1, BUCKETS, 3)]
+    for conn in made_at_a:
+        c.new_connection(1, conn)
+    for conn in made_at_b:
+        c.new_connection(2, conn)
+    b.group = 0
+    c.run(1.0)
+    assert a.owned | b.owned == set(range(BUCKETS)) and not a.owned & b.owned
+    for conn in made_at_a + made_at_b:
+        owner = a if conn.bucket in a.owned else b
+        other = b if owner is a else a
+        assert conn.key in owner.table, f"bucket {conn.bucket} lost {conn}"
+        assert conn.key not in other.table  # handed over, not duplicated
+        assert conn.key in other.node.peer_cache(owner.node.node_id)
+
+
+def _snapshot(h: Host) -> tuple[object, ...]:
+    n = h.node
+    return (
+        n.owned_buckets(),
+        tuple(sorted(n.members())),
+        n.bucket_owners(),
+        tuple(sorted(n.known_keys())),
+        n.next_timer(),
+        n.phase(),
+    )
+
+
+def test_forged_and_garbage_datagrams_are_counted_and_change_nothing(three: Cluster) -> None:
+    a, b = three.host(1), three.host(2)
+    three.new_connection(2, conn_in_bucket(min(b.owned)))
+    genuine = b.node.datagrams_to_send(three.now)
+    b.node.connection_new(conn_in_bucket(min(b.owned), 7), three.now)
+    genuine = b.node.datagrams_to_send(three.now)
+    assert genuine
+    a.node.receive_datagram(genuine[0], three.now)  # accepted once
+    before = _snapshot(a)
+    events_before = len(a.events)
+    stats_before = a.node.stats()
+
+    other_key = Keyring.single(bytes(32 * [7]))
+    forger = Node(config(2, keyring=other_key, initial_counter=10**9), random.Random(9), 0.0)
+    forger.connection_new(conn_in_bucket(1, 3), three.now)
+    forged = forger.datagrams_to_send(three.now)[0]
+    tampered = bytearray(genuine[0])
+    tampered[-1] ^= 1
+    bad_magic = b"XX" + genuine[0][2:]
+    inputs = [
+        b"",
+        b"garbage",
+        bytes(2000),
+        bad_magic,
+        genuine[0][:30],
+        bytes(tampered),
+        genuine[0],  # replayed
+        forged,  # right sender id and key id, wrong key
+    ]
+    for data in inputs:
+        a.node.receive_datagram(data, three.now)
+    three._perform(a)
+    assert _snapshot(a) == before
+    assert len(a.events) == events_before
+    stats = a.node.stats()
+    assert stats["datagrams_opened"] == stats_before["datagrams_opened"]
+    for reason in ("truncated-header", "oversized-datagram", "bad-magic", "bad-tag", "replayed"):
+        assert stats.get(f"drop_{reason}", 0) > stats_before.get(f"drop_{reason}", 0), reason
+
+
+def test_an_authentic_datagram_with_undecodable_messages_is_dropped_whole(three: Cluster) -> None:
+    a, b = three.host(1), three.host(2)
+    before = _snapshot(a)
+    stats_before = a.node.stats()
+    # A sealed, authentic payload whose second message is truncated.
+    hb = b.node._availability.messages_to_send(three.now + 1.0)[0]
+    plaintext = wire.encode_message(hb) + b"\x01\x00\x00\x40"
+    a.node.receive_datagram(b.node._encryption.seal(plaintext), three.now)
+    assert (
+        a.node.stats()["drop_truncated-message"]
+        == stats_before.get("drop_truncated-message", 0) + 1
+    )
+    assert _snapshot(a) == before
+
+
+def test_datagrams_fit_and_put_the_heartbeat_first(three: Cluster) -> None:
+    a = three.host(1)
+    bucket = min(a.owned)
+    for n in range(300):
+        a.node.connection_new(conn_in_bucket(bucket, n), three.now)
+    datagrams = a.node.datagrams_to_send(three.now + 0.05)
+    assert len(datagrams) >= 2
+    assert all(len(d) <= wire.MAX_DATAGRAM for d in datagrams)
+    b = three.host(2).node
+    first = b._encryption.open(datagrams[0])
+    assert first is not None
+    msgs = wire.decode_messages(first[1])
+    assert type(msgs[0]).__name__ == "Heartbeat"
+    assert type(msgs[1]).__name__ == "RangeState"
+
+
+def test_pack_keeps_order_and_limit() -> None:
+    items = [bytes([i]) * (i * 10 + 5) for i in range(20)]
+    chunks = pack(items, 200)
+    assert b"".join(chunks) == b"".join(items)
+    assert all(len(c) <= 200 for c in chunks)
+    assert len(chunks) == len(pack(items, 200))
+    with pytest.raises(ValueError):
+        pack([bytes(300)], 200)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"node_id": -1},
+        {"incarnation": -1},
+        {"heartbeat_interval": 0.0},
+        {"heartbeat_misses": 0},
+        {"weight": 0},
+        {"protocols": frozenset()},
+        {"release_rule": "never"},
+    ],
+)
+def test_config_is_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        config(1, **bad)
+
+
+def test_status_views_and_key_rotation_at_runtime(three: Cluster) -> None:
+    a, b = three.host(1), three.host(2)
+    three.new_connection(2, conn_in_bucket(min(b.owned)))
+    counts = a.node.connection_counts()
+    assert counts["local"] == 0
+    assert counts["peers"] == {
+        "192.0.2.2": {"entries": 1, "alive": True},
+        "192.0.2.3": {"entries": 0, "alive": True},
+    }
+    assert a.node.state_name() == "member" and a.node.is_stable()
+    assert a.node.stats()["ready"] == 1
+    # Rotation: everyone accepts the new key, then B sends with it.
+    both = KEYRING.with_key(1, bytes(32 * [9]))
+    for h in three.hosts.values():
+        h.node.set_keyring(both)
+    b.node.set_keyring(both.switch_to(1))
+    conn = conn_in_bucket(min(b.owned), 5)
+    three.new_connection(2, conn)
+    assert conn.key in a.node.peer_cache(nid(2))
+    # A node that dropped the old key no longer hears A (still sending with key 0).
+    b.node.set_keyring(both.switch_to(1).without_key(0))
+    before = b.node.stats().get("drop_unknown-key", 0)
+    three.run(0.1)
+    assert b.node.stats()["drop_unknown-key"] > before
+
+
+def test_a_reordered_older_heartbeat_does_not_revert_newer_state(three: Cluster) -> None:
+    a, b = three.host(1), three.host(2)
+    old = b.node.datagrams_to_send(three.now + 0.05)  # heartbeat: B active
+    b.node.drain(three.now + 0.06)
+    new = b.node.datagrams_to_send(three.now + 0.06)  # heartbeat: B draining
+    assert old and new
+    before = a.node.stats().get("drop_stale-state", 0)
+    for dgram in new + old:  # the older one arrives last
+        a.node.receive_datagram(dgram, three.now + 0.07)
+    assert nid(2) not in a.node.distribution_members()  # still seen as draining
+    assert a.node.stats()["drop_stale-state"] == before + len(old)

@@ -1,0 +1,211 @@
+"""The deterministic cluster simulator: scenarios pass, known-bad variants are
+caught, replays are exact, and the invariant checker itself bites."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from availability_manager.connection import PROTO_TCP, Connection, make_tuple
+from availability_manager.sim.__main__ import main
+from availability_manager.sim.clock import Scheduler
+from availability_manager.sim.invariants import Invariants
+from availability_manager.sim.network import LinkProfile, Network
+from availability_manager.sim.run import run_scenario
+from availability_manager.sim.runner import SimOptions
+from availability_manager.sim.scenarios import SCENARIOS
+
+pytestmark = pytest.mark.sim
+
+NAMED = [
+    "failover3",
+    "join",
+    "loss30",
+    "sync-partition",
+    "crash-during-resync",
+    "drain",
+    "restart",
+    "leave",
+    "isolate",
+    "link-down",
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("scenario", NAMED)
+def test_named_scenario_passes(scenario: str, seed: int) -> None:
+    result = run_scenario(scenario, seed)
+    assert result.ok, result.describe_failure()
+    # The convergence checks really ran (a run that skipped them proves nothing).
+    assert result.report.assignment_checks >= 1
+    assert result.report.cache_checks == 1
+    assert result.counters["workload_created"] > 20
+
+
+def test_failover3_takes_over_within_the_detection_time() -> None:
+    result = run_scenario("failover3", 0)
+    assert result.ok, result.describe_failure()
+    assert result.report.failover_gaps > 0  # B's buckets were unowned for a while...
+    assert 0.1 < result.report.max_gap < 0.25  # ...about 3 heartbeats of 50 ms
+    assert result.counters["kernel_injected"] > 0
+
+
+def test_a_small_random_batch_passes() -> None:
+    results = [run_scenario("mixed", seed) for seed in range(12)]
+    failures = [r.describe_failure() for r in results if not r.ok]
+    assert not failures, "\n".join(failures)
+    assert sum(r.report.injection_checks for r in results) > 12
+
+
+def test_replay_of_a_seed_is_identical() -> None:
+    first: list[str] = []
+    second: list[str] = []
+    run_scenario("mixed", 7, trace=first.append)
+    run_scenario("mixed", 7, trace=second.append)
+    assert len(first) > 20
+    assert first == second
+    other: list[str] = []
+    run_scenario("mixed", 8, trace=other.append)
+    assert other != first
+
+
+def test_known_bad_immediate_release_opens_holes() -> None:
+    """ranges' release_rule="immediate" drops buckets before anyone claims them."""
+    rules = {
+        v.rule
+        for seed in range(4)
+        for v in run_scenario("join", seed, options=SimOptions(release_rule="immediate")).violations
+    }
+    assert "hole" in rules
+
+
+def test_known_bad_missing_injection_is_caught() -> None:
+    """A driver that never writes InjectConnections claims buckets without their entries."""
+    rules = {
+        v.rule
+        for seed in range(3)
+        for v in run_scenario(
+            "failover3", seed, options=SimOptions(drop_injections=True)
+        ).violations
+    }
+    assert "injection" in rules
+
+
+def test_cli_batch_prints_the_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seeds", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "sim: seeds=3 violations=0"
+
+
+def test_cli_lists_the_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*NAMED, "mixed"]:
+        assert name in out
+    assert set(SCENARIOS) >= set(NAMED)
+
+
+def test_cli_replay_prints_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seed", "0", "--scenario", "failover3", "--trace"]) == 0
+    out = capsys.readouterr().out
+    assert "crash B" in out
+    assert "peer B down (timeout)" in out
+    assert "inject" in out
+
+
+# -- the checker and the models themselves ---------------------------------------------
+
+
+def _conn(bucket: int) -> Connection:
+    t = make_tuple("198.51.100.1", "203.0.113.1", 1000 + bucket, 80)
+    return Connection(PROTO_TCP, t, t.inverse(), bucket=bucket)
+
+
+def test_fifo_invariant_flags_a_gap_and_accepts_a_reset_stream() -> None:
+    inv = Invariants(4)
+    inv.delivered(1, 2, 10, 0.0)
+    inv.delivered(1, 2, 11, 0.0)
+    assert inv.ok
+    inv.restart_stream(1, 2)
+    inv.delivered(1, 2, 500, 0.0)  # a new stream may start anywhere
+    assert inv.ok
+    inv.delivered(1, 2, 0xFFFFFFFF, 0.0)
+    assert [v.rule for v in inv.violations] == ["fifo"]
+    inv2 = Invariants(4)
+    inv2.delivered(1, 2, 0xFFFFFFFF, 0.0)
+    inv2.delivered(1, 2, 0, 0.0)  # serial wrap is not a gap
+    assert inv2.ok
+
+
+def test_hole_invariant_tells_a_release_from_a_crash() -> None:
+    inv = Invariants(2)
+    inv.programmed(1, {0}, set(), 0.0)
+    inv.programmed(2, {1}, set(), 0.0)
+    assert inv.armed
+    inv.node_gone(2, {1}, 1.0, graceful=False)  # crash: a gap, not a fault
+    assert inv.ok
+    inv.programmed(1, {1}, set(), 1.15)
+    assert inv.report.failover_gaps == 1
+    assert inv.report.max_gap == pytest.approx(0.15)
+    inv.programmed(1, set(), {0}, 2.0)  # released with nobody else owning it
+    assert [v.rule for v in inv.violations] == ["hole"]
+
+
+def test_injection_and_assignment_and_cache_checks_bite() -> None:
+    inv = Invariants(2)
+    c = _conn(1)
+    inv.check_injection(1, frozenset({1}), [c], frozenset({c.key}), {}, 0.0)
+    inv.check_injection(1, frozenset({1}), [c], frozenset(), {}, 0.0)  # unknown: fine
+    inv.check_injection(1, frozenset({1}), [c], frozenset({c.key}), {c.key: c}, 0.0)
+    inv.check_assignment({1: frozenset({0, 1}), 2: frozenset({1})}, {0: 1, 1: 2}, 0.0)
+    inv.check_assignment({1: frozenset({0}), 2: frozenset({1})}, {0: 1, 1: 2}, 0.0)
+    inv.check_caches({(1, 2): {}}, {2: {c.key: c}}, 0.0)
+    inv.check_caches({(1, 2): {c.key: c}}, {2: {c.key: c}}, 0.0)
+    assert [v.rule for v in inv.violations] == ["injection", "assignment", "caches"]
+
+
+def test_network_loss_partition_and_duplication() -> None:
+    sched = Scheduler()
+    got: list[tuple[int, int, bytes]] = []
+    net = Network(sched, random.Random(1), lambda r, s, d: got.append((r, s, d)))
+    for n in (1, 2, 3):
+        net.attach(n)
+    net.broadcast(1, b"x")
+    sched.run_until(1.0)
+    assert sorted(r for r, _, _ in got) == [2, 3]
+    got.clear()
+    net.partition([[1], [2, 3]])
+    net.broadcast(1, b"y")
+    net.broadcast(2, b"z")
+    sched.run_until(2.0)
+    assert got == [(3, 2, b"z")]
+    got.clear()
+    net.heal()
+    net.set_default(LinkProfile(loss=1.0))
+    net.broadcast(1, b"lost")
+    sched.run_until(3.0)
+    assert got == [] and net.stats.lost == 2
+    net.set_default(LinkProfile(duplicate=1.0))
+    net.broadcast(1, b"twice")
+    sched.run_until(4.0)
+    assert len(got) == 4
+    got.clear()
+    net.set_default(LinkProfile())
+    net.broadcast(1, b"in flight")
+    net.detach(2)  # crashed before the datagram arrived
+    sched.run_until(5.0)
+    assert [r for r, _, _ in got] == [3]
+
+
+def test_demo_tells_a_passing_failover() -> None:
+    from availability_manager.sim.demo import run_demo
+
+    lines: list[str] = []
+    result = run_demo(out=lines)
+    text = "\n".join(lines)
+    assert result["pass"] == 1, text
+    assert result["before"] > 0 and result["lost"] == 0
+    assert result["taken_over"] + result["closed"] == result["before"]
+    assert "ms after the crash" in text
+    assert text.splitlines()[-1].startswith("verdict: PASS")
