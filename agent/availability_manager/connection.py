@@ -97,13 +97,30 @@ class Connection:
 
     @property
     def nat(self) -> bool:
-        return self.reply != self.orig.inverse()
+        return self.reply != untranslated_reply(self.proto, self.orig)
 
     def with_state(self, state: int, status: int) -> Connection:
         return dataclasses.replace(self, state=state, status=status)
 
     def __str__(self) -> str:
         return f"proto {self.proto} {self.orig} bucket {self.bucket} state {self.state}"
+
+
+# ICMP queries and their answers (RFC 792, RFC 4443): what the reply tuple's type is
+_ICMP_REPLY_TYPE = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
+_ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
+
+
+def untranslated_reply(proto: int, orig: Tuple) -> Tuple:
+    """The reply tuple the kernel expects for `orig` without NAT. For ports
+    that is the inverse; for ICMP the id stays and the type becomes its
+    answer's (echo request 8 -> echo reply 0), as nf_conntrack_proto_icmp does."""
+    if proto in (PROTO_ICMP, PROTO_ICMPV6):
+        table = _ICMP_REPLY_TYPE if proto == PROTO_ICMP else _ICMPV6_REPLY_TYPE
+        icmp_type, code = orig.dport >> 8, orig.dport & 0xFF
+        reply_type = table.get(icmp_type, icmp_type)
+        return Tuple(orig.dst, orig.src, orig.sport, reply_type << 8 | code)
+    return orig.inverse()
 
 
 _KEY = struct.Struct("!BHH")

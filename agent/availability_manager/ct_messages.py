@@ -29,7 +29,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Self
 
-from .connection import Connection, Tuple
+from .connection import Connection, Tuple, untranslated_reply
 from .wire import Kind, MsgType, attr, message
 
 KEY_SIZE = 8  # Connection.key
@@ -68,7 +68,7 @@ class _Entry:
     status: int = attr(7, Kind.U32)
     mark: int = attr(8, Kind.U32)
     bucket: int = attr(9, Kind.U16)
-    # Present (one value each) only for NAT; absent means orig.inverse().
+    # Present (one value each) only for NAT; absent means the untranslated reply.
     reply_src: tuple[bytes, ...] = attr(10, Kind.ADDR, repeated=True)
     reply_dst: tuple[bytes, ...] = attr(11, Kind.ADDR, repeated=True)
     reply_sport: tuple[int, ...] = attr(12, Kind.U16, repeated=True)
@@ -91,13 +91,13 @@ class _Entry:
                 self.reply_src[0], self.reply_dst[0], self.reply_sport[0], self.reply_dport[0]
             )
         else:
-            reply = orig.inverse()
+            reply = untranslated_reply(self.proto, orig)
         return Connection(self.proto, orig, reply, self.state, self.status, self.mark, self.bucket)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> Self:
         o, r = conn.orig, conn.reply
-        nat = r != o.inverse()
+        nat = conn.nat
         return cls(
             proto=conn.proto,
             orig_src=o.src,

@@ -49,6 +49,7 @@ from ..connection import (
     TCP_TIME_WAIT,
     Connection,
     Tuple,
+    untranslated_reply,
 )
 from . import netlink_attrs as nl
 from .bucket import bucket_of_mark, mark_of_bucket, mask_shift
@@ -333,7 +334,9 @@ def encode_inject(conn: Connection, timeout: int | None = None) -> bytes:
         # and the binding only appear when nf_nat_setup_info() changes the
         # reply itself. So, as conntrackd does, send the untranslated reply
         # (inverse of the original) and the NAT ranges that translate it.
-        body += _encode_tuple(CTA_TUPLE_REPLY, conn.proto, conn.orig.inverse())
+        body += _encode_tuple(
+            CTA_TUPLE_REPLY, conn.proto, untranslated_reply(conn.proto, conn.orig)
+        )
         body += nat_attributes(conn)
     else:
         body += _encode_tuple(CTA_TUPLE_REPLY, conn.proto, conn.reply)
