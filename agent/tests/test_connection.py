@@ -22,7 +22,7 @@ def test_port_protocols_reply_is_the_inverse() -> None:
 
 
 @pytest.mark.parametrize(
-    ("proto", "src", "dst", "request", "answer"),
+    ("proto", "src", "dst", "query", "answer"),
     [
         (PROTO_ICMP, "192.0.2.100", "203.0.113.100", 8, 0),
         (PROTO_ICMP, "192.0.2.100", "203.0.113.100", 13, 14),
@@ -30,9 +30,9 @@ def test_port_protocols_reply_is_the_inverse() -> None:
     ],
 )
 def test_icmp_reply_keeps_the_id_and_answers_the_type(
-    proto: int, src: str, dst: str, request: int, answer: int
+    proto: int, src: str, dst: str, query: int, answer: int
 ) -> None:
-    orig = make_tuple(src, dst, 4242, request << 8)
+    orig = make_tuple(src, dst, 4242, query << 8)
     reply = untranslated_reply(proto, orig)
     assert reply == make_tuple(dst, src, 4242, answer << 8)
     assert not Connection(proto, orig, reply).nat
