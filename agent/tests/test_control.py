@@ -23,7 +23,7 @@ def fake_status(owned_by_me: int = 2) -> dict[str, Any]:
     owners = [[a]] * owned_by_me + [[b]] * (4 - owned_by_me)
     return {
         "node_id": a,
-        "state": "active" if owned_by_me else "draining",
+        "state": "member" if owned_by_me else "draining",
         "backend": "nftables",
         "buckets": 4,
         "ready": True,

@@ -66,7 +66,7 @@ before:
   description: Membership summary before the change.
   returned: always
   type: dict
-  sample: {"member": true, "state": "active", "owned_buckets": 86, "members": 3, "stable": true}
+  sample: {"member": true, "state": "member", "owned_buckets": 86, "members": 3, "stable": true}
 after:
   description: Membership summary after the change (predicted in check mode).
   returned: always
@@ -93,14 +93,14 @@ def is_in_state(st, state):
         return False
     if state == "drained":
         return st["state"] == "draining" and not st["owned"]
-    return st["state"] == "active" and bool(st["owned"]) and bool(st["stable"])
+    return st["state"] == "member" and bool(st["owned"]) and bool(st["stable"])
 
 
 def predicted(st, state):
     after = ctl.summary(st)
     if state == "absent":
         return {"member": False}
-    after["state"] = "draining" if state == "drained" else "active"
+    after["state"] = "draining" if state == "drained" else "member"
     if state == "drained":
         after["owned_buckets"] = 0
     return after

@@ -168,7 +168,7 @@ def drained(st: dict[str, Any]) -> bool:
 
 
 def joined(st: dict[str, Any]) -> bool:
-    return st["state"] == "active" and st["stable"] and bool(st["owned"])
+    return st["state"] == "member" and st["stable"] and bool(st["owned"])
 
 
 # -- main -------------------------------------------------------------------------

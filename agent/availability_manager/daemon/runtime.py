@@ -23,12 +23,13 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import node_events as ev
-from ..connection import Connection
+from ..connection import IPS_EXPECTED, Connection
 from ..crypto import Keyring
 from ..dataplane.base import DataPlane
 from ..node import Node, NodeConfig
@@ -74,6 +75,18 @@ def next_incarnation(state_dir: Path) -> int:
     return incarnation
 
 
+def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
+    """Which local conntrack entries the cluster syncs: those the data plane
+    classified (a bucket in the mark), of a configured protocol, not expected
+    ones. The node's own traffic (sync datagrams, SSH to it) is never synced."""
+    protocols, mask = cfg.protocols, cfg.mark_mask
+
+    def relevant(conn: Connection) -> bool:
+        return conn.proto in protocols and bool(conn.mark & mask) and not conn.status & IPS_EXPECTED
+
+    return relevant
+
+
 def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeConfig:
     return NodeConfig(
         node_id=cfg.node_id,
@@ -87,6 +100,7 @@ def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeCon
         heartbeat_misses=cfg.heartbeat.misses,
         weight=cfg.weight,
         protocols=cfg.protocols,
+        is_relevant=cluster_relevance(cfg),
     )
 
 

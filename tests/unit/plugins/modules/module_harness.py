@@ -35,7 +35,7 @@ def _fail_json(self: Any, msg: str, **kwargs: Any) -> None:
     raise ModuleExit(kwargs)
 
 
-def status_json(state: str = "active", owned: int = 2, stable: bool = True) -> str:
+def status_json(state: str = "member", owned: int = 2, stable: bool = True) -> str:
     me, peer = "198.51.100.11", "198.51.100.12"
     return json.dumps({
         "node_id": me, "state": state, "buckets": 4, "stable": stable,

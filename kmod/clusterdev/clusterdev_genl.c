@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * clusterdev: configuration over generic netlink (family "clusterdev").
+ * Every attribute is typed and bounded by the policy; what the policy cannot
+ * express (mask shape, bitmap length against the bucket count) is checked
+ * here before anything changes. A SET_CONFIG applies all of its attributes or
+ * none: the new configuration is built aside and published with one pointer
+ * swap (RCU), so packets see the old bucket set or the new one.
+ */
+#include <linux/bitops.h>
+#include <linux/slab.h>
+#include <net/genetlink.h>
+
+#include "clusterdev.h"
+
+static const struct nla_policy clusterdev_policy[CLUSTERDEV_A_MAX + 1] = {
+	[CLUSTERDEV_A_BUCKETS] = NLA_POLICY_RANGE(NLA_U32, 1, CLUSTERDEV_MAX_BUCKETS),
+	[CLUSTERDEV_A_SEED] = { .type = NLA_U32 },
+	[CLUSTERDEV_A_HASH_FIELDS] = NLA_POLICY_MAX(NLA_U8, CLUSTERDEV_HASH_MAX),
+	[CLUSTERDEV_A_MARK_MASK] = { .type = NLA_U32 },
+	[CLUSTERDEV_A_OWNED] = { .type = NLA_BINARY, .len = CLUSTERDEV_BITMAP_BYTES },
+	/* Reply-only attributes: refused on input. */
+	[CLUSTERDEV_A_STATS_PACKETS] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_STATS_CONNS] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_STATS_DROP_NOT_OWNED] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_STATS_DROP_INVALID] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_PAD] = { .type = NLA_REJECT },
+};
+
+static struct genl_family clusterdev_genl_family;
+
+static int clusterdev_set_config(struct sk_buff *skb, struct genl_info *info)
+{
+	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
+	struct nlattr **tb = info->attrs;
+	struct clusterdev_cfg *old, *cfg;
+	int err = 0;
+
+	cfg = kmalloc(sizeof(*cfg), GFP_KERNEL);
+	if (!cfg)
+		return -ENOMEM;
+
+	mutex_lock(&cn->cfg_lock);
+	old = rcu_dereference_protected(cn->cfg, lockdep_is_held(&cn->cfg_lock));
+	*cfg = *old;
+
+	if (tb[CLUSTERDEV_A_BUCKETS]) {
+		cfg->buckets = nla_get_u32(tb[CLUSTERDEV_A_BUCKETS]);
+		/* Bucket numbers change meaning: own nothing unless told. */
+		if (cfg->buckets != old->buckets)
+			bitmap_zero(cfg->owned, CLUSTERDEV_MAX_BUCKETS);
+	}
+	if (tb[CLUSTERDEV_A_SEED])
+		cfg->seed = nla_get_u32(tb[CLUSTERDEV_A_SEED]);
+	if (tb[CLUSTERDEV_A_HASH_FIELDS])
+		cfg->hash_fields = nla_get_u8(tb[CLUSTERDEV_A_HASH_FIELDS]);
+	if (tb[CLUSTERDEV_A_MARK_MASK]) {
+		u32 mask = nla_get_u32(tb[CLUSTERDEV_A_MARK_MASK]);
+
+		/* Contiguous bits (e.g. 0x0000ffff): bucket + 1 is a field in it. */
+		if (!mask || ((mask >> __ffs(mask)) & ((mask >> __ffs(mask)) + 1))) {
+			NL_SET_ERR_MSG_ATTR(info->extack, tb[CLUSTERDEV_A_MARK_MASK],
+					    "mark mask must be one run of contiguous bits");
+			err = -EINVAL;
+			goto out;
+		}
+		cfg->mark_mask = mask;
+		cfg->mark_shift = __ffs(mask);
+	}
+	if ((u64)cfg->buckets > (cfg->mark_mask >> cfg->mark_shift)) {
+		NL_SET_ERR_MSG(info->extack, "mark mask too narrow for bucket count + 1");
+		err = -ERANGE;
+		goto out;
+	}
+	if (tb[CLUSTERDEV_A_OWNED]) {
+		const u8 *bytes = nla_data(tb[CLUSTERDEV_A_OWNED]);
+		unsigned int i;
+
+		if (nla_len(tb[CLUSTERDEV_A_OWNED]) != DIV_ROUND_UP(cfg->buckets, 8)) {
+			NL_SET_ERR_MSG_ATTR(info->extack, tb[CLUSTERDEV_A_OWNED],
+					    "bitmap must be ceil(buckets / 8) bytes");
+			err = -EINVAL;
+			goto out;
+		}
+		bitmap_zero(cfg->owned, CLUSTERDEV_MAX_BUCKETS);
+		for (i = 0; i < CLUSTERDEV_MAX_BUCKETS && i / 8 < nla_len(tb[CLUSTERDEV_A_OWNED]); i++) {
+			if (!(bytes[i / 8] & BIT(i % 8)))
+				continue;
+			if (i >= cfg->buckets) {
+				NL_SET_ERR_MSG_ATTR(info->extack, tb[CLUSTERDEV_A_OWNED],
+						    "bitmap owns a bucket beyond the bucket count");
+				err = -EINVAL;
+				goto out;
+			}
+			__set_bit(i, cfg->owned);
+		}
+	}
+
+	rcu_assign_pointer(cn->cfg, cfg);
+	mutex_unlock(&cn->cfg_lock);
+	kfree_rcu(old, rcu);
+	return 0;
+
+out:
+	mutex_unlock(&cn->cfg_lock);
+	kfree(cfg);
+	return err;
+}
+
+static int clusterdev_get_config(struct sk_buff *skb, struct genl_info *info)
+{
+	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
+	const struct clusterdev_cfg *cfg;
+	struct sk_buff *msg;
+	struct nlattr *nla;
+	unsigned int i;
+	void *hdr;
+	u8 *bytes;
+
+	msg = genlmsg_new(NLMSG_DEFAULT_SIZE + CLUSTERDEV_BITMAP_BYTES, GFP_KERNEL);
+	if (!msg)
+		return -ENOMEM;
+	hdr = genlmsg_put_reply(msg, info, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_GET_CONFIG);
+	if (!hdr)
+		goto nla_failure;
+
+	mutex_lock(&cn->cfg_lock);
+	cfg = rcu_dereference_protected(cn->cfg, lockdep_is_held(&cn->cfg_lock));
+	if (nla_put_u32(msg, CLUSTERDEV_A_BUCKETS, cfg->buckets) ||
+	    nla_put_u32(msg, CLUSTERDEV_A_SEED, cfg->seed) ||
+	    nla_put_u8(msg, CLUSTERDEV_A_HASH_FIELDS, cfg->hash_fields) ||
+	    nla_put_u32(msg, CLUSTERDEV_A_MARK_MASK, cfg->mark_mask))
+		goto unlock_failure;
+	nla = nla_reserve(msg, CLUSTERDEV_A_OWNED, DIV_ROUND_UP(cfg->buckets, 8));
+	if (!nla)
+		goto unlock_failure;
+	bytes = nla_data(nla);
+	memset(bytes, 0, nla_len(nla));
+	for_each_set_bit(i, cfg->owned, cfg->buckets)
+		bytes[i / 8] |= BIT(i % 8);
+	mutex_unlock(&cn->cfg_lock);
+
+	genlmsg_end(msg, hdr);
+	return genlmsg_reply(msg, info);
+
+unlock_failure:
+	mutex_unlock(&cn->cfg_lock);
+nla_failure:
+	nlmsg_free(msg);
+	return -EMSGSIZE;
+}
+
+static int clusterdev_put_counters(struct sk_buff *msg, int type, atomic64_t *counters, u32 n)
+{
+	struct nlattr *nla;
+	u64 *vals;
+	u32 i;
+
+	nla = nla_reserve_64bit(msg, type, n * sizeof(u64), CLUSTERDEV_A_PAD);
+	if (!nla)
+		return -EMSGSIZE;
+	vals = nla_data(nla);
+	for (i = 0; i < n; i++)
+		vals[i] = atomic64_read(&counters[i]);
+	return 0;
+}
+
+static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
+{
+	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
+	struct sk_buff *msg;
+	u32 buckets;
+	void *hdr;
+
+	mutex_lock(&cn->cfg_lock);
+	buckets = rcu_dereference_protected(cn->cfg, lockdep_is_held(&cn->cfg_lock))->buckets;
+	mutex_unlock(&cn->cfg_lock);
+
+	/* Two u64 arrays of at most 32 KiB each: within one attribute's u16 length. */
+	msg = genlmsg_new(NLMSG_DEFAULT_SIZE + 2 * buckets * sizeof(u64), GFP_KERNEL);
+	if (!msg)
+		return -ENOMEM;
+	hdr = genlmsg_put_reply(msg, info, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_GET_STATS);
+	if (!hdr ||
+	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_PACKETS, cn->packets, buckets) ||
+	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_CONNS, cn->conns, buckets) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
+			      atomic64_read(&cn->drop_not_owned), CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
+			      atomic64_read(&cn->drop_invalid), CLUSTERDEV_A_PAD)) {
+		nlmsg_free(msg);
+		return -EMSGSIZE;
+	}
+	genlmsg_end(msg, hdr);
+	return genlmsg_reply(msg, info);
+}
+
+static const struct genl_small_ops clusterdev_genl_ops[] = {
+	{
+		.cmd = CLUSTERDEV_CMD_SET_CONFIG,
+		.doit = clusterdev_set_config,
+		/* CAP_NET_ADMIN in the user namespace owning this netns. */
+		.flags = GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd = CLUSTERDEV_CMD_GET_CONFIG,
+		.doit = clusterdev_get_config,
+	},
+	{
+		.cmd = CLUSTERDEV_CMD_GET_STATS,
+		.doit = clusterdev_get_stats,
+	},
+};
+
+static struct genl_family clusterdev_genl_family __ro_after_init = {
+	.name = CLUSTERDEV_GENL_NAME,
+	.version = CLUSTERDEV_GENL_VERSION,
+	.maxattr = CLUSTERDEV_A_MAX,
+	.policy = clusterdev_policy,
+	.netnsok = true,
+	.module = THIS_MODULE,
+	.small_ops = clusterdev_genl_ops,
+	.n_small_ops = ARRAY_SIZE(clusterdev_genl_ops),
+	/* Every command is new: strict parsing, reserved header bytes must be 0. */
+	.resv_start_op = CLUSTERDEV_CMD_SET_CONFIG,
+};
+
+int __init clusterdev_genl_init(void)
+{
+	return genl_register_family(&clusterdev_genl_family);
+}
+
+void clusterdev_genl_exit(void)
+{
+	genl_unregister_family(&clusterdev_genl_family);
+}

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: GPL-2.0-only WITH Linux-syscall-note */
+/*
+ * clusterdev: generic netlink interface of the connection-based
+ * multicast-MAC cluster module. Userspace (the fwcluster agent,
+ * agent/availability_manager/dataplane/clusterdev_genl.py) mirrors these
+ * numbers; agent/tests/test_clusterdev_genl.py checks that they agree.
+ */
+#ifndef _UAPI_LINUX_CLUSTERDEV_H
+#define _UAPI_LINUX_CLUSTERDEV_H
+
+#define CLUSTERDEV_GENL_NAME	"clusterdev"
+#define CLUSTERDEV_GENL_VERSION	1
+
+#define CLUSTERDEV_MAX_BUCKETS	4096
+#define CLUSTERDEV_BITMAP_BYTES	(CLUSTERDEV_MAX_BUCKETS / 8)
+
+enum clusterdev_cmd {
+	CLUSTERDEV_CMD_UNSPEC,
+	CLUSTERDEV_CMD_SET_CONFIG,	/* any subset of the config attributes */
+	CLUSTERDEV_CMD_GET_CONFIG,	/* reply: every config attribute */
+	CLUSTERDEV_CMD_GET_STATS,	/* reply: counters */
+	__CLUSTERDEV_CMD_MAX,
+};
+#define CLUSTERDEV_CMD_MAX (__CLUSTERDEV_CMD_MAX - 1)
+
+enum clusterdev_hash_fields {
+	CLUSTERDEV_HASH_ADDRESSES,		/* source and destination address */
+	CLUSTERDEV_HASH_ADDRESSES_PORTS,	/* addresses, ports (ICMP id), protocol */
+	__CLUSTERDEV_HASH_MAX,
+};
+#define CLUSTERDEV_HASH_MAX (__CLUSTERDEV_HASH_MAX - 1)
+
+enum clusterdev_attr {
+	CLUSTERDEV_A_UNSPEC,
+	CLUSTERDEV_A_BUCKETS,		/* u32, 1..CLUSTERDEV_MAX_BUCKETS */
+	CLUSTERDEV_A_SEED,		/* u32 */
+	CLUSTERDEV_A_HASH_FIELDS,	/* u8, enum clusterdev_hash_fields */
+	CLUSTERDEV_A_MARK_MASK,		/* u32, contiguous, holds buckets + 1 */
+	CLUSTERDEV_A_OWNED,		/* binary: bit b (byte b/8, bit b%8) = bucket b
+					 * owned; exactly ceil(buckets/8) bytes */
+	CLUSTERDEV_A_STATS_PACKETS,	/* binary: u64 per bucket, host order */
+	CLUSTERDEV_A_STATS_CONNS,	/* binary: u64 per bucket, host order */
+	CLUSTERDEV_A_STATS_DROP_NOT_OWNED,	/* u64: NEW in a bucket we do not own */
+	CLUSTERDEV_A_STATS_DROP_INVALID,	/* u64: conntrack said invalid */
+	CLUSTERDEV_A_PAD,
+	__CLUSTERDEV_A_MAX,
+};
+#define CLUSTERDEV_A_MAX (__CLUSTERDEV_A_MAX - 1)
+
+#endif /* _UAPI_LINUX_CLUSTERDEV_H */

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Build clusterdev.ko against every installed Debian kernel target, each in
+# its own copy of the sources (kmod/build/<kernel>/), with -Werror (Kbuild).
+# Usage: build.sh [<kernel version>...]   default: every /usr/src/linux-headers-*-amd64
+set -euo pipefail
+
+KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
+SRC="$KMOD_DIR/clusterdev"
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for d in /usr/src/linux-headers-*-amd64; do
+        [ -e "$d/Makefile" ] && targets+=("${d#/usr/src/linux-headers-}")
+    done
+fi
+[ ${#targets[@]} -gt 0 ] || { echo "build: no kernel headers installed (run tools/install-build-deps.sh)" >&2; exit 1; }
+
+failed=0
+for kver in "${targets[@]}"; do
+    out="$KMOD_DIR/build/$kver"
+    rm -rf "$out"
+    mkdir -p "$out"
+    cp "$SRC"/*.c "$SRC"/*.h "$SRC"/Kbuild "$out"/
+    if make -s -C "/usr/src/linux-headers-$kver" M="$out" modules 2>&1 |
+        grep -v 'Skipping BTF generation' >"$out/build.log"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+        echo "build: $kver ok ($out/clusterdev.ko)"
+    else
+        echo "build: $kver FAILED" >&2
+        cat "$out/build.log" >&2
+        failed=1
+    fi
+done
+exit $failed

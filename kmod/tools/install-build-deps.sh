@@ -1,0 +1,60 @@
+#!/bin/bash
+# Install what building and guest-testing the clusterdev module needs.
+# Idempotent: every step checks before it acts, so re-running is cheap.
+#
+#  - build-essential and the kernel headers of both targets: Debian bookworm's
+#    6.1 and bookworm-backports' 6.12 (newer than CLUSTERIP's removal in 6.3);
+#  - the matching kernel images, booted as guests (this host cannot load modules);
+#  - qemu-system-x86 and virtme-ng (in kmod/.venv, so the agent's venv stays clean).
+set -euo pipefail
+
+KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
+BACKPORTS_LIST=/etc/apt/sources.list.d/bookworm-backports.list
+VENV="$KMOD_DIR/.venv"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-build-deps: must run as root (apt-get)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
+    apt-get update -q
+fi
+
+# The versioned package a metapackage points to in one suite ("linux-image-6.1.0-56-amd64").
+versioned() { # <metapackage> <suite>
+    apt-cache depends -t "$2" "$1" 2>/dev/null | awk '/Depends:/ {print $2; exit}'
+}
+
+packages=(build-essential qemu-system-x86 busybox-static python3-venv kmod conntrack nftables iproute2 iputils-ping dkms)
+for suite in bookworm bookworm-backports; do
+    for meta in linux-image-amd64 linux-headers-amd64; do
+        pkg=$(versioned "$meta" "$suite")
+        if [ -z "$pkg" ]; then
+            apt-get update -q
+            pkg=$(versioned "$meta" "$suite")
+        fi
+        [ -n "$pkg" ] || { echo "install-build-deps: no $meta in $suite" >&2; exit 1; }
+        packages+=("$pkg")
+    done
+done
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-build-deps: installing ${missing[*]}"
+    # The backports kernel needs -t so apt takes its dependencies from the same suite.
+    apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing[@]}" ||
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x "$VENV/bin/vng" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q virtme-ng
+fi
+echo "install-build-deps: ok (${packages[*]}, virtme-ng in $VENV)"
