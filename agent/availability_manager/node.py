@@ -215,6 +215,7 @@ class Node:
         self.observer: NodeObserver | None = None
         self._counters: collections.Counter[str] = collections.Counter()
         self._zone_out: list[bytes] = []
+        self._active: frozenset[int] = frozenset()
 
     # -- datagrams in ------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class Node:
     def _fresh_state(self, source: NodeId, counter: int, messages: list[object]) -> bool:
         """False if the datagram carries state older than state already applied.
         Counters only grow, across restarts too (they start at the boot time)."""
-        if True:
+        if not any(_dispatch_rank(m) != 1 for m in messages):
             return True
         if counter < self._state_counter.get(source, -1):
             return False
@@ -441,6 +442,10 @@ class Node:
     def owned_buckets(self) -> frozenset[int]:
         return self._owned
 
+    def active_buckets(self) -> frozenset[int]:
+        """Owned buckets no other live node claims: what the data plane forwards."""
+        return self._active
+
     def bucket_owners(self) -> tuple[frozenset[NodeId], ...]:
         """Per bucket, the nodes known to own it (this node's view)."""
         return tuple(self._ranges.owners())
@@ -567,7 +572,24 @@ class Node:
             if self._deferred_claims and self._deferred_ready():
                 busy = True
                 self._apply_deferred_claims(now)
+        self._refresh_active()
         self._check_leave_complete()
+
+    def _refresh_active(self) -> None:
+        """The buckets the data plane may forward: owned, and claimed by no other
+        live node. During a handover the taker holds the injected entries while
+        the giver still forwards; if both forwarded, every packet of those
+        connections would be delivered twice. So a bucket two nodes claim is
+        forwarded by neither until one lets go (a pause of one message's
+        latency), never by both."""
+        owners = self._ranges.owners()
+        me = self.node_id
+        active = frozenset(b for b in self._owned if owners[b] <= {me})
+        if active != self._active:
+            old, self._active = self._active, active
+            self._events.append(
+                ev.ActiveBucketsChanged(active=active, added=active - old, removed=old - active)
+            )
 
     def _on_availability(self, event: object, now: float) -> None:
         if isinstance(event, AvNodeUp):
@@ -651,6 +673,7 @@ class Node:
         elif isinstance(event, Release):
             self._owned = self._owned - event.buckets
             self._events.append(ev.OwnedBucketsChanged(owned=self._owned, released=event.buckets))
+            self._refresh_active()  # the data plane lets go before the entries go
             conns = tuple(self._sync.local_in_buckets(event.buckets))
             if conns:
                 self._events.append(ev.DeleteConnections(conns=conns, buckets=event.buckets))

@@ -67,6 +67,27 @@ class OwnedBucketsChanged:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ActiveBucketsChanged:
+    """Program the data plane atomically: forward NEW and known connections of
+    exactly these buckets (owned, and claimed by no other live node). Follows
+    the `InjectConnections` of a claim and precedes the `DeleteConnections`
+    of a release. `OwnedBucketsChanged` is the protocol's view (claims), this
+    is what the kernel must do."""
+
+    active: frozenset[int]
+    added: frozenset[int] = frozenset()
+    removed: frozenset[int] = frozenset()
+
+    def describe(self) -> str:
+        text = f"forwards {len(self.active)} buckets"
+        if self.added:
+            text += f", now also {format_buckets(self.added)}"
+        if self.removed:
+            text += f", no longer {format_buckets(self.removed)}"
+        return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteConnections:
     """Another node has claimed these buckets: remove these local entries."""
 
@@ -138,6 +159,7 @@ class LeaveComplete:
 NodeEvent = (
     InjectConnections
     | OwnedBucketsChanged
+    | ActiveBucketsChanged
     | DeleteConnections
     | NodeUp
     | NodeDown

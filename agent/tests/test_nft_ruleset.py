@@ -77,9 +77,12 @@ def test_prerouting_order_and_priority() -> None:
         assert mac in pre[1]
     ct = chain(text, "cluster_traffic")
     assert ct[0] == "meta pkttype set host"
-    assert ct[1] == "ct state established,related accept"
-    assert ct[2].startswith("ct state invalid") and ct[2].endswith("drop")
-    assert ct[3] == "fib daddr type local goto hash_fwd"  # local before the zone map
+    # known connections: unclassified ones pass, classified ones only if owned
+    assert ct[1] == "ct state established,related ct mark and 0x0000ffff == 0 accept"
+    assert ct[2] == "ct state established,related ct mark and 0x0000ffff @owned_marks accept"
+    assert ct[3].startswith("ct state established,related") and ct[3].endswith("drop")
+    assert ct[4].startswith("ct state invalid") and ct[4].endswith("drop")
+    assert ct[5] == "fib daddr type local goto hash_fwd"  # local before the zone map
     assert ct[-1] == "goto hash_fwd"
 
 
@@ -148,11 +151,16 @@ def test_arp_mangling_for_every_ipv4_cluster_ip() -> None:
     }
 
 
-def test_owned_update_is_one_flush_and_one_add() -> None:
+def test_owned_update_replaces_both_sets_in_one_script() -> None:
     assert render_owned_update(config(), [5, 1, 5]) == (
-        "flush set inet fwcluster owned\nadd element inet fwcluster owned { 1, 5 }\n"
+        "flush set inet fwcluster owned\n"
+        "flush set inet fwcluster owned_marks\n"
+        "add element inet fwcluster owned { 1, 5 }\n"
+        "add element inet fwcluster owned_marks { 0x2, 0x6 }\n"
     )
-    assert render_owned_update(config(), []) == "flush set inet fwcluster owned\n"
+    assert render_owned_update(config(), []) == (
+        "flush set inet fwcluster owned\nflush set inet fwcluster owned_marks\n"
+    )
     with pytest.raises(ValueError):
         render_owned_update(config(), [256])
     with pytest.raises(ValueError):

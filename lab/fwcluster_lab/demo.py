@@ -93,7 +93,9 @@ def run(tcp: int, udp: int, ping: int, interval_ms: int) -> int:
         step(2, "Who owns which buckets (one character per bucket: A=fw1 B=fw2 C=fw3)")
         say(clusterctl(state, "fw1", "ranges"))
 
-        step(3, f"Traffic: {tcp} TCP streams, {udp} UDP flows, {ping} pings, every {interval_ms} ms")
+        step(
+            3, f"Traffic: {tcp} TCP streams, {udp} UDP flows, {ping} pings, every {interval_ms} ms"
+        )
         opts = ["--tcp", str(tcp), "--udp", str(udp), "--ping", str(ping)]
         opts += ["--interval-ms", str(interval_ms), "--drain", "3"]
         started = traffic_control.start(state, opts)
@@ -129,8 +131,12 @@ def run(tcp: int, udp: int, ping: int, interval_ms: int) -> int:
     tcp_s, udp_s, ping_s = summary["tcp"], summary["udp"], summary["ping"]
     say(f"connections before the kill   {before}")
     say(f"TCP streams intact            {tcp_s['ok']} of {tcp_s['streams']}")
-    say(f"UDP requests answered         {udp_s['replied']} of {udp_s['sent']} ({udp_s['flows']} flows)")
-    say(f"pings answered                {ping_s['replied']} of {ping_s['sent']} ({ping_s['flows']} flows)")
+    say(
+        f"UDP requests answered         {udp_s['replied']} of {udp_s['sent']} ({udp_s['flows']} flows)"
+    )
+    say(
+        f"pings answered                {ping_s['replied']} of {ping_s['sent']} ({ping_s['flows']} flows)"
+    )
     say(f"connections lost              {summary['lost']}")
     say(f"duplicate deliveries          {summary['duplicates']}")
     say(f"longest stall                 {round(summary['longest_stall_ms'])} ms")

@@ -334,8 +334,16 @@ class Runtime:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
     def _perform(self, event: object) -> None:
-        """Queue an event for the kernel worker; events keep their order."""
-        self._kernel.submit(self._perform_in_worker, event)
+        """Queue an event for the kernel worker; events keep their order.
+
+        One exception waits: when the data plane must stop forwarding buckets,
+        the loop blocks until the kernel has done so, because the datagrams
+        sent right after tell the other nodes they may start forwarding them.
+        Announcing the release before the kernel let go would let two nodes
+        forward the same connections for a moment."""
+        done = self._kernel.submit(self._perform_in_worker, event)
+        if isinstance(event, ev.ActiveBucketsChanged) and event.removed:
+            done.result()
 
     def _perform_in_worker(self, event: object) -> None:
         try:
@@ -349,8 +357,8 @@ class Runtime:
             done = self.conntrack.inject(list(event.conns)) if event.conns else 0
             self.counters["injected"] += done
             log.info("%s (%d written)", event.describe(), done)
-        elif isinstance(event, ev.OwnedBucketsChanged):
-            self.dataplane.set_owned_buckets(event.owned)
+        elif isinstance(event, ev.ActiveBucketsChanged):
+            self.dataplane.set_owned_buckets(event.active)
             log.info("%s", event.describe())
         elif isinstance(event, ev.DeleteConnections):
             done = self.conntrack.delete(list(event.conns)) if event.conns else 0
@@ -410,6 +418,7 @@ class Runtime:
             "ready": bool(stats.get("ready", False)),
             "stable": bool(self.node.is_stable()),
             "owned": sorted(self.node.owned_buckets()),
+            "active": sorted(self.node.active_buckets()),
             "members": member_list,
             "owners": [sorted(format_node_id(n) for n in o) for o in owners],
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},

@@ -10,9 +10,17 @@ one that handles this connection".
 Packet path (prerouting, priority -150: after conntrack, before DNAT):
 
     ether daddr in cluster MACs -> cluster_traffic, else no opinion
-    cluster_traffic: pkttype := host; established/related: accept;
+    cluster_traffic: pkttype := host;
+                     established/related, not classified (mark 0): accept;
+                     established/related of an owned bucket: accept; other: drop;
                      invalid: drop; NEW: orient, then hash_fwd / hash_rev
     hash_*:          mark := bucket + 1 under mark_mask; owned: accept; drop
+
+Known connections are handled by the owner of their bucket, not by whoever
+holds an entry: during a handover the taker already holds the injected
+entries while the giver still forwards, and both forwarding would deliver
+every packet twice. The agent hands a bucket to the data plane only when no
+other live node claims it, so exactly one node forwards each connection.
 
 The orientation rule and the mark layout are explained in docs/dataplane.md;
 bucket.py is the Python twin of the hash expressions rendered here.
@@ -28,7 +36,8 @@ from .nd_mangle import render_nd_rules
 
 TABLE = "fwcluster"
 OWNED_SET = "owned"
-COUNTERS = ("accepted_new", "not_owned", "invalid")
+OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
+COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established")
 
 _PORT_PROTOS = "{ tcp, udp, dccp, sctp, udplite }"
 
@@ -145,13 +154,22 @@ def render_ruleset(
     if elements:
         out.append(f"    elements = {{ {elements} }}")
     out.append("  }")
+    out.append(f"  set {OWNED_MARKS_SET} {{")
+    out.append("    typeof ct mark")
+    marks = render_mark_elements(config, owned)
+    if marks:
+        out.append(f"    elements = {{ {marks} }}")
+    out.append("  }")
     out.append("  chain prerouting {")
     out.append("    type filter hook prerouting priority -150; policy accept;")
     out.append(f"    ether daddr {_macs(config)} goto cluster_traffic")
     out.append("  }")
     out.append("  chain cluster_traffic {")
     out.append("    meta pkttype set host")
-    out.append("    ct state established,related accept")
+    mask = f"{config.mark_mask:#010x}"
+    out.append(f"    ct state established,related ct mark and {mask} == 0 accept")
+    out.append(f"    ct state established,related ct mark and {mask} @{OWNED_MARKS_SET} accept")
+    out.append('    ct state established,related counter name "not_owned_established" drop')
     out.append('    ct state invalid counter name "invalid" drop')
     out.append("    fib daddr type local goto hash_fwd")
     vmap = _orientation_map(config)
@@ -203,12 +221,22 @@ def render_elements(config: DataPlaneConfig, owned: Iterable[int]) -> str:
     return ", ".join(str(b) for b in buckets)
 
 
+def render_mark_elements(config: DataPlaneConfig, owned: Iterable[int]) -> str:
+    """The owned buckets as conntrack mark values (bucket + 1 under the mask)."""
+    render_elements(config, owned)  # validates
+    shift = mask_shift(config.mark_mask)
+    return ", ".join(f"{(b + 1) << shift:#x}" for b in sorted(set(owned)))
+
+
 def render_owned_update(config: DataPlaneConfig, owned: Iterable[int]) -> str:
-    """An `nft -f` script replacing the owned set in one transaction."""
+    """An `nft -f` script replacing both owned sets in one transaction."""
+    owned = sorted(set(owned))
     elements = render_elements(config, owned)
-    out = [f"flush set inet {TABLE} {OWNED_SET}"]
+    marks = render_mark_elements(config, owned)
+    out = [f"flush set inet {TABLE} {OWNED_SET}", f"flush set inet {TABLE} {OWNED_MARKS_SET}"]
     if elements:
         out.append(f"add element inet {TABLE} {OWNED_SET} {{ {elements} }}")
+        out.append(f"add element inet {TABLE} {OWNED_MARKS_SET} {{ {marks} }}")
     return "\n".join(out) + "\n"
 
 

@@ -70,7 +70,8 @@ def _replay(seed: int, scenario: str, trace: bool) -> int:
     print(
         f"  failover gaps {r.failover_gaps} (longest {r.max_gap * 1000:.0f} ms); deliveries "
         f"{r.deliveries}; checks: injection {r.injection_checks}, assignment "
-        f"{r.assignment_checks}, caches {r.cache_checks}"
+        f"{r.assignment_checks}, caches {r.cache_checks}; double forwarding "
+        f"{r.double_forwarding}"
     )
     if not result.ok:
         print(result.describe_failure())

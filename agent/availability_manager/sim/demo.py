@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-from .runner import Cluster, node_address
+from .names import node_address
+from .runner import Cluster
 from .workload import WorkloadProfile
 
 CRASH_AT = 2.0

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 
 from ..connection import Connection
 from ..types import NodeId
+from .names import node_name as n
 
 SEQ_MOD = 1 << 32
 
@@ -55,6 +56,7 @@ class Report:
     unsynced_at_crash: int = 0
     holes_seen_by_new: int = 0
     deliveries: int = 0
+    double_forwarding: int = 0  # a bucket became active while another node forwards it
     injection_checks: int = 0
     assignment_checks: int = 0
     cache_checks: int = 0
@@ -126,7 +128,7 @@ class Invariants:
         if allowed:
             self._gap_since[bucket] = now
         else:
-            self.fail(now, "hole", f"node {node} released bucket {bucket}; no live node owns it")
+            self.fail(now, "hole", f"node {n(node)} released bucket {bucket}; no live node owns it")
 
     def programmed(
         self, node: NodeId, claimed: Iterable[int], released: Iterable[int], now: float
@@ -182,13 +184,15 @@ class Invariants:
         """`programmed`: live data-plane nodes' bucket sets; `aimed`: bucket -> node."""
         self.report.assignment_checks += 1
         for bucket in range(self.buckets):
-            holders = sorted(n for n, owned in programmed.items() if bucket in owned)
+            holders = sorted(node for node, owned in programmed.items() if bucket in owned)
             want = aimed.get(bucket)
             if holders != [want]:
+                names = "".join(n(h) for h in holders) or "nobody"
                 self.fail(
                     now,
                     "assignment",
-                    f"after a quiet period bucket {bucket} is owned by {holders}, aimed {want}",
+                    f"after a quiet period bucket {bucket} is owned by {names}, "
+                    f"aimed {n(want) if want is not None else 'nobody'}",
                 )
                 return  # one line is enough to replay it
 
@@ -210,6 +214,6 @@ class Invariants:
             self.fail(
                 now,
                 "caches",
-                f"node {viewer}'s cache of {peer}: {missing} missing, {extra} extra, "
+                f"node {n(viewer)}'s cache of {n(peer)}: {missing} missing, {extra} extra, "
                 f"{stale} stale (table has {len(table)})",
             )

@@ -31,6 +31,9 @@ class Kernel:
         self.node = node
         self.table: dict[bytes, Connection] = {}
         self.owned: frozenset[int] = frozenset()
+        # What the data plane forwards, if the node tells (ActiveBucketsChanged:
+        # owned and claimed by nobody else); the owned set is the protocol's view.
+        self.active: frozenset[int] = frozenset()
         # When each key was last written (created or injected) and when each
         # bucket was last claimed: what the injection invariant compares.
         self.written_at: dict[bytes, float] = {}
@@ -83,6 +86,12 @@ class Kernel:
         self.owned = event.owned
         self.stats.programs += 1
         return claimed, released
+
+    def set_active(self, active: frozenset[int]) -> frozenset[int]:
+        """Returns the buckets newly forwarded."""
+        added = active - self.active
+        self.active = active
+        return added
 
     def delete(self, event: DeleteConnections) -> None:
         for conn in event.conns:

@@ -25,16 +25,18 @@ from ..connection import Connection
 from ..crypto import Keyring
 from ..node import Node, NodeConfig
 from ..node_events import (
+    ActiveBucketsChanged,
     DeleteConnections,
     InjectConnections,
     LeaveComplete,
     OwnedBucketsChanged,
     Ready,
 )
-from ..types import ClusterSettings, NodeId, node_id_from_address
+from ..types import ClusterSettings, NodeId
 from .clock import Scheduler
 from .invariants import Invariants, Violation
 from .kernel import Kernel
+from .names import node_address, node_name
 from .network import LinkProfile, Network
 from .workload import Workload, WorkloadProfile
 
@@ -42,16 +44,6 @@ _ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
 QUIET_PERIOD = 2.0  # seconds without faults or membership change before convergence is due
 QUIET_CHECK_EVERY = 0.25
 MAX_SPINS = 10_000
-
-
-def node_address(index: int) -> NodeId:
-    """Node `index` (0-based) lives at 192.0.2.(index + 1) on the sync network."""
-    return node_id_from_address(f"192.0.2.{index + 1}")
-
-
-def node_name(node: NodeId) -> str:
-    """A, B, C, ... for 192.0.2.1, .2, .3: short names for traces and bars."""
-    return chr(ord("A") + (node & 0xFF) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +389,17 @@ class Cluster:
                 self.invariants.programmed(sim.node_id, claimed, released, now)
         elif isinstance(event, DeleteConnections):
             sim.kernel.delete(event)
+        elif isinstance(event, ActiveBucketsChanged):
+            added = sim.kernel.set_active(event.active)
+            if not sim.offline:
+                others = [
+                    s.kernel.active
+                    for s in self.nodes.values()
+                    if s is not sim and s.alive and not s.offline
+                ]
+                self.invariants.report.double_forwarding += sum(
+                    1 for b in added if any(b in other for other in others)
+                )
         elif isinstance(event, Ready):
             sim.ready = True
         elif isinstance(event, LeaveComplete):
