@@ -30,6 +30,7 @@ test-lint: bootstrap
 	$(VENV)/bin/ruff check agent lab bench
 	$(VENV)/bin/ruff format --check agent lab bench
 	cd agent && ../$(VENV)/bin/mypy availability_manager
+	cd lab && ../$(VENV)/bin/mypy fwcluster_lab tests
 
 test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"

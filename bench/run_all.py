@@ -77,7 +77,7 @@ def main() -> int:
             if args.quick:
                 cmd.append("--quick")
             print(f"=== bench {name}", flush=True)
-            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:
                 failed.append(name)
     if not args.quick:
         assemble()

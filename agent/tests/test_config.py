@@ -102,7 +102,7 @@ def test_each_mistake_names_its_key(path: str, value: Any, names: str) -> None:
 
 
 def test_unicast_needs_peers() -> None:
-    with pytest.raises(ConfigError, match="sync.peers: at least one peer"):
+    with pytest.raises(ConfigError, match=r"sync\.peers: at least one peer"):
         parse(with_change("sync.transport", "unicast"))
     cfg = parse(
         with_change(

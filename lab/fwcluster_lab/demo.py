@@ -131,12 +131,8 @@ def run(tcp: int, udp: int, ping: int, interval_ms: int) -> int:
     tcp_s, udp_s, ping_s = summary["tcp"], summary["udp"], summary["ping"]
     say(f"connections before the kill   {before}")
     say(f"TCP streams intact            {tcp_s['ok']} of {tcp_s['streams']}")
-    say(
-        f"UDP requests answered         {udp_s['replied']} of {udp_s['sent']} ({udp_s['flows']} flows)"
-    )
-    say(
-        f"pings answered                {ping_s['replied']} of {ping_s['sent']} ({ping_s['flows']} flows)"
-    )
+    for label, kind in (("UDP requests answered", udp_s), ("pings answered", ping_s)):
+        say(f"{label:<30}{kind['replied']} of {kind['sent']} ({kind['flows']} flows)")
     say(f"connections lost              {summary['lost']}")
     say(f"duplicate deliveries          {summary['duplicates']}")
     say(f"longest stall                 {round(summary['longest_stall_ms'])} ms")

@@ -5,6 +5,7 @@ A no-op when NOTIFY_SOCKET is unset (not started by systemd, or in the lab).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -29,11 +30,12 @@ class Notifier:
     def notify(self, *fields: str) -> None:
         if not self._address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            try:
-                s.sendto("\n".join(fields).encode(), self._address)
-            except OSError:
-                pass  # systemd gone: nothing useful to do
+        # systemd gone: nothing useful to do
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s,
+            contextlib.suppress(OSError),
+        ):
+            s.sendto("\n".join(fields).encode(), self._address)
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")
