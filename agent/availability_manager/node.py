@@ -216,6 +216,7 @@ class Node:
         self._counters: collections.Counter[str] = collections.Counter()
         self._zone_out: list[bytes] = []
         self._active: frozenset[int] = frozenset()
+        self._active_dirty = False  # the claims may have changed since _refresh_active
 
     # -- datagrams in ------------------------------------------------------------
 
@@ -270,6 +271,7 @@ class Node:
             else:
                 self._deferred_claims.pop(source, None)
                 self._ranges.receive(msg, source, now)
+                self._active_dirty = True
         elif isinstance(msg, RbData | RbNak | RbLost):
             self._broadcast.receive(msg, source, now)
         else:
@@ -423,6 +425,7 @@ class Node:
                 del self._deferred_claims[peer]
             elif not self._claim_must_wait(peer):
                 self._ranges.receive(self._deferred_claims.pop(peer), peer, now)
+                self._active_dirty = True
 
     # -- events out ------------------------------------------------------------------
 
@@ -582,6 +585,9 @@ class Node:
         connections would be delivered twice. So a bucket two nodes claim is
         forwarded by neither until one lets go (a pause of one message's
         latency), never by both."""
+        if not self._active_dirty:
+            return  # computing owners() per datagram is the Node's main cost
+        self._active_dirty = False
         owners = self._ranges.owners()
         me = self.node_id
         active = frozenset(b for b in self._owned if owners[b] <= {me})
@@ -614,6 +620,7 @@ class Node:
                 self.observer.stream_reset(peer)
             self._sync.peer_down(peer, now)
             self._ranges.peer_down(peer, now)
+            self._active_dirty = True
             self._awaiting_table.pop(peer, None)
             self._down_since[peer] = now
             self._up.discard(peer)
@@ -659,6 +666,7 @@ class Node:
             self._counters["digest_mismatch_events"] += 1
 
     def _on_ranges(self, event: object, now: float) -> None:
+        self._active_dirty = True
         if isinstance(event, Claim):
             mine = {c.key for c in self._sync.local_in_buckets(event.buckets)}
             conns = tuple(
@@ -732,6 +740,7 @@ class Node:
             if info.state == NodeState.ACTIVE and (node != self.node_id or self._joined)
         }
         self._ranges.set_members(members, now)
+        self._active_dirty = True
 
     def _check_leave_complete(self) -> None:
         if (

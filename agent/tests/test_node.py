@@ -148,6 +148,7 @@ def test_three_nodes_come_up_ready_and_split_the_buckets_as_aimed(three: Cluster
         assert len(events_of(h, ev.NodeUp)) == 2
         assert h.owned == buckets_of(aim, node_id)
         assert h.node.owned_buckets() == h.owned
+        assert h.node.active_buckets() == h.owned  # stable: nobody else claims them
         assert not union & h.owned
         union |= h.owned
         assert h.node.stable
@@ -226,6 +227,7 @@ def test_drain_hands_the_buckets_over_and_undrain_takes_them_back(three: Cluster
     b.node.drain(three.now)
     three.run(0.3)
     assert b.owned == frozenset()
+    assert b.node.active_buckets() == frozenset()
     assert b.node.phase() == "draining"
     new_owner = three.host(1) if conn.bucket in three.host(1).owned else three.host(3)
     assert conn.key in new_owner.table  # the connection follows its bucket
@@ -423,3 +425,23 @@ def test_a_reordered_older_heartbeat_does_not_revert_newer_state(three: Cluster)
         a.node.receive_datagram(dgram, three.now + 0.07)
     assert nid(2) not in a.node.distribution_members()  # still seen as draining
     assert a.node.stats()["drop_stale-state"] == before + len(old)
+
+
+def test_kernel_echo_of_injected_entries_sends_nothing(three: Cluster) -> None:
+    b = three.host(2)
+    conns = [conn_in_bucket(bucket, n) for n, bucket in enumerate(sorted(b.owned)[:4])]
+    for conn in conns:
+        three.new_connection(2, conn)
+    b.alive = False
+    three.run(0.4)
+    a = three.host(1)
+    mine = [c for c in conns if c.bucket in a.owned]
+    assert mine
+    assert a.node.stats()["injected"] == len(mine)
+    assert a.node.local_entries().keys() >= {c.key for c in mine}
+    three.run(0.06)  # flush what the takeover itself announces
+    sent = a.node.stats()["rb_data_sent"]
+    for conn in mine:  # the real kernel reports its injected entries as NEW
+        a.node.connection_new(conn, three.now)
+    a.node.datagrams_to_send(three.now)
+    assert a.node.stats()["rb_data_sent"] == sent
