@@ -274,3 +274,15 @@ def test_forged_and_replayed_datagrams_change_nothing_and_are_counted(lab: LabSt
             )
         )
         assert malformed >= 40, gained
+
+
+def test_prometheus_endpoint_reports_the_cluster(lab: LabState) -> None:
+    scrape = (
+        "import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:9477/metrics', timeout=5).read().decode())"
+    )
+    body = ns_exec(lab, "fw1", [str(agent.REPO / ".venv/bin/python"), "-c", scrape])
+    assert 'fwcluster_members{node="198.51.100.11"} 3.0' in body, body[:500]
+    owned = len(status(lab, "fw1")["owned"])
+    assert f'fwcluster_owned_buckets{{node="198.51.100.11"}} {owned:.1f}' in body
+    assert "fwcluster_heartbeats_received_total" in body
