@@ -9,7 +9,7 @@ SEEDS ?= 2000
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo demo-sim test test-lint test-unit test-sim test-lab test-ansible \
+.PHONY: bootstrap demo demo-ansible demo-sim test test-lint test-unit test-sim test-lab test-ansible \
 	test-kmod test-bench-smoke bench bench-compare clean
 
 bootstrap:
@@ -18,6 +18,11 @@ bootstrap:
 # The main job: a 3-node cluster in namespaces, traffic, a node killed, the verdict.
 demo: bootstrap
 	./bin/demo
+
+# The rollout story: fresh systemd test hosts, ansible-playbook site.yml, a
+# node powered off under traffic.
+demo-ansible: bootstrap
+	PYTHONPATH=. $(PY) -m testhosts demo
 
 # The same story in the deterministic simulator (no root, no kernel).
 demo-sim: bootstrap

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables conntrack iproute2 iperf3 procps python3-venv)
+APT_PACKAGES=(nftables conntrack iproute2 iperf3 procps python3-venv iputils-ping
+              openssh-client mmdebstrap)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -21,13 +22,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# systemd-nspawn (test hosts) must match the installed systemd exactly: the
+# machine may carry bookworm's or bookworm-backports' systemd.
+systemd_version=$(dpkg-query -W -f='${Version}' systemd 2>/dev/null || true)
+if [ -n "$systemd_version" ] && \
+   [ "$(dpkg-query -W -f='${Version}' systemd-container 2>/dev/null)" != "$systemd_version" ]; then
+    [ "$(id -u)" -eq 0 ] || { echo "bootstrap: need root to install systemd-container" >&2; exit 1; }
+    echo "bootstrap: installing systemd-container=$systemd_version"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "systemd-container=$systemd_version" >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 stamp=.venv/.installed
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ] \
+   || [ tools/requirements-ansible.txt -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e 'agent[dev]'
+    .venv/bin/pip install -q -e 'agent[dev]' -r tools/requirements-ansible.txt
     touch "$stamp"
 fi

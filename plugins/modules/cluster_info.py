@@ -26,12 +26,16 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the firewall node, next to the agent.
 author:
-  - fwcluster developers
+  - fwcluster developers (@fwcluster)
 """
 
 EXAMPLES = r"""
@@ -59,9 +63,9 @@ cluster:
       type: str
       sample: 198.51.100.11
     state:
-      description: This node's state (active, draining, leaving).
+      description: This node's lifecycle state (joining, member, draining, leaving, left).
       type: str
-      sample: active
+      sample: member
     members:
       description: Members with state, weight and number of owned buckets.
       type: list

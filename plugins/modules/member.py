@@ -42,12 +42,16 @@ options:
 attributes:
   check_mode:
     support: full
+    description: In check mode it reports what would change (O(state) compared with the agent) and changes nothing.
   diff_mode:
     support: full
+    description: Returns the membership summary before and after as the diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the firewall node, next to the agent.
 author:
-  - fwcluster developers
+  - fwcluster developers (@fwcluster)
 """
 
 EXAMPLES = r"""

@@ -37,18 +37,27 @@ def _fail_json(self: Any, msg: str, **kwargs: Any) -> None:
 
 def status_json(state: str = "member", owned: int = 2, stable: bool = True) -> str:
     me, peer = "198.51.100.11", "198.51.100.12"
-    return json.dumps({
-        "node_id": me, "state": state, "buckets": 4, "stable": stable,
-        "owned": list(range(owned)),
-        "members": [{"node": me, "state": state, "weight": 1, "owned": owned},
-                    {"node": peer, "state": "active", "weight": 1, "owned": 4 - owned}],
-        "owners": [[me]] * owned + [[peer]] * (4 - owned),
-        "sync": {"naks_sent": 3},
-    })
+    return json.dumps(
+        {
+            "node_id": me,
+            "state": state,
+            "buckets": 4,
+            "stable": stable,
+            "owned": list(range(owned)),
+            "members": [
+                {"node": me, "state": state, "weight": 1, "owned": owned},
+                {"node": peer, "state": "active", "weight": 1, "owned": 4 - owned},
+            ],
+            "owners": [[me]] * owned + [[peer]] * (4 - owned),
+            "sync": {"naks_sent": 3},
+        }
+    )
 
 
 def run_module(
-    main: Any, args: dict[str, Any], answers: list[tuple[int, str, str]],
+    main: Any,
+    args: dict[str, Any],
+    answers: list[tuple[int, str, str]],
     check_mode: bool = False,
 ) -> tuple[dict[str, Any], list[list[str]]]:
     calls: list[list[str]] = []
@@ -61,13 +70,16 @@ def run_module(
         return queue.pop(0)
 
     full = dict(args, clusterctl="/usr/bin/clusterctl", _ansible_check_mode=check_mode)
-    with patch_module_args(full), mock.patch.multiple(
-        basic.AnsibleModule,
-        exit_json=_exit_json,
-        fail_json=_fail_json,
-        run_command=fake_run_command,
+    with (
+        patch_module_args(full),
+        mock.patch.multiple(
+            basic.AnsibleModule,
+            exit_json=_exit_json,
+            fail_json=_fail_json,
+            run_command=fake_run_command,
+        ),
+        pytest.raises(ModuleExit) as done,
     ):
-        with pytest.raises(ModuleExit) as done:
-            main()
+        main()
     assert not queue, f"clusterctl answers not consumed: {queue}"
     return done.value.result, calls

@@ -12,7 +12,7 @@ from .module_harness import run_module, status_json
 def test_facts_count_holes_and_transit() -> None:
     st = json.loads(status_json())
     st["owners"] = [["198.51.100.11"], [], ["198.51.100.11", "198.51.100.12"], ["198.51.100.12"]]
-    result, _ = run_module(cluster_info.main, {}, [(0, json.dumps(st), "")])
+    result, _calls = run_module(cluster_info.main, {}, [(0, json.dumps(st), "")])
     facts = result["cluster"]
     assert result["changed"] is False
     assert facts["holes"] == 1 and facts["in_transit"] == 1
@@ -21,15 +21,15 @@ def test_facts_count_holes_and_transit() -> None:
 
 
 def test_agent_down_is_reported_not_failed() -> None:
-    result, _ = run_module(cluster_info.main, {}, [(3, "", "no agent socket")])
+    result, _calls = run_module(cluster_info.main, {}, [(3, "", "no agent socket")])
     assert result["failed"] is False and result["cluster"] == {"running": False}
 
 
 def test_garbage_fails_with_message() -> None:
-    result, _ = run_module(cluster_info.main, {}, [(0, "[1, 2]", "")])
+    result, _calls = run_module(cluster_info.main, {}, [(0, "[1, 2]", "")])
     assert result["failed"] and "expected a JSON object, got list" in result["msg"]
 
 
 def test_clusterctl_error_exit_is_reported() -> None:
-    result, _ = run_module(cluster_info.main, {}, [(2, "", "usage: clusterctl ...")])
+    result, _calls = run_module(cluster_info.main, {}, [(2, "", "usage: clusterctl ...")])
     assert result["failed"] and "status --json failed (exit 2): usage" in result["msg"]

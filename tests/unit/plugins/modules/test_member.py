@@ -19,8 +19,11 @@ def test_drain_runs_and_waits_with_timeout() -> None:
     result, calls = run_module(
         member.main,
         {"state": "drained", "timeout": 90},
-        [(0, status_json(), ""), (0, "drain: confirmed", ""),
-         (0, status_json("draining", owned=0), "")],
+        [
+            (0, status_json(), ""),
+            (0, "drain: confirmed", ""),
+            (0, status_json("draining", owned=0), ""),
+        ],
     )
     assert result["changed"] is True
     assert calls[1] == ["/usr/bin/clusterctl", "drain", "--timeout", "90"]
@@ -33,27 +36,34 @@ def test_check_mode_predicts_and_changes_nothing() -> None:
         member.main, {"state": "drained"}, [(0, status_json(), "")], check_mode=True
     )
     assert result["changed"] is True
-    assert result["after"] == {"member": True, "state": "draining", "owned_buckets": 0,
-                               "members": 2, "stable": True}
+    assert result["after"] == {
+        "member": True,
+        "state": "draining",
+        "owned_buckets": 0,
+        "members": 2,
+        "stable": True,
+    }
     assert len(calls) == 1  # only the status read
 
 
 def test_drained_node_rejoins() -> None:
     result, calls = run_module(
-        member.main, {"state": "joined"},
+        member.main,
+        {"state": "joined"},
         [(0, status_json("draining", owned=0), ""), (0, "", ""), (0, status_json(), "")],
     )
     assert result["changed"] is True and calls[1][1] == "join"
 
 
 def test_absent_when_agent_down_is_unchanged() -> None:
-    result, _ = run_module(member.main, {"state": "absent"}, [UNREACHABLE])
+    result, _calls = run_module(member.main, {"state": "absent"}, [UNREACHABLE])
     assert result["changed"] is False and result["after"] == {"member": False}
 
 
 def test_leave_then_agent_gone() -> None:
     result, calls = run_module(
-        member.main, {"state": "absent", "timeout": 5},
+        member.main,
+        {"state": "absent", "timeout": 5},
         [(0, status_json(), ""), (0, "leave: confirmed", ""), UNREACHABLE],
     )
     assert result["changed"] is True and calls[1][1] == "leave"
@@ -61,27 +71,30 @@ def test_leave_then_agent_gone() -> None:
 
 
 def test_agent_down_fails_clearly_for_join() -> None:
-    result, _ = run_module(member.main, {"state": "joined"}, [UNREACHABLE])
+    result, _calls = run_module(member.main, {"state": "joined"}, [UNREACHABLE])
     assert result["failed"] and "agent is not running on this node" in result["msg"]
 
 
 def test_timeout_is_a_clear_failure() -> None:
-    result, _ = run_module(
-        member.main, {"state": "drained", "timeout": 1},
-        [(0, status_json(), ""),
-         (1, "", "clusterctl: drain not confirmed within 1 s (owns 2 buckets, stable=True)")],
+    result, _calls = run_module(
+        member.main,
+        {"state": "drained", "timeout": 1},
+        [
+            (0, status_json(), ""),
+            (1, "", "clusterctl: drain not confirmed within 1 s (owns 2 buckets, stable=True)"),
+        ],
     )
     assert result["failed"]
     assert "drain --timeout 1 failed (exit 1): clusterctl: drain not confirmed" in result["msg"]
 
 
 def test_garbage_output_is_a_clear_failure() -> None:
-    result, _ = run_module(member.main, {"state": "joined"}, [(0, "<html>oops", "")])
+    result, _calls = run_module(member.main, {"state": "joined"}, [(0, "<html>oops", "")])
     assert result["failed"] and "answer is not JSON: '<html>oops'" in result["msg"]
 
 
 def test_incomplete_status_is_a_clear_failure() -> None:
-    result, _ = run_module(member.main, {"state": "joined"}, [(0, '{"node_id": "x"}', "")])
+    result, _calls = run_module(member.main, {"state": "joined"}, [(0, '{"node_id": "x"}', "")])
     assert result["failed"] and "status answer lacks state" in result["msg"]
 
 

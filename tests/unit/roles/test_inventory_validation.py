@@ -1,0 +1,156 @@
+"""Wrong inventory input fails early, and the message names the variable.
+
+Each case runs the roles' validation tasks with ansible-playbook on localhost
+(nothing is changed anywhere) with one variable broken in an otherwise valid
+inventory, and checks that the run fails and that the failure names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+PLAYBOOK = Path(__file__).with_name("validate_playbook.yml")
+BIN = Path(sys.executable).parent
+
+GOOD: dict[str, Any] = {
+    "availability_manager_sync_address": "198.51.100.11",
+    "availability_manager_sync_network": "198.51.100.0/24",
+    "availability_manager_key": "ab" * 32,
+    "availability_manager_zones": [
+        {
+            "name": "outside",
+            "interface": "out0",
+            "cluster_ips": ["192.0.2.1/24"],
+            "cluster_mac": "01:00:5e:7f:00:01",
+        },
+        {
+            "name": "inside",
+            "interface": "in0",
+            "cluster_ips": ["203.0.113.1/24"],
+            "cluster_mac": "01:00:5e:7f:00:02",
+        },
+    ],
+    "dataplane_forward_allow": [{"from": "inside", "to": "outside"}],
+}
+
+
+def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(variables))
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+    )
+    argv = [
+        str(BIN / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+        "-e",
+        f"@{extra}",
+        str(PLAYBOOK),
+    ]
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def broken(**changes: Any) -> dict[str, Any]:
+    variables = copy.deepcopy(GOOD)
+    for key, value in changes.items():
+        if value is None:
+            variables.pop(key, None)
+        else:
+            variables[key] = value
+    return variables
+
+
+def zones_with(index: int, **changes: Any) -> list[dict[str, Any]]:
+    zones: list[dict[str, Any]] = copy.deepcopy(GOOD["availability_manager_zones"])
+    for key, value in changes.items():
+        if value is None:
+            zones[index].pop(key)
+        else:
+            zones[index][key] = value
+    return zones
+
+
+def test_valid_inventory_passes(tmp_path: Path) -> None:
+    proc = run_validation(tmp_path, GOOD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed=0" in proc.stdout
+
+
+CASES = {
+    "missing key": (
+        broken(availability_manager_key=None),
+        ["availability_manager_key", "availability_manager_key_src"],
+    ),
+    "key not 64 hex digits": (
+        broken(availability_manager_key="abc"),
+        ["availability_manager_key"],
+    ),
+    "zone without cluster IP": (
+        broken(availability_manager_zones=zones_with(1, cluster_ips=[])),
+        ["availability_manager_zones[1]", "inside", "no cluster_ips"],
+    ),
+    "zone cluster IP without prefix": (
+        broken(availability_manager_zones=zones_with(0, cluster_ips=["192.0.2.1"])),
+        ["availability_manager_zones[0]", "cluster_ips"],
+    ),
+    "malformed MAC": (
+        broken(availability_manager_zones=zones_with(0, cluster_mac="01:00:5e:7f:00")),
+        ["availability_manager_zones[0]", "cluster_mac", "01:00:5e:7f:00"],
+    ),
+    "unicast MAC": (
+        broken(availability_manager_zones=zones_with(1, cluster_mac="02:00:5e:7f:00:02")),
+        ["availability_manager_zones[1]", "cluster_mac", "multicast"],
+    ),
+    "node id not in the sync network": (
+        broken(availability_manager_node_id="192.0.2.11"),
+        ["availability_manager_node_id", "192.0.2.11", "198.51.100.0/24"],
+    ),
+    "sync address not in the sync network": (
+        broken(availability_manager_sync_address="203.0.113.11"),
+        ["availability_manager_sync_address", "203.0.113.11"],
+    ),
+    "missing sync network": (
+        broken(availability_manager_sync_network=None),
+        ["availability_manager_sync_network"],
+    ),
+    "no zones": (
+        broken(availability_manager_zones=[]),
+        ["availability_manager_zones"],
+    ),
+    "forward rule with an unknown zone": (
+        broken(dataplane_forward_allow=[{"from": "dmz", "to": "outside"}]),
+        ["dataplane_forward_allow[0]", "dmz"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_wrong_inventory_fails_naming_the_variable(tmp_path: Path, case: str) -> None:
+    variables, expected = CASES[case]
+    proc = run_validation(tmp_path, variables)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case}: accepted\n{output}"
+    failure = [line for line in output.splitlines() if "FAILED" in line or '"msg"' in line]
+    assert failure, output
+    text = "\n".join(failure)
+    for word in expected:
+        assert word in text, f"{case}: {word!r} not in the failure\n{text}"
