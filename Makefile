@@ -39,6 +39,7 @@ test-lint: bootstrap
 
 test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"
+	$(PYTEST) -q bench/tests -m "not lab"
 
 test-sim: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m sim
@@ -59,6 +60,7 @@ test-kmod: bootstrap
 # Every benchmark's short version, so none of them rots (numbers not kept).
 test-bench-smoke: bootstrap
 	$(PY) bench/run_all.py --quick
+	./tools/bench-compare.sh --quick
 
 bench: bootstrap
 	$(PY) bench/run_all.py

@@ -16,24 +16,39 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ROOT / "docs" / "benchmarks"
-# order of sections in docs/benchmarks.md; benchmarks not listed run after these
+# order of sections in docs/benchmarks.md; anything not listed comes after these
 ORDER = [
-    "rb_overhead",
-    "bucket_movement",
     "failover",
     "sync_throughput",
     "dataplane_cost",
+    "false_takeover_soak",
+    "rb_overhead",
+    "bucket_movement",
+    "bucket_hash",
+    "compare_intro",
+    "compare_failover",
+    "compare_sync",
+    "compare_syncloss",
+    "compare_active",
 ]
 SKIP = {"run_all"}
+# the keepalived + conntrackd comparisons need Debian packages and ~40 min:
+# tools/bench-compare.sh (make bench-compare) runs them; here they are only assembled
+SEPARATE = "compare_"
 
 
-def benchmarks() -> list[str]:
-    names = [
-        p.stem for p in sorted((ROOT / "bench").glob("*.py")) if p.stem not in SKIP
-    ]
+def _ordered(names: set[str]) -> list[str]:
     return sorted(
         names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)
     )
+
+
+def benchmarks() -> list[str]:
+    return _ordered({p.stem for p in (ROOT / "bench").glob("*.py")} - SKIP)
+
+
+def sections() -> list[str]:
+    return _ordered({p.stem for p in SECTIONS.glob("*.md")})
 
 
 def commit() -> str:
@@ -57,10 +72,8 @@ def assemble() -> None:
         "standard one (2 cores, Debian 12, Python 3.11) unless a section says otherwise.",
         "Numbers are measurements, not goals; where a goal is missed the section says so.\n",
     ]
-    for name in benchmarks():
-        section = SECTIONS / f"{name}.md"
-        if section.exists():
-            parts.append(section.read_text().strip() + "\n")
+    for name in sections():
+        parts.append((SECTIONS / f"{name}.md").read_text().strip() + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
 
 
@@ -72,7 +85,9 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     if not args.assemble_only:
-        for name in args.names or benchmarks():
+        for name in args.names or [
+            b for b in benchmarks() if not b.startswith(SEPARATE)
+        ]:
             cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py")]
             if args.quick:
                 cmd.append("--quick")

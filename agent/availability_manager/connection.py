@@ -72,6 +72,9 @@ class Connection:
     status: int = 0
     mark: int = 0
     bucket: int = 0
+    # the digest of proto + original tuple, computed once (it is looked up on
+    # every sync message); not part of equality, repr or the constructor
+    _key: bytes = dataclasses.field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         if not 0 <= self.proto <= 255:
@@ -84,6 +87,7 @@ class Connection:
             raise ValueError("status and mark must be 32-bit unsigned")
         if not 0 <= self.bucket <= 0xFFFF:
             raise ValueError("bucket must be 0..65535")
+        object.__setattr__(self, "_key", connection_key(self.proto, self.orig))
 
     @property
     def family(self) -> int:
@@ -93,7 +97,7 @@ class Connection:
     def key(self) -> bytes:
         """8-byte digest of what identifies the connection (protocol and
         original tuple): the handle UPDATE and DELETE messages carry."""
-        return connection_key(self.proto, self.orig)
+        return self._key
 
     @property
     def nat(self) -> bool:

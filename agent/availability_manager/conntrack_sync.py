@@ -623,6 +623,10 @@ class ConntrackSync:
     def local_entries(self) -> list[Connection]:
         return list(self._mirror.entries.values())
 
+    def has_local(self, key: bytes) -> bool:
+        """Whether the local table (as mirrored) has this connection."""
+        return self._mirror.get(key) is not None
+
     def cache_entries(self, peer: NodeId) -> list[Connection]:
         table = self._caches.get(peer)
         return list(table.entries.values()) if table is not None else []

@@ -704,7 +704,7 @@ class Node:
         take it over now, or the peer's release would delete its only copy."""
         if conn.bucket not in self._owned:
             return
-        if any(c.key == conn.key for c in self._sync.local_in_buckets(frozenset((conn.bucket,)))):
+        if self._sync.has_local(conn.key):
             return
         self._events.append(ev.InjectConnections(conns=(conn,), buckets=frozenset((conn.bucket,))))
         self._sync.adopt((conn,), now)

@@ -1,0 +1,136 @@
+"""fwcluster in the lab: the lab's own `up` with agents, `kill`, and
+`clusterctl drain`; nothing here reimplements what the lab does.
+
+Run under its own prefix and run directory, so an operator's lab (fwl-) or
+the lab tests are never touched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import time
+from pathlib import Path
+
+from fwcluster_lab import agent, build, faults
+from fwcluster_lab import cluster as lab_cluster
+from fwcluster_lab.netns import in_ns
+
+from .cluster import Cluster, ClusterError
+from .measure import conntrack_count
+from .paths import RUN_ROOT
+
+# The agent logs "%(asctime)s ..." in local time: "2026-11-27 18:10:00,123".
+LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def agent_runnable() -> bool:
+    return agent.agent_available()
+
+
+class FwCluster(Cluster):
+    kind = "fwcluster"
+
+    def __init__(
+        self, nodes: int = 3, prefix: str = "fwm-", run_dir: Path | None = None
+    ) -> None:
+        from fwcluster_lab.state import LabState
+
+        self.n = nodes
+        self.prefix = prefix
+        self.run_dir = run_dir or RUN_ROOT / prefix.rstrip("-")
+        self.state = LabState(self.run_dir, prefix, nodes, 1, 1, True)
+        self.drained: str | None = None
+
+    def up(self) -> None:
+        if not agent_runnable():
+            raise ClusterError("the availability-manager agent is not installed")
+        build.down(self.run_dir, self.prefix)
+        self.state = build.up(self.run_dir, self.prefix, nodes=self.n, agents=True)
+        if not lab_cluster.living_nodes(self.state):
+            raise ClusterError(
+                f"every agent exited at start; see {self.run_dir}/*/agent.log"
+            )
+        try:
+            lab_cluster.wait_settled(self.state, timeout=30.0)
+        except TimeoutError as exc:
+            raise ClusterError(f"fwcluster did not settle: {exc}") from exc
+
+    def down(self) -> None:
+        build.down(self.run_dir, self.prefix, keep_logs=True)
+
+    def victim(self) -> str:
+        """The living node with the most conntrack entries (the lab's demo rule)."""
+        living = lab_cluster.living_nodes(self.state)
+        if not living:
+            raise ClusterError("no living node")
+        return max(living, key=lambda n: conntrack_count(self.node(n).ns))
+
+    def kill(self, node: str) -> float:
+        t = time.time()
+        faults.kill(self.state, node)
+        return t
+
+    def graceful(self, node: str) -> float:
+        """`clusterctl drain` without waiting: the benchmark times the takeover."""
+        t = time.time()
+        self.drained = node
+        argv = agent.clusterctl_argv(self.run_dir, node, "drain", "--no-wait")
+        r = subprocess.run(
+            in_ns(self.node(node).ns, argv), capture_output=True, text=True, timeout=10,
+            check=False, env=build.lab_env(),
+        )  # fmt: skip
+        if r.returncode != 0:
+            raise ClusterError(f"clusterctl drain on {node} failed: {r.stderr.strip()}")
+        return t
+
+    def log_times(self, node: str, needle: str) -> list[float]:
+        """Wall times of the agent log lines on `node` that contain `needle`."""
+        try:
+            text = agent.log_path(self.run_dir, node).read_text(errors="replace")
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            if needle not in line:
+                continue
+            try:
+                stamp = datetime.datetime.strptime(line[:23], LOG_TIME_FORMAT)
+            except ValueError:
+                continue
+            out.append(stamp.timestamp())
+        return out
+
+    def detected_at(self, since: float) -> float | None:
+        """First 'peer ... down' (kill) or ownership change (drain) on a survivor."""
+        times = [
+            t
+            for n in self.nodes()
+            if n not in self.state.dead_nodes and n != self.drained
+            for needle in (" down (", "owns ")
+            for t in self.log_times(n, needle)
+            if t >= since
+        ]
+        return min(times) if times else None
+
+    def flaps(self, since: float, until: float) -> int:
+        return sum(
+            1
+            for n in self.nodes()
+            for t in self.log_times(n, " down (")
+            if since <= t < until
+        )
+
+    def sync_pids(self, node: str) -> list[int]:
+        proc = self.state.procs.get(f"agent:{node}")
+        return [proc.pid] if proc is not None and proc.alive() else []
+
+    def status(self, node: str) -> dict[str, object]:
+        st = lab_cluster.agent_status(self.state, node)
+        return st or {}
+
+    def known_connections(self, node: str) -> int:
+        sync = self.status(node).get("sync")
+        if isinstance(sync, dict):
+            return int(sync.get("cache_entries", 0))
+        return 0

@@ -1,0 +1,124 @@
+"""Reading what the machine and processes did: CPU, memory, load, counters.
+
+Only /proc and /sys reads plus a few `ip`/`nft`/`conntrack` calls inside the
+lab's own namespaces. Times here are wall-clock (time.time()) because they
+are compared with timestamps that other processes wrote (notify scripts,
+agent logs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> tuple[float, float, float]:
+    parts = Path("/proc/loadavg").read_text().split()
+    return float(parts[0]), float(parts[1]), float(parts[2])
+
+
+def loadavg_text() -> str:
+    a, b, c = loadavg()
+    return f"{a:.2f} {b:.2f} {c:.2f}"
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process (not its children), seconds; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def process_rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (user + system)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def softirq_threads_cpu_s() -> float:
+    """CPU seconds of the ksoftirqd kernel threads: packet processing the
+    kernel deferred out of the sending process's context."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().startswith("ksoftirqd/"):
+                total += process_cpu_s(int(comm.parent.name)) or 0.0
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemCpu:
+    """Machine-wide jiffies from /proc/stat: busy (all but idle and iowait), total."""
+
+    busy: int
+    total: int
+
+    @staticmethod
+    def read() -> SystemCpu:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+        values = [int(v) for v in first[1:]]
+        idle = values[3] + values[4]
+        total = sum(values[:8])  # guest times are already inside user/nice
+        return SystemCpu(total - idle, total)
+
+    def busy_s_since(self, earlier: SystemCpu) -> float:
+        return (self.busy - earlier.busy) / TICK
+
+
+def ns_exec(ns: str, argv: list[str], timeout: float = 30.0) -> str:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.stdout
+
+
+def conntrack_count(ns: str) -> int:
+    """Entries in the namespace's kernel conntrack table."""
+    out = ns_exec(ns, ["conntrack", "-C"]).strip()
+    return int(out) if out.isdigit() else 0
+
+
+def conntrack_count_matching(ns: str, proto: str, dport: int) -> int:
+    """Entries of one protocol and original destination port (the generator's)."""
+    out = ns_exec(ns, ["conntrack", "-L", "-p", proto, "--dport", str(dport)], 60.0)
+    return sum(1 for line in out.splitlines() if line.startswith(proto))
+
+
+_IF_LINE = re.compile(r"^\s*(\S+):\s+(.*)$")
+
+
+def iface_counters(ns: str, ifname: str) -> tuple[int, int, int, int]:
+    """(rx_bytes, rx_packets, tx_bytes, tx_packets) of an interface in a namespace."""
+    text = ns_exec(ns, ["cat", "/proc/net/dev"])
+    for line in text.splitlines():
+        m = _IF_LINE.match(line)
+        if m and m.group(1) == ifname:
+            v = [int(x) for x in m.group(2).split()]
+            return v[0], v[1], v[8], v[9]
+    return 0, 0, 0, 0

@@ -1,0 +1,185 @@
+"""Loss on the sync network: connections missing after a failover.
+
+Per run, a fresh 2-node cluster, the sync bridge dropping N % of frames
+(`lab loss sync N`), new UDP connections from bench/gen/newconn.c for a few
+seconds, 1 s of grace, then the node holding them is killed. Reported per
+system and loss rate, median (min-max) over the runs: connections of the
+victim missing from the survivor's kernel table after the takeover, the
+sync traffic sent per connection (bytes on every node's sync interface,
+heartbeats and VRRP included), the takeover time, and how often failure
+detection fired before the planned kill (flaps caused by the loss itself).
+
+    .venv/bin/python bench/compare_syncloss.py            # 5 runs per loss rate
+    .venv/bin/python bench/compare_syncloss.py --quick    # one small run, temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import report, syncloss
+from compare.baseline_cluster import BaselineCluster, installed
+from compare.cluster import Cluster, ClusterError
+from compare.fwcluster_cluster import FwCluster, agent_runnable
+from compare.gen import GeneratorError
+from fwcluster_lab.netns import LabError
+
+LOSSES = [0, 10, 20, 30]
+
+
+def clusters(args: argparse.Namespace) -> list[Cluster]:
+    out: list[Cluster] = []
+    if "baseline" not in args.systems:
+        pass
+    elif installed():
+        out.append(BaselineCluster(args.variant, args.nodes))
+    else:
+        report.log("keepalived/conntrackd not installed: baseline skipped")
+    if "fwcluster" not in args.systems:
+        pass
+    elif agent_runnable():
+        out.append(FwCluster(args.nodes))
+    else:
+        report.log("availability-manager not installed: fwcluster side skipped")
+    return out
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
+           rate: float, seconds: float) -> list[str]:  # fmt: skip
+    lines = report.header("Loss on the sync network: fwcluster vs conntrackd FTFW", "compare_syncloss.py", sys.argv[1:], results)  # fmt: skip
+    lines += [
+        (
+            f"{args.nodes} nodes each (keepalived variant: {args.variant}). Per run a fresh "
+            f"cluster, sync loss set, {rate:,.0f} new UDP connections/s for {seconds:g} s, 1 s "
+            "of grace, then the node holding them is killed. *Missing*: the victim's generator "
+            "connections absent from every survivor's kernel table after the takeover. *Sync "
+            "bytes/conn*: bytes sent on all sync interfaces during the offer and the grace "
+            "second, per connection offered (includes heartbeats/VRRP). *Flaps*: failure "
+            "detections before the kill, caused by the loss alone (for keepalived a flap is a "
+            f"second master: both nodes forward). Cells: median (min-max) of {runs} runs."
+        ),
+        "",
+    ]
+    head = [
+        "system",
+        "sync loss %",
+        "runs",
+        "on victim",
+        "missing after failover",
+        "takeover s",
+        "sync bytes/conn",
+        "flaps",
+        "load 1m",
+    ]
+    rows = []
+    for key in dict.fromkeys((r["cluster"], r["loss_percent"]) for r in results):
+        rs = [r for r in results if (r["cluster"], r["loss_percent"]) == key]
+        ok = [r for r in rs if "error" not in r]
+        rows.append([
+            key[0], str(key[1]), f"{len(ok)}/{len(rs)}",
+            report.fmt_mmm([r["on_victim"] for r in ok]),
+            report.fmt_mmm([r["missing_after_failover"] for r in ok]),
+            report.fmt_mmm([r["takeover_s"] for r in ok], 2),
+            report.fmt_mmm([r["sync_bytes_per_conn"] for r in ok], 1),
+            report.fmt_mmm([r["flaps_before_kill"] for r in ok]),
+            report.fmt_mmm([r["loadavg_1m"] for r in ok], 1),
+        ])  # fmt: skip
+    lines += report.table(head, rows)
+    errors = [r for r in results if "error" in r]
+    if errors:
+        lines += ["", "Failed runs:"]
+        lines += [
+            f"- {r['cluster']} {r['loss_percent']} %: {r['error']}" for r in errors
+        ]
+    lines += ["", "![sync loss](compare_syncloss.png)", ""]
+    return lines
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind in dict.fromkeys(r["cluster"] for r in results):
+        ok = [r for r in results if r["cluster"] == kind and "error" not in r]
+        losses = sorted({r["loss_percent"] for r in ok})
+        med_missing, med_bytes = [], []
+        for p in losses:
+            m = report.mmm(
+                [r["missing_after_failover"] for r in ok if r["loss_percent"] == p]
+            )
+            b = report.mmm(
+                [r["sync_bytes_per_conn"] for r in ok if r["loss_percent"] == p]
+            )
+            med_missing.append(m[0] if m else 0.0)
+            med_bytes.append(b[0] if b else 0.0)
+        a1.plot(losses, med_missing, marker="o", label=kind)
+        a2.plot(losses, med_bytes, marker="o", label=kind)
+    a1.set_ylabel("connections missing after failover (median)")
+    a2.set_ylabel("sync bytes sent per connection (median)")
+    for a in (a1, a2):
+        a.set_xlabel("loss on the sync network (%)")
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = report.parser(__doc__ or "", runs=5)
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--variant", default="default", choices=("default", "tuned"))
+    p.add_argument("--losses", default=",".join(str(x) for x in LOSSES))
+    p.add_argument("--rate", type=float, default=2000.0, help="new connections / s")
+    p.add_argument("--seconds", type=float, default=5.0)
+    args = p.parse_args()
+    runs = 1 if args.quick else args.runs
+    losses = [20] if args.quick else [int(x) for x in args.losses.split(",")]
+    rate, seconds = (1000.0, 1.0) if args.quick else (args.rate, args.seconds)
+    out = report.out_dir(args)
+    results: list[dict[str, Any]] = []
+    for cluster in [] if args.render_only else clusters(args):
+        for loss in losses:
+            for i in range(runs):
+                report.log(f"{cluster.kind} loss {loss} % run {i + 1}/{runs}")
+                try:
+                    r = syncloss.one_run(cluster, loss, rate, seconds)
+                except (
+                    ClusterError,
+                    LabError,
+                    GeneratorError,
+                    OSError,
+                    TimeoutError,
+                ) as exc:
+                    r = {
+                        "cluster": cluster.kind,
+                        "loss_percent": loss,
+                        "error": str(exc),
+                    }
+                    report.log(f"  failed: {exc}")
+                else:
+                    report.log(
+                        f"  on victim {r['on_victim']}, missing "
+                        f"{r['missing_after_failover']}, flaps {r['flaps_before_kill']}"
+                    )
+                results.append(report.stamp(r, "compare_syncloss.py", sys.argv[1:]))
+    if args.render_only:
+        results = report.load_previous(out, "syncloss")
+        runs = report.runs_per_group(results, "cluster", "loss_percent")
+    else:
+        results = report.keep_previous(out, "syncloss", results, args.systems)
+    report.write(out, "syncloss", render(results, args, runs, rate, seconds), results)
+    plot(results, out / "compare_syncloss.png")
+    return 0 if results and all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the four comparisons of fwcluster against keepalived + conntrackd
+# (bench/compare_{failover,sync,syncloss,active}.py) and writes their
+# sections to docs/benchmarks/compare_*.md + .png. Installs what they need
+# from Debian first (keepalived, conntrackd, conntrack, nftables, gcc), only
+# if missing. Extra arguments go to every script, e.g. --quick or --runs 10.
+# Needs root (network namespaces). Each script removes what it built, even
+# on failure; `FWCLUSTER_LAB_PREFIX=fwk- FWCLUSTER_LAB_RUN=/run/fwcluster-compare/fwk
+# bin/lab down` (and fwm-) cleans up after a killed run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench-compare: needs root (network namespaces)" >&2
+    exit 2
+fi
+
+missing=()
+for pkg in keepalived conntrackd conntrack nftables gcc iproute2; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench-compare: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # On a systemd host the packages' own services would run in the host
+    # namespace; the benchmarks run their own instances in lab namespaces only.
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now keepalived conntrackd 2>/dev/null || true
+    fi
+fi
+
+[ -x .venv/bin/python ] || ./tools/bootstrap.sh
+
+failed=()
+for name in failover sync syncloss active; do
+    echo "=== bench compare_$name $*"
+    if ! .venv/bin/python "bench/compare_$name.py" "$@"; then
+        failed+=("$name")
+    fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "bench-compare: incomplete (a run failed or a side is missing): ${failed[*]}"
+    exit 1
+fi
+echo "bench-compare: all four comparisons done"
