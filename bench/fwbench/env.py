@@ -1,0 +1,141 @@
+"""Paths, imports and machine facts for the fwcluster benchmarks.
+
+(The package's __init__ puts lab/ and agent/ on sys.path.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import threading
+from pathlib import Path
+from typing import Self
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+
+# Our own prefix and run root: never the operator's lab (fwl-), the tests'
+# labs or the comparison benchmarks' (fwk-, fwm-).
+PREFIX = "fwp-"
+# More labs of ours at the same time (dataplane_cost); none starts with "fwp-".
+PREFIX_BASELINE = "fwpb-"
+PREFIX_FLOODED = "fwpf-"
+RUN_ROOT = Path("/run/fwcluster-fwbench")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def python_path_env() -> dict[str, str]:
+    """Environment for child processes that import the lab, agent and fwbench."""
+    env = dict(os.environ)
+    paths = [str(ROOT / "lab"), str(ROOT / "agent"), str(BENCH)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
+
+
+def loadavg() -> tuple[float, float, float]:
+    parts = Path("/proc/loadavg").read_text().split()
+    return float(parts[0]), float(parts[1]), float(parts[2])
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return out + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "python": platform.python_version(),
+    }
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process, seconds (fields 14 and 15 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def process_rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class LoadSampler:
+    """The 1-minute load average sampled every few seconds in a thread, so a
+    result can say how busy the machine was while it was measured."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(loadavg()[0])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.samples.append(loadavg()[0])
+
+    def text(self) -> str:
+        if not self.samples:
+            return "n/a"
+        return (
+            f"min {min(self.samples):.2f}, max {max(self.samples):.2f}, "
+            f"mean {sum(self.samples) / len(self.samples):.2f} (1-minute load average, "
+            f"{len(self.samples)} samples)"
+        )
