@@ -24,8 +24,13 @@ def test_scrape_shows_gauges_counters_and_drop_reasons() -> None:
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
         collector.publish(
-            {"members": 3, "owned_buckets": 86, "naks": 7, "stable": True,
-             "drops": {"bad-tag": 2, "replayed": 5}},
+            {
+                "members": 3,
+                "owned_buckets": 86,
+                "naks": 7,
+                "stable": True,
+                "drops": {"bad-tag": 2, "replayed": 5},
+            },
             {"node": "198.51.100.11"},
         )
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
