@@ -22,19 +22,21 @@ class GeneratorError(Exception):
     pass
 
 
-def build() -> Path:
-    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
-    BINARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = BINARY.with_suffix(".tmp")
+def build(binary: Path = BINARY) -> Path:
+    """Compile newconn.c into `binary` unless it is up to date (each benchmark
+    family keeps its own copy, so two runs never race on one file)."""
+    if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
     r = subprocess.run(
         ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(SOURCE)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if r.returncode != 0:
         raise GeneratorError(f"gcc failed: {r.stderr.strip()}")
-    tmp.replace(BINARY)
-    return BINARY
+    tmp.replace(binary)
+    return binary
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,66 +6,22 @@ never race on one file) and run in a lab namespace with a time bound.
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 from pathlib import Path
 
+from compare import gen
+from compare.gen import GeneratorError, Offer, parse
+
 from . import env
+
+__all__ = ["GeneratorError", "Offer", "build", "offer", "parse"]
 
 SOURCE = env.BENCH / "gen" / "newconn.c"
 BINARY = env.ROOT / ".cache" / "fwbench" / "newconn"
 
 
-class GeneratorError(Exception):
-    pass
-
-
 def build() -> Path:
-    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
-    BINARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = BINARY.with_suffix(".tmp")
-    r = subprocess.run(
-        ["gcc", "-O2", "-Wall", "-o", str(tmp), str(SOURCE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise GeneratorError(f"gcc failed: {r.stderr.strip()}")
-    tmp.replace(BINARY)
-    return BINARY
-
-
-@dataclasses.dataclass(frozen=True)
-class Offer:
-    sent: int
-    errors: int
-    start: float  # wall clock (CLOCK_REALTIME) of the first send
-    end: float  # wall clock after the last send
-
-    @property
-    def rate(self) -> float:
-        return self.sent / (self.end - self.start) if self.end > self.start else 0.0
-
-
-def parse(output: str) -> Offer:
-    """Sum the `sender K sent N errors E start S end T` lines."""
-    sent = errors = 0
-    starts, ends = [], []
-    for line in output.splitlines():
-        f = line.split()
-        if len(f) == 10 and f[0] == "sender":
-            try:
-                sent += int(f[3])
-                errors += int(f[5])
-                starts.append(float(f[7]))
-                ends.append(float(f[9]))
-            except ValueError as exc:
-                raise GeneratorError(f"unreadable generator line: {line!r}") from exc
-    if not starts:
-        raise GeneratorError(f"generator printed no result: {output.strip()[:200]!r}")
-    return Offer(sent, errors, min(starts), max(ends))
+    return gen.build(BINARY)
 
 
 def offer(
