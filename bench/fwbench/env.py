@@ -13,6 +13,12 @@ import threading
 from pathlib import Path
 from typing import Self
 
+# the /proc readers are shared with the comparison benchmarks (re-exported)
+from compare.measure import (
+    process_cpu_s,  # noqa: F401 (re-exported)
+    process_rss_kib,  # noqa: F401 (re-exported)
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 
@@ -84,26 +90,6 @@ def machine_facts() -> dict[str, str]:
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "python": platform.python_version(),
     }
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """utime + stime of one process, seconds (fields 14 and 15 of /proc/PID/stat)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def process_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class LoadSampler:
