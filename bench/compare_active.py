@@ -25,30 +25,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import active, report
-from compare.baseline_cluster import BaselineCluster, installed
+from compare.baseline_cluster import BaselineCluster
 from compare.cluster import Cluster, ClusterError
-from compare.fwcluster_cluster import FwCluster, agent_runnable
 from compare.gen import GeneratorError
+from compare.select import available_clusters
 from fwcluster_lab.netns import LabError
 
 WORKLOADS = {"packets": 100_000.0, "newconn": 20_000.0}  # offered per second
 
 
 def clusters(args: argparse.Namespace) -> list[Cluster]:
-    out: list[Cluster] = []
-    if "baseline" not in args.systems:
-        pass
-    elif installed():
-        out.append(BaselineCluster("tuned", args.baseline_nodes))
-    else:
-        report.log("keepalived/conntrackd not installed: baseline skipped")
-    if "fwcluster" not in args.systems:
-        pass
-    elif agent_runnable():
-        out.append(FwCluster(args.fwcluster_nodes))
-    else:
-        report.log("availability-manager not installed: fwcluster side skipped")
-    return out
+    return available_clusters(
+        args.systems,
+        lambda: [BaselineCluster("tuned", args.baseline_nodes)],
+        args.fwcluster_nodes,
+    )
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,

@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import report
-from compare.baseline_cluster import BaselineCluster, installed
+from compare.baseline_cluster import BaselineCluster
 from compare.cluster import Cluster, ClusterError
 from compare.failover import Load, one_run
-from compare.fwcluster_cluster import FwCluster, agent_runnable
+from compare.select import available_clusters
 from fwcluster_lab.netns import LabError
 
 FULL = Load(tcp=1000, udp=100, ping=50, interval_ms=100, settle_s=3.0, after_s=12.0)
@@ -35,10 +35,8 @@ QUICK = Load(tcp=50, udp=10, ping=5, interval_ms=100, settle_s=1.0, after_s=6.0)
 
 
 def clusters(args: argparse.Namespace) -> list[Cluster]:
-    out: list[Cluster] = []
-    if "baseline" not in args.systems:
-        pass
-    elif installed():
+    def baselines() -> list[BaselineCluster]:
+        out = []
         if "default" in args.variants:
             out.append(BaselineCluster("default", args.baseline_nodes))
         if "tuned" in args.variants:
@@ -47,15 +45,9 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
                     "tuned", args.baseline_nodes, advert_s=args.tuned_advert
                 )
             )
-    else:
-        report.log("keepalived/conntrackd not installed: baseline skipped")
-    if "fwcluster" not in args.systems:
-        pass
-    elif agent_runnable():
-        out.append(FwCluster(args.fwcluster_nodes))
-    else:
-        report.log("availability-manager not installed: fwcluster side skipped")
-    return out
+        return out
+
+    return available_clusters(args.systems, baselines, args.fwcluster_nodes)
 
 
 def render(

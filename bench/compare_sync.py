@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import report, sync
-from compare.baseline_cluster import BaselineCluster, installed
+from compare.baseline_cluster import BaselineCluster
 from compare.cluster import Cluster, ClusterError
-from compare.fwcluster_cluster import FwCluster, agent_runnable
 from compare.gen import GeneratorError
+from compare.select import available_clusters
 from fwcluster_lab.netns import LabError
 
 RATES = [5_000, 10_000, 20_000, 40_000, 80_000]
@@ -36,20 +36,9 @@ MAX_COUNT = 200_000  # kernel tables hold 262,144 per namespace here
 
 
 def clusters(args: argparse.Namespace) -> list[Cluster]:
-    out: list[Cluster] = []
-    if "baseline" not in args.systems:
-        pass
-    elif installed():
-        out.append(BaselineCluster("default", args.nodes))
-    else:
-        report.log("keepalived/conntrackd not installed: baseline skipped")
-    if "fwcluster" not in args.systems:
-        pass
-    elif agent_runnable():
-        out.append(FwCluster(args.nodes))
-    else:
-        report.log("availability-manager not installed: fwcluster side skipped")
-    return out
+    return available_clusters(
+        args.systems, lambda: [BaselineCluster("default", args.nodes)], args.nodes
+    )
 
 
 def throughput(

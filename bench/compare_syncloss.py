@@ -23,30 +23,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import report, syncloss
-from compare.baseline_cluster import BaselineCluster, installed
+from compare.baseline_cluster import BaselineCluster
 from compare.cluster import Cluster, ClusterError
-from compare.fwcluster_cluster import FwCluster, agent_runnable
 from compare.gen import GeneratorError
+from compare.select import available_clusters
 from fwcluster_lab.netns import LabError
 
 LOSSES = [0, 10, 20, 30]
 
 
 def clusters(args: argparse.Namespace) -> list[Cluster]:
-    out: list[Cluster] = []
-    if "baseline" not in args.systems:
-        pass
-    elif installed():
-        out.append(BaselineCluster(args.variant, args.nodes))
-    else:
-        report.log("keepalived/conntrackd not installed: baseline skipped")
-    if "fwcluster" not in args.systems:
-        pass
-    elif agent_runnable():
-        out.append(FwCluster(args.nodes))
-    else:
-        report.log("availability-manager not installed: fwcluster side skipped")
-    return out
+    return available_clusters(
+        args.systems, lambda: [BaselineCluster(args.variant, args.nodes)], args.nodes
+    )
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
