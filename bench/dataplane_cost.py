@@ -5,7 +5,7 @@ plain stateful nft ruleset (`ct state established,related accept; ct state
 new accept`; the lab's `--no-agent` plumbing for the cluster IP and MAC, the
 other two nodes' links down).
 
-Both labs are up at once (prefixes fwp- and fwpb-) and the runs alternate
+Both labs are up at once (prefixes fwr- and fwrb-) and the runs alternate
 between them, so a change in the machine's background load hits both alike.
 Per run: one iperf3 TCP stream for a few seconds from the client to the
 server; throughput as the receiver counted it, and the machine's busy CPU

@@ -1,7 +1,7 @@
 """No false takeover: a 3-node lab with the real agents (SCHED_RR, the
 config's `realtime: true` default; the lab runs them as root) while every
 CPU of the machine is saturated by other work: bounded busy loops, 2 per
-core, nice 0, in a namespace of our own (fwp-burn). A little traffic (TCP
+core, nice 0, in a namespace of our own (fwr-burn). A little traffic (TCP
 streams and UDP flows) runs through the cluster all along.
 
 Pass: no agent logs a peer "down (" during the soak, and every status poll

@@ -24,10 +24,10 @@ BENCH = ROOT / "bench"
 
 # Our own prefix and run root: never the operator's lab (fwl-), the tests'
 # labs or the comparison benchmarks' (fwk-, fwm-).
-PREFIX = "fwp-"
-# More labs of ours at the same time (dataplane_cost); none starts with "fwp-".
-PREFIX_BASELINE = "fwpb-"
-PREFIX_FLOODED = "fwpf-"
+PREFIX = "fwr-"
+# More labs of ours at the same time (dataplane_cost); none starts with "fwr-".
+PREFIX_BASELINE = "fwrb-"
+PREFIX_FLOODED = "fwrf-"
 RUN_ROOT = Path("/run/fwcluster-fwbench")
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -36,7 +36,7 @@ def lab(
     settle_timeout: float = 60.0,
     prefix: str = env.PREFIX,
 ) -> Iterator[LabState]:
-    """A lab `<RUN_ROOT>/<name>` with prefix fwp- (or another of ours, for a
+    """A lab `<RUN_ROOT>/<name>` with prefix fwr- (or another of ours, for a
     second lab at the same time); agent logs are kept in `<RUN_ROOT>/<name>-logs`
     after it comes down (for the report and for looking back), the rest is removed."""
     signal.signal(signal.SIGTERM, _sigterm)

@@ -32,7 +32,9 @@ def start(
     a normal-priority sampler only gets the CPU when they are idle, which
     makes nearly every sample say `select` (seen here first)."""
     exe = str(PY_SPY) if PY_SPY.exists() else "py-spy"
-    argv = ["chrt", "-r", "30", exe, "record", "-p", str(pid)]
+    # --gil: only the thread holding the GIL is sampled, so waiting in
+    # epoll or in the kernel worker's queue does not count as work
+    argv = ["chrt", "-r", "30", exe, "record", "--gil", "-p", str(pid)]
     argv += [
         "-d",
         f"{max(1, round(seconds))}",

@@ -1,5 +1,5 @@
 """Smoke runs of the four fwcluster daemon benchmarks (--quick), so they
-cannot rot: each builds its own lab (prefix fwp-, run root
+cannot rot: each builds its own lab (prefix fwr-, run root
 /run/fwcluster-fwbench), measures for seconds, writes its section and plot
 into a temp dir (never docs/) and takes everything down again.
 
