@@ -1,4 +1,4 @@
-"""Where an agent's time goes: py-spy (`pip install py-spy` into .venv)
+"""Where an agent's time goes: py-spy (a dev dependency in agent/pyproject.toml)
 samples the agents' Python stacks while a benchmark loads them, and the
 folded stacks are summed into the functions that take the most time.
 
