@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import active, report
+from compare import active, report, runloop
 from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster, ClusterError
-from compare.gen import GeneratorError
+from compare.cluster import Cluster
 from compare.select import available_clusters
-from fwcluster_lab.netns import LabError
 
 WORKLOADS = {"packets": 100_000.0, "newconn": 20_000.0}  # offered per second
 
@@ -149,30 +148,33 @@ def main() -> int:
         for workload, rate in WORKLOADS.items():
             for i in range(runs):
                 report.log(f"{cluster.kind} {workload} run {i + 1}/{runs}")
-                try:
-                    r = active.one_run(cluster, workload, rate * scale, seconds)
-                except (
-                    ClusterError,
-                    LabError,
-                    GeneratorError,
-                    OSError,
-                    TimeoutError,
-                ) as exc:
-                    r = {"cluster": cluster.kind, "workload": workload,
-                         "rate_offered": rate * scale, "error": str(exc)}  # fmt: skip
-                    report.log(f"  failed: {exc}")
-                else:
-                    report.log(f"  {r['forwarded_per_s']:,.0f} pkt/s, "
-                               f"{r['cpu_us_per_packet']} µs/pkt")  # fmt: skip
-                results.append(report.stamp(r, "compare_active.py", sys.argv[1:]))
-    if args.render_only:
-        results = report.load_previous(out, "active")
-        runs = report.runs_per_group(results, "cluster", "workload")
-    else:
-        results = report.keep_previous(out, "active", results, args.systems)
-    report.write(out, "active", render(results, args, runs, seconds), results)
-    plot(results, out / "compare_active.png")
-    return 0 if results and all("error" not in r for r in results) else 1
+                results.append(
+                    runloop.attempt(
+                        "compare_active.py",
+                        partial(
+                            active.one_run, cluster, workload, rate * scale, seconds
+                        ),
+                        {
+                            "cluster": cluster.kind,
+                            "workload": workload,
+                            "rate_offered": rate * scale,
+                        },
+                        lambda r: (
+                            f"{r['forwarded_per_s']:,.0f} pkt/s, "
+                            f"{r['cpu_us_per_packet']} µs/pkt"
+                        ),
+                    )
+                )
+    return runloop.conclude(
+        args,
+        out,
+        "active",
+        results,
+        ("cluster", "workload"),
+        runs,
+        lambda res, n: render(res, args, n, seconds),
+        plot,
+    )
 
 
 if __name__ == "__main__":

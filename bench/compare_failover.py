@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import report
+from compare import report, runloop
 from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster, ClusterError
+from compare.cluster import Cluster
 from compare.failover import Load, one_run
 from compare.select import available_clusters
-from fwcluster_lab.netns import LabError
 
 FULL = Load(tcp=1000, udp=100, ping=50, interval_ms=100, settle_s=3.0, after_s=12.0)
 QUICK = Load(tcp=50, udp=10, ping=5, interval_ms=100, settle_s=1.0, after_s=6.0)
@@ -169,29 +169,27 @@ def main() -> int:
         for mode in args.modes.split(","):
             for i in range(runs):
                 report.log(f"{cluster.kind} {mode} run {i + 1}/{runs}")
-                try:
-                    r = one_run(cluster, mode, load)
-                except (
-                    ClusterError,
-                    LabError,
-                    OSError,
-                    RuntimeError,
-                    TimeoutError,
-                ) as exc:
-                    r = {"cluster": cluster.kind, "mode": mode, "error": str(exc)}
-                    report.log(f"  failed: {exc}")
-                else:
-                    report.log(f"  detection {r['detection_ms']} ms, stall "
-                               f"{r['longest_stall_ms']} ms, lost {r['lost']}")  # fmt: skip
-                results.append(report.stamp(r, "compare_failover.py", sys.argv[1:]))
-    if args.render_only:
-        results = report.load_previous(out, "failover")
-        runs = report.runs_per_group(results, "cluster", "mode")
-    else:
-        results = report.keep_previous(out, "failover", results, args.systems)
-    report.write(out, "failover", render(results, args, load, runs), results)
-    plot(results, out / "compare_failover.png")
-    return 0 if results and all("error" not in r for r in results) else 1
+                results.append(
+                    runloop.attempt(
+                        "compare_failover.py",
+                        partial(one_run, cluster, mode, load),
+                        {"cluster": cluster.kind, "mode": mode},
+                        lambda r: (
+                            f"detection {r['detection_ms']} ms, stall "
+                            f"{r['longest_stall_ms']} ms, lost {r['lost']}"
+                        ),
+                    )
+                )
+    return runloop.conclude(
+        args,
+        out,
+        "failover",
+        results,
+        ("cluster", "mode"),
+        runs,
+        lambda res, n: render(res, args, load, n),
+        plot,
+    )
 
 
 if __name__ == "__main__":

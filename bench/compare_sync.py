@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import report, sync
+from compare import report, runloop, sync
 from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster, ClusterError
-from compare.gen import GeneratorError
+from compare.cluster import Cluster
 from compare.select import available_clusters
-from fwcluster_lab.netns import LabError
 
 RATES = [5_000, 10_000, 20_000, 40_000, 80_000]
 SECONDS = 3.0  # of offering per run
@@ -195,33 +194,27 @@ def main() -> int:
                 report.log(
                     f"{cluster.kind} {rate:,.0f}/s x {count:,} run {i + 1}/{runs}"
                 )
-                try:
-                    r = sync.one_run(cluster, rate, count, procs=args.procs)
-                except (
-                    ClusterError,
-                    LabError,
-                    GeneratorError,
-                    OSError,
-                    TimeoutError,
-                ) as exc:
-                    r = {
-                        "cluster": cluster.kind,
-                        "rate_offered": rate,
-                        "error": str(exc),
-                    }
-                    report.log(f"  failed: {exc}")
-                else:
-                    report.log(f"  achieved {r['rate_achieved']:,.0f}/s, created "
-                               f"{r['created']:,}, missing {r['missing_at_1s']:,}")  # fmt: skip
-                results.append(report.stamp(r, "compare_sync.py", sys.argv[1:]))
-    if args.render_only:
-        results = report.load_previous(out, "sync")
-        runs = report.runs_per_group(results, "cluster", "rate_offered")
-    else:
-        results = report.keep_previous(out, "sync", results, args.systems)
-    report.write(out, "sync", render(results, args, runs), results)
-    plot(results, out / "compare_sync.png")
-    return 0 if results and all("error" not in r for r in results) else 1
+                results.append(
+                    runloop.attempt(
+                        "compare_sync.py",
+                        partial(sync.one_run, cluster, rate, count, procs=args.procs),
+                        {"cluster": cluster.kind, "rate_offered": rate},
+                        lambda r: (
+                            f"achieved {r['rate_achieved']:,.0f}/s, created "
+                            f"{r['created']:,}, missing {r['missing_at_1s']:,}"
+                        ),
+                    )
+                )
+    return runloop.conclude(
+        args,
+        out,
+        "sync",
+        results,
+        ("cluster", "rate_offered"),
+        runs,
+        lambda res, n: render(res, args, n),
+        plot,
+    )
 
 
 if __name__ == "__main__":

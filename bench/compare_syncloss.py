@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import report, syncloss
+from compare import report, runloop, syncloss
 from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster, ClusterError
-from compare.gen import GeneratorError
+from compare.cluster import Cluster
 from compare.select import available_clusters
-from fwcluster_lab.netns import LabError
 
 LOSSES = [0, 10, 20, 30]
 
@@ -139,35 +138,27 @@ def main() -> int:
         for loss in losses:
             for i in range(runs):
                 report.log(f"{cluster.kind} loss {loss} % run {i + 1}/{runs}")
-                try:
-                    r = syncloss.one_run(cluster, loss, rate, seconds)
-                except (
-                    ClusterError,
-                    LabError,
-                    GeneratorError,
-                    OSError,
-                    TimeoutError,
-                ) as exc:
-                    r = {
-                        "cluster": cluster.kind,
-                        "loss_percent": loss,
-                        "error": str(exc),
-                    }
-                    report.log(f"  failed: {exc}")
-                else:
-                    report.log(
-                        f"  on victim {r['on_victim']}, missing "
-                        f"{r['missing_after_failover']}, flaps {r['flaps_before_kill']}"
+                results.append(
+                    runloop.attempt(
+                        "compare_syncloss.py",
+                        partial(syncloss.one_run, cluster, loss, rate, seconds),
+                        {"cluster": cluster.kind, "loss_percent": loss},
+                        lambda r: (
+                            f"on victim {r['on_victim']}, missing "
+                            f"{r['missing_after_failover']}, flaps {r['flaps_before_kill']}"
+                        ),
                     )
-                results.append(report.stamp(r, "compare_syncloss.py", sys.argv[1:]))
-    if args.render_only:
-        results = report.load_previous(out, "syncloss")
-        runs = report.runs_per_group(results, "cluster", "loss_percent")
-    else:
-        results = report.keep_previous(out, "syncloss", results, args.systems)
-    report.write(out, "syncloss", render(results, args, runs, rate, seconds), results)
-    plot(results, out / "compare_syncloss.png")
-    return 0 if results and all("error" not in r for r in results) else 1
+                )
+    return runloop.conclude(
+        args,
+        out,
+        "syncloss",
+        results,
+        ("cluster", "loss_percent"),
+        runs,
+        lambda res, n: render(res, args, n, rate, seconds),
+        plot,
+    )
 
 
 if __name__ == "__main__":
