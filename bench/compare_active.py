@@ -92,19 +92,13 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
             report.fmt_mmm([r["loadavg_1m"] for r in ok], 1),
         ])  # fmt: skip
     lines += report.table(head, rows)
-    errors = [r for r in results if "error" in r]
-    if errors:
-        lines += ["", "Failed runs:"]
-        lines += [f"- {r['cluster']} {r['workload']}: {r['error']}" for r in errors]
+    lines += report.failed_runs(results, lambda r: f"{r['cluster']} {r['workload']}")
     lines += ["", "![active](compare_active.png)", ""]
     return lines
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     metrics = (("packets", "cpu_us_per_packet", "CPU µs per forwarded packet"),

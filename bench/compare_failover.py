@@ -110,19 +110,13 @@ def render(
                 report.fmt_mmm([r["loadavg_1m"] for r in ok], 1),
             ])  # fmt: skip
     lines += report.table(head, rows)
-    errors = [r for r in results if "error" in r]
-    if errors:
-        lines += ["", "Failed runs:"]
-        lines += [f"- {r['cluster']} {r['mode']}: {r['error']}" for r in errors]
+    lines += report.failed_runs(results, lambda r: f"{r['cluster']} {r['mode']}")
     lines += ["", "![failover](compare_failover.png)", ""]
     return lines
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     kinds = list(dict.fromkeys(r["cluster"] for r in results))

@@ -132,21 +132,15 @@ def render(
             )
     else:
         lines.append("- ratio fwcluster / conntrackd: not measured (a side is missing)")
-    errors = [r for r in results if "error" in r]
-    if errors:
-        lines += ["", "Failed runs:"]
-        lines += [
-            f"- {r['cluster']} {r['rate_offered']:,.0f}/s: {r['error']}" for r in errors
-        ]
+    lines += report.failed_runs(
+        results, lambda r: f"{r['cluster']} {r['rate_offered']:,.0f}/s"
+    )
     lines += ["", "![sync](compare_sync.png)", ""]
     return lines
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for kind in dict.fromkeys(r["cluster"] for r in results):

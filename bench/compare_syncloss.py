@@ -78,21 +78,15 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
             report.fmt_mmm([r["loadavg_1m"] for r in ok], 1),
         ])  # fmt: skip
     lines += report.table(head, rows)
-    errors = [r for r in results if "error" in r]
-    if errors:
-        lines += ["", "Failed runs:"]
-        lines += [
-            f"- {r['cluster']} {r['loss_percent']} %: {r['error']}" for r in errors
-        ]
+    lines += report.failed_runs(
+        results, lambda r: f"{r['cluster']} {r['loss_percent']} %"
+    )
     lines += ["", "![sync loss](compare_syncloss.png)", ""]
     return lines
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for kind in dict.fromkeys(r["cluster"] for r in results):

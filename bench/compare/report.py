@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +191,23 @@ def runs_per_group(results: Sequence[dict[str, Any]], *keys: str) -> int:
 def log(msg: str) -> None:
     now = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[{now}] {msg}", file=sys.stderr, flush=True)
+
+
+def failed_runs(
+    results: Sequence[dict[str, Any]], label: Callable[[dict[str, Any]], str]
+) -> list[str]:
+    """The section's list of runs that failed, each with its error."""
+    errors = [r for r in results if "error" in r]
+    if not errors:
+        return []
+    return ["", "Failed runs:", *(f"- {label(r)}: {r['error']}" for r in errors)]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
