@@ -25,6 +25,7 @@ ORDER = [
     "rb_overhead",
     "bucket_movement",
     "bucket_hash",
+    "gc_pause",
     "compare_intro",
     "compare_failover",
     "compare_sync",
