@@ -22,6 +22,7 @@ Per peer, as seen by this node (a row per input; events in brackets):
     any              no heartbeat for misses*interval+tol    unknown [NodeDown timeout, or
                                                              leaving if it announced LEAVING]
     any              other fingerprint                       unchanged [PeerRefused, once]
+    any              wire_version < WIRE_VERSION_MIN         unchanged [PeerRefused, once]
 
 Join rule (the seed's): a peer is admitted only once it announces the cluster
 size this node sees, the peer included. The announced size counts every peer
@@ -35,6 +36,12 @@ bucket distribution without it (a node whose links are down must own no
 buckets). It stays admitted: when its links come back it is NodeUp again at
 once. A peer is never evicted for disagreeing on the cluster size once
 admitted; that rule only gates entry.
+
+Wire version negotiation: every heartbeat announces the highest wire version
+its sender speaks. `cluster_wire_version()` is the lowest of our own and of
+every peer heard (known, admitted or not: a node that is only joining already
+receives our broadcasts), so it falls as soon as an older node is heard and
+rises again when the last one is gone or announces a higher version.
 """
 
 from __future__ import annotations
@@ -273,6 +280,9 @@ class Availability:
         if hb.fingerprint != self.fingerprint:
             self._refuse(source, "fingerprint-mismatch")
             return
+        if hb.wire_version < wire.WIRE_VERSION_MIN:
+            self._refuse(source, "wire-version-too-old")
+            return
         if hb.incarnation < self._incarnations.get(source, 0):
             self.stats["stale"] += 1
             return
@@ -339,6 +349,10 @@ class Availability:
         """The size announced in heartbeats: this node and every peer heard
         within the timeout with our fingerprint, admitted or not."""
         return min(len(self._peers) + 1, 0xFFFF)
+
+    def cluster_wire_version(self) -> int:
+        """The wire version to send: the lowest any node heard announces, ours included."""
+        return min([self.wire_version, *(p.wire_version for p in self._peers.values())])
 
     def settled(self) -> bool:
         """Every peer heard is admitted: the membership is not about to grow."""

@@ -31,6 +31,21 @@ Transitions:
                        2 check intervals after first contact (that round was lost);
                        a mismatch asks for the bad groups, one request at a time.
 
+Wire versions (wire.py): `set_wire_version` is told the version the cluster
+speaks (the lowest its members announce). Below 2, records go out exactly as
+a version-1 node sends them (no helper name, no expectations), and what comes
+in is read as a version-1 node reads it (helper names and expectations skipped). When it rises
+to 2, a full round re-sends every entry with its helper, and every
+expectation, because what peers cached meanwhile lacks them.
+
+Expectations (version 2): the kernel's pending expectations (e.g. FTP's data
+connection announced by PASV) are mirrored and cached like entries, but
+outside the digests and rounds' staleness rule: they live seconds, the
+kernel's timeout removes them, and a cached one is dropped with its master
+(CT_DELETE of the master), its own CT_EXPECT_DELETE, or `forget_peer`. A
+round re-sends the sender's expectations in its scope. They are injected
+after their master when a node claims the master's bucket.
+
 Why rounds are consistent without a start marker: a sender runs one round at a
 time and, while a round runs, announces every new entry in the round's scope
 as NEW_RESYNC too. So the NEW_RESYNCs between two RESYNC_DONEs of one sender
@@ -54,7 +69,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from .connection import (
-    IPS_EXPECTED,
     IPS_SYNC_MASK,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -74,24 +88,34 @@ from .connection import (
 )
 from .ct_messages import (
     MAX_GROUPS,
+    VERSION_HELPERS,
     CtDelete,
     CtDigest,
+    CtExpect,
+    CtExpectDelete,
     CtMessage,
     CtNew,
     CtNewResync,
     CtResyncDone,
     CtResyncRequest,
     CtUpdate,
+    Expectation,
+    helper_of,
+    with_helper,
 )
 from .types import NodeId
+from .wire import WIRE_VERSION
 
 SYNCED_PROTOCOLS = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
+MAX_PENDING_EXPECTATIONS = 4096  # expectations whose master's NEW event is still to come
 
 
 def default_is_relevant(conn: Connection) -> bool:
-    """TCP, UDP, ICMP and ICMPv6 entries; never EXPECTED ones (the seed's rule:
-    an expectation is re-created by its helper, it is not a connection yet)."""
-    return conn.proto in SYNCED_PROTOCOLS and not conn.status & IPS_EXPECTED
+    """TCP, UDP, ICMP and ICMPv6 entries, related ones (IPS_EXPECTED: an FTP
+    data connection) included. The seed did not sync those; here they carry
+    their master's bucket (the kernel copies the master's mark into a related
+    connection), so syncing them is what lets a transfer survive failover."""
+    return conn.proto in SYNCED_PROTOCOLS
 
 
 _MOD64 = 1 << 64
@@ -194,6 +218,12 @@ class _Table:
                 yield key, self.entries[key]
 
 
+def _in_buckets(
+    table: Mapping[bytes, Expectation], buckets: frozenset[int]
+) -> Iterable[Expectation]:
+    return (e for e in table.values() if e.bucket in buckets)
+
+
 @dataclasses.dataclass(slots=True)
 class _Round:
     scope: frozenset[int]
@@ -260,6 +290,7 @@ class ConntrackSync:
         max_messages_per_call: int = 256,
         pace_interval: float = 0.01,
         status_mask: int = IPS_SYNC_MASK,
+        wire_version: int = WIRE_VERSION,
         rng: random.Random,
         now: float,
     ) -> None:
@@ -279,6 +310,7 @@ class ConntrackSync:
         self._status_mask = status_mask
         self._rng = rng
         self._all_groups = frozenset(range(groups))
+        self.wire_version = wire_version
 
         self._mirror = _Table(groups)
         self._queue: collections.deque[CtMessage] = collections.deque()
@@ -295,6 +327,9 @@ class ConntrackSync:
         # Peers with a cache but no full round received yet, and since when.
         self._unsynced_since: dict[NodeId, float] = {}
         self._events: collections.deque[ConntrackSyncEvent] = collections.deque()
+        self._expect_mirror: dict[bytes, Expectation] = {}
+        self._expect_pending: dict[bytes, Expectation] = {}  # masters not mirrored yet
+        self._expect_caches: dict[NodeId, dict[bytes, Expectation]] = {}
 
         self._sent: collections.Counter[str] = collections.Counter()
         self._received: collections.Counter[str] = collections.Counter()
@@ -358,7 +393,16 @@ class ConntrackSync:
         if old == conn:
             return key
         self._mirror.put(key, conn)
-        if old is not None and old.reply == conn.reply and old.bucket == conn.bucket:
+        if old is None and self._expect_pending:
+            for exp in [e for e in self._expect_pending.values() if e.master_key == key]:
+                del self._expect_pending[exp.key]
+                self._expect_new(exp)
+        if (
+            old is not None
+            and old.reply == conn.reply
+            and old.bucket == conn.bucket
+            and helper_of(old) == helper_of(conn)  # UPDATE does not carry the helper
+        ):
             self._queue.append(CtUpdate(key, conn.state, conn.status, conn.mark))
         else:
             self._queue.append(self._announcement(conn))
@@ -368,8 +412,73 @@ class ConntrackSync:
         # While a round runs, new entries in its scope are part of it (see module doc).
         r = self._round
         if r is not None and conn.bucket % self.groups in r.scope:
-            return CtNewResync.from_connection(conn)
-        return CtNew.from_connection(conn)
+            return CtNewResync.from_connection(conn, self.wire_version)
+        return CtNew.from_connection(conn, self.wire_version)
+
+    # -- expectations (wire version 2) ---------------------------------------------
+
+    def local_expect_new(self, exp: Expectation, now: float) -> None:
+        """A kernel expectation appeared (or was injected here): mirror it and,
+        when the cluster speaks version 2, announce it. It belongs to its
+        master's bucket; one whose master we do not sync is never sent."""
+        self._expect_new(exp)
+
+    def _expect_new(self, exp: Expectation) -> None:
+        master = self._mirror.get(exp.master_key)
+        if master is None:
+            # A helper may expect before its master is confirmed (TFTP's read
+            # request creates the expectation on the master's first packet,
+            # whose NEW event comes after): hold it until the master shows up.
+            if len(self._expect_pending) >= MAX_PENDING_EXPECTATIONS:
+                self._expect_pending.pop(next(iter(self._expect_pending)))
+                self._local_ignored += 1
+            self._expect_pending[exp.key] = exp
+            return
+        if exp.bucket != master.bucket:
+            exp = dataclasses.replace(exp, bucket=master.bucket)
+        if self._expect_mirror.get(exp.key) == exp:
+            return
+        self._expect_mirror[exp.key] = exp
+        if self.wire_version >= VERSION_HELPERS:
+            self._queue.append(CtExpect.from_expectation(exp))
+
+    def local_expect_destroy(self, exp: Expectation, now: float) -> None:
+        if self._expect_pending.pop(exp.key, None) is not None:
+            return
+        if self._expect_mirror.pop(exp.key, None) is None:
+            self._local_ignored += 1
+            return
+        if self.wire_version >= VERSION_HELPERS:
+            self._queue.append(CtExpectDelete(exp.key))
+
+    def adopt_expectations(self, exps: Iterable[Expectation], now: float) -> None:
+        """Expectations the Node injected after a takeover are ours now."""
+        for exp in exps:
+            self.local_expect_new(exp, now)
+
+    def cached_expectations_in_buckets(self, buckets: frozenset[int]) -> list[Expectation]:
+        """Peers' cached expectations in `buckets`, one per key."""
+        out: dict[bytes, Expectation] = {}
+        for peer in sorted(self._expect_caches):
+            for exp in _in_buckets(self._expect_caches[peer], buckets):
+                out.setdefault(exp.key, exp)
+        return list(out.values())
+
+    def local_expectations(self) -> list[Expectation]:
+        return list(self._expect_mirror.values())
+
+    def has_local_expectation(self, key: bytes) -> bool:
+        return key in self._expect_mirror
+
+    def cached_expectations(self, peer: NodeId) -> list[Expectation]:
+        return list(self._expect_caches.get(peer, {}).values())
+
+    def set_wire_version(self, version: int, now: float) -> None:
+        """The version the cluster speaks now. Rising to 2 re-sends the whole
+        table: peers cached our entries without helper names meanwhile."""
+        old, self.wire_version = self.wire_version, version
+        if old < VERSION_HELPERS <= version:
+            self._start_round(self._all_groups, "wire-version")
 
     # -- membership ------------------------------------------------------------
 
@@ -391,6 +500,7 @@ class ConntrackSync:
         self._collected.pop(peer, None)
         self._requested_at.pop(peer, None)
         self._unsynced_since.pop(peer, None)
+        self._expect_caches.pop(peer, None)
 
     def out_of_sync(self, peer: NodeId, role: Role, now: float) -> None:
         """The reliable broadcast lost messages. As "sender" (peers may have lost
@@ -428,6 +538,17 @@ class ConntrackSync:
         elif isinstance(msg, CtResyncDone):
             self._received["CtResyncDone"] += 1
             self._receive_done(msg, source, now)
+        elif isinstance(msg, CtExpect | CtExpectDelete) and self.wire_version < VERSION_HELPERS:
+            # Read as the cluster's version means it: a v1 node skips these.
+            self._rejected["newer-than-cluster-version"] += 1
+        elif isinstance(msg, CtExpect):
+            self._received["CtExpect"] += 1
+            self._receive_expect(msg, source, now)
+        elif isinstance(msg, CtExpectDelete):
+            self._received["CtExpectDelete"] += 1
+            exps = self._expect_caches.get(source)
+            if exps is None or exps.pop(msg.key, None) is None:
+                self._unknown_deletes += 1
         else:
             self._rejected["unexpected-message"] += 1
 
@@ -440,6 +561,8 @@ class ConntrackSync:
 
     def _receive_entry(self, msg: CtNew | CtNewResync, source: NodeId, now: float) -> None:
         conn = msg.to_connection()  # cannot fail: validated when the message was built
+        if self.wire_version < VERSION_HELPERS:
+            conn = with_helper(conn, "")  # as a v1 node reads it (attribute skipped)
         if conn.bucket >= self.buckets:
             self._rejected["bucket-out-of-range"] += 1
             return
@@ -447,6 +570,14 @@ class ConntrackSync:
         self._cache(source, now).put(key, conn)  # a known key is replaced
         if isinstance(msg, CtNewResync):
             self._collected.setdefault(source, set()).add(key)
+
+    def _receive_expect(self, msg: CtExpect, source: NodeId, now: float) -> None:
+        exp = msg.to_expectation()  # cannot fail: validated when the message was built
+        if exp.bucket >= self.buckets:
+            self._rejected["bucket-out-of-range"] += 1
+            return
+        self._cache(source, now)  # the peer is known from here on, like for an entry
+        self._expect_caches.setdefault(source, {})[exp.key] = exp
 
     def _receive_update(self, msg: CtUpdate, source: NodeId) -> None:
         table = self._caches.get(source)
@@ -463,6 +594,10 @@ class ConntrackSync:
         if table is None or table.remove(msg.key) is None:
             self._unknown_deletes += 1
             return
+        exps = self._expect_caches.get(source)
+        if exps:  # a master's expectations die with it (the kernel removes them too)
+            for k in [k for k, e in exps.items() if e.master_key == msg.key]:
+                del exps[k]
         collected = self._collected.get(source)
         if collected is not None:
             collected.discard(msg.key)
@@ -527,6 +662,13 @@ class ConntrackSync:
 
     def _start_round(self, scope: frozenset[int], cause: str) -> None:
         self._resyncs[cause] += 1
+        if self.wire_version >= VERSION_HELPERS:
+            # Few and short-lived: re-sent at once, not paced with the entries.
+            self._queue.extend(
+                CtExpect.from_expectation(e)
+                for e in self._expect_mirror.values()
+                if e.bucket % self.groups in scope
+            )
         if self._round is not None:
             self._pending_scope |= scope
             return
@@ -555,7 +697,7 @@ class ConntrackSync:
             r.pos += 1
             conn = self._mirror.get(key)
             if conn is not None:  # else deleted since the snapshot; its DELETE went out
-                return CtNewResync.from_connection(conn)
+                return CtNewResync.from_connection(conn, self.wire_version)
         done = CtResyncDone(() if r.scope == self._all_groups else tuple(sorted(r.scope)))
         self._round = None
         if self._pending_scope:

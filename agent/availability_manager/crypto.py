@@ -154,6 +154,10 @@ class Encryption:
         self.drops: collections.Counter[str] = collections.Counter()
         self.sealed = 0
         self.opened = 0
+        # The header's version byte: the version the cluster speaks (the Node
+        # lowers it while a previous release is a member), so a datagram says
+        # what its messages mean. Receivers accept any version up to theirs.
+        self.version = wire.WIRE_VERSION
         self._counter = initial_counter
         self._windows: dict[int, _ReplayWindow] = {}
         self._keyring = keyring
@@ -198,7 +202,7 @@ class Encryption:
         # Same bytes as wire.Header(...).encode(), without building a Header.
         header = wire.HEADER.pack(
             wire.MAGIC,
-            wire.WIRE_VERSION,
+            self.version,
             key_id,
             self.node_id,
             counter,

@@ -17,6 +17,12 @@ redundant is left out:
 - UPDATE and DELETE name the entry by its 8-byte `Connection.key`.
 - CT_DIGEST packs (count u32, sum u64) per bucket group into one attribute.
 
+Wire version 2 (wire.py) adds the helper name of an entry (attribute 14 of
+CT_NEW / CT_NEW_RESYNC, absent when the entry has none or when the cluster
+still speaks version 1) and the expectation messages CT_EXPECT and
+CT_EXPECT_DELETE, which are always encoded with MSG_FLAG_OPTIONAL
+(`encode_ct`) so that a version-1 decoder skips them.
+
 Groups: a bucket belongs to group ``bucket % groups``; the digest check and
 scoped resyncs work per group. An empty group list in CT_RESYNC_REQUEST or
 CT_RESYNC_DONE means "all groups" (a full resync).
@@ -25,16 +31,59 @@ CT_RESYNC_DONE means "all groups" (a full resync).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Self
 
-from .connection import Connection, Tuple, untranslated_reply
-from .wire import Kind, MsgType, attr, message
+from .connection import Connection, Tuple, connection_key, untranslated_reply
+from .wire import MSG_FLAG_OPTIONAL, Kind, MsgType, attr, encode_message, message
 
 KEY_SIZE = 8  # Connection.key
 MAX_GROUPS = 64
 GROUP_DIGEST = struct.Struct("!IQ")  # entries in the group, sum of entry hashes mod 2**64
+
+
+HELPER_NAME_MAX = 15  # NF_CT_HELPER_NAME_LEN (16) minus the kernel's terminating NUL
+VERSION_HELPERS = 2  # the wire version that carries helper names and expectations
+
+
+def check_helper_name(name: str) -> None:
+    """A conntrack helper name as the kernel knows them: "ftp", "tftp", "sip"."""
+    if not 1 <= len(name) <= HELPER_NAME_MAX or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in name
+    ):
+        raise ValueError(f"helper name must be 1..{HELPER_NAME_MAX} of [A-Za-z0-9_-]: {name!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HelperConnection(Connection):
+    """A connection with a conntrack helper attached (e.g. an FTP control
+    connection). The new owner must inject it with the same helper, or the
+    helper would not parse the later PORT/PASV commands and no data
+    connection could follow. A Connection without helper stays a plain
+    `Connection` (so equality tells "helper changed" from "unchanged")."""
+
+    helper: str = ""
+
+    def __post_init__(self) -> None:
+        Connection.__post_init__(self)
+        check_helper_name(self.helper)
+
+
+def helper_of(conn: Connection) -> str:
+    """The helper name of an entry, "" if none."""
+    return conn.helper if isinstance(conn, HelperConnection) else ""
+
+
+def with_helper(conn: Connection, helper: str) -> Connection:
+    """`conn` with `helper` attached ("" removes it)."""
+    if helper_of(conn) == helper:
+        return conn
+    fields = {f.name: getattr(conn, f.name) for f in dataclasses.fields(Connection) if f.init}
+    if not helper:
+        return Connection(**fields)
+    return HelperConnection(**fields, helper=helper)
 
 
 def _check_key(key: bytes) -> None:
@@ -73,13 +122,28 @@ class _Entry:
     reply_dst: tuple[bytes, ...] = attr(11, Kind.ADDR, repeated=True)
     reply_sport: tuple[int, ...] = attr(12, Kind.U16, repeated=True)
     reply_dport: tuple[int, ...] = attr(13, Kind.U16, repeated=True)
+    # Wire version 2: the helper name (zero or one value); a v1 decoder skips it.
+    helper: tuple[bytes, ...] = attr(14, Kind.BYTES, repeated=True, max_len=HELPER_NAME_MAX)
 
     MSG_TYPE: ClassVar[MsgType]
 
+    # The connection this record describes, built once by __post_init__ (which
+    # validates through it: families, ranges, lengths): every peer needs it for
+    # its cache and again to check for a late injection. Not on the wire.
+    _conn: Connection | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     def __post_init__(self) -> None:
-        self.to_connection()  # Tuple/Connection check families, ranges and lengths
+        if len(self.helper) > 1:
+            raise ValueError("at most one helper name")
+        object.__setattr__(self, "_conn", self._build_connection())
 
     def to_connection(self) -> Connection:
+        assert self._conn is not None  # set by __post_init__
+        return self._conn
+
+    def _build_connection(self) -> Connection:
         orig = Tuple(self.orig_src, self.orig_dst, self.orig_sport, self.orig_dport)
         n = len(self.reply_src)
         if n > 1 or not (
@@ -92,12 +156,23 @@ class _Entry:
             )
         else:
             reply = untranslated_reply(self.proto, orig)
+        if self.helper:
+            try:
+                name = self.helper[0].decode("ascii")
+            except UnicodeDecodeError:
+                raise ValueError("helper name is not ASCII") from None
+            return HelperConnection(
+                self.proto, orig, reply, self.state, self.status, self.mark, self.bucket, name
+            )
         return Connection(self.proto, orig, reply, self.state, self.status, self.mark, self.bucket)
 
     @classmethod
-    def from_connection(cls, conn: Connection) -> Self:
+    def from_connection(cls, conn: Connection, version: int = VERSION_HELPERS) -> Self:
+        """The record of `conn` as wire version `version` carries it (a
+        version below 2 leaves the helper out, exactly as a v1 node sends)."""
         o, r = conn.orig, conn.reply
         nat = conn.nat
+        helper = helper_of(conn) if version >= VERSION_HELPERS else ""
         return cls(
             proto=conn.proto,
             orig_src=o.src,
@@ -112,6 +187,7 @@ class _Entry:
             reply_dst=(r.dst,) if nat else (),
             reply_sport=(r.sport,) if nat else (),
             reply_dport=(r.dport,) if nat else (),
+            helper=(helper.encode("ascii"),) if helper else (),
         )
 
 
@@ -211,7 +287,158 @@ class CtResyncDone:
         _check_groups(self.groups)
 
 
-CtMessage = CtNew | CtNewResync | CtUpdate | CtDelete | CtDigest | CtResyncRequest | CtResyncDone
+# -- expectations (wire version 2) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Expectation:
+    """A conntrack expectation: a helper (of the `master` connection) waiting
+    for a related connection, e.g. the data connection announced by an FTP
+    PASV reply. `expected` is the related connection's original tuple; a
+    zero `mask_src` / `mask_sport` means "any source address / port" (the
+    kernel masks only the source side). `bucket` is the master's: the
+    expectation belongs to whoever owns the master connection."""
+
+    master_proto: int
+    master: Tuple
+    proto: int
+    expected: Tuple
+    mask_src: bytes
+    mask_sport: int
+    # The master's helper, as the kernel reports it; informational (it is not
+    # written back on injection, see conntrack_netlink), so not compared.
+    helper: str = dataclasses.field(compare=False)
+    expect_class: int = 0
+    flags: int = 0
+    bucket: int = 0
+    _key: bytes = dataclasses.field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.master_proto <= 255 and 0 <= self.proto <= 255):
+            raise ValueError("protocols must be 0..255")
+        if len(self.master.src) != len(self.expected.src):
+            raise ValueError("master and expected tuples must be of one address family")
+        if len(self.mask_src) != len(self.expected.src):
+            raise ValueError("source mask must be as long as the addresses")
+        if not 0 <= self.mask_sport <= 0xFFFF:
+            raise ValueError("source port mask must be 0..65535")
+        if self.helper:
+            check_helper_name(self.helper)
+        if not 0 <= self.expect_class <= 255:
+            raise ValueError("expectation class must be 0..255")
+        _check_u32("flags", self.flags)
+        if not 0 <= self.bucket <= 0xFFFF:
+            raise ValueError("bucket must be 0..65535")
+        e = self.expected
+        material = (
+            connection_key(self.master_proto, self.master)
+            + struct.pack("!BHH", self.proto, e.sport, e.dport)
+            + e.src
+            + e.dst
+        )
+        object.__setattr__(self, "_key", hashlib.blake2b(material, digest_size=8).digest())
+
+    @property
+    def key(self) -> bytes:
+        """8-byte digest of the master's key and the expected tuple."""
+        return self._key
+
+    @property
+    def master_key(self) -> bytes:
+        return connection_key(self.master_proto, self.master)
+
+    def __str__(self) -> str:
+        return f"expectation {self.helper or '-'} {self.expected} of {self.master}"
+
+
+@message(MsgType.CT_EXPECT)
+@dataclasses.dataclass(frozen=True, slots=True)
+class CtExpect:
+    """An expectation the sender's kernel holds (wire version 2, optional)."""
+
+    master_proto: int = attr(1, Kind.U8)
+    master_src: bytes = attr(2, Kind.ADDR)
+    master_dst: bytes = attr(3, Kind.ADDR)
+    master_sport: int = attr(4, Kind.U16)
+    master_dport: int = attr(5, Kind.U16)
+    proto: int = attr(6, Kind.U8)
+    src: bytes = attr(7, Kind.ADDR)
+    dst: bytes = attr(8, Kind.ADDR)
+    sport: int = attr(9, Kind.U16)
+    dport: int = attr(10, Kind.U16)
+    mask_src: bytes = attr(11, Kind.ADDR)
+    mask_sport: int = attr(12, Kind.U16)
+    helper: bytes = attr(13, Kind.BYTES, max_len=HELPER_NAME_MAX)
+    expect_class: int = attr(14, Kind.U8)
+    flags: int = attr(15, Kind.U32)
+    bucket: int = attr(16, Kind.U16)
+
+    MSG_TYPE: ClassVar[MsgType]
+
+    def __post_init__(self) -> None:
+        self.to_expectation()
+
+    def to_expectation(self) -> Expectation:
+        try:
+            helper = self.helper.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("helper name is not ASCII") from None
+        return Expectation(
+            self.master_proto,
+            Tuple(self.master_src, self.master_dst, self.master_sport, self.master_dport),
+            self.proto,
+            Tuple(self.src, self.dst, self.sport, self.dport),
+            self.mask_src,
+            self.mask_sport,
+            helper,
+            self.expect_class,
+            self.flags,
+            self.bucket,
+        )
+
+    @classmethod
+    def from_expectation(cls, exp: Expectation) -> CtExpect:
+        m, e = exp.master, exp.expected
+        return cls(
+            exp.master_proto, m.src, m.dst, m.sport, m.dport,
+            exp.proto, e.src, e.dst, e.sport, e.dport,
+            exp.mask_src, exp.mask_sport, exp.helper.encode("ascii"),
+            exp.expect_class, exp.flags, exp.bucket,
+        )  # fmt: skip
+
+
+@message(MsgType.CT_EXPECT_DELETE)
+@dataclasses.dataclass(frozen=True, slots=True)
+class CtExpectDelete:
+    """The sender's expectation `key` is gone (used, timed out or removed)."""
+
+    key: bytes = attr(1, Kind.BYTES, max_len=KEY_SIZE)
+
+    MSG_TYPE: ClassVar[MsgType]
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+
+
+def encode_ct(msg: object) -> bytes:
+    """Encode a CT message; expectation messages carry MSG_FLAG_OPTIONAL, so a
+    decoder that predates them (wire version 1) skips them, not the payload."""
+    if isinstance(msg, CtExpect | CtExpectDelete):
+        return encode_message(msg, MSG_FLAG_OPTIONAL)
+    return encode_message(msg)
+
+
+CtMessage = (
+    CtNew
+    | CtNewResync
+    | CtUpdate
+    | CtDelete
+    | CtDigest
+    | CtResyncRequest
+    | CtResyncDone
+    | CtExpect
+    | CtExpectDelete
+)
 CT_MESSAGE_TYPES: tuple[type, ...] = (
     CtNew,
     CtNewResync,
@@ -220,4 +447,6 @@ CT_MESSAGE_TYPES: tuple[type, ...] = (
     CtDigest,
     CtResyncRequest,
     CtResyncDone,
+    CtExpect,
+    CtExpectDelete,
 )

@@ -83,12 +83,28 @@ from .availability import NodeUp as AvNodeUp
 from .availability import PeerRefused as AvPeerRefused
 from .broadcast import MAX_PAYLOAD, Delivered, RbData, RbLost, RbNak, ReliableBroadcast
 from .broadcast import OutOfSync as RbOutOfSync
-from .connection import IPS_EXPECTED, Connection
-from .conntrack_sync import SYNCED_PROTOCOLS, ConntrackSync, DigestMismatch, ResyncReceived
+from .connection import Connection
+from .conntrack_sync import (
+    SYNCED_PROTOCOLS,
+    ConntrackSync,
+    DigestMismatch,
+    ResyncReceived,
+)
 from .crypto import Encryption, Keyring
-from .ct_messages import CT_MESSAGE_TYPES, CtNew, CtNewResync, CtResyncRequest
+from .ct_messages import (
+    CT_MESSAGE_TYPES,
+    VERSION_HELPERS,
+    CtExpect,
+    CtNew,
+    CtNewResync,
+    CtResyncRequest,
+    Expectation,
+    encode_ct,
+)
 from .ranges import Claim, RangeDistribution, RangeState, Release, Stable, Unstable
 from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
+
+# What next_event() yields: node_events, and the expectations of wire version 2.
 
 JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
 
@@ -110,6 +126,9 @@ class NodeConfig:
     release_rule: str = "after-claim"  # "immediate" only for the simulator's bad variant
     join_timeout: float = JOIN_TIMEOUT
     forget_after: float = 60.0  # seconds a dead peer's cache is kept
+    # The highest wire version this node speaks: below wire.WIRE_VERSION only
+    # to run exactly as an older release does (rolling-upgrade tests).
+    max_wire_version: int = wire.WIRE_VERSION
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -134,6 +153,11 @@ class NodeConfig:
             )
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
+        if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
+            raise ValueError(
+                f"max_wire_version must be {wire.WIRE_VERSION_MIN}..{wire.WIRE_VERSION}, "
+                f"got {self.max_wire_version}"
+            )
 
     def relevance(self) -> Callable[[Connection], bool]:
         if self.is_relevant is not None:
@@ -141,7 +165,7 @@ class NodeConfig:
         protocols = frozenset(self.protocols)
 
         def relevant(conn: Connection) -> bool:
-            return conn.proto in protocols and not conn.status & IPS_EXPECTED
+            return conn.proto in protocols  # related (EXPECTED) ones too: conntrack_sync
 
         return relevant
 
@@ -163,6 +187,7 @@ class Node:
         settings = config.settings
         self._buckets = settings.buckets
         self._encryption = Encryption(config.node_id, config.keyring, config.initial_counter)
+        self._encryption.version = config.max_wire_version
         self._availability = Availability(
             config.node_id,
             config.incarnation,
@@ -170,6 +195,7 @@ class Node:
             interval=config.heartbeat_interval,
             misses=config.heartbeat_misses,
             weight=config.weight,
+            wire_version=config.max_wire_version,
             now=now,
         )
         self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
@@ -181,7 +207,12 @@ class Node:
             release_rule=config.release_rule,
         )
         self._sync = ConntrackSync(
-            config.node_id, settings.buckets, is_relevant=config.relevance(), rng=rng, now=now
+            config.node_id,
+            settings.buckets,
+            is_relevant=config.relevance(),
+            wire_version=config.max_wire_version,
+            rng=rng,
+            now=now,
         )
         self._events: deque[ev.NodeEvent] = deque()
         self._owned: frozenset[int] = frozenset()
@@ -295,6 +326,13 @@ class Node:
     def local_table_dump(self, conns: list[Connection], now: float) -> None:
         self._sync.local_dump(conns, now)
 
+    def expectation_new(self, exp: Expectation, now: float) -> None:
+        """A kernel expectation event (wire version 2 syncs them)."""
+        self._sync.local_expect_new(exp, now)
+
+    def expectation_destroy(self, exp: Expectation, now: float) -> None:
+        self._sync.local_expect_destroy(exp, now)
+
     def drain(self, now: float) -> None:
         """Hand every bucket over but keep forwarding the connections we have."""
         if self._leaving:
@@ -400,7 +438,7 @@ class Node:
     def _feed_broadcast(self, now: float) -> None:
         """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
         msgs = self._sync.messages_to_send(now)
-        for payload in pack([wire.encode_message(m) for m in msgs], MAX_PAYLOAD):
+        for payload in pack([encode_ct(m) for m in msgs], MAX_PAYLOAD):
             self._broadcast.send(payload, now)
         if self._table_owed and not self._sync.resync_in_progress:
             # Every round, including the ones for these peers, has been handed
@@ -545,6 +583,7 @@ class Node:
         out["cache_entries"] = sum(ct.cache_sizes.values())
         out["cached_peers"] = len(ct.cache_sizes)
         out["owned_buckets"] = len(self._owned)
+        out["wire_version"] = self._sync.wire_version
         out["members"] = len(self._ranges.members())
         out["stable"] = int(self._stable)
         out["ready"] = int(self._ready)
@@ -575,6 +614,11 @@ class Node:
             if self._deferred_claims and self._deferred_ready():
                 busy = True
                 self._apply_deferred_claims(now)
+        version = self._availability.cluster_wire_version()
+        if version != self._sync.wire_version:
+            self._sync.set_wire_version(version, now)
+            self._encryption.version = version
+            self._counters["wire_version_changes"] += 1
         self._refresh_active()
         self._check_leave_complete()
 
@@ -649,6 +693,8 @@ class Node:
                 self._sync.receive(msg, event.source, now)
                 if isinstance(msg, CtNew | CtNewResync):
                     self._inject_late(msg.to_connection(), now)
+                elif isinstance(msg, CtExpect):
+                    self._inject_late_expectation(msg.to_expectation(), now)
                 elif isinstance(msg, CtResyncRequest) and msg.target == self.node_id:
                     self._table_owed.add(event.source)  # rule 3: it lacks our table
         elif isinstance(event, RbOutOfSync):
@@ -676,6 +722,15 @@ class Node:
                 self._events.append(ev.InjectConnections(conns=conns, buckets=event.buckets))
                 self._sync.adopt(conns, now)
                 self._counters["injected"] += len(conns)
+            exps = tuple(
+                e
+                for e in self._sync.cached_expectations_in_buckets(event.buckets)
+                if not self._sync.has_local_expectation(e.key)
+            )
+            if exps:  # after their masters: the kernel attaches each to its master
+                self._events.append(ev.InjectExpectations(exps=exps, buckets=event.buckets))
+                self._sync.adopt_expectations(exps, now)
+                self._counters["injected_expectations"] += len(exps)
             self._owned = self._owned | event.buckets
             self._events.append(ev.OwnedBucketsChanged(owned=self._owned, claimed=event.buckets))
         elif isinstance(event, Release):
@@ -710,6 +765,18 @@ class Node:
         self._sync.adopt((conn,), now)
         self._counters["injected"] += 1
         self._counters["injected_late"] += 1
+
+    def _inject_late_expectation(self, exp: Expectation, now: float) -> None:
+        """An expectation created by the giver during a handover of its
+        master's bucket, which we already own: the data connection will come
+        to us, so the expectation must be here."""
+        if exp.bucket not in self._owned or self._sync.has_local_expectation(exp.key):
+            return
+        if self._sync.wire_version < VERSION_HELPERS:
+            return  # received but skipped by ConntrackSync (a v1 node ignores these)
+        self._events.append(ev.InjectExpectations(exps=(exp,), buckets=frozenset((exp.bucket,))))
+        self._sync.adopt_expectations((exp,), now)
+        self._counters["injected_expectations"] += 1
 
     def _forget_dead_peers(self, now: float) -> None:
         """A dead peer's cache is what survivors inject when they claim its

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from .connection import Connection
+from .ct_messages import Expectation
 from .types import NodeId, format_node_id
 
 
@@ -47,6 +48,19 @@ class InjectConnections:
 
     def describe(self) -> str:
         return f"inject {len(self.conns)} connections of buckets {format_buckets(self.buckets)}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InjectExpectations:
+    """A Node event for the driver (like InjectConnections, which it always
+    follows): write these expectations into the local conntrack
+    table; their masters are already there."""
+
+    exps: tuple[Expectation, ...]
+    buckets: frozenset[int]
+
+    def describe(self) -> str:
+        return f"inject {len(self.exps)} expectations"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +172,7 @@ class LeaveComplete:
 
 NodeEvent = (
     InjectConnections
+    | InjectExpectations
     | OwnedBucketsChanged
     | ActiveBucketsChanged
     | DeleteConnections

@@ -28,6 +28,19 @@ add optional attributes); unknown message types are an error counted as
 `unknown-message`, except when the message flag MSG_FLAG_OPTIONAL is set, in
 which case the message is skipped. That is the forward-compatibility rule
 rolling upgrades depend on.
+
+Wire versions (what a node may send; every version decodes all of them):
+
+    1  session 1: heartbeats, reliable broadcast, ranges, CT_NEW .. CT_RESYNC_DONE
+    2  CT_NEW / CT_NEW_RESYNC carry the connection's helper name (attribute 14,
+       skipped by a v1 decoder) and the expectation messages CT_EXPECT /
+       CT_EXPECT_DELETE exist (always sent with MSG_FLAG_OPTIONAL, so a v1
+       decoder skips them instead of dropping the whole payload)
+
+A node announces the highest version it speaks in its heartbeats and sends
+the lowest one every peer it hears announces (see availability.py), so during
+a rolling upgrade everything a v1 node receives means to it what it means
+to its sender.
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ from enum import IntEnum
 from typing import Any, ClassVar, Protocol, TypeVar
 
 MAGIC = b"FC"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # the highest version this build speaks (see the module docstring)
+WIRE_VERSION_MIN = 1  # the lowest version it can still speak, for a rolling upgrade
 HEADER = struct.Struct("!2sBBIQHH")
 HEADER_SIZE = HEADER.size  # 20
 MSG_HEADER = struct.Struct("!BBH")
@@ -73,6 +87,8 @@ class MsgType(IntEnum):
     CT_DIGEST = 20
     CT_RESYNC_REQUEST = 21
     CT_RESYNC_DONE = 22
+    CT_EXPECT = 23  # wire version 2
+    CT_EXPECT_DELETE = 24  # wire version 2
     TEST_PAYLOAD = 250  # the benchmark's "test plugin"
 
 
@@ -135,6 +151,8 @@ class _Schema:
     msg_type: MsgType
     attrs: tuple[AttrSpec, ...]
     by_id: dict[int, AttrSpec]
+    has_repeated: bool
+    required: tuple[str, ...]  # attributes a valid body must carry (repeated ones never are)
 
 
 _REGISTRY: dict[int, _Schema] = {}
@@ -153,6 +171,8 @@ def message(msg_type: MsgType) -> Callable[[type[M]], type[M]]:
             raise TypeError(f"message type {msg_type!r} registered twice")
         specs = []
         for f in dataclasses.fields(cls):
+            if not f.init:
+                continue  # derived from the attributes (a cache), not on the wire
             wire = f.metadata.get("wire")
             if wire is None:
                 raise TypeError(f"{cls.__name__}.{f.name} has no wire attribute")
@@ -163,7 +183,14 @@ def message(msg_type: MsgType) -> Callable[[type[M]], type[M]]:
         ids = [s.attr_id for s in specs]
         if len(set(ids)) != len(ids):
             raise TypeError(f"{cls.__name__} has duplicate attribute ids")
-        schema = _Schema(cls, msg_type, tuple(specs), {s.attr_id: s for s in specs})
+        schema = _Schema(
+            cls,
+            msg_type,
+            tuple(specs),
+            {s.attr_id: s for s in specs},
+            any(s.repeated for s in specs),
+            tuple(s.name for s in specs if s.required and not s.repeated),
+        )
         _REGISTRY[int(msg_type)] = schema
         _BY_CLASS[cls] = schema
         cls.MSG_TYPE = msg_type  # type: ignore[attr-defined]
@@ -223,48 +250,57 @@ def encoded_size(msg: Any) -> int:
 # -- decoding -----------------------------------------------------------------
 
 
-def _decode_value(spec: AttrSpec, data: bytes) -> Any:
-    if spec.kind in _INT_FORMATS:
-        fmt = _INT_FORMATS[spec.kind]
-        if len(data) != fmt.size:
-            raise WireError("bad-attribute-length", f"{spec.name}: {len(data)} bytes")
-        return fmt.unpack(data)[0]
-    if spec.kind is Kind.ADDR and len(data) not in (4, 16):
-        raise WireError("bad-attribute-length", f"{spec.name}: address of {len(data)} bytes")
-    if len(data) > spec.max_len:
-        raise WireError("oversized-attribute", f"{spec.name}: {len(data)} bytes")
-    return bytes(data)
+def _decode_value(spec: AttrSpec, body: memoryview, pos: int, length: int) -> Any:
+    fmt = _INT_FORMATS.get(spec.kind)
+    if fmt is not None:
+        if length != fmt.size:
+            raise WireError("bad-attribute-length", f"{spec.name}: {length} bytes")
+        return fmt.unpack_from(body, pos)[0]
+    if spec.kind is Kind.ADDR and length not in (4, 16):
+        raise WireError("bad-attribute-length", f"{spec.name}: address of {length} bytes")
+    if length > spec.max_len:
+        raise WireError("oversized-attribute", f"{spec.name}: {length} bytes")
+    return bytes(body[pos : pos + length])
 
 
 def _decode_body(schema: _Schema, body: memoryview) -> Any:
+    # The hot path of every sync message on every peer: values are unpacked
+    # in place from the view (no copy per attribute), and the repeated lists
+    # exist only for schemas that have repeated attributes.
     values: dict[str, Any] = {}
-    repeated: dict[str, list[Any]] = {s.name: [] for s in schema.attrs if s.repeated}
+    repeated: dict[str, list[Any]] | None = (
+        {s.name: [] for s in schema.attrs if s.repeated} if schema.has_repeated else None
+    )
+    by_id = schema.by_id
+    unpack_header = ATTR_HEADER.unpack_from
     pos = 0
     end = len(body)
     while pos < end:
-        if end - pos < ATTR_HEADER.size:
+        if end - pos < 4:  # ATTR_HEADER.size
             raise WireError("truncated-attribute")
-        attr_id, length = ATTR_HEADER.unpack_from(body, pos)
-        pos += ATTR_HEADER.size
+        attr_id, length = unpack_header(body, pos)
+        pos += 4
         if length > end - pos:
             raise WireError("truncated-attribute", f"id {attr_id}")
-        data = bytes(body[pos : pos + length])
-        pos += length
-        spec = schema.by_id.get(attr_id)
+        spec = by_id.get(attr_id)
         if spec is None:
+            pos += length
             continue  # unknown attribute of a known message: newer peer, skip
-        value = _decode_value(spec, data)
+        value = _decode_value(spec, body, pos, length)
+        pos += length
         if spec.repeated:
+            assert repeated is not None
             repeated[spec.name].append(value)
         elif spec.name in values:
             raise WireError("duplicate-attribute", spec.name)
         else:
             values[spec.name] = value
-    for spec in schema.attrs:
-        if spec.repeated:
-            values[spec.name] = tuple(repeated[spec.name])
-        elif spec.name not in values and spec.required:
-            raise WireError("missing-attribute", f"{schema.cls.__name__}.{spec.name}")
+    if repeated is not None:
+        for name, items in repeated.items():
+            values[name] = tuple(items)
+    for name in schema.required:
+        if name not in values:
+            raise WireError("missing-attribute", f"{schema.cls.__name__}.{name}")
     try:
         return schema.cls(**values)
     except (TypeError, ValueError) as exc:

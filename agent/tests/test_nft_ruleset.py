@@ -86,6 +86,21 @@ def test_prerouting_order_and_priority() -> None:
     assert ct[-1] == "goto hash_fwd"
 
 
+def test_new_local_connections_without_a_socket_are_dropped_after_dnat() -> None:
+    """A reply to a source-NATed connection reaching a node that does not know
+    it must not be answered (port-unreachable) nor confirmed: the input hook
+    (after DNAT, so port forwards are not affected) drops classified NEW
+    TCP/UDP connections no local socket takes."""
+    text = render_ruleset(config(mask=0xFFFF0000))
+    inp = chain(text, "input")
+    assert inp[0] == "type filter hook input priority 0; policy accept;"
+    new = "ct state new ct mark and 0xffff0000 != 0 meta l4proto { tcp, udp }"
+    assert inp[1] == f"{new} socket wildcard {{ 0, 1 }} accept"
+    assert inp[2] == f'{new} counter name "no_listener" drop'
+    assert len(inp) == 3
+    assert "counter no_listener {}" in text
+
+
 def test_orientation_map_swaps_exactly_later_to_earlier_zone_pairs() -> None:
     ct = chain(render_ruleset(config()), "cluster_traffic")
     [vmap] = [r for r in ct if r.startswith("iif . fib daddr oif vmap")]

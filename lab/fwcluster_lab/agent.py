@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .topology import SYNC_GROUP, SYNC_PORT, Host, Topology
+from .topology import SYNC_GROUP, SYNC_GROUP6, SYNC_PORT, Host, Topology
 
 REPO = Path(os.environ.get("FWCLUSTER_REPO", str(Path(__file__).resolve().parents[2])))
 
@@ -63,30 +63,33 @@ def write_key(run_dir: Path) -> Path:
     return path
 
 
-def agent_config(topo: Topology, node: Host, run_dir: Path) -> dict[str, Any]:
+def agent_config(
+    topo: Topology, node: Host, run_dir: Path, backend: str = "nftables"
+) -> dict[str, Any]:
     sync_addr = str(node.link("sync").address.ip)
+    sync6 = node.link("sync").address6  # the sync network over IPv6 (lab up --sync6)
     return {
         "node_id": sync_addr,
         "sync": {
             "interface": node.link("sync").ifname,
-            "address": sync_addr,
+            "address": str(sync6.ip) if sync6 else sync_addr,
             "transport": "multicast",
-            "group": SYNC_GROUP,
+            "group": SYNC_GROUP6 if sync6 else SYNC_GROUP,
             "port": SYNC_PORT,
         },
         "zones": [
             {
                 "name": z.name,
                 "interface": z.node_ifname,
-                "cluster_ips": [str(z.cluster_ip)],
+                "cluster_ips": [str(ip) for ip in z.cluster_ips],
                 "cluster_mac": z.cluster_mac,
             }
             for z in topo.zones
         ],
-        "cluster": dict(CLUSTER_SETTINGS),
+        "cluster": {**CLUSTER_SETTINGS, "backend": backend},  # nftables or clusterdev
         "heartbeat": dict(HEARTBEAT),
         "key_file": str(key_path(run_dir)),
-        "protocols": list(PROTOCOLS),
+        "protocols": list(PROTOCOLS) + (["icmpv6"] if topo.ipv6 else []),
         "control_socket": str(control_socket(run_dir, node.name)),
         "metrics": dict(METRICS),
         # Not in the lab's fixed key list, but needed: all nodes share one
@@ -95,11 +98,11 @@ def agent_config(topo: Topology, node: Host, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_config(topo: Topology, node: Host, run_dir: Path) -> Path:
+def write_config(topo: Topology, node: Host, run_dir: Path, backend: str = "nftables") -> Path:
     path = config_path(run_dir, node.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "# written by the fwcluster lab; rewritten on every `lab up`\n"
-    text += yaml.safe_dump(agent_config(topo, node, run_dir), sort_keys=False)
+    text += yaml.safe_dump(agent_config(topo, node, run_dir, backend), sort_keys=False)
     path.write_text(text)
     return path
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import agent, standalone
+from . import agent, nat_policy, standalone
 from .netns import (
     LabError,
     Proc,
@@ -34,6 +34,9 @@ from .topology import Host, Topology, build_topology
 
 LAB_DIR = Path(__file__).resolve().parents[1]
 TRAFFIC_PORT = 7001  # TCP echo and UDP responder on every server
+# Seconds a traffic server may take to listen. Emulated guests (the clusterdev
+# tests under TCG on a busy machine) need far more than a real machine.
+SERVER_READY_TIMEOUT = 15.0
 
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -47,6 +50,22 @@ QUIET_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "1",
     "net.ipv6.conf.default.disable_ipv6": "1",
 }
+
+
+# IPv6 on, only on the interfaces of a dual-stack lab that carry an IPv6
+# address, and quiet there: no router solicitations, no router advertisements
+# accepted, no duplicate address detection (every address is the lab's own).
+IPV6_IFACE_SYSCTLS = ("accept_ra=0", "accept_dad=0", "dad_transmits=0", "router_solicitations=0")
+
+
+def _enable_ipv6(host: Host) -> None:
+    for link in host.links:
+        if link.address6 is not None:
+            conf = f"net.ipv6.conf.{link.ifname}"
+            pairs = [s.split("=") for s in IPV6_IFACE_SYSCTLS] + [["disable_ipv6", "0"]]
+            sysctl(host.ns, {f"{conf}.{k}": v for k, v in pairs})
+    if host.role == "node" and any(link.address6 for link in host.links):
+        sysctl(host.ns, {"net.ipv6.conf.all.forwarding": "1"})
 
 
 def lab_env() -> dict[str, str]:
@@ -84,9 +103,14 @@ def _wire(topo: Topology, host: Host, links_up: bool) -> None:
         )
         sw_lines.append(f"link set {link.sw_ifname} master {link.bridge} up")
     ip_batch(topo.switch_ns, sw_lines)
+    _enable_ipv6(host)
     lines = ["link set lo up"]
     for link in host.links:
         lines.append(f"address add {link.address} dev {link.ifname}")  # first: the primary
+        for more in link.more_addresses:
+            lines.append(
+                f"address add {more} dev {link.ifname}{' nodad' if more.version == 6 else ''}"
+            )
         lines.append(f"link set {link.ifname} {'up' if links_up else 'down'}")
     for dst, via in host.routes:
         lines.append(f"route add {dst} via {via}")
@@ -131,8 +155,14 @@ def start_agent(state: LabState, node_name: str) -> Proc | None:
     return _start_agent(state, topo, topo.node(node_name))
 
 
+def traffic_server_hosts(topo: Topology) -> tuple[Host, ...]:
+    """Hosts running a traffic server: every server, and in a NAT lab the first
+    client too (the far end of the SNAT and masquerade traffic from inside)."""
+    return topo.servers + (topo.clients[:1] if topo.nat else ())
+
+
 def _start_servers(state: LabState, topo: Topology) -> None:
-    for server in topo.servers:
+    for server in traffic_server_hosts(topo):
         sock = server_control_socket(state.run_dir, server.name)
         sock.parent.mkdir(parents=True, exist_ok=True)
         sock.unlink(missing_ok=True)  # a stale one would pass for readiness
@@ -140,8 +170,11 @@ def _start_servers(state: LabState, topo: Topology) -> None:
             sys.executable,
             "-m",
             "fwcluster_lab.traffic_server",
-            "--listen",
-            str(server.links[0].address.ip),
+            *(
+                arg
+                for a in (server.links[0].address, *server.links[0].more_addresses)
+                for arg in ("--listen", str(a.ip))
+            ),
             "--port",
             str(TRAFFIC_PORT),
             "--control",
@@ -153,7 +186,7 @@ def _start_servers(state: LabState, topo: Topology) -> None:
         state.save()
         # Ready means listening: the server binds TCP and UDP before its control
         # socket, so a client started right after `up` is never refused.
-        deadline = time.monotonic() + 15.0
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT
         while not sock.exists():
             if not proc.alive():
                 raise LabError(f"traffic server on {server.name} exited; see {log}")
@@ -169,12 +202,18 @@ def up(
     clients: int = 1,
     servers: int = 1,
     agents: bool = True,
+    ipv6: bool = False,
+    nat: bool = False,
+    sync6: bool = False,
+    backend: str = "nftables",  # the agents' data plane: nftables or clusterdev (kernel module)
 ) -> LabState:
     existing = LabState.load(run_dir)
     if existing is not None or _leftovers(prefix):
         raise LabError(f"a lab with prefix {prefix!r} exists already: run `lab down` first")
-    topo = build_topology(nodes, clients, servers, prefix)
-    state = LabState(run_dir, prefix, nodes, clients, servers, agents)
+    topo = build_topology(nodes, clients, servers, prefix, ipv6=ipv6, nat=nat, sync6=sync6)
+    state = LabState(
+        run_dir, prefix, nodes, clients, servers, agents, ipv6=ipv6, nat=nat, sync6=sync6
+    )
     state.save()
     try:
         for ns in topo.namespaces:
@@ -190,10 +229,12 @@ def up(
             _wire(topo, host, links_up)
             if host.role == "node":
                 sysctl(host.ns, NODE_SYSCTLS)
+                if nat:
+                    nat_policy.install(topo, host)
         if agents:
             agent.write_key(run_dir)
             for node in topo.nodes:
-                agent.write_config(topo, node, run_dir)
+                agent.write_config(topo, node, run_dir, backend)
                 if not agent.AGENT_OWNS_CLUSTER_ADDRESSES:
                     standalone.add_cluster_addresses(topo, node)
         else:

@@ -30,10 +30,19 @@ def _nodes(value: str) -> list[str]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     state = build.up(
-        args.run_dir, args.prefix, args.nodes, args.clients, args.servers, not args.no_agent
+        args.run_dir,
+        args.prefix,
+        args.nodes,
+        args.clients,
+        args.servers,
+        not args.no_agent,
+        backend=args.backend,
+        ipv6=args.ipv6,
+        nat=args.nat,
+        sync6=args.sync6,
     )
     topo = state.topology()
-    mode = "agents" if state.agents else "no agent: fw1 forwards alone"
+    mode = f"agents, {args.backend} backend" if state.agents else "no agent: fw1 forwards alone"
     print(
         f"lab up: {len(topo.nodes)} nodes, {len(topo.clients)} client(s), "
         f"{len(topo.servers)} server(s), {mode}"
@@ -178,16 +187,21 @@ def _traffic_options(args: argparse.Namespace) -> list[str]:
 
 def cmd_traffic(args: argparse.Namespace) -> int:
     state = _state(args)
+    kinds = traffic_control.targets(state)
+    if args.to not in kinds:
+        raise LabError(f"traffic --to {args.to}: this lab offers {', '.join(kinds)}")
+    name, target = traffic_control.client_name(args.to), kinds[args.to]
     if args.action == "start":
-        ready = traffic_control.start(state, _traffic_options(args))
+        ready = traffic_control.start(state, _traffic_options(args), name=name, target=target)
         print(f"traffic run {ready['run']} started: {ready['established']} streams established")
         return 0
     if args.action == "stop":
-        summary = traffic_control.stop_background(state)
+        summary = traffic_control.stop_background(state, name=name)
     else:
         if args.duration is None:
             args.duration = 10.0
-        summary = traffic_control.run_foreground(state, _traffic_options(args), args.json)
+        options = _traffic_options(args)
+        summary = traffic_control.run_foreground(state, options, args.json, target)
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(human_line(summary))
@@ -214,6 +228,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=int, default=1)
     s.add_argument("--servers", type=int, default=1)
     s.add_argument("--no-agent", action="store_true", help="no clustering: fw1 forwards alone")
+    s.add_argument(
+        "--backend",
+        choices=["nftables", "clusterdev"],
+        default="nftables",
+        help="the agents' data plane (clusterdev needs the kernel module loaded)",
+    )
+    s.add_argument("--ipv6", action="store_true", help="dual-stack zones (IPv6 traffic: --to ipv6)")
+    s.add_argument("--nat", action="store_true", help="NAT policy on every node (nat_policy.py)")
+    s.add_argument("--sync6", action="store_true", help="the sync network over IPv6")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="remove everything the lab created")
@@ -263,6 +286,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-timeout", type=float, default=10.0)
     s.add_argument("--stall-threshold-ms", type=float, help="default 50 (2.5 intervals if larger)")
     s.add_argument("--json", type=Path, help="also write the JSON summary here")
+    s.add_argument(
+        "--to",
+        default="ipv4",
+        choices=["ipv4", "ipv6", "snat", "masquerade", "dnat"],
+        help="which traffic (ipv6: lab up --ipv6; snat/masquerade/dnat: lab up --nat)",
+    )
     s.set_defaults(func=cmd_traffic)
 
     s = sub.add_parser(

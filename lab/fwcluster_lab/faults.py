@@ -20,6 +20,8 @@ from .state import LabState
 from .topology import Topology
 
 TABLE = "fwl_faults"
+# Loaded in a node's own namespace while it is dead: drops every packet.
+DEAD_TABLE = "fwl_dead"
 PLANES = {"sync": ("sync",), "zone": ("outside", "inside")}
 
 
@@ -74,13 +76,36 @@ def apply(state: LabState) -> None:
     state.save()
 
 
+def _dead_ruleset(dead: bool) -> str:
+    """Remove the dead node's drop-all table, and (dead=True) load it again."""
+    script = f"table inet {DEAD_TABLE} {{}}\ndelete table inet {DEAD_TABLE}\n"
+    if dead:
+        script += f"""table inet {DEAD_TABLE} {{
+  chain incoming {{
+    type filter hook prerouting priority -500; policy drop;
+  }}
+  chain outgoing {{
+    type filter hook output priority -500; policy drop;
+  }}
+}}
+"""
+    return script
+
+
 def kill(state: LabState, node: str) -> None:
-    """The node dies: its agent gets SIGKILL (no goodbye) and all its links go down."""
+    """The node dies: its agent gets SIGKILL (no goodbye) and all its links go down.
+
+    Between the agent's death and the links going down, the node first stops
+    handling packets at all, in one nft transaction: links go down one after
+    the other, and a kernel that still receives on one zone while the other is
+    already down answers with ICMP net-unreachable, which a dead node never
+    sends (and which the hosts would count against the cluster)."""
     host = state.topology().node(node)
     proc = state.procs.get(f"agent:{host.name}")
     if proc is not None:
         stop(proc, signal.SIGKILL)
         del state.procs[proc.what]
+    nft(host.ns, _dead_ruleset(True))
     set_links(host, False)
     if host.name not in state.dead_nodes:
         state.dead_nodes.append(host.name)
@@ -90,6 +115,7 @@ def kill(state: LabState, node: str) -> None:
 def revive(state: LabState, node: str) -> None:
     """Links up again and, when the lab runs agents, a fresh agent process."""
     host = state.topology().node(node)
+    nft(host.ns, _dead_ruleset(False))
     set_links(host, True)
     if host.name in state.dead_nodes:
         state.dead_nodes.remove(host.name)

@@ -41,13 +41,24 @@ class LabState:
     dead_nodes: list[str] = dataclasses.field(default_factory=list)
     partitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     sync_loss_percent: int = 0
+    ipv6: bool = False  # dual-stack zones (topology.py)
+    nat: bool = False  # NAT policy loaded on every node (nat_policy.py)
+    sync6: bool = False  # the sync network over IPv6
 
     @property
     def path(self) -> Path:
         return self.run_dir / "state.json"
 
     def topology(self) -> Topology:
-        return build_topology(self.nodes, self.clients, self.servers, self.prefix)
+        return build_topology(
+            self.nodes,
+            self.clients,
+            self.servers,
+            self.prefix,
+            ipv6=self.ipv6,
+            nat=self.nat,
+            sync6=self.sync6,
+        )
 
     def node_dir(self, node: str) -> Path:
         return self.run_dir / node
@@ -65,6 +76,9 @@ class LabState:
             "dead_nodes": self.dead_nodes,
             "partitions": self.partitions,
             "sync_loss_percent": self.sync_loss_percent,
+            "ipv6": self.ipv6,
+            "nat": self.nat,
+            "sync6": self.sync6,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -87,6 +101,9 @@ class LabState:
                 dead_nodes=[str(n) for n in data.get("dead_nodes", [])],
                 partitions=list(data.get("partitions", [])),
                 sync_loss_percent=int(data.get("sync_loss_percent", 0)),
+                ipv6=bool(data.get("ipv6", False)),
+                nat=bool(data.get("nat", False)),
+                sync6=bool(data.get("sync6", False)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -51,6 +51,7 @@ SLOT_S = 0.001
 WBUF_CAP = 64 * 1024  # bytes queued in user space per stream before sends are skipped
 HOUSEKEEPING_S = 0.1
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 ICMP_HEADER = struct.Struct("!BBHHH")
 
 CONNECTING, OPEN, DONE = 0, 1, 2
@@ -65,7 +66,9 @@ def icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def icmp_echo(ident: int, seq16: int, payload: bytes) -> bytes:
+def icmp_echo(ident: int, seq16: int, payload: bytes, v6: bool = False) -> bytes:
+    if v6:  # the kernel fills in the ICMPv6 checksum (it covers the IPv6 pseudo-header)
+        return ICMP_HEADER.pack(ICMPV6_ECHO_REQUEST, 0, 0, ident, seq16) + payload
     head = ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq16)
     csum = icmp_checksum(head + payload)
     return ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, csum, ident, seq16) + payload
@@ -107,6 +110,10 @@ class Client:
         self.args = args
         self.tag = run_tag
         self.server = (args.server, args.port)
+        # The family follows the server address: one client process per family,
+        # so every counter of a summary is one family's.
+        self.v6 = ":" in args.server
+        self.family = socket.AF_INET6 if self.v6 else socket.AF_INET
         self.sel = selectors.DefaultSelector()
         self.streams = [TcpStream(i) for i in range(args.tcp)]
         self.udp: list[UdpFlow] = []
@@ -124,7 +131,7 @@ class Client:
     def open_all(self, now: float) -> None:
         self.connect_started = now
         for st in self.streams:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             st.sock = sock
@@ -134,14 +141,15 @@ class Client:
                 continue
             self.sel.register(sock, selectors.EVENT_WRITE, (self._tcp_event, st))
         for i in range(self.args.udp):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(self.family, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.connect(self.server)  # a connected socket only hears its own server
             flow = UdpFlow(i, sock)
             self.udp.append(flow)
             self.sel.register(sock, selectors.EVENT_READ, (self._udp_event, flow))
         if self.ping:
-            self.ping_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            proto = socket.IPPROTO_ICMPV6 if self.v6 else socket.IPPROTO_ICMP
+            self.ping_sock = socket.socket(self.family, socket.SOCK_RAW, proto)
             self.ping_sock.setblocking(False)
             self.ping_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self.sel.register(self.ping_sock, selectors.EVENT_READ, (self._ping_event, None))
@@ -292,7 +300,7 @@ class Client:
         stats = self.ping[index]
         seq = stats.request(now)
         ident = (self.ping_id_base + index) & 0xFFFF
-        packet = icmp_echo(ident, seq & 0xFFFF, make_record(self.tag, index, seq))
+        packet = icmp_echo(ident, seq & 0xFFFF, make_record(self.tag, index, seq), self.v6)
         try:
             self.ping_sock.sendto(packet, (self.server[0], 0))
         except OSError:
@@ -308,11 +316,13 @@ class Client:
             except OSError:
                 self.counters["ping_errors"] += 1
                 return
-            if len(data) < 20:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            icmp = data[ihl:]
-            if len(icmp) != ICMP_HEADER.size + RECORD_SIZE or icmp[0] != ICMP_ECHO_REPLY:
+            if self.v6:  # raw ICMPv6 sockets get the message without the IPv6 header
+                icmp, reply_type = data, ICMPV6_ECHO_REPLY
+            else:
+                if len(data) < 20:
+                    continue
+                icmp, reply_type = data[(data[0] & 0x0F) * 4 :], ICMP_ECHO_REPLY
+            if len(icmp) != ICMP_HEADER.size + RECORD_SIZE or icmp[0] != reply_type:
                 continue  # not one of ours (other ICMP, or another tool's ping)
             parsed = parse_record(icmp[ICMP_HEADER.size :])
             if parsed is None or parsed[0] != self.tag or not 0 <= parsed[1] < len(self.ping):

@@ -87,25 +87,27 @@ class TcpConn:
 
 
 class Server:
-    def __init__(self, address: str, port: int, control: Path) -> None:
+    def __init__(self, addresses: list[str], port: int, control: Path) -> None:
         self.sel = selectors.DefaultSelector()
         self.runs: collections.OrderedDict[int, RunCounters] = collections.OrderedDict()
         self.totals = collections.Counter[str]()
         self.conns: dict[int, TcpConn] = {}
         self.stopping = False
-
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((address, port))
-        self.listener.listen(4096)
-        self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
-
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.udp.bind((address, port))
-        self.udp.setblocking(False)
-        self.sel.register(self.udp, selectors.EVENT_READ, self._udp_read)
+        # One TCP listener and one UDP socket per address (IPv4 and IPv6 of a
+        # dual-stack lab): bound to the address, so replies leave from it.
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((address, port))
+            listener.listen(4096)
+            listener.setblocking(False)
+            self.sel.register(listener, selectors.EVENT_READ, self._accept)
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            udp.bind((address, port))
+            udp.setblocking(False)
+            self.sel.register(udp, selectors.EVENT_READ, self._udp_read)
 
         control.parent.mkdir(parents=True, exist_ok=True)
         control.unlink(missing_ok=True)
@@ -126,10 +128,12 @@ class Server:
 
     # TCP ------------------------------------------------------------------
 
-    def _accept(self, _fd: int, _mask: int) -> None:
+    def _accept(self, fd: int, _mask: int) -> None:
+        listener = self.sel.get_key(fd).fileobj
+        assert isinstance(listener, socket.socket)
         for _i in range(256):
             try:
-                sock, _addr = self.listener.accept()
+                sock, _addr = listener.accept()
             except BlockingIOError:
                 return
             except OSError:
@@ -224,10 +228,12 @@ class Server:
 
     # UDP ------------------------------------------------------------------
 
-    def _udp_read(self, _fd: int, _mask: int) -> None:
+    def _udp_read(self, fd: int, _mask: int) -> None:
+        udp = self.sel.get_key(fd).fileobj
+        assert isinstance(udp, socket.socket)
         for _i in range(UDP_BATCH):
             try:
-                data, addr = self.udp.recvfrom(2048)
+                data, addr = udp.recvfrom(2048)
             except BlockingIOError:
                 return
             except OSError:
@@ -247,7 +253,7 @@ class Server:
                 run.udp_duplicate_requests += 1
             self.totals["udp_requests"] += 1
             try:
-                self.udp.sendto(data, addr)
+                udp.sendto(data, addr)
             except OSError:
                 self.totals["udp_send_errors"] += 1
 
@@ -304,7 +310,7 @@ def raise_nofile() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--listen", required=True, help="address to bind (the server's own)")
+    p.add_argument("--listen", required=True, action="append", help="address to bind (repeatable)")
     p.add_argument("--port", type=int, default=7001)
     p.add_argument("--control", type=Path, required=True, help="Unix socket for counters")
     p.add_argument("--max-lifetime", type=float, default=MAX_LIFETIME_S)
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"traffic server pid {os.getpid()} on {args.listen}:{args.port}", flush=True)
+    print(f"traffic server pid {os.getpid()} on {args.listen} port {args.port}", flush=True)
     server.serve(min(args.max_lifetime, MAX_LIFETIME_S))
     return 0
 

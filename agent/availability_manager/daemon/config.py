@@ -23,6 +23,7 @@ import yaml
 from ..connection import PROTO_NAMES
 from ..dataplane.base import Zone
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
+from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
 
 DEFAULT_PATH = Path("/etc/availability-manager/config.yml")
 TRANSPORTS = ("multicast", "broadcast", "unicast")
@@ -74,6 +75,9 @@ class AgentConfig:
     leave_timeout_s: float = 30.0
     state_dir: Path = Path("/var/lib/availability-manager")
     realtime: bool = True
+    # Below the build's wire version only to behave as an older release during
+    # a rolling upgrade (and in its tests); see wire.py.
+    max_wire_version: int = WIRE_VERSION
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -175,6 +179,7 @@ class _Reader:
 # -- the schema ----------------------------------------------------------------
 
 _TOP_KEYS = {
+    "max_wire_version",
     "node_id",
     "sync",
     "zones",
@@ -263,6 +268,13 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         leave_timeout_s=float(r.get(top, "leave_timeout_s", "", r.integer(1, 3600), 30)),
         state_dir=r.get(top, "state_dir", "", r.abspath, Path("/var/lib/availability-manager")),
         realtime=r.get(top, "realtime", "", r.boolean, True),
+        max_wire_version=r.get(
+            top,
+            "max_wire_version",
+            "",
+            r.integer(WIRE_VERSION_MIN, WIRE_VERSION),
+            WIRE_VERSION,
+        ),
     )
 
 

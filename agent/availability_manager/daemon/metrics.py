@@ -27,6 +27,7 @@ GAUGES = {
     "ready",
     "stable",
     "links_up",
+    "wire_version",
 }
 
 

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import node_events as ev
-from ..connection import IPS_EXPECTED, Connection
+from ..connection import Connection
 from ..crypto import Keyring
+from ..ct_messages import Expectation
 from ..dataplane.base import DataPlane
 from ..node import Node, NodeConfig
 from ..types import format_node_id
@@ -44,15 +46,34 @@ from .transport import SyncSocket
 log = logging.getLogger("availability-manager")
 
 LINK_RECHECK_S = 1.0
+# New local connections wait this long before their sync datagram leaves, so
+# that a burst shares datagrams: per datagram the sender, the network and
+# every peer pay a syscall, an AEAD operation and the broadcast bookkeeping,
+# which at thousands of connections per second costs more than the entries
+# themselves (docs/benchmarks.md, sync throughput). A connection created in
+# the last 2 ms before its owner dies was not synced either way.
+CONNTRACK_FLUSH_DELAY_S = 0.002
+# Python's cyclic garbage collector walks every tracked object in a full
+# collection: with the peers' caches (three objects per connection) that
+# stops the loop for hundreds of milliseconds, long enough to miss heartbeats
+# and be taken for dead. Every second the objects alive by then are frozen
+# (gc.freeze: left out of later collections, still freed by reference
+# counting), so a collection only walks what is newer. bench/gc_pause.py,
+# 300,000 cached connections: longest pause 411 ms unfrozen, 14 ms frozen
+# every 10,000 (a second at 10,000/s). The price: a reference cycle among
+# frozen objects is never collected; the agent's long-lived objects (tables,
+# caches) hold none.
+GC_FREEZE_EVERY_S = 1.0
 METRICS_PUBLISH_S = 1.0
 
 
 class ConntrackTable(Protocol):
     def fileno(self) -> int: ...
-    def read_events(self) -> list[tuple[str, Connection]]: ...
+    def read_events(self) -> Sequence[tuple[str, Connection | Expectation]]: ...
     def dump(self) -> list[Connection]: ...
     def inject(self, conns: list[Connection]) -> int: ...
     def delete(self, conns: list[Connection]) -> int: ...
+    def inject_expectations(self, exps: list[Expectation]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -77,12 +98,13 @@ def next_incarnation(state_dir: Path) -> int:
 
 def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
     """Which local conntrack entries the cluster syncs: those the data plane
-    classified (a bucket in the mark), of a configured protocol, not expected
-    ones. The node's own traffic (sync datagrams, SSH to it) is never synced."""
+    classified (a bucket in the mark), of a configured protocol; related
+    (expected) ones too: they carry their master's mark. The node's own
+    traffic (sync datagrams, SSH to it) is never synced."""
     protocols, mask = cfg.protocols, cfg.mark_mask
 
     def relevant(conn: Connection) -> bool:
-        return conn.proto in protocols and bool(conn.mark & mask) and not conn.status & IPS_EXPECTED
+        return conn.proto in protocols and bool(conn.mark & mask)
 
     return relevant
 
@@ -101,6 +123,7 @@ def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeCon
         weight=cfg.weight,
         protocols=cfg.protocols,
         is_relevant=cluster_relevance(cfg),
+        max_wire_version=cfg.max_wire_version,
     )
 
 
@@ -133,6 +156,7 @@ class Runtime:
         )
         self.counters: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
+        self._flush: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Future[str] = self.loop.create_future()
         self._leaving = False
         self._links_up: bool | None = None
@@ -184,6 +208,8 @@ class Runtime:
             zs.close()
         if self._timer:
             self._timer.cancel()
+        if self._flush:
+            self._flush.cancel()
         await self.control.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
         self.dataplane.uninstall()
@@ -259,12 +285,22 @@ class Runtime:
             self._kernel.submit(self._redump)
             return
         for kind, conn in events:
-            if kind == "new":
+            if isinstance(conn, Expectation):  # wire version 2 syncs them
+                if kind == "new":
+                    self.node.expectation_new(conn, now)
+                elif kind == "destroy":
+                    self.node.expectation_destroy(conn, now)
+            elif kind == "new":
                 self.node.connection_new(conn, now)
             elif kind == "update":
                 self.node.connection_update(conn, now)
             elif kind == "destroy":
                 self.node.connection_destroy(conn, now)
+        if self._flush is None:
+            self._flush = self.loop.call_later(CONNTRACK_FLUSH_DELAY_S, self._flush_local)
+
+    def _flush_local(self) -> None:
+        self._flush = None
         self._pump()
 
     def _redump(self) -> None:
@@ -298,11 +334,14 @@ class Runtime:
             self.node.set_link_status(up, self.loop.time())
 
     def _periodic(self) -> None:
+        gc.freeze()  # see GC_FREEZE_EVERY_S
         self._check_links()
         if self.metrics is not None:
             self.metrics.publish(self.stats(), {"node": format_node_id(self.cfg.node_id)})
         self._pump()
-        self.loop.call_later(min(LINK_RECHECK_S, METRICS_PUBLISH_S), self._periodic)
+        self.loop.call_later(
+            min(LINK_RECHECK_S, METRICS_PUBLISH_S, GC_FREEZE_EVERY_S), self._periodic
+        )
 
     def _watchdog(self) -> None:
         # pinged from the event loop itself: a stuck loop stops the pings
@@ -357,6 +396,10 @@ class Runtime:
             done = self.conntrack.inject(list(event.conns)) if event.conns else 0
             self.counters["injected"] += done
             log.info("%s (%d written)", event.describe(), done)
+        elif isinstance(event, ev.InjectExpectations):
+            done = self.conntrack.inject_expectations(list(event.exps))
+            self.counters["injected_expectations"] += done
+            log.info("%s (%d written)", event.describe(), done)
         elif isinstance(event, ev.ActiveBucketsChanged):
             self.dataplane.set_owned_buckets(event.active)
             log.info("%s", event.describe())
@@ -390,6 +433,7 @@ class Runtime:
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
         stats["owned_buckets"] = len(self.node.owned_buckets())
+        stats["gc_frozen_objects"] = gc.get_freeze_count()
         return stats
 
     def status(self) -> dict[str, Any]:

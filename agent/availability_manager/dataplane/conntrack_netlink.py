@@ -15,7 +15,18 @@ Injection follows what conntrackd does for a failover: both tuples, the TCP
 state with the "be liberal" window flag on both directions (the new owner
 never saw the window), ASSURED/SEEN_REPLY status, the mark, a timeout of the
 state's class; a NAT'd entry also carries the NAT binding (CTA_NAT_SRC /
-CTA_NAT_DST) derived from its two tuples.
+CTA_NAT_DST) derived from its two tuples; an entry with a conntrack helper
+(an FTP control connection) is created with it (CTA_HELP), so the new
+owner's helper parses the later PORT/PASV commands itself (the kernel's FTP
+helper then picks up TCP sequence tracking mid-stream).
+
+Expectations (wire version 2): the event socket also listens to the
+expectation groups; `read_events` returns ("new"|"destroy", Expectation)
+for them, and `inject_expectations` creates them (IPCTNL_MSG_EXP_NEW on the
+master found by its original tuple), as conntrackd's expectation sync does.
+An injected expectation gets no helper of its own (CTA_EXPECT_HELP_NAME is
+not sent, as the FTP and TFTP helpers set none): its timeout comes from the
+master's helper.
 """
 
 from __future__ import annotations
@@ -27,8 +38,8 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeVar
 
 from ..connection import (
     IPS_ASSURED,
@@ -51,6 +62,7 @@ from ..connection import (
     Tuple,
     untranslated_reply,
 )
+from ..ct_messages import Expectation, helper_of, with_helper
 from . import netlink_attrs as nl
 from .bucket import bucket_of_mark, mark_of_bucket, mask_shift
 
@@ -60,18 +72,28 @@ NETLINK_NETFILTER = 12
 SO_RCVBUFFORCE = 33
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5
-NFNL_SUBSYS_CTNETLINK = 1
+NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_CTNETLINK_EXP = 1, 2
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+IPCTNL_MSG_EXP_NEW, IPCTNL_MSG_EXP_GET, IPCTNL_MSG_EXP_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
+NFNLGRP_CONNTRACK_EXP_NEW, NFNLGRP_CONNTRACK_EXP_DESTROY = 4, 6
 EVENT_GROUPS = (
     (1 << (NFNLGRP_CONNTRACK_NEW - 1))
     | (1 << (NFNLGRP_CONNTRACK_UPDATE - 1))
     | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
+    | (1 << (NFNLGRP_CONNTRACK_EXP_NEW - 1))
+    | (1 << (NFNLGRP_CONNTRACK_EXP_DESTROY - 1))
 )
 
 # enum ctattr_type and friends (include/uapi/linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
-CTA_NAT_SRC, CTA_TIMEOUT, CTA_MARK, CTA_NAT_DST = 6, 7, 8, 13
+CTA_HELP, CTA_NAT_SRC, CTA_TIMEOUT, CTA_MARK, CTA_NAT_DST = 5, 6, 7, 8, 13
+CTA_HELP_NAME = 1
+# enum ctattr_expect
+CTA_EXPECT_MASTER, CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_TIMEOUT = 1, 2, 3, 4
+CTA_EXPECT_HELP_NAME, CTA_EXPECT_FLAGS, CTA_EXPECT_CLASS = 6, 8, 9
+EXPECT_TIMEOUT = 300  # seconds; the master's helper policy decides when it has one
+NF_CT_EXPECT_USERSPACE = 0x4  # the kernel clears it on creation
 CTA_MARK_MASK = 21
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
@@ -109,6 +131,8 @@ TCP_TIMEOUTS = {
 UDP_TIMEOUT, UDP_STREAM_TIMEOUT, ICMP_TIMEOUT, GENERIC_TIMEOUT = 30, 120, 30, 600
 
 EventKind = Literal["new", "update", "destroy"]
+Event = tuple[EventKind, Connection | Expectation]
+DumpItem = TypeVar("DumpItem", Connection, Expectation)
 
 _NFGEN = struct.Struct("!BBH")
 _ERRNO = struct.Struct("=i")
@@ -221,6 +245,7 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
     orig = reply = None
     proto = rproto = status = -1
     mark = state = 0
+    helper = ""
     while off + 4 <= end:
         length, atype = _HDR(buf, off)
         if length < 4 or off + length > end:
@@ -240,6 +265,8 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
             if vend - v < 4:
                 raise nl.Malformed("short-mark")
             mark = _BE32(buf, v)[0]
+        elif atype == CTA_HELP:
+            helper = _helper_name(buf, v, vend)
         elif atype == CTA_PROTOINFO:
             info = nl.attrs(buf, v, vend)
             if CTA_PROTOINFO_TCP in info:
@@ -257,7 +284,7 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
     if status < 0:  # the kernel always sends it
         raise nl.Malformed("missing-status")
     value = (mark & mark_mask) >> _shift(mark_mask)
-    return Connection(
+    conn = Connection(
         proto=proto,
         orig=orig,
         reply=reply,
@@ -265,6 +292,68 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
         status=status & IPS_SYNC_MASK,
         mark=mark,
         bucket=value - 1 if value else 0,
+    )
+    return with_helper(conn, helper) if helper else conn
+
+
+def _c_string(buf: bytes, v: int, vend: int, what: str) -> str:
+    """A NUL-terminated (or unterminated) ASCII string attribute value."""
+    raw = buf[v:vend].split(b"\0", 1)[0]
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise nl.Malformed(f"bad-{what}") from None
+
+
+def _helper_name(buf: bytes, v: int, vend: int) -> str:
+    """CTA_HELP { CTA_HELP_NAME "ftp", CTA_HELP_INFO ... }: the helper's name."""
+    help_attrs = nl.attrs(buf, v, vend)
+    loc = help_attrs.get(CTA_HELP_NAME)
+    if loc is None:
+        raise nl.Malformed("missing-helper-name")
+    return _c_string(buf, loc[0], loc[0] + loc[1], "helper-name")
+
+
+def decode_expectation(buf: bytes, off: int, end: int) -> Expectation:
+    """One ctnetlink_exp message payload (nfgenmsg + CTA_EXPECT_*) as an
+    Expectation. Its bucket is left 0: only the master's entry knows it
+    (ConntrackSync fills it in from its mirror)."""
+    if end - off < _NFGEN.size:
+        raise nl.Malformed("truncated-nfgenmsg")
+    a = nl.attrs(buf, off + _NFGEN.size, end)
+    parts = {}
+    for atype, what in (
+        (CTA_EXPECT_MASTER, "expect-master"),
+        (CTA_EXPECT_TUPLE, "expect-tuple"),
+        (CTA_EXPECT_MASK, "expect-mask"),
+    ):
+        loc = a.get(atype)
+        if loc is None:
+            raise nl.Malformed(f"missing-{what}")
+        parts[atype] = _decode_tuple(buf, loc[0], loc[0] + loc[1])
+    mproto, master = parts[CTA_EXPECT_MASTER]
+    proto, expected = parts[CTA_EXPECT_TUPLE]
+    _mask_proto, mask = parts[CTA_EXPECT_MASK]
+    if len(master.src) != len(expected.src) or len(mask.src) != len(expected.src):
+        raise nl.Malformed("expect-family-mismatch")
+    helper = ""
+    loc = a.get(CTA_EXPECT_HELP_NAME)
+    if loc is not None:
+        helper = _c_string(buf, loc[0], loc[0] + loc[1], "helper-name")
+    flags = nl.get_be32(buf, a, CTA_EXPECT_FLAGS, "expect-flags") if CTA_EXPECT_FLAGS in a else 0
+    klass = nl.get_be32(buf, a, CTA_EXPECT_CLASS, "expect-class") if CTA_EXPECT_CLASS in a else 0
+    if klass > 0xFF:
+        raise nl.Malformed("bad-expect-class")
+    return Expectation(
+        master_proto=mproto,
+        master=master,
+        proto=proto,
+        expected=expected,
+        mask_src=mask.src,
+        mask_sport=mask.sport,
+        helper=helper,
+        expect_class=klass,
+        flags=flags & ~NF_CT_EXPECT_USERSPACE,
     )
 
 
@@ -347,6 +436,9 @@ def encode_inject(conn: Connection, timeout: int | None = None) -> bytes:
     body += nl.be32(CTA_STATUS, status)
     body += nl.be32(CTA_TIMEOUT, default_timeout(conn) if timeout is None else timeout)
     body += nl.be32(CTA_MARK, conn.mark)
+    helper = helper_of(conn)
+    if helper:
+        body += nl.nest(CTA_HELP, nl.attr(CTA_HELP_NAME, helper.encode("ascii") + b"\0"))
     if conn.proto == PROTO_TCP:
         liberal = struct.pack("BB", IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
         body += nl.nest(
@@ -361,14 +453,46 @@ def encode_inject(conn: Connection, timeout: int | None = None) -> bytes:
     return body
 
 
-def _family(conn: Connection) -> int:
-    return socket.AF_INET if len(conn.orig.src) == 4 else socket.AF_INET6
+def encode_expectation(exp: Expectation, timeout: int = EXPECT_TIMEOUT) -> bytes:
+    """Attributes of an IPCTNL_MSG_EXP_NEW that creates `exp` on its master
+    (which must exist, with its helper, or the kernel refuses)."""
+    e = exp.expected
+    full = b"\xff" * len(e.src)
+    mask_proto = [nl.u8(CTA_PROTO_NUM, exp.proto)]
+    if exp.proto in PORT_PROTOS:
+        mask_proto += [
+            nl.be16(CTA_PROTO_SRC_PORT, exp.mask_sport),
+            nl.be16(CTA_PROTO_DST_PORT, 0xFFFF),
+        ]
+    v4 = len(e.src) == 4
+    mask = nl.nest(
+        CTA_EXPECT_MASK,
+        nl.nest(
+            CTA_TUPLE_IP,
+            nl.attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, exp.mask_src),
+            nl.attr(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, full),
+        ),
+        nl.nest(CTA_TUPLE_PROTO, *mask_proto),
+    )
+    return (
+        _encode_tuple(CTA_EXPECT_MASTER, exp.master_proto, exp.master)
+        + _encode_tuple(CTA_EXPECT_TUPLE, exp.proto, e)
+        + mask
+        + nl.be32(CTA_EXPECT_TIMEOUT, timeout)
+        + nl.be32(CTA_EXPECT_FLAGS, exp.flags)
+        + nl.be32(CTA_EXPECT_CLASS, exp.expect_class)
+    )
+
+
+def _family(conn: Connection | Expectation) -> int:
+    t = conn.orig if isinstance(conn, Connection) else conn.master
+    return socket.AF_INET if len(t.src) == 4 else socket.AF_INET6
 
 
 def _event_kind(mtype: int, flags: int) -> EventKind | None:
-    if mtype >> 8 != NFNL_SUBSYS_CTNETLINK:
+    if mtype >> 8 not in (NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_CTNETLINK_EXP):
         return None
-    msg = mtype & 0xFF
+    msg = mtype & 0xFF  # the NEW / DELETE numbers are the same in both subsystems
     if msg == IPCTNL_MSG_CT_NEW:
         return "new" if flags & (nl.NLM_F_CREATE | nl.NLM_F_EXCL) else "update"
     if msg == IPCTNL_MSG_CT_DELETE:
@@ -376,13 +500,12 @@ def _event_kind(mtype: int, flags: int) -> EventKind | None:
     return None
 
 
-def parse_events(
-    data: bytes, mark_mask: int, malformed: collections.Counter[str]
-) -> list[tuple[EventKind, Connection]]:
-    """The events in one datagram from the event socket. A malformed message
-    is counted in `malformed` and skipped; a malformed datagram header ends
-    the datagram (its length cannot be trusted to find the next message)."""
-    out: list[tuple[EventKind, Connection]] = []
+def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str]) -> list[Event]:
+    """The events in one datagram from the event socket: connections, and
+    expectations ("new" / "destroy" only). A malformed message is counted
+    in `malformed` and skipped; a malformed datagram header ends the
+    datagram (its length cannot be trusted to find the next message)."""
+    out: list[Event] = []
     try:
         for mtype, flags, _seq, off, end in nl.messages(data):
             kind = _event_kind(mtype, flags)
@@ -391,7 +514,11 @@ def parse_events(
                     malformed["unexpected-type"] += 1
                 continue
             try:
-                out.append((kind, decode_conntrack(data, off, end, mark_mask)))
+                if mtype >> 8 == NFNL_SUBSYS_CTNETLINK_EXP:
+                    if kind != "update":  # an expectation changes only by going away
+                        out.append((kind, decode_expectation(data, off, end)))
+                else:
+                    out.append((kind, decode_conntrack(data, off, end, mark_mask)))
             except nl.Malformed as e:
                 malformed[e.reason] += 1
             except ValueError:  # a value Connection/Tuple refuses
@@ -457,12 +584,12 @@ class ConntrackSocket:
 
     # --- events ---------------------------------------------------------------------
 
-    def read_events(self, max_datagrams: int = 256) -> list[tuple[str, Connection]]:
+    def read_events(self, max_datagrams: int = 256) -> list[Event]:
         """Events waiting on the socket, without blocking. Raises EventsLost
         when the kernel overran the receive buffer (events were dropped)."""
         if self._events is None:
             raise ConntrackError("socket opened without events")
-        out: list[tuple[str, Connection]] = []
+        out: list[Event] = []
         for _ in range(max_datagrams):
             try:
                 data = self._events.recv(1 << 16)
@@ -487,7 +614,7 @@ class ConntrackSocket:
             except OSError:  # BlockingIOError when empty
                 return
 
-    def _parse_events(self, data: bytes, out: list[tuple[str, Connection]]) -> None:
+    def _parse_events(self, data: bytes, out: list[Event]) -> None:
         out += parse_events(data, self.mark_mask, self.malformed)
 
     def _count(self, reason: str) -> None:
@@ -500,18 +627,34 @@ class ConntrackSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         return self._seq
 
-    def _request(self, msg: int, flags: int, family: int, body: bytes) -> tuple[int, bytes]:
+    def _request(
+        self,
+        msg: int,
+        flags: int,
+        family: int,
+        body: bytes,
+        subsys: int = NFNL_SUBSYS_CTNETLINK,
+    ) -> tuple[int, bytes]:
         seq = self._next_seq()
         payload = _NFGEN.pack(family, 0, 0) + body
-        return seq, nl.message(
-            (NFNL_SUBSYS_CTNETLINK << 8) | msg, nl.NLM_F_REQUEST | flags, seq, payload
-        )
+        return seq, nl.message((subsys << 8) | msg, nl.NLM_F_REQUEST | flags, seq, payload)
 
     def dump(self) -> list[Connection]:
         """Every entry of the table (IPv4 and IPv6)."""
-        seq, req = self._request(IPCTNL_MSG_CT_GET, nl.NLM_F_DUMP, socket.AF_UNSPEC, b"")
+        mask = self.mark_mask
+        return self._dump(
+            IPCTNL_MSG_CT_GET,
+            NFNL_SUBSYS_CTNETLINK,
+            lambda data, off, end: decode_conntrack(data, off, end, mask),
+        )
+
+    def _dump(
+        self, msg: int, subsys: int, decode: Callable[[bytes, int, int], DumpItem]
+    ) -> list[DumpItem]:
+        """A dump request of `subsys`, each answer decoded (malformed ones counted)."""
+        seq, req = self._request(msg, nl.NLM_F_DUMP, socket.AF_UNSPEC, b"", subsys)
         self._send(req)
-        conns: list[Connection] = []
+        out: list[DumpItem] = []
         while True:
             data = self._recv()
             try:
@@ -520,14 +663,14 @@ class ConntrackSocket:
                         self._count("stale-reply")
                         continue
                     if mtype == nl.NLMSG_DONE:
-                        return conns
+                        return out
                     if mtype == nl.NLMSG_ERROR:
                         code = self._error_code(data, off, end)
                         if code:
                             raise ConntrackError(f"dump failed: {os.strerror(-code)}")
                         continue
                     try:
-                        conns.append(decode_conntrack(data, off, end, self.mark_mask))
+                        out.append(decode(data, off, end))
                     except nl.Malformed as e:
                         self._count(e.reason)
                     except ValueError:
@@ -595,6 +738,31 @@ class ConntrackSocket:
         failed = self._transact(reqs)
         self._record_refused("inject", by_seq, failed)
         return len(reqs) - len(failed)
+
+    def inject_expectations(self, exps: Iterable[Expectation]) -> int:
+        """Create each expectation on its master; returns how many the kernel
+        took (an existing one counts as taken). Refusals are counted in
+        `request_errors` (ENOENT: the master is not here)."""
+        reqs = []
+        for exp in exps:
+            reqs.append(
+                self._request(
+                    IPCTNL_MSG_EXP_NEW,
+                    nl.NLM_F_CREATE | nl.NLM_F_ACK,
+                    _family(exp),
+                    encode_expectation(exp),
+                    NFNL_SUBSYS_CTNETLINK_EXP,
+                )
+            )
+        failed = self._transact(reqs, ok_errnos=(errno.EEXIST,))
+        for code in failed.values():
+            self.request_errors[f"inject expectation: {os.strerror(-code)}"] += 1
+            log.warning("expectation inject refused: %s", os.strerror(-code))
+        return len(reqs) - len(failed)
+
+    def dump_expectations(self) -> list[Expectation]:
+        """Every expectation of the table."""
+        return self._dump(IPCTNL_MSG_EXP_GET, NFNL_SUBSYS_CTNETLINK_EXP, decode_expectation)
 
     def delete(self, conns: Iterable[Connection]) -> int:
         """Delete each entry by its original tuple; returns how many are gone

@@ -14,6 +14,8 @@ Packet path (prerouting, priority -150: after conntrack, before DNAT):
                      established/related, not classified (mark 0): accept;
                      established/related of an owned bucket: accept; other: drop;
                      invalid: drop; NEW: orient, then hash_fwd / hash_rev
+Input path (priority 0, after DNAT): a classified NEW connection to this
+node with no socket to take it is dropped (see _input_rules).
     hash_*:          mark := bucket + 1 under mark_mask; owned: accept; drop
 
 Known connections are handled by the owner of their bucket, not by whoever
@@ -37,7 +39,7 @@ from .nd_mangle import render_nd_rules
 TABLE = "fwcluster"
 OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
-COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established")
+COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener")
 
 _PORT_PROTOS = "{ tcp, udp, dccp, sctp, udplite }"
 
@@ -127,6 +129,29 @@ def _orientation_map(config: DataPlaneConfig) -> str | None:
     return "iif . fib daddr oif vmap { " + ", ".join(entries) + " }"
 
 
+def _input_rules(config: DataPlaneConfig) -> list[str]:
+    """A classified NEW connection delivered to this node (not forwarded, and
+    not port-forwarded: DNAT has happened by now) with no local socket that
+    would take it is dropped silently, on every node.
+
+    Why: a reply to a source-NATed connection (SNAT or masquerade to a
+    cluster IP) reaches every node. The owner knows the connection; on any
+    other node the reply is NEW (UDP; TCP and ICMP replies are INVALID
+    there), hashed on its translated tuple into an unrelated bucket, and the
+    owner of that bucket takes it for a connection to itself: it would answer
+    with a port-unreachable (or, with tcp_loose, a reset) and keep a
+    conntrack entry that collides with the synced one at the next failover.
+    Dropped before the input hook ends, the entry is never confirmed. The
+    cost: a closed port of a cluster IP is silent instead of refused.
+    nft's socket lookup knows TCP and UDP only; other protocols pass."""
+    mask = f"{config.mark_mask:#010x}"
+    new = f"ct state new ct mark and {mask} != 0 meta l4proto {{ tcp, udp }}"
+    return [
+        f"{new} socket wildcard {{ 0, 1 }} accept",
+        f'{new} counter name "no_listener" drop',
+    ]
+
+
 def _macs(config: DataPlaneConfig) -> str:
     macs = sorted({z.cluster_mac.lower() for z in config.zones})
     return "{ " + ", ".join(macs) + " }"
@@ -176,6 +201,10 @@ def render_ruleset(
     if vmap:
         out.append(f"    {vmap}")
     out.append("    goto hash_fwd")
+    out.append("  }")
+    out.append("  chain input {")
+    out.append("    type filter hook input priority 0; policy accept;")
+    out += [f"    {r}" for r in _input_rules(config)]
     out.append("  }")
     for chain, forward in (("hash_fwd", True), ("hash_rev", False)):
         out.append(f"  chain {chain} {{")

@@ -159,7 +159,13 @@ def test_kernel_marks_equal_twin_for_real_flows(lab: Lab, hash_fields: str) -> N
     assert tcp_flows(lab.client, lab.server, CLIENT, SERVER, range(20000, 20150)) == 150
     udp_flows(lab.client, CLIENT, SERVER, range(21000, 21150))
     udp_flows(lab.server, SERVER, CLIENT, range(22000, 22100))  # outside -> inside
-    udp_flows(lab.client, CLIENT, CLUSTER_IN, range(23000, 23030), dport=53)  # local
+    # local: a service on the cluster IP (a NEW connection to a port without a
+    # socket is dropped before it is confirmed: see the test after this one)
+    with inside(lab.fw):
+        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        service.bind((CLUSTER_IN, 53))
+    with service:
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(23000, 23030), dport=53)
     udp_flows(lab.client, CLIENT6, SERVER6, range(24000, 24080))
     udp_flows(lab.client, CLIENT, HAIRPIN, range(25000, 25050))  # inside -> inside
     icmp_echoes(lab.client, SERVER, range(1, 101))
@@ -182,6 +188,47 @@ def test_kernel_marks_equal_twin_for_real_flows(lab: Lab, hash_fields: str) -> N
     assert {("ipv6", "tcp"), ("ipv6", "udp"), ("ipv6", "icmpv6")} <= protos
     wrong = [e for e in found if bucket_of_mark(int(e["mark"]), 0xFFFF) != twin_bucket(settings, e)]
     assert not wrong, f"{len(wrong)} of {len(found)} differ, e.g. {wrong[:3]}"
+    with inside(lab.fw):
+        dp.uninstall()
+
+
+def test_new_connection_to_a_local_port_without_socket_is_dropped_silently(lab: Lab) -> None:
+    """What a reply to a source-NATed connection looks like on a node that does
+    not know the connection: NEW, to the cluster IP, in a bucket the node owns,
+    to a port no socket listens on. No conntrack entry may be confirmed (it
+    would collide with the synced one at the next takeover) and no
+    port-unreachable may go back; a port with a socket still works."""
+    settings = ClusterSettings(buckets=16, hash_seed=0xFACE)
+    dp = NftablesDataPlane(_config(settings))
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(frozenset(range(16)))
+        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        service.bind((CLUSTER_IN, 5353))
+    with inside(lab.client):
+        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        icmp.setblocking(False)
+    with service, icmp:
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27000, 27020), dport=20391)  # closed
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27100, 27110), dport=5353)  # open
+
+        def to_cluster() -> list[dict[str, str]]:
+            return [e for e in conntrack_entries(lab.fw) if e["dst"] == CLUSTER_IN]
+
+        assert wait_until(lambda: len(to_cluster()) >= 10)
+        time.sleep(0.2)
+        assert sorted(e["dport"] for e in to_cluster()) == ["5353"] * 10
+        with inside(lab.fw):
+            counters = dp.status()["counters"]
+        assert isinstance(counters, dict) and counters["no_listener"] == 20
+        received = 0
+        try:
+            while True:
+                icmp.recv(2048)
+                received += 1
+        except BlockingIOError:
+            pass
+        assert received == 0, "a port-unreachable came back"
     with inside(lab.fw):
         dp.uninstall()
 
