@@ -9,20 +9,20 @@ SEEDS ?= 2000
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo demo-ansible demo-sim test test-lint test-unit test-sim test-lab test-ansible \
+.PHONY: bootstrap demo demo-lab demo-sim test test-lint test-unit test-sim test-lab test-ansible \
 	test-kmod test-bench-smoke bench bench-compare clean
 
 bootstrap:
 	@./tools/bootstrap.sh
 
-# The main job: a 3-node cluster in namespaces, traffic, a node killed, the verdict.
+# The main job: fresh systemd test hosts, ansible-playbook site.yml rolls out a
+# 3-node cluster, traffic, the busiest node loses power, the verdict.
 demo: bootstrap
-	./bin/demo
-
-# The rollout story: fresh systemd test hosts, ansible-playbook site.yml, a
-# node powered off under traffic.
-demo-ansible: bootstrap
 	PYTHONPATH=. $(PY) -m testhosts demo
+
+# The same failover story without Ansible: agents started directly in namespaces.
+demo-lab: bootstrap
+	./bin/demo
 
 # The same story in the deterministic simulator (no root, no kernel).
 demo-sim: bootstrap

@@ -27,8 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     on.add_argument("node")
     demo = sub.add_parser("demo", help="roll out with Ansible, pull a node's plug, verdict")
     demo.add_argument("--nodes", type=int, default=3)
-    demo.add_argument("--victim", default="fw2")
+    demo.add_argument("--victim", help="node to power off (default: the busiest)")
     demo.add_argument("--keep", action="store_true", help="leave the hosts up afterwards")
+    demo.add_argument("--tcp", type=int, default=60)
+    demo.add_argument("--udp", type=int, default=10)
+    demo.add_argument("--ping", type=int, default=2)
+    demo.add_argument("--interval-ms", type=int, default=50)
     tr = sub.add_parser("traffic", help="background traffic client -> server")
     tr.add_argument("action", choices=["start", "stop"])
     tr.add_argument("--tcp", type=int, default=50)
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             hosts.poweron(args.node)
             print(f"{args.node}: booted")
         elif args.cmd == "demo":
-            return demo.run(args.nodes, args.victim, args.keep)
+            return demo.run(
+                args.nodes, args.victim, args.keep, args.tcp, args.udp, args.ping, args.interval_ms
+            )
         elif args.cmd == "traffic":
             if args.action == "start":
                 traffic.start(args.tcp, args.udp, args.ping, args.interval_ms)

@@ -21,9 +21,14 @@ def _state() -> Any:
     return state
 
 
-def start(tcp: int, udp: int, ping: int, interval_ms: int) -> dict[str, Any]:
+def start(
+    tcp: int, udp: int, ping: int, interval_ms: int, drain: float | None = None
+) -> dict[str, Any]:
+    """`drain`: seconds the generator waits for late answers once stopped."""
     options = ["--tcp", str(tcp), "--udp", str(udp), "--ping", str(ping)]
     options += ["--interval-ms", str(interval_ms)]
+    if drain is not None:
+        options += ["--drain", str(drain)]
     return traffic_control.start(_state(), options)
 
 

@@ -101,7 +101,8 @@ build_and_install() {
         playbooks/site.yml playbooks/node-argument.yml meta/runtime.yml; do
         grep -qx "$must" <<<"$listing" || { echo "missing from the tarball: $must"; return 1; }
     done
-    for never in .venv/ .cache/ .git/ lab/ agent/ kmod/ molecule/ testhosts/ collections/; do
+    for never in .venv/ .cache/ .git/ lab/ agent/ kmod/ molecule/ testhosts/ collections/ \
+        library requirements.yml; do
         if grep -q "^$never" <<<"$listing"; then echo "must not be in the tarball: $never"; return 1; fi
     done
     ansible-galaxy collection install --force -p "$inst" "${tarball[0]}" || return 1
@@ -113,7 +114,23 @@ build_and_install() {
         -m ansible.builtin.debug -a "msg={{ '01:00:5e:7f:00:01' | fwcluster.cluster.is_multicast_mac }}" |
         tee "$TMP/filter.out"
     grep -q '"msg": true' "$TMP/filter.out" || return 1
-    ANSIBLE_COLLECTIONS_PATH=$inst ansible-doc fwcluster.cluster.member >/dev/null
+    ANSIBLE_COLLECTIONS_PATH=$inst ansible-doc fwcluster.cluster.member >/dev/null || return 1
+    clone_layout
+}
+
+# The clone's top level: requirements.yml installs the collection from this
+# directory with no network (the Galaxy server given is a closed loopback
+# port, so any attempt to reach one fails), and library/ gives the modules
+# their short names through ansible.cfg.
+clone_layout() {
+    local req=$TMP/from-requirements
+    ansible-galaxy collection install --force -r requirements.yml -p "$req" \
+        --server http://127.0.0.1:9/ || return 1
+    [ -f "$req/ansible_collections/fwcluster/cluster/MANIFEST.json" ] ||
+        { echo "requirements.yml did not install fwcluster.cluster"; return 1; }
+    [ -f "$req/ansible_collections/fwcluster/cluster/plugins/modules/member.py" ] || return 1
+    ansible-doc -t module member | grep -q "$REPO/library/member.py" ||
+        { echo "library/ does not resolve the short module name member"; return 1; }
 }
 
 # ansible-test sanity on the installed copy of the tarball, from its own venv
@@ -149,7 +166,7 @@ scenario() {
 }
 
 export REPO VENV LOGS SANITY_VENV TMP
-export -f lint unit build_and_install sanity scenario
+export -f lint unit build_and_install clone_layout sanity scenario
 ensure_tools >"$LOGS/tools.log" 2>&1 || echo "ansible-tests: installing tools failed, see $LOGS/tools.log"
 step lint 600 lint
 step unit 900 unit

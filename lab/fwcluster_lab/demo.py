@@ -50,9 +50,13 @@ def local_connections(state: LabState, node: str) -> int:
     return int(status.get("sync", {}).get("local_entries", 0))
 
 
+# What a survivor's agent logs about a takeover (also read by the Ansible demo).
+TAKEOVER_WORDS = ("down (", "inject", "claimed", "stable", "ready")
+
+
 def takeover_lines(state: LabState, node: str, since: float) -> list[str]:
     """The survivor's log lines about the takeover, after the kill."""
-    wanted = ("down (", "inject", "claimed", "stable", "ready")
+    wanted = TAKEOVER_WORDS
     lines = []
     for line in agent.log_path(state.run_dir, node).read_text().splitlines():
         stamp = line[:23]
@@ -126,8 +130,15 @@ def run(tcp: int, udp: int, ping: int, interval_ms: int) -> int:
     finally:
         build.down(RUN_DIR, PREFIX, keep_logs=True)
 
+    ok = verdict_screen(6, summary, before)
+    return 0 if ok else 1
+
+
+def verdict_screen(n: int, summary: dict[str, Any], before: int) -> bool:
+    """Step `n`: the one-screen verdict, ending with the machine-readable line;
+    True when nothing was lost and nothing delivered twice."""
     line, ok = verdict(summary, before)
-    step(6, "Verdict")
+    step(n, "Verdict")
     tcp_s, udp_s, ping_s = summary["tcp"], summary["udp"], summary["ping"]
     say(f"connections before the kill   {before}")
     say(f"TCP streams intact            {tcp_s['ok']} of {tcp_s['streams']}")
@@ -140,7 +151,7 @@ def run(tcp: int, udp: int, ping: int, interval_ms: int) -> int:
     say(f"streams stalled > 50 ms       {share:.0%} (the dead node's share, ideally)")
     say("PASS: no connection lost, nothing delivered twice" if ok else "FAIL")
     say(line)
-    return 0 if ok else 1
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:

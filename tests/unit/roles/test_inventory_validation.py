@@ -43,9 +43,7 @@ GOOD: dict[str, Any] = {
 }
 
 
-def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps(variables))
+def ansible_playbook(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.update(
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
@@ -54,8 +52,21 @@ def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.Comp
         ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
         PATH=f"{BIN}:{env.get('PATH', '')}",
     )
-    argv = [
-        str(BIN / "ansible-playbook"),
+    argv = [str(BIN / "ansible-playbook"), *args]
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def failure_text(output: str) -> str:
+    """The lines of a run's output that carry its failure message."""
+    return "\n".join(line for line in output.splitlines() if "FAILED" in line or '"msg"' in line)
+
+
+def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(variables))
+    return ansible_playbook(
         "-i",
         "localhost,",
         "-e",
@@ -63,9 +74,6 @@ def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.Comp
         "-e",
         f"@{extra}",
         str(PLAYBOOK),
-    ]
-    return subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -136,6 +144,10 @@ CASES = {
         broken(availability_manager_zones=[]),
         ["availability_manager_zones"],
     ),
+    "unknown data-plane backend": (
+        broken(availability_manager_backend="ebpf"),
+        ["availability_manager_backend", "ebpf"],
+    ),
     "forward rule with an unknown zone": (
         broken(dataplane_forward_allow=[{"from": "dmz", "to": "outside"}]),
         ["dataplane_forward_allow[0]", "dmz"],
@@ -149,8 +161,40 @@ def test_wrong_inventory_fails_naming_the_variable(tmp_path: Path, case: str) ->
     proc = run_validation(tmp_path, variables)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"{case}: accepted\n{output}"
-    failure = [line for line in output.splitlines() if "FAILED" in line or '"msg"' in line]
-    assert failure, output
-    text = "\n".join(failure)
+    text = failure_text(output)
+    assert text, output
     for word in expected:
         assert word in text, f"{case}: {word!r} not in the failure\n{text}"
+
+
+# The issue's four wrong inputs, run through site.yml itself: its first play
+# must stop the run before the rollout play reaches any node.
+SITE_CASES = (
+    "missing key",
+    "zone without cluster IP",
+    "malformed MAC",
+    "node id not in the sync network",
+)
+
+
+def run_site(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    # The node's address is a closed loopback port: were the rollout play ever
+    # reached, the run would end unreachable instead of failing in validation.
+    host = {"ansible_host": "127.0.0.1", "ansible_port": 9, **variables}
+    inventory = {"all": {"children": {"firewalls": {"hosts": {"fw1": host}}}}}
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(inventory))
+    return ansible_playbook("-i", str(path), str(REPO / "playbooks" / "site.yml"))
+
+
+@pytest.mark.parametrize("case", SITE_CASES)
+def test_site_yml_stops_before_touching_a_node(tmp_path: Path, case: str) -> None:
+    variables, expected = CASES[case]
+    proc = run_site(tmp_path, variables)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case}: site.yml accepted it\n{output}"
+    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert "unreachable=0" in output, output
+    failure = failure_text(output)
+    for word in expected:
+        assert word in failure, f"{case}: {word!r} not in the failure\n{failure}"
