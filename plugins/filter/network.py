@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.fwcluster.cluster.plugins.module_utils.addresses import (
+    first_ipv4,
     in_network,
     is_ip_interface,
     is_multicast_mac,
@@ -16,11 +17,12 @@ from ansible_collections.fwcluster.cluster.plugins.module_utils.addresses import
 
 
 class FilterModule(object):
-    """is_multicast_mac, is_ip_interface and in_network as filters (they return booleans)."""
+    """is_multicast_mac, is_ip_interface and in_network (booleans), first_ipv4 (an address)."""
 
     def filters(self):
         return {
             "is_multicast_mac": is_multicast_mac,
             "is_ip_interface": is_ip_interface,
             "in_network": in_network,
+            "first_ipv4": first_ipv4,
         }

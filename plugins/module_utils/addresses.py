@@ -38,3 +38,15 @@ def in_network(address, network):
         return ipaddress.ip_address(str(address)) in ipaddress.ip_network(str(network), strict=False)
     except ValueError:
         return False
+
+
+def first_ipv4(interfaces):
+    """The address (without prefix) of the first IPv4 'address/prefix' in a list, or ''."""
+    for value in interfaces or ():
+        try:
+            iface = ipaddress.ip_interface(str(value))
+        except ValueError:
+            continue
+        if iface.version == 4:
+            return str(iface.ip)
+    return ""

@@ -44,3 +44,17 @@ def test_in_network() -> None:
     assert not F["in_network"]("192.0.2.11", "198.51.100.0/24")
     assert not F["in_network"]("198.51.100.11", "")
     assert not F["in_network"]("garbage", "198.51.100.0/24")
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "address"),
+    [
+        (["192.0.2.1/24"], "192.0.2.1"),
+        (["2001:db8::1/64", "198.18.0.1/24"], "198.18.0.1"),  # the first IPv4 one
+        (["2001:db8::1/64"], ""),
+        (["not-an-address/24", "192.0.2.9/24"], "192.0.2.9"),
+        ([], ""),
+    ],
+)
+def test_first_ipv4(interfaces: list[str], address: str) -> None:
+    assert F["first_ipv4"](interfaces) == address

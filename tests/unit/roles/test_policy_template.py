@@ -1,0 +1,79 @@
+"""The dataplane role's NAT policy for a cluster: masquerade translates to
+the outgoing zone's cluster address with each node's own port range, a
+port forward's UDP replies never start a connection, slots are unique, and
+nftables accepts the result (`nft -c`, in a private network namespace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .test_inventory_validation import GOOD, REPO, ansible_playbook, failure_text
+
+PLAYBOOK = Path(__file__).with_name("render_policy_playbook.yml")
+NAT: dict[str, Any] = {
+    **GOOD,
+    "dataplane_masquerade": [{"from": "inside", "to": "outside"}],
+    "dataplane_dnat": [
+        {"zone": "outside", "proto": "udp", "dport": 5353, "to": "203.0.113.10:53"},
+        {"zone": "outside", "proto": "tcp", "dport": 8443, "to": "203.0.113.10:443"},
+    ],
+}
+
+
+def render(tmp_path: Path, hosts: dict[str, dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    inventory = {
+        "all": {
+            "vars": {**NAT, "ansible_python_interpreter": sys.executable},
+            "hosts": hosts,
+        }
+    }
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(inventory))
+    return ansible_playbook(
+        "-i", str(path), "-e", f"policy_out_dir={tmp_path}", str(PLAYBOOK)
+    )
+
+
+def test_each_node_masquerades_to_the_cluster_address_from_its_own_range(
+    tmp_path: Path,
+) -> None:
+    proc = render(tmp_path, {"fw1": {}, "fw2": {}, "fw3": {}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranges = {}
+    for host in ("fw1", "fw2", "fw3"):
+        text = (tmp_path / f"{host}.nft").read_text()
+        (line,) = [x for x in text.splitlines() if "snat ip to" in x]
+        assert 'iifname "in0" oifname "out0"' in line
+        ranges[host] = line.split("snat ip to 192.0.2.1:")[1].strip()
+        guard = [x.strip() for x in text.splitlines() if "ct state new drop" in x]
+        assert guard == ["ip saddr 203.0.113.10 udp sport 53 ct state new drop"]
+    assert ranges == {"fw1": "20000-20749", "fw2": "20750-21499", "fw3": "21500-22249"}
+
+
+def test_two_nodes_with_one_slot_are_refused(tmp_path: Path) -> None:
+    proc = render(tmp_path, {"fw1": {"dataplane_nat_slot": 2}, "fw2": {"dataplane_nat_slot": 2}})
+    assert proc.returncode != 0
+    assert "unique among the nodes" in failure_text(proc.stdout + proc.stderr)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None, reason="nft -c needs root and nftables"
+)
+def test_nftables_accepts_the_rendered_policy(tmp_path: Path) -> None:
+    assert render(tmp_path, {"fw1": {}}).returncode == 0
+    check = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", str(tmp_path / "fw1.nft")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert check.returncode == 0, check.stderr
