@@ -433,7 +433,6 @@ class Runtime:
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
         stats["owned_buckets"] = len(self.node.owned_buckets())
-        stats["gc_frozen_objects"] = gc.get_freeze_count()
         return stats
 
     def status(self) -> dict[str, Any]:
