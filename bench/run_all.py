@@ -21,6 +21,7 @@ ORDER = [
     "failover",
     "sync_throughput",
     "dataplane_cost",
+    "clusterdev_cost",  # boots a guest (virtme-ng); skipped with a message without one
     "false_takeover_soak",
     "rb_overhead",
     "bucket_movement",

@@ -34,7 +34,7 @@ class FakeChannel:
         return self.config
 
     def get_stats(self) -> genl.Stats:
-        return genl.Stats((3, 4) + (0,) * 254, (1, 1) + (0,) * 254, 7, 2)
+        return genl.Stats((3, 4) + (0,) * 254, (1, 1) + (0,) * 254, 7, 2, 5)
 
     def close(self) -> None:
         self.closed = True
@@ -44,7 +44,11 @@ class FakeRunner:
     def __init__(self, log: list[object]) -> None:
         self.log = log
         self.links: set[str] = set()
-        self.sysctls = {"net.ipv4.ip_forward": "0", "net.netfilter.nf_conntrack_tcp_loose": "1"}
+        self.sysctls = {
+            "net.ipv4.ip_forward": "0",
+            "net.netfilter.nf_conntrack_tcp_loose": "1",
+            "net.ipv6.conf.all.forwarding": "0",
+        }
 
     def __call__(self, argv: Sequence[str]) -> str:
         argv = list(argv)
@@ -70,20 +74,23 @@ ZONES = (
 
 
 def make(
-    buckets: int = 256,
+    buckets: int = 256, loaded: bool = True, zones: tuple[Zone, ...] = ZONES
 ) -> tuple[ClusterdevDataPlane, FakeRunner, list[FakeChannel], list[object]]:
     log: list[object] = []
     runner = FakeRunner(log)
     channels: list[FakeChannel] = []
 
     def factory() -> FakeChannel:
+        # Like GenlChannel: the family resolves once the module is loaded.
+        if not loaded and ("modprobe", "clusterdev") not in log:
+            raise genl.GenlError("no_family", "clusterdev module not loaded")
         channels.append(FakeChannel(log))
         return channels[-1]
 
     cfg = DataPlaneConfig(
         node_id=1,
         settings=ClusterSettings(buckets=buckets, hash_seed=0x1234, backend="clusterdev"),
-        zones=ZONES,
+        zones=zones,
         mark_mask=0xFFFF0000,
     )
     return ClusterdevDataPlane(cfg, runner, factory), runner, channels, log  # type: ignore[arg-type]
@@ -100,16 +107,44 @@ def test_install_owns_nothing_before_links_come_up() -> None:
         "buckets": 256, "seed": 0x1234, "hash_fields": "addresses+ports",
         "mark_mask": 0xFFFF0000, "owned": frozenset(),
     }  # fmt: skip
-    assert ("modprobe", "clusterdev") in log
+    assert ("modprobe", "clusterdev") not in log  # the family answered: loaded already
     assert (
         "ip", "link", "add", device_name(0, ZONES[0]), "link", "eth0", "address",
         "01:00:5e:00:00:c1", "type", "clusterdev",
     ) in log  # fmt: skip
     assert ("ip", "addr", "replace", "192.0.2.1/24", "dev", device_name(0, ZONES[0])) in log
-    assert runner.sysctls == {
-        "net.ipv4.ip_forward": "1",
-        "net.netfilter.nf_conntrack_tcp_loose": "0",
-    }
+    assert runner.sysctls["net.ipv4.ip_forward"] == "1"
+    assert runner.sysctls["net.netfilter.nf_conntrack_tcp_loose"] == "0"
+    assert runner.sysctls["net.ipv6.conf.all.forwarding"] == "0"  # no IPv6 cluster IP
+    assert not any("nodad" in e for e in log if isinstance(e, tuple))
+
+
+def test_ipv6_cluster_ips_without_dad_on_a_link_with_ipv6_on() -> None:
+    v6 = ipaddress.IPv6Interface("2001:db8:c::1/64")
+    zone = Zone(
+        "outside", "eth1", (ipaddress.IPv4Interface("192.0.2.1/24"), v6), ZONES[0].cluster_mac
+    )
+    backend, runner, _, log = make(zones=(zone,))
+    backend.install()
+    dev = device_name(0, zone)
+    enable = ("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+    add = ("ip", "addr", "replace", str(v6), "dev", dev, "nodad")
+    # The link first, without a link-local address, then IPv6 on, then the address.
+    assert log.index(("ip", "link", "set", dev, "addrgenmode", "none")) < log.index(enable)
+    assert log.index(enable) < log.index(add)
+    assert ("ip", "addr", "replace", "192.0.2.1/24", "dev", dev) in log  # IPv4: no nodad
+    assert runner.sysctls["net.ipv6.conf.all.forwarding"] == "1"
+    backend.uninstall()
+    assert runner.sysctls["net.ipv6.conf.all.forwarding"] == "0"
+
+
+def test_install_loads_the_module_only_when_its_family_is_missing() -> None:
+    backend, _, channels, log = make(loaded=False)
+    backend.install()
+    assert log.count(("modprobe", "clusterdev")) == 1
+    first_genl = next(i for i, e in enumerate(log) if isinstance(e, tuple) and e[0] == "genl")
+    assert log.index(("modprobe", "clusterdev")) < first_genl
+    assert len(channels) == 1
 
 
 def test_install_twice_adds_links_once() -> None:
@@ -126,7 +161,7 @@ def test_set_owned_buckets_is_one_message_with_the_whole_set() -> None:
     log.clear()
     backend.set_owned_buckets(frozenset({0, 5, 255}))
     assert log == [("genl", {"buckets": 256, "owned": frozenset({0, 5, 255})})]
-    assert backend.status()["owned_buckets"] == [0, 5, 255]
+    assert backend.status()["owned"] == [0, 5, 255]
     assert len(channels) == 1  # one socket, reused
 
 
@@ -148,18 +183,27 @@ def test_uninstall_removes_links_and_restores_sysctls() -> None:
     assert runner.sysctls == {
         "net.ipv4.ip_forward": "0",
         "net.netfilter.nf_conntrack_tcp_loose": "1",
+        "net.ipv6.conf.all.forwarding": "0",
     }
     assert channels[0].closed
     assert channels[0].config.owned == frozenset()
 
 
-def test_status_reports_counters() -> None:
+def test_status_has_the_nftables_backends_fields() -> None:
+    # clusterctl status --json reads the same keys whichever backend runs.
     backend, _, _, _ = make()
+    assert backend.status() == {"backend": "clusterdev", "installed": False}
     backend.install()
+    backend.set_owned_buckets(frozenset({1, 2}))
     status = backend.status()
-    assert status["backend"] == "clusterdev"
-    assert status["packets"] == 7 and status["connections"] == 2
-    assert status["drop_not_owned"] == 7 and status["drop_invalid"] == 2
+    assert status["backend"] == "clusterdev" and status["installed"] is True
+    assert status["owned"] == [1, 2]
+    assert status["counters"] == {
+        "accepted_new": 2, "not_owned": 7, "invalid": 2, "not_owned_established": 5,
+    }  # fmt: skip
+    assert status["packets"] == 7
+    backend.uninstall()
+    assert backend.status()["installed"] is False
 
 
 def test_device_names_fit_ifnamsiz() -> None:

@@ -125,9 +125,24 @@ def test_parse_stats() -> None:
         + genl.attr(genl.A_STATS_CONNS, struct.pack("=3Q", 1, 0, 2))
         + genl.attr(genl.A_STATS_DROP_NOT_OWNED, struct.pack("=Q", 4))
         + genl.attr(genl.A_STATS_DROP_INVALID, struct.pack("=Q", 3))
+        + genl.attr(genl.A_STATS_DROP_NOT_OWNED_ESTABLISHED, struct.pack("=Q", 11))
     )
     stats = genl.parse_stats(_reply(30, genl.CMD_GET_STATS, attrs), 30)
-    assert stats == genl.Stats((5, 0, 9), (1, 0, 2), 4, 3)
+    assert stats == genl.Stats((5, 0, 9), (1, 0, 2), 4, 3, 11)
+
+
+def test_parse_stats_needs_the_established_drop_counter() -> None:
+    # A module older than the ownership rule for known connections lacks it:
+    # refused by name, not read as zero.
+    attrs = (
+        genl.attr(genl.A_STATS_PACKETS, struct.pack("=Q", 5))
+        + genl.attr(genl.A_STATS_CONNS, struct.pack("=Q", 1))
+        + genl.attr(genl.A_STATS_DROP_NOT_OWNED, struct.pack("=Q", 4))
+        + genl.attr(genl.A_STATS_DROP_INVALID, struct.pack("=Q", 3))
+    )
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_stats(_reply(30, genl.CMD_GET_STATS, attrs), 30)
+    assert e.value.reason == "missing_attr"
 
 
 def test_kernel_error_carries_errno() -> None:

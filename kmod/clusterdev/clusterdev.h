@@ -33,8 +33,9 @@ struct clusterdev_net {
 	struct mutex cfg_lock;		/* serialises writers of cfg */
 	atomic64_t *packets;		/* [CLUSTERDEV_MAX_BUCKETS] */
 	atomic64_t *conns;		/* [CLUSTERDEV_MAX_BUCKETS] */
-	atomic64_t drop_not_owned;
+	atomic64_t drop_not_owned;		/* NEW in a bucket not owned */
 	atomic64_t drop_invalid;
+	atomic64_t drop_not_owned_established;	/* known, bucket not owned */
 };
 
 extern unsigned int clusterdev_net_id;

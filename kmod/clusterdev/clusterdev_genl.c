@@ -25,6 +25,7 @@ static const struct nla_policy clusterdev_policy[CLUSTERDEV_A_MAX + 1] = {
 	[CLUSTERDEV_A_STATS_DROP_NOT_OWNED] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_STATS_DROP_INVALID] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_PAD] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED] = { .type = NLA_REJECT },
 };
 
 static struct genl_family clusterdev_genl_family;
@@ -187,7 +188,9 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
 			      atomic64_read(&cn->drop_not_owned), CLUSTERDEV_A_PAD) ||
 	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
-			      atomic64_read(&cn->drop_invalid), CLUSTERDEV_A_PAD)) {
+			      atomic64_read(&cn->drop_invalid), CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
+			      atomic64_read(&cn->drop_not_owned_established), CLUSTERDEV_A_PAD)) {
 		nlmsg_free(msg);
 		return -EMSGSIZE;
 	}

@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * clusterdev: the packet filter. A netfilter hook right after conntrack in
- * PRE_ROUTING, on packets received by a clusterdev link only:
- *   - known connection (ESTABLISHED, RELATED, reply): pass;
+ * PRE_ROUTING, on packets received by a clusterdev link only, with the same
+ * rules as the nftables backend (agent/.../dataplane/nft_ruleset.py):
+ *   - known connection (ESTABLISHED, RELATED, reply): pass if its conntrack
+ *     mark is unclassified (0 under the mask) or records a bucket owned by
+ *     this node; otherwise drop (drop_not_owned_established). Every node
+ *     sees every frame, and during a handover both the giver and the taker
+ *     hold the connection's entry: the owner alone forwards it;
  *   - NEW connection: pass only if its bucket is owned by this node;
  *   - INVALID (conntrack found no state, e.g. mid-stream TCP on a node that
  *     never saw the handshake): drop, another node forwards it.
@@ -116,12 +121,30 @@ static unsigned int clusterdev_hook(void *priv, struct sk_buff *skb,
 	cfg = rcu_dereference(cn->cfg);
 	mark = READ_ONCE(ct->mark);
 	stored = (mark & cfg->mark_mask) >> cfg->mark_shift;
+
+	if (ctinfo != IP_CT_NEW) {
+		/* Known connection. Unclassified (not seen by the hook as NEW,
+		 * e.g. older than the cluster): nobody else claims it, pass and
+		 * leave the mark alone, as the nftables backend does. A mark
+		 * naming no bucket of this configuration is owned by nobody.
+		 */
+		if (!stored)
+			return NF_ACCEPT;
+		if (stored > cfg->buckets || !test_bit(stored - 1, cfg->owned)) {
+			atomic64_inc(&cn->drop_not_owned_established);
+			return NF_DROP;
+		}
+		atomic64_inc(&cn->packets[stored - 1]);
+		return NF_ACCEPT;
+	}
+
+	/* NEW: an entry injected by the agent on takeover keeps its bucket. */
 	if (stored >= 1 && stored <= cfg->buckets)
 		bucket = stored - 1;
 	else
 		bucket = clusterdev_bucket(&ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple, cfg);
 
-	if (ctinfo == IP_CT_NEW && !test_bit(bucket, cfg->owned)) {
+	if (!test_bit(bucket, cfg->owned)) {
 		atomic64_inc(&cn->drop_not_owned);
 		return NF_DROP;
 	}
@@ -129,13 +152,14 @@ static unsigned int clusterdev_hook(void *priv, struct sk_buff *skb,
 	if (stored != bucket + 1) {
 		WRITE_ONCE(ct->mark, (mark & ~cfg->mark_mask) |
 				     ((bucket + 1) << cfg->mark_shift));
-		/* An entry that is already in the table (injected by the agent
-		 * without a mark) changes visibly: tell conntrack listeners.
+		/* An entry that is already in the table (a repeated SYN of an
+		 * injected entry without a mark) changes visibly: tell
+		 * conntrack listeners.
 		 */
 		if (nf_ct_is_confirmed(ct))
 			nf_conntrack_event_cache(IPCT_MARK, ct);
 	}
-	if (ctinfo == IP_CT_NEW && !nf_ct_is_confirmed(ct))
+	if (!nf_ct_is_confirmed(ct))
 		atomic64_inc(&cn->conns[bucket]);
 	atomic64_inc(&cn->packets[bucket]);
 	return NF_ACCEPT;

@@ -8,8 +8,8 @@
  * in cl0's own requests) without any rewriting.
  *
  * Receive path: an rx_handler on the lower device (as macvlan does), which
- * moves to cl0 the frames sent to the cluster MAC and the ARP requests for
- * cl0's addresses; everything else stays on the lower device, so the node's
+ * moves to cl0 the frames sent to the cluster MAC, the ARP requests for
+ * cl0's addresses and the IPv6 neighbour solicitations for them; everything else stays on the lower device, so the node's
  * own address and the cluster sync traffic there are not filtered. The
  * price: one clusterdev per lower device, and the lower device cannot be a
  * bridge port or macvlan lower at the same time (one rx_handler per device).
@@ -22,6 +22,8 @@
 #include <linux/inetdevice.h>
 #include <linux/netdevice.h>
 #include <linux/version.h>
+#include <net/addrconf.h>
+#include <net/ndisc.h>
 #include <net/netfilter/nf_conntrack.h>
 
 #include "clusterdev.h"
@@ -58,6 +60,37 @@ static bool clusterdev_arp_for_us(struct sk_buff *skb, struct net_device *dev)
 	return false;
 }
 
+/*
+ * An IPv6 neighbour solicitation (still on the lower device) asking for one
+ * of cl0's addresses. It is sent to the target's solicited-node multicast
+ * group, which only cl0 joined; moved to cl0, the kernel's own ndisc code
+ * there answers with cl0's hardware address, the cluster MAC: the IPv6 twin
+ * of ARP. Only multicast frames get here (unicast ones to the cluster MAC are
+ * moved anyway), so ordinary IPv6 traffic of the lower device pays one
+ * comparison.
+ */
+static bool clusterdev_ns_for_us(struct sk_buff *skb, struct net_device *dev)
+{
+#if IS_ENABLED(CONFIG_IPV6)
+	const struct ipv6hdr *ip6;
+	const struct nd_msg *msg;
+
+	if (skb->protocol != htons(ETH_P_IPV6) || skb->pkt_type != PACKET_MULTICAST ||
+	    !pskb_may_pull(skb, sizeof(*ip6) + sizeof(*msg)))
+		return false;
+	ip6 = ipv6_hdr(skb);
+	/* No extension headers: what Linux and RFC 4861 senders emit. */
+	if (ip6->nexthdr != IPPROTO_ICMPV6 || ip6->hop_limit != 255)
+		return false;
+	msg = (const struct nd_msg *)(ip6 + 1);
+	if (msg->icmph.icmp6_type != NDISC_NEIGHBOUR_SOLICITATION || msg->icmph.icmp6_code)
+		return false;
+	return ipv6_chk_addr(dev_net(dev), &msg->target, dev, 1);
+#else
+	return false;
+#endif
+}
+
 static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 {
 	struct sk_buff *skb = *pskb;
@@ -68,7 +101,8 @@ static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 	if (!netif_running(dev) || skb->pkt_type == PACKET_LOOPBACK)
 		return RX_HANDLER_PASS;
 	to_cluster_mac = ether_addr_equal(eth_hdr(skb)->h_dest, dev->dev_addr);
-	if (!to_cluster_mac && skb->protocol != htons(ETH_P_ARP))
+	if (!to_cluster_mac && skb->protocol != htons(ETH_P_ARP) &&
+	    (skb->protocol != htons(ETH_P_IPV6) || skb->pkt_type != PACKET_MULTICAST))
 		return RX_HANDLER_PASS;
 
 	/* Pulling the ARP header or changing the skb needs our own copy. */
@@ -78,7 +112,7 @@ static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 		return RX_HANDLER_CONSUMED;
 	}
 	*pskb = skb;
-	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev))
+	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) && !clusterdev_ns_for_us(skb, dev))
 		return RX_HANDLER_PASS;
 
 	/*

@@ -43,6 +43,8 @@ enum clusterdev_attr {
 	CLUSTERDEV_A_STATS_DROP_NOT_OWNED,	/* u64: NEW in a bucket we do not own */
 	CLUSTERDEV_A_STATS_DROP_INVALID,	/* u64: conntrack said invalid */
 	CLUSTERDEV_A_PAD,
+	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,	/* u64: known connection
+							 * of a bucket we do not own */
 	__CLUSTERDEV_A_MAX,
 };
 #define CLUSTERDEV_A_MAX (__CLUSTERDEV_A_MAX - 1)

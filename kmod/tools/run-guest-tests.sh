@@ -10,10 +10,12 @@ set -uo pipefail
 
 KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$KMOD_DIR/.venv/bin:$PATH"
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-300}  # seconds per boot
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-1200}  # seconds per boot (the agent lab alone takes minutes)
 # Cheap memory-error detectors of the stock Debian kernels (no KASAN or lockdep
 # there): SLUB red zones, poisoning and user tracking, and KFENCE sampling.
 GUEST_CMDLINE=${GUEST_CMDLINE:-slub_debug=FZPU kfence.sample_interval=5}
+# While iterating: GUEST_ONLY=failover,ipv6 runs those tests (and what they need).
+GUEST_ONLY=${GUEST_ONLY:-}
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -37,7 +39,7 @@ for kver in "${targets[@]}"; do
     # /usr/bin/python3: the Debian interpreter, present in the guest as on the host.
     timeout "$GUEST_TIMEOUT" vng --run "/boot/vmlinuz-$kver" --disable-kvm --memory 1G --cpus 2 \
         --append "$GUEST_CMDLINE" \
-        -- "/usr/bin/python3 $KMOD_DIR/tests/guest_tests.py --ko $ko" >"$log" 2>&1 </dev/null
+        -- "/usr/bin/python3 $KMOD_DIR/tests/guest_tests.py --ko $ko${GUEST_ONLY:+ --only $GUEST_ONLY}" >"$log" 2>&1 </dev/null
     rc=$?
     sed -n -e 's/^\(PASS\|FAIL\|  \)/'"[$kver] "'&/p' "$log"
     summary=$(grep -E '^guest: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)

@@ -20,6 +20,7 @@ import errno
 import logging
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 
 from . import clusterdev_genl as genl
@@ -142,6 +143,10 @@ class ClusterdevDataPlane:
         self._channel: GenlChannel | None = None
         self._owned: frozenset[int] = frozenset()
         self._saved_sysctls: dict[str, str] = {}
+        self._installed = False
+        # The daemon programs ownership on its kernel worker thread and reads
+        # status() on its event loop: one netlink socket, one request at a time.
+        self._lock = threading.Lock()
 
     def _chan(self) -> GenlChannel:
         if self._channel is None:
@@ -160,10 +165,27 @@ class ClusterdevDataPlane:
         }
 
     def install(self) -> None:
-        settings = self._config.settings
+        with self._lock:
+            self._install()
+        self._installed = True
+
+    def _load_module(self) -> GenlChannel:
+        """The module's netlink channel; modprobe only if its family is missing,
+        so a module loaded by hand (insmod of a build outside /lib/modules, as
+        in the guest tests) is used as it is."""
+        try:
+            return self._chan()
+        except genl.GenlError as e:
+            if e.reason != "no_family":
+                raise
         self._run(["modprobe", "clusterdev"])
+        return self._chan()
+
+    def _install(self) -> None:
+        settings = self._config.settings
+        chan = self._load_module()
         # Own nothing first: the links below start filtering at once.
-        self._chan().set_config(
+        chan.set_config(
             buckets=settings.buckets,
             seed=settings.hash_seed,
             hash_fields=settings.hash_fields,
@@ -173,6 +195,8 @@ class ClusterdevDataPlane:
         self._owned = frozenset()
         self._sysctl("net.ipv4.ip_forward", "1")
         self._sysctl("net.netfilter.nf_conntrack_tcp_loose", "1" if self._config.tcp_loose else "0")
+        if any(ip.version == 6 for z in self._config.zones for ip in z.cluster_ips):
+            self._sysctl("net.ipv6.conf.all.forwarding", "1")
         existing = self._existing_links()
         for index, zone in enumerate(self._config.zones):
             dev = device_name(index, zone)
@@ -181,18 +205,33 @@ class ClusterdevDataPlane:
                     ["ip", "link", "add", dev, "link", zone.interface, "address",
                      zone.cluster_mac.lower(), "type", "clusterdev"]
                 )  # fmt: skip
+                # No link-local address: one derived from the cluster MAC would
+                # be the same on every node and fail duplicate address detection.
+                self._run(["ip", "link", "set", dev, "addrgenmode", "none"])
             for ip in zone.cluster_ips:
-                self._run(["ip", "addr", "replace", str(ip), "dev", dev])
+                cmd = ["ip", "addr", "replace", str(ip), "dev", dev]
+                if ip.version == 6:
+                    # Per link, gone with it (not restored); a host may default
+                    # IPv6 off. Every node holds the address: no DAD.
+                    self._run(["sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=0"])
+                    cmd.append("nodad")
+                self._run(cmd)
             self._run(["ip", "link", "set", dev, "up"])
 
     def set_owned_buckets(self, owned: frozenset[int]) -> None:
         buckets = self._config.settings.buckets
         if any(not 0 <= b < buckets for b in owned):
             raise ValueError(f"owned buckets must lie in 0..{buckets - 1}")
-        self._chan().set_config(buckets=buckets, owned=frozenset(owned))
-        self._owned = frozenset(owned)
+        with self._lock:
+            self._chan().set_config(buckets=buckets, owned=frozenset(owned))
+            self._owned = frozenset(owned)
 
     def uninstall(self) -> None:
+        with self._lock:
+            self._uninstall()
+        self._installed = False
+
+    def _uninstall(self) -> None:
         existing = self._existing_links()
         for index, zone in enumerate(self._config.zones):
             dev = device_name(index, zone)
@@ -211,23 +250,34 @@ class ClusterdevDataPlane:
         self._owned = frozenset()
 
     def status(self) -> dict[str, object]:
-        chan = self._chan()
-        cfg = chan.get_config()
-        stats = chan.get_stats()
-        return {
-            "backend": self.name,
-            "owned_buckets": sorted(cfg.owned),
-            "buckets": cfg.buckets,
-            "seed": cfg.seed,
-            "hash_fields": cfg.hash_fields,
-            "mark_mask": cfg.mark_mask,
-            "packets": sum(stats.packets),
-            "connections": sum(stats.conns),
-            "packets_per_bucket": list(stats.packets),
-            "connections_per_bucket": list(stats.conns),
-            "drop_not_owned": stats.drop_not_owned,
-            "drop_invalid": stats.drop_invalid,
-        }
+        """The nftables backend's fields (backend, installed, owned, counters
+        under the same names) plus what only the module knows."""
+        result: dict[str, object] = {"backend": self.name, "installed": self._installed}
+        if not self._installed:
+            return result
+        with self._lock:
+            chan = self._chan()
+            cfg = chan.get_config()
+            stats = chan.get_stats()
+        result.update(
+            {
+                "owned": sorted(cfg.owned),  # as the kernel has it, read back
+                "counters": {
+                    "accepted_new": sum(stats.conns),
+                    "not_owned": stats.drop_not_owned,
+                    "invalid": stats.drop_invalid,
+                    "not_owned_established": stats.drop_not_owned_established,
+                },
+                "buckets": cfg.buckets,
+                "seed": cfg.seed,
+                "hash_fields": cfg.hash_fields,
+                "mark_mask": cfg.mark_mask,
+                "packets": sum(stats.packets),
+                "packets_per_bucket": list(stats.packets),
+                "connections_per_bucket": list(stats.conns),
+            }
+        )
+        return result
 
 
 def mark_bucket(mark: int, mark_mask: int) -> int | None:

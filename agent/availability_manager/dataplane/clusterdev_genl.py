@@ -44,6 +44,7 @@ A_STATS_CONNS = 7
 A_STATS_DROP_NOT_OWNED = 8
 A_STATS_DROP_INVALID = 9
 A_PAD = 10
+A_STATS_DROP_NOT_OWNED_ESTABLISHED = 11
 
 HASH_FIELDS_CODES = {"addresses": HASH_ADDRESSES, "addresses+ports": HASH_ADDRESSES_PORTS}
 
@@ -81,8 +82,9 @@ class Config:
 class Stats:
     packets: tuple[int, ...]  # per bucket
     conns: tuple[int, ...]  # NEW connections accepted, per bucket
-    drop_not_owned: int
+    drop_not_owned: int  # NEW packets of buckets not owned
     drop_invalid: int
+    drop_not_owned_established: int  # packets of known connections of buckets not owned
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,4 +275,5 @@ def parse_stats(msg: Message, family: int) -> Stats:
         conns=conns,
         drop_not_owned=_u(attrs, A_STATS_DROP_NOT_OWNED, "=Q"),
         drop_invalid=_u(attrs, A_STATS_DROP_INVALID, "=Q"),
+        drop_not_owned_established=_u(attrs, A_STATS_DROP_NOT_OWNED_ESTABLISHED, "=Q"),
     )
