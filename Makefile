@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: bootstrap demo demo-lab demo-sim test test-lint test-unit test-sim test-lab test-ansible \
-	test-kmod test-bench-smoke bench bench-compare clean
+	test-kmod test-kmod-role test-bench-smoke bench bench-compare clean
 
 bootstrap:
 	@./tools/bootstrap.sh
@@ -56,6 +56,11 @@ test-ansible: bootstrap
 
 test-kmod: bootstrap
 	./kmod/run-tests.sh
+
+# The clusterdev Ansible role run by ansible-playbook inside a TCG guest: about
+# 40 minutes here, so not part of make test (which runs the role's refusal).
+test-kmod-role: bootstrap
+	ROLE_TEST_STEPS=first ./kmod/tools/run-role-test.sh
 
 # Every benchmark's short version, so none of them rots (numbers not kept).
 test-bench-smoke: bootstrap

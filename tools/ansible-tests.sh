@@ -98,10 +98,12 @@ build_and_install() {
     for must in roles/availability_manager/tasks/main.yml roles/dataplane/tasks/main.yml \
         plugins/modules/member.py plugins/modules/cluster_info.py plugins/filter/network.py \
         plugins/module_utils/clusterctl.py plugins/module_utils/addresses.py \
-        playbooks/site.yml playbooks/node-argument.yml meta/runtime.yml; do
+        playbooks/site.yml playbooks/node-argument.yml meta/runtime.yml \
+        roles/clusterdev/tasks/main.yml kmod/clusterdev/dkms.conf kmod/clusterdev/clusterdev_hook.c; do
         grep -qx "$must" <<<"$listing" || { echo "missing from the tarball: $must"; return 1; }
     done
-    for never in .venv/ .cache/ .git/ lab/ agent/ kmod/ molecule/ testhosts/ collections/ \
+    for never in .venv/ .cache/ .git/ lab/ agent/ kmod/tools/ kmod/tests/ kmod/build/ kmod/.venv/ \
+        kmod/run-tests.sh molecule/ testhosts/ collections/ \
         library requirements.yml; do
         if grep -q "^$never" <<<"$listing"; then echo "must not be in the tarball: $never"; return 1; fi
     done

@@ -281,9 +281,12 @@ PREREQUISITES = ("load", "lab", "arp", "traffic")
 
 
 class GuestTests:
-    def __init__(self, ko: str, only: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, ko: str, only: frozenset[str] = frozenset(), skip: frozenset[str] = frozenset()
+    ) -> None:
         self.ko = ko
         self.only = only  # empty: every test
+        self.skip = skip  # left out on purpose (said in the output)
         self.lab = Lab()
         self.results: list[tuple[str, bool, str]] = []
         self.server: EchoServer | None = None
@@ -293,6 +296,9 @@ class GuestTests:
     def run(self, name: str, fn: Callable[[], str | None]) -> bool:
         if self.only and name not in self.only and name not in PREREQUISITES:
             return True  # skipped: not asked for (--only)
+        if name in self.skip:
+            print(f"SKIP {name} (--skip: it runs on another kernel of this run)", flush=True)
+            return True
         start = time.monotonic()
         try:
             problem = fn()
@@ -806,11 +812,14 @@ def main() -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated test names (and their prerequisites)"
     )
+    parser.add_argument("--skip", default="", help="comma-separated test names left out")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("guest tests need root (run them in a guest: kmod/tools/run-guest-tests.sh)")
         return 2
-    return GuestTests(args.ko, frozenset(filter(None, args.only.split(",")))).main()
+    only = frozenset(filter(None, args.only.split(",")))
+    skip = frozenset(filter(None, args.skip.split(",")))
+    return GuestTests(args.ko, only, skip).main()
 
 
 if __name__ == "__main__":
