@@ -7,27 +7,19 @@ so it is run on its own (`-m lab_agent`) while the agent is being written.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_cluster_behaviour
 
-from fwcluster_lab import agent, build, cluster, faults, traffic_control
+from fwcluster_lab import build, cluster, faults, traffic_control
 from fwcluster_lab.netns import list_namespaces
 from fwcluster_lab.state import LabState
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.lab_agent,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("nft") is None or not agent.agent_available(),
-        reason="needs root, nftables and the availability-manager daemon",
-    ),
-]
+pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
 PREFIX = "fwa-"
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -31,20 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_cluster_behaviour
 from test_cluster_behaviour import ctl, ns_exec
 
-from fwcluster_lab import agent, build, cluster, faults, helpers_policy
+from fwcluster_lab import build, cluster, faults, helpers_policy
 from fwcluster_lab.netns import in_ns, list_namespaces, spawn
 from fwcluster_lab.state import LabState
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.lab_agent,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("nft") is None or not agent.agent_available(),
-        reason="needs root, nftables and the availability-manager daemon",
-    ),
-]
+pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
 PREFIX = "fwp-"
 FTP_SIZE = 600_000  # at 200 kB/s: a 3 s transfer

@@ -13,28 +13,20 @@ traffic must lose no connection and see no duplicate.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import test_cluster_behaviour
 from test_cluster_behaviour import TRAFFIC, assert_nothing_lost, ctl, status
 
 from fwcluster_lab import agent, build, cluster, traffic_control
 from fwcluster_lab.netns import list_namespaces, stop
 from fwcluster_lab.state import LabState
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.lab_agent,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("nft") is None or not agent.agent_available(),
-        reason="needs root, nftables and the availability-manager daemon",
-    ),
-]
+pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
 PREFIX = "fwu-"
 V1_COMMIT = "425ed33"  # the last commit whose agent spoke only wire version 1
