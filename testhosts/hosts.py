@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fwcluster_lab.build import TRAFFIC_PORT, lab_env, server_control_socket
-from fwcluster_lab.netns import LabError, kill_pid, list_namespaces, namespace_pids, spawn, stop
+from fwcluster_lab.build import start_traffic_servers
+from fwcluster_lab.netns import (
+    LabError,
+    kill_pid,
+    list_namespaces,
+    namespace_pids,
+    stop,
+)
 from fwcluster_lab.state import LabState
 
 from . import agent_source, machine, network
@@ -53,7 +58,8 @@ def up(nodes: int = 3, run_dir: Path = RUN_DIR, boot_timeout: float = 120.0) -> 
         network.wire_controller(topo)
         for host in topo.hosts:
             network.wire_host(topo, host, layouts.get(host.name))
-        _start_servers(state)
+        # the lab's traffic server in every server namespace, as `lab up` starts it
+        start_traffic_servers(state, state.topology())
         for node in layouts.values():
             shutil.rmtree(node.dir, ignore_errors=True)  # a fresh disk every `up`
             machine.mount_overlay(node, lower)
@@ -68,29 +74,6 @@ def up(nodes: int = 3, run_dir: Path = RUN_DIR, boot_timeout: float = 120.0) -> 
         down(run_dir)
         raise
     return state
-
-
-def _start_servers(state: LabState) -> None:
-    """The lab's traffic server in every server namespace (as `lab up` starts it)."""
-    topo = state.topology()
-    for server in topo.servers:
-        sock = server_control_socket(state.run_dir, server.name)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "fwcluster_lab.traffic_server",
-            "--listen",
-            str(server.links[0].address.ip),
-            "--port",
-            str(TRAFFIC_PORT),
-            "--control",
-            str(sock),
-        ]
-        log = state.run_dir / "traffic" / f"{server.name}.log"
-        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}", env=lab_env())
-        state.procs[proc.what] = proc
-        state.save()
 
 
 def down(run_dir: Path = RUN_DIR) -> list[str]:
@@ -194,4 +177,9 @@ def status(run_dir: Path = RUN_DIR) -> dict[str, Any]:
             "overlay_mounted": machine.is_mounted(node.merged),
         }
     procs = {k: {"pid": p.pid, "alive": p.alive()} for k, p in state.procs.items()}
-    return {"prefix": state.prefix, "run_dir": str(run_dir), "nodes": nodes, "processes": procs}
+    return {
+        "prefix": state.prefix,
+        "run_dir": str(run_dir),
+        "nodes": nodes,
+        "processes": procs,
+    }

@@ -100,7 +100,7 @@ class BaselineCluster(Cluster):
                 build._wire(topo, host, True)
                 if host.role == "node":
                     sysctl(host.ns, build.NODE_SYSCTLS)
-            build._start_servers(st, topo)
+            build.start_traffic_servers(st, topo)
             for i, host in enumerate(topo.nodes):
                 self._start_node(topo, host, i)
             self._wait_master(topo.nodes[0].name, timeout=15.0 + 4 * self.advert_s)

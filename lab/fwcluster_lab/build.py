@@ -161,7 +161,8 @@ def traffic_server_hosts(topo: Topology) -> tuple[Host, ...]:
     return topo.servers + (topo.clients[:1] if topo.nat else ())
 
 
-def _start_servers(state: LabState, topo: Topology) -> None:
+def start_traffic_servers(state: LabState, topo: Topology) -> None:
+    """The traffic server on every host that runs one; returns once each listens."""
     for server in traffic_server_hosts(topo):
         sock = server_control_socket(state.run_dir, server.name)
         sock.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ def up(
                 standalone.install(topo, node)
             state.dead_nodes = [n.name for n in topo.nodes[1:]]
         state.save()
-        _start_servers(state, topo)
+        start_traffic_servers(state, topo)
         if agents:
             for node in topo.nodes:
                 _start_agent(state, topo, node)
