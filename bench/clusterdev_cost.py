@@ -43,7 +43,6 @@ from availability_manager.dataplane.clusterdev import ClusterdevDataPlane
 from availability_manager.dataplane.nftables import NftablesDataPlane
 from availability_manager.dataplane.nslab import NsLab, inside, sh
 from availability_manager.types import ClusterSettings
-from dataplane_cost import Jiffies
 from fwbench import env, report
 
 NAME = "clusterdev_cost"
@@ -170,7 +169,7 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
     argv = ["iperf3", "-c", SERVER, "-p", str(PORT), "-t", f"{seconds:g}", "-J"]
     if udp:
         argv += ["-u", "-b", "0", "-l", "64"]
-    j0 = Jiffies()
+    j0 = env.Jiffies()
     out = subprocess.run(
         ["ip", "netns", "exec", chains.ns(variant, "cli"), *argv],
         capture_output=True,
@@ -178,7 +177,7 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
         timeout=seconds + 60,
         check=False,
     )
-    busy = Jiffies().busy_s_since(j0)
+    busy = env.Jiffies().busy_s_since(j0)
     data = json.loads(out.stdout) if out.stdout.strip() else {}
     if out.returncode != 0 or "end" not in data:
         raise RuntimeError(

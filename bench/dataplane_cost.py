@@ -47,21 +47,6 @@ table inet fwbench_plain {
 """
 
 
-class Jiffies:
-    """Machine-wide busy and total CPU time from the first line of /proc/stat."""
-
-    def __init__(self) -> None:
-        values = [
-            int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        ]
-        self.idle = values[3] + values[4]
-        self.total = sum(values[:8])
-
-    def busy_s_since(self, earlier: Jiffies) -> float:
-        busy = (self.total - self.idle) - (earlier.total - earlier.idle)
-        return busy / env.TICK
-
-
 def start_server(state: LabState) -> None:
     server = state.topology().servers[0]
     argv = ["iperf3", "-s", "-B", str(server.links[0].address.ip), "-p", str(PORT)]
@@ -76,7 +61,7 @@ def one_run(state: LabState, seconds: float) -> dict[str, Any]:
     client, server = topo.clients[0], topo.servers[0]
     argv = ["iperf3", "-c", str(server.links[0].address.ip), "-p", str(PORT)]
     argv += ["-t", f"{seconds:g}", "-J"]
-    j0, load = Jiffies(), env.loadavg()[0]
+    j0, load = env.Jiffies(), env.loadavg()[0]
     out = subprocess.run(
         ["ip", "netns", "exec", client.ns, *argv],
         capture_output=True,
@@ -84,7 +69,7 @@ def one_run(state: LabState, seconds: float) -> dict[str, Any]:
         timeout=seconds + 30,
         check=False,
     )
-    busy = Jiffies().busy_s_since(j0)
+    busy = env.Jiffies().busy_s_since(j0)
     data = json.loads(out.stdout) if out.stdout.strip() else {}
     if out.returncode != 0 or "end" not in data:
         raise RuntimeError(f"iperf3 failed: {data.get('error', out.stderr.strip())}")

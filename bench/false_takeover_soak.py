@@ -35,19 +35,6 @@ POLICIES = {
 }
 
 
-class Jiffies:
-    def __init__(self) -> None:
-        values = [
-            int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        ]
-        self.idle = values[3] + values[4]
-        self.total = sum(values[:8])
-
-    def busy_share_since(self, earlier: Jiffies) -> float:
-        total = self.total - earlier.total
-        return 1.0 - (self.idle - earlier.idle) / total if total else 0.0
-
-
 def start_burners(count: int, seconds: float, log: Path) -> list[Proc]:
     """Busy loops that end by themselves after `seconds` (bounded even if we die)."""
     run(["ip", "netns", "add", BURN_NS])
@@ -143,11 +130,11 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             other_rt_seen: dict[int, str] = {}
             softirqd = ksoftirqd_pids()
             soft0 = cpu_of(softirqd)
-            j0, t0, wall0 = Jiffies(), time.monotonic(), time.time()
+            j0, t0, wall0 = env.Jiffies(), time.monotonic(), time.time()
             jprev = j0
             while time.monotonic() - t0 < args.seconds:
                 time.sleep(2.0)
-                jnow = Jiffies()
+                jnow = env.Jiffies()
                 sample: dict[str, Any] = {
                     "t": time.monotonic() - t0,
                     "busy": jnow.busy_share_since(jprev),
@@ -169,7 +156,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                             f"stable {st.get('stable')}"
                         )
                 polls.append(sample)
-            busy = Jiffies().busy_share_since(j0)
+            busy = env.Jiffies().busy_share_since(j0)
             burner_cpu = sum(env.process_cpu_s(p.pid) or 0.0 for p in burners)
             soft_cpu = cpu_of(softirqd) - soft0
             elapsed = time.monotonic() - t0

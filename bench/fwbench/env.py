@@ -125,3 +125,22 @@ class LoadSampler:
             f"mean {sum(self.samples) / len(self.samples):.2f} (1-minute load average, "
             f"{len(self.samples)} samples)"
         )
+
+
+class Jiffies:
+    """Machine-wide busy and total CPU time from the first line of /proc/stat."""
+
+    def __init__(self) -> None:
+        values = [
+            int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ]
+        self.idle = values[3] + values[4]
+        self.total = sum(values[:8])
+
+    def busy_s_since(self, earlier: Jiffies) -> float:
+        busy = (self.total - self.idle) - (earlier.total - earlier.idle)
+        return busy / TICK
+
+    def busy_share_since(self, earlier: Jiffies) -> float:
+        total = self.total - earlier.total
+        return 1.0 - (self.idle - earlier.idle) / total if total else 0.0
