@@ -23,11 +23,11 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from compare.measure import CountSampler
 from fwbench import env, labrun, newconn, profile, report
 from fwcluster_lab.netns import nft
 from fwcluster_lab.state import LabState
@@ -64,35 +64,11 @@ def kernel_count(ns: str) -> int:
     return int(out) if out.isdigit() else 0
 
 
-class Poller:
-    """(wall time, sum of the agents' peer-cache entries), sampled in a thread."""
-
-    def __init__(
-        self, state: LabState, nodes: list[str], interval: float = 0.1
-    ) -> None:
-        self.state, self.nodes, self.interval = state, nodes, interval
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def cached(self) -> int:
-        return sum(
-            int(labrun.sync_counters(self.state, n).get("cache_entries", 0))
-            for n in self.nodes
-        )
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self.cached()))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+def cached(state: LabState, nodes: list[str]) -> int:
+    """The agents' peer-cache entries, summed."""
+    return sum(
+        int(labrun.sync_counters(state, n).get("cache_entries", 0)) for n in nodes
+    )
 
 
 def one_step(
@@ -112,8 +88,8 @@ def one_step(
         cpu0 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
         rss0 = {n: env.process_rss_kib(p) or 0 for n, p in pids.items() if p}
         load0 = env.loadavg()[0]
-        poll = Poller(state, nodes)
-        cached0 = poll.cached()
+        poll = CountSampler(lambda: cached(state, nodes), 0.1)
+        cached0 = poll.count()
         spies = []
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +109,7 @@ def one_step(
                 rate,
             )
             time.sleep(max(0.0, offer.end + BOUND_S - time.time()))
-            at_bound = poll.cached() - cached0
+            at_bound = poll.count() - cached0
             cpu1 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
             created = sum(kernel_count(ns[n]) for n in nodes) - kernel0
             # Keep polling a little: do the missing ones arrive late, or never?
@@ -144,7 +120,7 @@ def one_step(
             except subprocess.TimeoutExpired:
                 spy.kill()
                 spy.wait()
-        final = poll.cached() - cached0
+        final = poll.count() - cached0
         rss1 = {n: env.process_rss_kib(p) or 0 for n, p in pids.items() if p}
         alive = all(labrun.agent_pid(state, n) for n in nodes)
         counters = {n: labrun.sync_counters(state, n) for n in nodes}

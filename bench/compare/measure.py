@@ -12,7 +12,11 @@ import dataclasses
 import os
 import re
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -122,3 +126,27 @@ def iface_counters(ns: str, ifname: str) -> tuple[int, int, int, int]:
             v = [int(x) for x in m.group(2).split()]
             return v[0], v[1], v[8], v[9]
     return 0, 0, 0, 0
+
+
+class CountSampler:
+    """(wall time, count()) every `interval` seconds in a thread, while in a
+    `with` block: how a replicated count grows during a sync benchmark."""
+
+    def __init__(self, count: Callable[[], int], interval: float) -> None:
+        self.count, self.interval = count, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self.count()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

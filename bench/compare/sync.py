@@ -13,13 +13,18 @@ connections missing then are the ones that did not make the 1 s bound.
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any, Self
+from typing import Any
 
 from . import gen
 from .cluster import Cluster, running
-from .measure import conntrack_count, loadavg, process_cpu_s, process_rss_kib
+from .measure import (
+    CountSampler,
+    conntrack_count,
+    loadavg,
+    process_cpu_s,
+    process_rss_kib,
+)
 
 DPORT = 20000  # the generator's destination ports start here
 SINK_TABLE = "gen_sink"
@@ -44,33 +49,6 @@ table ip {SINK_TABLE} {{
 }}
 """,
     )
-
-
-class Poller:
-    """Samples (wall time, sum of peers' known connections) in a thread."""
-
-    def __init__(self, cluster: Cluster, interval: float = 0.2) -> None:
-        self.cluster = cluster
-        self.interval = interval
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def known(self) -> int:
-        return sum(self.cluster.known_connections(n) for n in self.cluster.nodes())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self.known()))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def _cpu(cluster: Cluster) -> float:
@@ -101,9 +79,11 @@ def one_run(
             DPORT, count, rate, procs=procs, max_s=max(30.0, 3 * count / rate),
         )  # fmt: skip
         time.sleep(1.0)  # let start-up traffic (bulk syncs, ARP) settle
-        poll = Poller(cluster)
+        poll = CountSampler(
+            lambda: sum(cluster.known_connections(n) for n in cluster.nodes()), 0.2
+        )
         t_begin = time.time()
-        known0, kernel0 = poll.known(), _kernel(cluster)
+        known0, kernel0 = poll.count(), _kernel(cluster)
         rss0 = _rss_kib(cluster)
         with poll:
             # The daemons' CPU rate at rest (heartbeats, answering this poller)
@@ -114,7 +94,7 @@ def one_run(
             idle_rate = (cpu0 - idle0) / (t_cpu0 - t_idle0)
             offer = gen.run(client.ns, args, timeout=4 * count / rate + 30)
             time.sleep(max(0.0, offer.end + BOUND_S - time.time()))
-            known_at_bound = poll.known()
+            known_at_bound = poll.count()
             created = _kernel(cluster) - kernel0
             cpu_at_bound, t_cpu1 = _cpu(cluster), time.monotonic()
             # Keep sampling a little to see whether the rest arrives late.
