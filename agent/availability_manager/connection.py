@@ -104,6 +104,9 @@ class Connection:
         return self.reply != untranslated_reply(self.proto, self.orig)
 
     def with_state(self, state: int, status: int) -> Connection:
+        if type(self) is Connection:  # the common case, without replace()'s introspection
+            return Connection(self.proto, self.orig, self.reply, state, status, self.mark,
+                              self.bucket)  # fmt: skip
         return dataclasses.replace(self, state=state, status=status)
 
     def __str__(self) -> str:

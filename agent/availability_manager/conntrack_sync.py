@@ -388,7 +388,7 @@ class ConntrackSync:
         if conn.status & ~self._status_mask:
             # Only the status bits that mean something on another node are synced;
             # the rest (CONFIRMED, DYING, ...) would cause UPDATEs that carry nothing.
-            conn = dataclasses.replace(conn, status=conn.status & self._status_mask)
+            conn = conn.with_state(conn.state, conn.status & self._status_mask)
         old = self._mirror.get(key)
         if old == conn:
             return key

@@ -173,22 +173,30 @@ class _Entry:
         o, r = conn.orig, conn.reply
         nat = conn.nat
         helper = helper_of(conn) if version >= VERSION_HELPERS else ""
-        return cls(
-            proto=conn.proto,
-            orig_src=o.src,
-            orig_dst=o.dst,
-            orig_sport=o.sport,
-            orig_dport=o.dport,
-            state=conn.state,
-            status=conn.status,
-            mark=conn.mark,
-            bucket=conn.bucket,
-            reply_src=(r.src,) if nat else (),
-            reply_dst=(r.dst,) if nat else (),
-            reply_sport=(r.sport,) if nat else (),
-            reply_dport=(r.dport,) if nat else (),
-            helper=(helper.encode("ascii"),) if helper else (),
-        )
+        # Every value comes from a Connection, which validated them when it
+        # was made, so the record is assembled without __init__: no second
+        # validation and no rebuilding of the Connection it already is (the
+        # owner does this for every new connection it announces).
+        msg = object.__new__(cls)
+        for name, value in zip(
+            _ENTRY_FIELDS,
+            (
+                conn.proto, o.src, o.dst, o.sport, o.dport,
+                conn.state, conn.status, conn.mark, conn.bucket,
+                (r.src,) if nat else (), (r.dst,) if nat else (),
+                (r.sport,) if nat else (), (r.dport,) if nat else (),
+                (helper.encode("ascii"),) if helper else (),
+                with_helper(conn, helper),  # what a receiver builds from the record
+            ),
+            strict=True,
+        ):  # fmt: skip
+            object.__setattr__(msg, name, value)
+        return msg
+
+
+# Every field of an entry record in declaration order, the derived `_conn` last.
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(_Entry))
+assert _ENTRY_FIELDS[-1] == "_conn"
 
 
 @message(MsgType.CT_NEW)

@@ -12,6 +12,7 @@ from availability_manager.connection import (
     make_tuple,
     untranslated_reply,
 )
+from availability_manager.ct_messages import helper_of, with_helper
 
 
 def test_port_protocols_reply_is_the_inverse() -> None:
@@ -53,3 +54,17 @@ def test_key_depends_on_protocol_and_original_tuple_only() -> None:
     b = Connection(PROTO_TCP, orig, orig.inverse(), state=5, mark=9)
     assert a.key == b.key and len(a.key) == 8
     assert Connection(17, orig, orig.inverse()).key != a.key
+
+
+@pytest.mark.parametrize("helper", ["", "ftp"])
+def test_with_state_keeps_everything_else_and_the_helper(helper: str) -> None:
+    orig = make_tuple("192.0.2.1", "198.51.100.2", 1000, 80)
+    c = with_helper(Connection(PROTO_TCP, orig, orig.inverse(), 1, 0, mark=9, bucket=3), helper)
+    d = c.with_state(3, 6)
+    assert (d.state, d.status) == (3, 6)
+    assert type(d) is type(c) and helper_of(d) == helper
+    assert (d.proto, d.orig, d.reply, d.mark, d.bucket, d.key) == (
+        c.proto, c.orig, c.reply, c.mark, c.bucket, c.key
+    )  # fmt: skip
+    with pytest.raises(ValueError):
+        c.with_state(256, 0)

@@ -47,6 +47,7 @@ from availability_manager.ct_messages import (
     CtResyncDone,
     CtResyncRequest,
     CtUpdate,
+    with_helper,
 )
 from availability_manager.types import NodeId
 
@@ -651,6 +652,31 @@ def test_entry_messages_round_trip(v6: bool, nat: bool) -> None:
         back = wire.decode_message(wire.encode_message(msg))
         assert type(back) is cls
         assert back.to_connection() == c
+
+
+@pytest.mark.parametrize("helper", ["", "ftp"])
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("nat", [False, True])
+def test_from_connection_equals_the_validated_constructor(
+    nat: bool, v6: bool, version: int, helper: str
+) -> None:
+    """from_connection skips __init__ (its values come from a valid Connection);
+    the record must be field for field what __init__ builds from those values,
+    and carry the Connection a receiver decodes from it."""
+    c = with_helper(conn(5, v6=v6, nat=nat, mark=7), helper)
+    for cls in (CtNew, CtNewResync):
+        fast = cls.from_connection(c, version)
+        fields = {f.name: getattr(fast, f.name) for f in dataclasses.fields(cls) if f.init}
+        checked = cls(**fields)
+        assert fast == checked
+        assert fast.to_connection() == checked.to_connection()
+        assert type(fast.to_connection()) is type(checked.to_connection())
+        sent = helper if version >= 2 else ""
+        assert fast.to_connection() == with_helper(c, sent)
+        assert wire.decode_message(wire.encode_message(fast)).to_connection() == with_helper(
+            c, sent
+        )
 
 
 def test_other_messages_round_trip() -> None:

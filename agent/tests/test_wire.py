@@ -124,6 +124,75 @@ def test_encoding_is_canonical(msg: Sample) -> None:
     )
 
 
+# -- learned shapes (the decoder's fast path) ----------------------------------------
+
+
+def sample_shapes() -> dict[int, Any]:
+    return wire._REGISTRY[int(MsgType.TEST_PAYLOAD)].shapes
+
+
+@given(samples)
+def test_a_learned_shape_decodes_exactly_like_the_generic_decoder(msg: Sample) -> None:
+    encoded = wire.encode_message(msg)
+    body_len = len(encoded) - wire.MSG_HEADER.size
+    sample_shapes().clear()  # other tests may have filled the table
+    assert wire.decode_message(encoded) == msg  # generic: learns the shape
+    shape = sample_shapes()[body_len]
+    if len(msg.items) > 1:
+        assert shape is None  # a repeated value more than once is no shape
+        return
+    assert shape is not None
+    assert shape.decode(wire._REGISTRY[int(MsgType.TEST_PAYLOAD)], memoryview(encoded)[4:]) == msg
+    assert wire.decode_message(encoded) == msg  # through the shape
+
+
+def test_a_body_of_a_learned_length_but_another_layout_takes_the_generic_path() -> None:
+    base = dict(u8=1, u16=2, u32=3, u64=4, addr=bytes(4), items=(5,))
+    first = Sample(blob=b"xy", note=b"", **base)
+    other = Sample(blob=b"", note=b"xy", **base)  # same length, attribute lengths differ
+    sample_shapes().clear()
+    unknown = join(*_with_unknown_attribute(first))  # same length as neither: own shape
+    for msg in (first, other, first, other):
+        assert wire.decode_message(wire.encode_message(msg)) == msg
+    assert wire.decode_message(unknown) == first  # an unknown attribute is skipped...
+    assert wire.decode_message(unknown) == first  # ...on the second sight as well
+
+
+def _with_unknown_attribute(msg: Sample) -> tuple[int, int, list[tuple[int, bytes]]]:
+    msg_type, msg_flags, attrs = split(wire.encode_message(msg))
+    return msg_type, msg_flags, [*attrs, (999, b"new")]
+
+
+def test_a_shaped_body_with_a_refused_value_is_invalid_value() -> None:
+    msg = Sample(u8=1, u16=2, u32=3, u64=4, blob=b"", addr=bytes(4))
+    encoded = wire.encode_message(msg)
+    sample_shapes().clear()
+    assert wire.decode_message(encoded) == msg
+    assert sample_shapes()[len(encoded) - wire.MSG_HEADER.size] is not None
+    msg_type, msg_flags, attrs = split(encoded)
+    bad = join(msg_type, msg_flags, [(i, v if i != 1 else b"\xff") for i, v in attrs])
+    assert decode_reason(bad) == "invalid-value"
+
+
+def test_shapes_are_bounded_per_message_type() -> None:
+    sample_shapes().clear()
+    for size in range(wire.MAX_SHAPES + 20):
+        msg = Sample(u8=1, u16=2, u32=3, u64=4, blob=bytes(size % 65), addr=bytes(4),
+                     note=bytes(size // 65))  # fmt: skip
+        assert wire.decode_message(wire.encode_message(msg)) == msg
+    assert len(sample_shapes()) == wire.MAX_SHAPES
+
+
+def test_a_failed_decode_teaches_no_shape() -> None:
+    msg = Sample(u8=1, u16=2, u32=3, u64=4, blob=b"abc", addr=bytes(4))
+    msg_type, msg_flags, attrs = split(wire.encode_message(msg))
+    dup = join(msg_type, msg_flags, [*attrs[:-1], attrs[0]])  # u8 twice, no note
+    body_len = len(dup) - wire.MSG_HEADER.size
+    sample_shapes().clear()
+    assert decode_reason(dup) == "duplicate-attribute"
+    assert body_len not in sample_shapes()
+
+
 # -- truncation and garbage ---------------------------------------------------------
 
 

@@ -367,6 +367,8 @@ class Runtime:
                 zs.send(datagram)
         deadline = self.node.next_timer()
         if self._timer is not None:
+            if deadline is not None and self._timer.when() == max(deadline, now):
+                return  # armed for that already (most pumps: a datagram in, none due)
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
