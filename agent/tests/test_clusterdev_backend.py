@@ -40,6 +40,29 @@ class FakeChannel:
         self.closed = True
 
 
+class FakeGuard:
+    """input_guard.InputGuard's interface, recording into the shared log."""
+
+    def __init__(self, log: list[object], config: DataPlaneConfig) -> None:
+        self.log = log
+        self.config = config
+        self.installed = False
+        self.fail_uninstall = False
+
+    def install(self) -> None:
+        self.log.append(("guard", "install"))
+        self.installed = True
+
+    def uninstall(self) -> None:
+        self.log.append(("guard", "uninstall"))
+        if self.fail_uninstall:
+            raise RuntimeError("nft -f - failed (exit 1): no such table")
+        self.installed = False
+
+    def counters(self) -> dict[str, int]:
+        return {"no_listener": 11} if self.installed else {}
+
+
 class FakeRunner:
     def __init__(self, log: list[object]) -> None:
         self.log = log
@@ -93,7 +116,15 @@ def make(
         zones=zones,
         mark_mask=0xFFFF0000,
     )
-    return ClusterdevDataPlane(cfg, runner, factory), runner, channels, log  # type: ignore[arg-type]
+    guards: list[FakeGuard] = []
+
+    def guard_factory(config: DataPlaneConfig) -> FakeGuard:
+        guards.append(FakeGuard(log, config))
+        return guards[-1]
+
+    backend = ClusterdevDataPlane(cfg, runner, factory, guard_factory)  # type: ignore[arg-type]
+    backend.guards = guards  # type: ignore[attr-defined]  # for the guard tests
+    return backend, runner, channels, log
 
 
 def test_install_owns_nothing_before_links_come_up() -> None:
@@ -200,10 +231,38 @@ def test_status_has_the_nftables_backends_fields() -> None:
     assert status["owned"] == [1, 2]
     assert status["counters"] == {
         "accepted_new": 2, "not_owned": 7, "invalid": 2, "not_owned_established": 5,
+        "no_listener": 11,
     }  # fmt: skip
     assert status["packets"] == 7
     backend.uninstall()
     assert backend.status()["installed"] is False
+
+
+def test_the_input_guard_comes_before_the_links_and_goes_after_them() -> None:
+    """Replies to source-NATed connections must never be answered: the guard
+    (the nftables backend's no_listener rule) is in place before the first
+    clusterdev link exists, built from the backend's configuration."""
+    backend, _, _, log = make()
+    [guard] = backend.guards  # type: ignore[attr-defined]
+    assert guard.config.mark_mask == 0xFFFF0000
+    backend.install()
+    guard_at = log.index(("guard", "install"))
+    first_link = next(i for i, e in enumerate(log) if e[:3] == ("ip", "link", "add"))
+    assert guard_at < first_link
+    backend.uninstall()
+    last_del = max(i for i, e in enumerate(log) if e[:3] == ("ip", "link", "del"))
+    assert log.index(("guard", "uninstall")) > last_del
+    assert not guard.installed
+
+
+def test_uninstall_finishes_when_the_guard_cannot_be_removed() -> None:
+    backend, runner, channels, log = make()
+    backend.install()
+    backend.guards[0].fail_uninstall = True  # type: ignore[attr-defined]
+    backend.uninstall()  # logs a warning, restores the rest
+    assert ("guard", "uninstall") in log
+    assert runner.links == set() and channels[0].closed
+    assert runner.sysctls["net.ipv4.ip_forward"] == "0"
 
 
 def test_device_names_fit_ifnamsiz() -> None:

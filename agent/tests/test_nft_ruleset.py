@@ -19,6 +19,7 @@ import pytest
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.nd_mangle import nd_compensation
 from availability_manager.dataplane.nft_ruleset import (
+    render_input_guard,
     render_owned_update,
     render_ruleset,
     render_uninstall,
@@ -99,6 +100,19 @@ def test_new_local_connections_without_a_socket_are_dropped_after_dnat() -> None
     assert inp[2] == f'{new} counter name "no_listener" drop'
     assert len(inp) == 3
     assert "counter no_listener {}" in text
+
+
+def test_the_input_guard_is_the_rulesets_input_chain_alone() -> None:
+    """The clusterdev backend's guard must drop exactly what the nftables
+    backend's input chain drops, in the agent's table and nowhere else."""
+    cfg = config(mask=0xFFFF0000)
+    guard = render_input_guard(cfg)
+    assert chain(guard, "input") == chain(render_ruleset(cfg), "input")
+    assert set(re.findall(r"\btable (\w+) (\w+)", guard)) == {("inet", "fwcluster")}
+    assert re.findall(r"^\s*(chain|set|counter) (\w+)", guard, re.M) == [
+        ("counter", "no_listener"),
+        ("chain", "input"),
+    ]
 
 
 def test_orientation_map_swaps_exactly_later_to_earlier_zone_pairs() -> None:

@@ -14,7 +14,11 @@ cluster and checks:
   * fw3 dies (agent SIGKILL, links down) under traffic: no TCP connection
     lost, nothing delivered twice, the survivors injected its connections;
   * `clusterctl status --json` on fw1 says backend clusterdev and shows the
-    bucket ownership with the nftables backend's fields.
+    bucket ownership with the nftables backend's fields;
+  * the input guard (what a reply to a source-NATed connection meets on a
+    node that does not know it): NEW datagrams to a closed port of a cluster
+    IP are dropped by exactly one node each, counted as `no_listener`, and
+    no port-unreachable comes back.
 
 Prints progress lines and a last line "agent_lab: ok" or
 "agent_lab: FAIL: why"; exit status 0 only when everything held.
@@ -186,6 +190,53 @@ def check_status(state: Any) -> str | None:
     return None
 
 
+# Runs in the client's namespace: N datagrams from N source ports to a closed
+# port, then counts the ICMP port-unreachables that come back within 1.5 s.
+GUARD_PROBE = """
+import socket, sys, time
+dst, n = sys.argv[1], int(sys.argv[2])
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+icmp.settimeout(0.2)
+for i in range(n):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 28000 + i))
+        s.sendto(b"probe", (dst, 20391))
+refused, end = 0, time.monotonic() + 1.5
+while time.monotonic() < end:
+    try:
+        data = icmp.recv(2048)
+    except socket.timeout:
+        continue
+    ihl = (data[0] & 15) * 4
+    refused += data[ihl] == 3 and data[ihl + 1] == 3
+print(refused)
+"""
+GUARD_PROBES = 10
+
+
+def check_guard(state: Any) -> str | None:
+    topo = state.topology()
+    survivors = [n for n in NODES if n != VICTIM]
+
+    def dropped() -> int:
+        return sum(status_json(state, n)["dataplane"]["counters"]["no_listener"] for n in survivors)
+
+    before = dropped()
+    cluster_ip = str(topo.zones[0].cluster_ip.ip)
+    argv = [sys.executable, "-c", GUARD_PROBE, cluster_ip, str(GUARD_PROBES)]
+    done = subprocess.run(in_ns(topo.clients[0].ns, argv), capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    if done.returncode:
+        return f"guard probe failed: {done.stderr.strip()[-300:]}"
+    refused = int(done.stdout.strip() or -1)
+    counted = dropped() - before
+    step(f"input guard: {GUARD_PROBES} datagrams to a closed port of {cluster_ip}: "
+         f"{counted} counted no_listener, {refused} port-unreachables back")  # fmt: skip
+    if refused or counted != GUARD_PROBES:
+        return f"input guard: {counted} of {GUARD_PROBES} dropped as no_listener, {refused} refused"
+    return None
+
+
 def run() -> str | None:
     agent.HEARTBEAT.update(HEARTBEAT)
     agent.agent_config = guest_agent_config  # write_config looks it up at call time
@@ -231,7 +282,7 @@ def exercise(state: Any, start: float) -> str | None:
     problem = check_traffic(summary)
     if problem and (n := false_takeovers(state)):
         problem += f"; {n} false takeovers (a living node declared dead: the guest stalled)"
-    return problem or check_status(state)
+    return problem or check_status(state) or check_guard(state)
 
 
 def main() -> int:

@@ -8,10 +8,14 @@ conntrack. Bucket count, seed, hash fields, mark mask and the owned-bucket
 bitmap are set over the module's generic netlink family; the bitmap is
 swapped atomically in the kernel, so `set_owned_buckets` is one message.
 
+The one rule the module leaves to nftables, the input guard against
+answering replies of source-NATed connections (input_guard.py), is installed
+before the links come up, in the agent's table `inet fwcluster`.
+
 `GenlChannel` is the netlink I/O (bytes are built and parsed in
 clusterdev_genl.py); `ClusterdevDataPlane` implements base.DataPlane. Commands
-(`ip`, `modprobe`, `sysctl`) go through an injectable runner so the backend
-can be tested without a kernel.
+(`ip`, `modprobe`, `sysctl`) and the guard are injectable, so the backend can
+be tested without a kernel.
 """
 
 from __future__ import annotations
@@ -22,13 +26,25 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from . import clusterdev_genl as genl
 from .base import DataPlaneConfig, Zone
+from .input_guard import InputGuard
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[Sequence[str]], str]
+
+
+class Guard(Protocol):
+    """What the backend needs of input_guard.InputGuard."""
+
+    def install(self) -> None: ...
+    def uninstall(self) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+
+
 _RECV_SIZE = 1 << 17  # GET_STATS for 4096 buckets is about 64 KiB
 
 
@@ -136,10 +152,12 @@ class ClusterdevDataPlane:
         config: DataPlaneConfig,
         runner: Runner = run_command,
         channel_factory: Callable[[], GenlChannel] = GenlChannel,
+        guard_factory: Callable[[DataPlaneConfig], Guard] = InputGuard,
     ) -> None:
         self._config = config
         self._run = runner
         self._channel_factory = channel_factory
+        self._guard = guard_factory(config)
         self._channel: GenlChannel | None = None
         self._owned: frozenset[int] = frozenset()
         self._saved_sysctls: dict[str, str] = {}
@@ -193,6 +211,7 @@ class ClusterdevDataPlane:
             owned=frozenset(),
         )
         self._owned = frozenset()
+        self._guard.install()  # before the links: no reply is ever answered
         self._sysctl("net.ipv4.ip_forward", "1")
         self._sysctl("net.netfilter.nf_conntrack_tcp_loose", "1" if self._config.tcp_loose else "0")
         if any(ip.version == 6 for z in self._config.zones for ip in z.cluster_ips):
@@ -244,6 +263,10 @@ class ClusterdevDataPlane:
                 log.warning("clusterdev: could not clear ownership on uninstall: %s", e)
             self._channel.close()
             self._channel = None
+        try:
+            self._guard.uninstall()
+        except RuntimeError as e:  # nftables.DataPlaneError: say so, finish the rest
+            log.warning("clusterdev: could not remove the input guard: %s", e)
         for key, value in self._saved_sysctls.items():
             self._run(["sysctl", "-q", "-w", f"{key}={value}"])
         self._saved_sysctls.clear()
@@ -259,6 +282,7 @@ class ClusterdevDataPlane:
             chan = self._chan()
             cfg = chan.get_config()
             stats = chan.get_stats()
+        guard = self._guard.counters()
         result.update(
             {
                 "owned": sorted(cfg.owned),  # as the kernel has it, read back
@@ -267,6 +291,7 @@ class ClusterdevDataPlane:
                     "not_owned": stats.drop_not_owned,
                     "invalid": stats.drop_invalid,
                     "not_owned_established": stats.drop_not_owned_established,
+                    "no_listener": guard.get("no_listener", 0),  # the input guard's
                 },
                 "buckets": cfg.buckets,
                 "seed": cfg.seed,

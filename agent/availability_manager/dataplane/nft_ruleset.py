@@ -269,6 +269,26 @@ def render_owned_update(config: DataPlaneConfig, owned: Iterable[int]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_input_guard(config: DataPlaneConfig) -> str:
+    """Only the input chain of `render_ruleset` (see `_input_rules`) and its
+    counter, in the agent's own table: for the clusterdev backend, whose module
+    splits the traffic and marks conntrack entries as this ruleset does but
+    has no socket lookup of its own."""
+    validate_config(config)
+    out = [
+        f"table inet {TABLE} {{}}",
+        f"delete table inet {TABLE}",
+        f"table inet {TABLE} {{",
+        "  counter no_listener {}",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        *[f"    {r}" for r in _input_rules(config)],
+        "  }",
+        "}",
+    ]
+    return "\n".join(out) + "\n"
+
+
 def render_uninstall() -> str:
     """Delete both tables if present (create-then-delete never fails)."""
     return (

@@ -96,6 +96,16 @@ def _interface_maddrs(interface: str, proc: Path = Path("/proc/net/dev_mcast")) 
     return macs
 
 
+def read_counters() -> dict[str, int]:
+    """Packets per named counter of the agent's table (those in COUNTERS)."""
+    counters: dict[str, int] = {}
+    for item in nft_json("list", "counters", "table", "inet", TABLE):
+        c = item.get("counter")
+        if isinstance(c, dict) and c.get("name") in COUNTERS:
+            counters[str(c["name"])] = int(c.get("packets", 0))
+    return counters
+
+
 class NftablesDataPlane:
     """base.DataPlane with nftables; see the module docstring."""
 
@@ -170,12 +180,7 @@ class NftablesDataPlane:
         if not self.installed:
             return result
         result["owned"] = self.programmed_owned()
-        counters: dict[str, int] = {}
-        for item in nft_json("list", "counters", "table", "inet", TABLE):
-            c = item.get("counter")
-            if isinstance(c, dict) and c.get("name") in COUNTERS:
-                counters[str(c["name"])] = int(c.get("packets", 0))
-        result["counters"] = counters
+        result["counters"] = read_counters()
         return result
 
     # --- helpers -------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.bucket import bucket_of, bucket_of_mark
+from availability_manager.dataplane.input_guard import InputGuard
 from availability_manager.dataplane.nftables import NftablesDataPlane, _interface_maddrs
 from availability_manager.dataplane.nslab import (
     NsLab,
@@ -365,3 +366,54 @@ def test_arp_replies_for_cluster_ip_carry_the_cluster_mac(lab: Lab) -> None:
     with inside(lab.fw):
         dp.uninstall()
     assert MAC_IN in neigh
+
+
+def test_input_guard_alone_drops_what_the_nftables_backend_drops(lab: Lab) -> None:
+    """The clusterdev backend's input guard (input_guard.py) on a real kernel:
+    with conntrack entries marked as the clusterdev module marks them (here by
+    a table of the test's own), a NEW datagram to a closed port of the node is
+    dropped without a port-unreachable and counted; an open port still works,
+    unmarked traffic is not the guard's business, and uninstall removes it."""
+    cfg = _config(ClusterSettings(buckets=16, hash_seed=0xFACE))
+    mask = f"{cfg.mark_mask:#x}"
+    sh("ip", "addr", "add", f"{CLUSTER_IN}/24", "dev", "in0", ns=lab.fw)
+    sh("nft", "add table ip module_stand_in", ns=lab.fw)
+    sh("nft", "add chain ip module_stand_in pre { type filter hook prerouting priority -150; }",
+       ns=lab.fw)  # fmt: skip
+    sh("nft", f"add rule ip module_stand_in pre udp sport < 27200 ct mark set ct mark or {mask}",
+       ns=lab.fw)  # fmt: skip
+    guard = InputGuard(cfg)
+    with inside(lab.fw):
+        guard.install()
+        guard.install()  # idempotent: replaces itself
+        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        service.bind((CLUSTER_IN, 5353))
+    with inside(lab.client):
+        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        icmp.setblocking(False)
+    with service, icmp:
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27000, 27020), dport=20391)  # closed
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27100, 27110), dport=5353)  # open
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27300, 27305), dport=20391)  # unmarked
+
+        def to_cluster() -> list[dict[str, str]]:
+            return [e for e in conntrack_entries(lab.fw) if e["dst"] == CLUSTER_IN]
+
+        assert wait_until(lambda: len(to_cluster()) >= 15)
+        time.sleep(0.2)
+        kept = sorted((e["dport"], int(e["sport"]) < 27200) for e in to_cluster())
+        assert kept == [("20391", False)] * 5 + [("5353", True)] * 10
+        with inside(lab.fw):
+            assert guard.counters()["no_listener"] == 20
+        unreachable = 0
+        try:
+            while True:
+                icmp.recv(2048)
+                unreachable += 1
+        except BlockingIOError:
+            pass
+        assert unreachable == 5, "only the unmarked datagrams may be refused"
+    with inside(lab.fw):
+        guard.uninstall()
+        guard.uninstall()  # nothing left: still fine
+    assert "fwcluster" not in sh("nft", "list", "tables", ns=lab.fw)
