@@ -1,7 +1,10 @@
 """A small FTP server and client for the helper tests: just enough of RFC 959
-(USER, PASS, TYPE, PASV, PORT, RETR, NOOP, QUIT) to move one file through the
-cluster's FTP helper in passive or active mode, slowly enough that a node can
-be killed or drained in the middle.
+(USER, PASS, TYPE, PASV, PORT, RETR, NOOP, QUIT) and of RFC 2428 for IPv6
+(EPSV, EPRT) to move one file through the cluster's FTP helper in passive or
+active mode, slowly enough that a node can be killed or drained in the middle.
+The server speaks the family of its address; the client (Python's ftplib)
+uses PASV/PORT over IPv4 and EPSV/EPRT over IPv6, as the kernel's FTP helper
+expects them.
 
 The file ``data-<size>.bin`` is `size` bytes of a fixed pattern, so the client can tell a
 transfer that is short, long or corrupted from a good one without the server
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ftplib
+import ipaddress
 import json
 import re
 import socket
@@ -61,6 +65,7 @@ class _Session:
     def __init__(self, conn: socket.socket, address: str, rate: int) -> None:
         self.conn = conn
         self.address = address
+        self.family = family_of(address)
         self.rate = rate
         self.passive: socket.socket | None = None
         self.active: tuple[str, int] | None = None
@@ -96,16 +101,43 @@ class _Session:
     def cmd_noop(self, _arg: str) -> None:
         self.reply("200 ok")
 
-    def cmd_pasv(self, _arg: str) -> None:
+    def _listen(self) -> int:
+        """A fresh passive listener on the server's address; its port."""
         if self.passive is not None:
             self.passive.close()
-        self.passive = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.passive = socket.socket(self.family, socket.SOCK_STREAM)
         self.passive.bind((self.address, 0))
         self.passive.listen(1)
         self.passive.settimeout(TIMEOUT)
-        port = self.passive.getsockname()[1]
+        port: int = self.passive.getsockname()[1]
+        return port
+
+    def cmd_pasv(self, _arg: str) -> None:
+        if self.family != socket.AF_INET:
+            self.reply("522 IPv4 only: use EPSV")
+            return
+        port = self._listen()
         h = self.address.replace(".", ",")
         self.reply(f"227 Entering Passive Mode ({h},{port >> 8},{port & 0xFF}).")
+
+    def cmd_epsv(self, _arg: str) -> None:
+        port = self._listen()
+        self.reply(f"229 Entering Extended Passive Mode (|||{port}|)")
+
+    def cmd_eprt(self, arg: str) -> None:
+        """EPRT |<1 or 2>|<address>|<port>| (RFC 2428)."""
+        fields = arg.split(arg[:1]) if arg else []
+        try:
+            if len(fields) != 5 or fields[1] not in ("1", "2"):
+                raise ValueError(arg)
+            address, port = str(ipaddress.ip_address(fields[2])), int(fields[3])
+            if not 0 < port <= 0xFFFF or family_of(address) != self.family:
+                raise ValueError(arg)
+        except ValueError:
+            self.reply("501 bad EPRT")
+            return
+        self.active = (address, port)
+        self.reply("200 EPRT ok")
 
     def cmd_port(self, arg: str) -> None:
         try:
@@ -153,7 +185,14 @@ class _Session:
         if self.passive is not None:
             listener, self.passive = self.passive, None
             with listener:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
+            # As vsftpd by default: a passive data connection must come from
+            # the control connection's address (through NAT: the same
+            # translated address, which is what a failover must keep).
+            control_peer = self.conn.getpeername()[0]
+            if peer[0] != control_peer:
+                conn.close()
+                raise OSError(f"data connection from {peer[0]}, control from {control_peer}")
             return conn
         if self.active is not None:
             target, self.active = self.active, None
@@ -161,9 +200,13 @@ class _Session:
         raise OSError("no PASV or PORT first")
 
 
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
 def serve(address: str, port: int, rate: int) -> None:
     """Serve until killed: one thread per control connection."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = socket.socket(family_of(address), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
     listener.listen(16)
@@ -187,7 +230,7 @@ def serve(address: str, port: int, rate: int) -> None:
 # -- client ------------------------------------------------------------------------
 
 
-def fetch(server: str, mode: str, size: int, pause: bool) -> dict[str, Any]:
+def fetch(server: str, mode: str, size: int, pause: bool, port: int = FTP_PORT) -> dict[str, Any]:
     """Download the file once; the result dict of the module docstring."""
     result: dict[str, Any] = {
         "mode": mode,
@@ -201,7 +244,7 @@ def fetch(server: str, mode: str, size: int, pause: bool) -> dict[str, Any]:
     start = time.monotonic()
     try:
         with ftplib.FTP(timeout=TIMEOUT) as ftp:
-            ftp.connect(server, FTP_PORT)
+            ftp.connect(server, port)
             assert ftp.sock is not None  # connect() made it
             print(f"CONTROL {ftp.sock.getsockname()[1]}", flush=True)
             ftp.login("lab", "lab")
@@ -256,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--mode", choices=("passive", "active"), default="passive")
     c.add_argument("--size", type=int, default=400_000)
     c.add_argument("--pause", action="store_true")
+    c.add_argument("--port", type=int, default=FTP_PORT)
     args = p.parse_args(argv)
+    try:
+        family_of(args.address if args.role == "server" else args.server)
+    except ValueError:
+        p.error("the server address must be an IPv4 or IPv6 address")
     if args.role == "server":
         if args.rate <= 0:
             p.error("--rate must be positive")
@@ -264,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 0 < args.size <= MAX_SIZE:
         p.error(f"--size must be 1..{MAX_SIZE}")
-    result = fetch(args.server, args.mode, args.size, args.pause)
+    result = fetch(args.server, args.mode, args.size, args.pause, args.port)
     print(json.dumps(result), flush=True)
     return 0 if result["intact"] else 1
 

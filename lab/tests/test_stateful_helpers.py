@@ -2,9 +2,11 @@
 across a failover and a drain of the node that owns the control connection,
 on real kernels with the real agent.
 
-One 3-node lab (prefix fwp-) with the helper policy (helpers_policy.py) on
-every node serves the module; the FTP and TFTP servers of ftp_lab/tftp_lab
-run on the inside server, the clients on the outside client. Each test:
+One dual-stack 3-node lab (prefix fwp-, `lab up --ipv6`) with the helper
+policy (helpers_policy.py) on every node serves the module. FTP runs over
+IPv4 and over IPv6 (EPSV/EPRT; `path`), TFTP over IPv4, from the client host
+to the server host; passive FTP through SNAT is test_stateful_helpers_nat.py.
+Each test:
 
 - starts one transfer and finds the node whose kernel holds the control
   connection (FTP port 21, TFTP's read request to port 69); only that node
@@ -19,6 +21,7 @@ run on the inside server, the clients on the outside client. Each test:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import subprocess
@@ -35,6 +38,7 @@ from test_cluster_behaviour import ctl, ns_exec
 from fwcluster_lab import build, cluster, faults, helpers_policy
 from fwcluster_lab.netns import in_ns, list_namespaces, spawn
 from fwcluster_lab.state import LabState
+from fwcluster_lab.topology import Host
 
 pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
@@ -49,7 +53,7 @@ NODES = ("fw1", "fw2", "fw3")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
     run_dir = lab_run_dir(PREFIX)
     build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True)
+    state = build.up(run_dir, PREFIX, nodes=3, agents=True, ipv6=True)
     try:
         cluster.wait_settled(state, timeout=60)
         topo = state.topology()
@@ -58,29 +62,12 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
         server = topo.servers[0]
         address = str(server.links[0].address.ip)
         py = [sys.executable, "-m"]
-        for what, argv in (
-            ("ftp", [*py, "fwcluster_lab.ftp_lab", "server", "--address", address]),
-            (
-                "tftp",
-                [
-                    *py,
-                    "fwcluster_lab.tftp_lab",
-                    "server",
-                    "--address",
-                    address,
-                    "--size",
-                    str(TFTP_SIZE),
-                    "--first-delay",
-                    str(TFTP_FIRST_DELAY),
-                    "--stats-dir",
-                    str(run_dir / "tftp-stats"),
-                ],
-            ),
-        ):
-            proc = spawn(
-                server.ns, argv, run_dir / f"{what}-server.log", f"{what}:server", build.lab_env()
-            )
-            state.procs[proc.what] = proc
+        start_ftp_servers(state, FTP_PATHS)
+        tftp = [*py, "fwcluster_lab.tftp_lab", "server", "--address", address,
+                "--size", str(TFTP_SIZE), "--first-delay", str(TFTP_FIRST_DELAY),
+                "--stats-dir", str(run_dir / "tftp-stats")]  # fmt: skip
+        proc = spawn(server.ns, tftp, run_dir / "tftp-server.log", "tftp:server", build.lab_env())
+        state.procs[proc.what] = proc
         state.save()
         time.sleep(1.0)  # the servers bind
         yield state
@@ -89,15 +76,58 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
         assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
+FTP_PATHS = ("ipv4", "ipv6")
+
+
+def start_ftp_servers(state: LabState, paths: tuple[str, ...]) -> None:
+    """One FTP server per path, recorded as the lab's process `ftp-<path>:server`;
+    returns once each says it listens."""
+    for path in paths:
+        host, address = ftp_ends(state)[path]
+        argv = [sys.executable, "-m", "fwcluster_lab.ftp_lab", "server", "--address", address]
+        log = state.run_dir / f"ftp-{path}-server.log"
+        proc = spawn(host.ns, argv, log, f"ftp-{path}:server", build.lab_env())
+        state.procs[proc.what] = proc
+        assert _wait(functools.partial(_listening, log)), f"ftp server did not start: see {log}"
+
+
+def _listening(log: Path) -> bool:
+    return log.exists() and "listening" in log.read_text()
+
+
+def ftp_ends(state: LabState) -> dict[str, tuple[Host, str]]:
+    """Per FTP path, (the host of its FTP server, the address it serves on);
+    the FTP client runs on the other end host (see ftp_client_host)."""
+    topo = state.topology()
+    server, client = topo.servers[0], topo.clients[0]
+    ends = {
+        "ipv4": (server, str(server.links[0].address.ip)),
+        # From the server host (inside) out to the client host: a NAT lab's
+        # policy source-NATs it to the cluster address (nat_policy.py).
+        "snat": (client, str(client.links[0].address.ip)),
+    }
+    if server.address6 is not None:  # a dual-stack lab
+        ends["ipv6"] = (server, str(server.address6))
+    return ends
+
+
+def ftp_client_host(state: LabState, path: str) -> Host:
+    topo = state.topology()
+    return topo.servers[0] if path == "snat" else topo.clients[0]
+
+
 class Client:
     """A lab client process: JSON result on its last stdout line."""
 
-    def __init__(self, state: LabState, module: str, *args: str) -> None:
+    def __init__(self, state: LabState, module: str, *args: str, path: str = "ipv4") -> None:
         topo = state.topology()
+        host = topo.clients[0]
         self.server = str(topo.servers[0].links[0].address.ip)
+        if module.endswith("ftp_lab"):
+            host, self.server = ftp_client_host(state, path), ftp_ends(state)[path][1]
         argv = [sys.executable, "-m", module, "client", "--server", self.server, *args]
         self.proc = subprocess.Popen(
-            in_ns(topo.clients[0].ns, argv),
+            in_ns(host.ns, argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -132,23 +162,24 @@ class Client:
         return result
 
 
-def holders(state: LabState, proto: str, pattern: str) -> list[str]:
+def holders(state: LabState, proto: str, pattern: str, family: str = "ipv4") -> list[str]:
     """Living nodes whose kernel has a `proto` entry matching `pattern`."""
+    argv = ["conntrack", "-L", "-f", family, "-p", proto]
     return [
         node
         for node in cluster.living_nodes(state)
-        if re.search(pattern, ns_exec(state, node, ["conntrack", "-L", "-p", proto]))
+        if re.search(pattern, ns_exec(state, node, argv))
     ]
 
 
-def owner_of(state: LabState, proto: str, *patterns: str) -> str:
+def owner_of(state: LabState, proto: str, *patterns: str, family: str = "ipv4") -> str:
     """The one node whose kernel has entries matching every pattern (the
     control connection and, if given, its data connection); no other
     living node may have any of them."""
     found: dict[str, list[str]] = {}
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
-        found = {p: holders(state, proto, p) for p in patterns}
+        found = {p: holders(state, proto, p, family) for p in patterns}
         if all(len(nodes) == 1 for nodes in found.values()):
             owners = {nodes[0] for nodes in found.values()}
             assert len(owners) == 1, f"control and data connections on different nodes: {found}"
@@ -216,32 +247,30 @@ def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("how", ["kill", "drain"])
-@pytest.mark.parametrize("mode", ["passive", "active"])
-def test_ftp_transfer_survives_its_owner_mid_transfer(lab: LabState, mode: str, how: str) -> None:
-    client = Client(lab, "fwcluster_lab.ftp_lab", "--mode", mode, "--size", str(FTP_SIZE))
-    control, data = port_of(client, "CONTROL"), port_of(client, "DATA")
-    time.sleep(1.0)  # a third of the file is through
-    owner = owner_of(lab, "tcp", rf"sport={control} dport=21 ", rf"dport={data} ")
-    with disrupted(lab, owner, how):
-        result = client.result()
-    check_ftp(result, f"ftp {mode}, {how} of {owner} mid-transfer")
+FTP_CASES = [
+    pytest.param(path, mode, how, id=f"{path}-{mode}-{how}")
+    for path in FTP_PATHS
+    for mode in ("passive", "active")
+    for how in ("kill", "drain")
+]
 
 
-@pytest.mark.parametrize("how", ["kill", "drain"])
-@pytest.mark.parametrize("mode", ["passive", "active"])
-def test_ftp_data_connection_announced_before_a_failover_still_opens(
-    lab: LabState, mode: str, how: str
+def family(path: str) -> str:
+    return "ipv6" if path == "ipv6" else "ipv4"
+
+
+@pytest.mark.parametrize(("path", "mode", "how"), FTP_CASES)
+def test_ftp_transfer_survives_its_owner_mid_transfer(
+    lab: LabState, path: str, mode: str, how: str
 ) -> None:
-    client = Client(lab, "fwcluster_lab.ftp_lab", "--mode", mode, "--size", "100000", "--pause")
-    control = port_of(client, "CONTROL")
-    client.wait_line("READY")  # the helper holds the expectation now
-    owner = owner_of(lab, "tcp", rf"sport={control} dport=21 ")
-    with disrupted(lab, owner, how):
-        time.sleep(0.5)  # the survivors have taken the buckets over
-        client.go()
-        result = client.result()
-    check_ftp(result, f"ftp {mode}, {how} of {owner} between announcement and data")
+    check_ftp_case(lab, path, mode, how, announced=False)
+
+
+@pytest.mark.parametrize(("path", "mode", "how"), FTP_CASES)
+def test_ftp_data_connection_announced_before_a_failover_still_opens(
+    lab: LabState, path: str, mode: str, how: str
+) -> None:
+    check_ftp_case(lab, path, mode, how, announced=True)
 
 
 @pytest.mark.parametrize("how", ["kill", "drain"])
@@ -260,6 +289,31 @@ def test_tftp_transfer_survives_its_owner(lab: LabState, when: str, how: str) ->
     check_tftp(lab, result, f"tftp, {how} of {owner} {when}")
 
 
+def check_ftp_case(lab: LabState, path: str, mode: str, how: str, announced: bool) -> None:
+    """One FTP transfer across a kill or drain of its owner: mid-transfer, or
+    (`announced`) between the announcement of the data connection and its
+    first packet; 0 bytes lost, 0 duplicated."""
+    size = "100000" if announced else str(FTP_SIZE)
+    pause = ["--pause"] if announced else []
+    client = Client(lab, "fwcluster_lab.ftp_lab", "--mode", mode, "--size", size, *pause,
+                    path=path)  # fmt: skip
+    control = port_of(client, "CONTROL")
+    patterns = [rf"sport={control} dport=21 "]
+    if announced:
+        client.wait_line("READY")  # the helper holds the expectation now
+    else:
+        patterns.append(rf"dport={port_of(client, 'DATA')} ")
+        time.sleep(1.0)  # a third of the file is through
+    owner = owner_of(lab, "tcp", *patterns, family=family(path))
+    with disrupted(lab, owner, how):
+        if announced:
+            time.sleep(0.5)  # the survivors have taken the buckets over
+            client.go()
+        result = client.result()
+    when = "between announcement and data" if announced else "mid-transfer"
+    check_ftp(result, f"ftp {path} {mode}, {how} of {owner} {when}")
+
+
 def test_the_servers_ran_throughout(lab: LabState) -> None:
-    for name in ("ftp:server", "tftp:server"):
+    for name in (*(f"ftp-{p}:server" for p in FTP_PATHS), "tftp:server"):
         assert lab.procs[name].alive(), f"{name} died; see {lab.run_dir}"

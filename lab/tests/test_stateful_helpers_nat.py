@@ -1,0 +1,58 @@
+"""Passive FTP through SNAT across a failover and a drain of the node that
+owns the control connection, on real kernels with the real agent.
+
+A NAT lab of its own (prefix fwq-, `lab up --nat`, the helper policy on
+every node): the FTP client runs on the inside server host and is
+source-NATed to the outside cluster address by the lab's NAT policy
+(nat_policy.py); the FTP server runs on the outside client host and, like
+vsftpd, accepts a passive data connection only from the control
+connection's address, so a data connection that a new owner failed to
+translate like its control connection fails the test.
+
+Active FTP through SNAT is not covered: the helper rewrites the PORT
+command, and neither the TCP sequence offsets this leaves in the entry nor
+the expectation's NAT are synced (docs/stateful.md, Helpers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import test_cluster_behaviour
+from test_stateful_helpers import check_ftp_case, start_ftp_servers
+
+from fwcluster_lab import build, cluster, helpers_policy
+from fwcluster_lab.netns import list_namespaces
+from fwcluster_lab.state import LabState
+
+pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
+
+PREFIX = "fwq-"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
+    run_dir = lab_run_dir(PREFIX)
+    build.down(run_dir, PREFIX)
+    state = build.up(run_dir, PREFIX, nodes=3, agents=True, nat=True)
+    try:
+        cluster.wait_settled(state, timeout=60)
+        for node in state.topology().nodes:
+            helpers_policy.install(node)
+        start_ftp_servers(state, ("snat",))
+        state.save()
+        yield state
+    finally:
+        build.down(run_dir, PREFIX, keep_logs=True)
+        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+
+
+@pytest.mark.parametrize("how", ["kill", "drain"])
+@pytest.mark.parametrize("announced", [False, True], ids=["mid-transfer", "announced"])
+def test_passive_ftp_through_snat_survives_its_owner(
+    lab: LabState, announced: bool, how: str
+) -> None:
+    check_ftp_case(lab, "snat", "passive", how, announced=announced)
+    assert lab.procs["ftp-snat:server"].alive()
