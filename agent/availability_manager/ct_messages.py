@@ -71,6 +71,17 @@ class HelperConnection(Connection):
         check_helper_name(self.helper)
 
 
+EXPECT_FN_MAX = 31  # NF_CT_HELPER_NAME_LEN-sized names, e.g. "nat-follow-master"
+
+
+def check_expect_fn(name: str) -> None:
+    """The name of a kernel expectation function (nf_ct_helper_expectfn)."""
+    if not 1 <= len(name) <= EXPECT_FN_MAX or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in name
+    ):
+        raise ValueError(f"expectation function must be 1..{EXPECT_FN_MAX} of [A-Za-z0-9_-]")
+
+
 def helper_of(conn: Connection) -> str:
     """The helper name of an entry, "" if none."""
     return conn.helper if isinstance(conn, HelperConnection) else ""
@@ -319,6 +330,16 @@ class Expectation:
     expect_class: int = 0
     flags: int = 0
     bucket: int = 0
+    # What a NAT helper (nf_nat_ftp, nf_nat_tftp) of a translated master set
+    # on the expectation: the function the kernel runs on the related
+    # connection (CTA_EXPECT_FN, e.g. "nat-follow-master": translate it as the
+    # master) and the direction and saved address and port that function maps
+    # it to (CTA_EXPECT_NAT). Without them an expectation injected on a new
+    # owner would open its related connection untranslated.
+    nat_fn: str = ""
+    nat_dir: int | None = None  # None: no CTA_EXPECT_NAT
+    nat_addr: bytes = b""
+    nat_port: int = 0
     _key: bytes = dataclasses.field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
@@ -337,6 +358,15 @@ class Expectation:
         _check_u32("flags", self.flags)
         if not 0 <= self.bucket <= 0xFFFF:
             raise ValueError("bucket must be 0..65535")
+        if self.nat_fn:
+            check_expect_fn(self.nat_fn)
+        if self.nat_dir is None:
+            if self.nat_addr or self.nat_port:
+                raise ValueError("a NAT address or port needs a NAT direction")
+        elif self.nat_dir not in (0, 1) or len(self.nat_addr) != len(self.expected.src):
+            raise ValueError("NAT direction must be 0 or 1, its address of the tuples' family")
+        if not 0 <= self.nat_port <= 0xFFFF:
+            raise ValueError("NAT port must be 0..65535")
         e = self.expected
         material = (
             connection_key(self.master_proto, self.master)
@@ -380,10 +410,20 @@ class CtExpect:
     expect_class: int = attr(14, Kind.U8)
     flags: int = attr(15, Kind.U32)
     bucket: int = attr(16, Kind.U16)
+    # The expectation's NAT (zero or one value each; absent without NAT). Added
+    # after the first version-2 release: its decoder skips them as unknown.
+    nat_fn: tuple[bytes, ...] = attr(17, Kind.BYTES, repeated=True, max_len=EXPECT_FN_MAX)
+    nat_dir: tuple[int, ...] = attr(18, Kind.U8, repeated=True)
+    nat_addr: tuple[bytes, ...] = attr(19, Kind.ADDR, repeated=True)
+    nat_port: tuple[int, ...] = attr(20, Kind.U16, repeated=True)
 
     MSG_TYPE: ClassVar[MsgType]
 
     def __post_init__(self) -> None:
+        if len(self.nat_fn) > 1 or len(self.nat_dir) > 1:
+            raise ValueError("at most one NAT function and direction")
+        if not len(self.nat_dir) == len(self.nat_addr) == len(self.nat_port):
+            raise ValueError("NAT direction, address and port come together or not at all")
         self.to_expectation()
 
     def to_expectation(self) -> Expectation:
@@ -402,16 +442,25 @@ class CtExpect:
             self.expect_class,
             self.flags,
             self.bucket,
+            self.nat_fn[0].decode("ascii", "replace") if self.nat_fn else "",
+            self.nat_dir[0] if self.nat_dir else None,
+            self.nat_addr[0] if self.nat_addr else b"",
+            self.nat_port[0] if self.nat_port else 0,
         )
 
     @classmethod
     def from_expectation(cls, exp: Expectation) -> CtExpect:
         m, e = exp.master, exp.expected
+        nat = exp.nat_dir is not None
         return cls(
             exp.master_proto, m.src, m.dst, m.sport, m.dport,
             exp.proto, e.src, e.dst, e.sport, e.dport,
             exp.mask_src, exp.mask_sport, exp.helper.encode("ascii"),
             exp.expect_class, exp.flags, exp.bucket,
+            (exp.nat_fn.encode("ascii"),) if exp.nat_fn else (),
+            (exp.nat_dir,) if exp.nat_dir is not None else (),
+            (exp.nat_addr,) if nat else (),
+            (exp.nat_port,) if nat else (),
         )  # fmt: skip
 
 

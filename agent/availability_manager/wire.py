@@ -35,7 +35,9 @@ Wire versions (what a node may send; every version decodes all of them):
     2  CT_NEW / CT_NEW_RESYNC carry the connection's helper name (attribute 14,
        skipped by a v1 decoder) and the expectation messages CT_EXPECT /
        CT_EXPECT_DELETE exist (always sent with MSG_FLAG_OPTIONAL, so a v1
-       decoder skips them instead of dropping the whole payload)
+       decoder skips them instead of dropping the whole payload); CT_EXPECT
+       later gained optional attributes 17-20 (the expectation's NAT), which
+       a decoder that predates them skips like any unknown attribute
 
 A node announces the highest version it speaks in its heartbeats and sends
 the lowest one every peer it hears announces (see availability.py), so during

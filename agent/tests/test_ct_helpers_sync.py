@@ -60,6 +60,33 @@ def test_helper_connection_round_trips_and_equality_sees_the_helper() -> None:
     assert entry_hash(plain) == entry_hash(c)
 
 
+def test_an_expectations_nat_round_trips_on_the_wire_and_is_validated() -> None:
+    exp = dataclasses.replace(
+        pasv_expectation(ftp_control()),
+        nat_fn="nat-follow-master",
+        nat_dir=1,
+        nat_addr=bytes([192, 0, 2, 77]),
+        nat_port=40001,
+    )
+    msg = CtExpect.from_expectation(exp)
+    back = wire.decode_message(encode_ct(msg)).to_expectation()
+    assert back == exp and back.nat_fn == "nat-follow-master" and back.nat_port == 40001
+    plain = pasv_expectation(ftp_control())
+    plain_msg = CtExpect.from_expectation(plain)
+    assert (plain_msg.nat_fn, plain_msg.nat_dir, plain_msg.nat_addr) == ((), (), ())
+    assert wire.decode_message(encode_ct(plain_msg)).to_expectation() == plain
+    for bad in (
+        dict(nat_fn="bad name!"),
+        dict(nat_dir=2, nat_addr=bytes(4)),
+        dict(nat_dir=1, nat_addr=bytes(16)),  # another family than the tuples
+        dict(nat_addr=bytes(4)),  # an address without a direction
+    ):
+        with pytest.raises(ValueError):
+            dataclasses.replace(plain, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # half a NAT on the wire
+        dataclasses.replace(plain_msg, nat_dir=(1,))
+
+
 def test_version_1_records_leave_the_helper_out() -> None:
     c = ftp_control()
     v1 = CtNew.from_connection(c, version=1)

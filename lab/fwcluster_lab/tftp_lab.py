@@ -8,7 +8,9 @@ transfer spans a failover, and may wait before the first block
 (`--first-delay`) so a test can kill the read request's owner between the
 request and the data. Both ends count every block: after a transfer the
 server writes {"sent": {block: times}} to `--stats-dir`/<client port>.json,
-and the client prints one JSON line
+and the client prints one JSON line. The client names its own port in the
+file it asks for (``data-<port>.bin``), so the statistics are found under
+that port also when NAT changed the port the server sees.
 
     {"expected": 100000, "received": 100000, "intact": true,
      "blocks": 196, "received_per_block": {...}, "seconds": 2.0, "error": null}
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import socket
 import struct
 import sys
@@ -42,6 +45,7 @@ BLOCK = 512
 RETRY_S = 0.5
 RETRIES = 20  # 10 s of silence ends a transfer
 MAX_SIZE = 16 << 20
+FILE_NAME = re.compile(rb"data-([0-9]{1,5})\.bin")  # the name a client asks for
 OP_RRQ, OP_DATA, OP_ACK, OP_ERROR = 1, 3, 4, 5
 
 
@@ -51,7 +55,13 @@ def blocks_of(size: int) -> int:
 
 
 def _transfer(
-    client: tuple[str, int], address: str, size: int, pace: float, first: float, stats: Path
+    client: tuple[str, int],
+    address: str,
+    size: int,
+    pace: float,
+    first: float,
+    stats: Path,
+    name: int,
 ) -> None:
     sent: collections.Counter[int] = collections.Counter()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -72,7 +82,7 @@ def _transfer(
                 break
             time.sleep(pace)
     stats.mkdir(parents=True, exist_ok=True)
-    (stats / f"{client[1]}.json").write_text(json.dumps({"sent": sent}))
+    (stats / f"{name}.json").write_text(json.dumps({"sent": sent}))
     print(f"tftp server: {client} done, {sum(sent.values())} datagrams", flush=True)
 
 
@@ -99,8 +109,12 @@ def serve(address: str, size: int, pace: float, first: float, stats: Path) -> No
             data, peer = sock.recvfrom(1024)
             if len(data) < 4 or struct.unpack_from("!H", data)[0] != OP_RRQ:
                 continue
+            m = FILE_NAME.fullmatch(data[2:].split(b"\0", 1)[0])
+            name = int(m.group(1)) if m else peer[1]  # the client's own port, or what we see
             threading.Thread(
-                target=_transfer, args=(peer, address, size, pace, first, stats), daemon=True
+                target=_transfer,
+                args=(peer, address, size, pace, first, stats, name),
+                daemon=True,
             ).start()
 
 
@@ -116,7 +130,8 @@ def fetch(server: str, size: int) -> dict[str, Any]:
         result["port"] = sock.getsockname()[1]
         print(f"CONTROL {result['port']}", flush=True)  # the read request's source port
         sock.settimeout(RETRY_S * RETRIES)
-        sock.sendto(struct.pack("!H", OP_RRQ) + b"data.bin\0octet\0", (server, TFTP_PORT))
+        request = f"data-{result['port']}.bin\0octet\0".encode()
+        sock.sendto(struct.pack("!H", OP_RRQ) + request, (server, TFTP_PORT))
         try:
             while len(chunks) < last:
                 data, peer = sock.recvfrom(BLOCK + 4)

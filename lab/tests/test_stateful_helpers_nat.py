@@ -1,5 +1,6 @@
-"""Passive FTP through SNAT across a failover and a drain of the node that
-owns the control connection, on real kernels with the real agent.
+"""Passive FTP and TFTP through SNAT across a failover and a drain of the
+node that owns the control connection (TFTP: the read request), on real
+kernels with the real agent.
 
 A NAT lab of its own (prefix fwq-, `lab up --nat`, the helper policy on
 every node): the FTP client runs on the inside server host and is
@@ -7,7 +8,9 @@ source-NATed to the outside cluster address by the lab's NAT policy
 (nat_policy.py); the FTP server runs on the outside client host and, like
 vsftpd, accepts a passive data connection only from the control
 connection's address, so a data connection that a new owner failed to
-translate like its control connection fails the test.
+translate like its control connection fails the test. TFTP likewise: its
+data comes from a new server port to the client's translated address, and
+only the expectation's NAT (synced with it) leads it back to the client.
 
 Active FTP through SNAT is not covered: the helper rewrites the PORT
 command, and neither the TCP sequence offsets this leaves in the entry nor
@@ -21,7 +24,12 @@ from pathlib import Path
 
 import pytest
 import test_cluster_behaviour
-from test_stateful_helpers import check_ftp_case, start_ftp_servers
+from test_stateful_helpers import (
+    check_ftp_case,
+    check_tftp_case,
+    start_ftp_servers,
+    start_tftp_server,
+)
 
 from fwcluster_lab import build, cluster, helpers_policy
 from fwcluster_lab.netns import list_namespaces
@@ -42,6 +50,7 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
         for node in state.topology().nodes:
             helpers_policy.install(node)
         start_ftp_servers(state, ("snat",))
+        start_tftp_server(state, "snat")
         state.save()
         yield state
     finally:
@@ -56,3 +65,10 @@ def test_passive_ftp_through_snat_survives_its_owner(
 ) -> None:
     check_ftp_case(lab, "snat", "passive", how, announced=announced)
     assert lab.procs["ftp-snat:server"].alive()
+
+
+@pytest.mark.parametrize("how", ["kill", "drain"])
+@pytest.mark.parametrize("when", ["before-data", "mid-transfer"])
+def test_tftp_through_snat_survives_its_owner(lab: LabState, when: str, how: str) -> None:
+    check_tftp_case(lab, "snat", when, how)
+    assert lab.procs["tftp-snat:server"].alive()

@@ -26,7 +26,10 @@ for them, and `inject_expectations` creates them (IPCTNL_MSG_EXP_NEW on the
 master found by its original tuple), as conntrackd's expectation sync does.
 An injected expectation gets no helper of its own (CTA_EXPECT_HELP_NAME is
 not sent, as the FTP and TFTP helpers set none): its timeout comes from the
-master's helper.
+master's helper. What a NAT helper set on it is read and written back: the
+expectation function (CTA_EXPECT_FN, "nat-follow-master") and its NAT
+direction and saved address and port (CTA_EXPECT_NAT), so a related
+connection opened on the new owner is translated as its master.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ CTA_HELP_NAME = 1
 # enum ctattr_expect
 CTA_EXPECT_MASTER, CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_TIMEOUT = 1, 2, 3, 4
 CTA_EXPECT_HELP_NAME, CTA_EXPECT_FLAGS, CTA_EXPECT_CLASS = 6, 8, 9
+CTA_EXPECT_NAT, CTA_EXPECT_FN = 10, 11
+CTA_EXPECT_NAT_DIR, CTA_EXPECT_NAT_TUPLE = 1, 2
 EXPECT_TIMEOUT = 300  # seconds; the master's helper policy decides when it has one
 NF_CT_EXPECT_USERSPACE = 0x4  # the kernel clears it on creation
 CTA_MARK_MASK = 21
@@ -344,6 +349,20 @@ def decode_expectation(buf: bytes, off: int, end: int) -> Expectation:
     klass = nl.get_be32(buf, a, CTA_EXPECT_CLASS, "expect-class") if CTA_EXPECT_CLASS in a else 0
     if klass > 0xFF:
         raise nl.Malformed("bad-expect-class")
+    fn = ""
+    loc = a.get(CTA_EXPECT_FN)
+    if loc is not None:
+        fn = _c_string(buf, loc[0], loc[0] + loc[1], "expect-fn")
+    nat_dir, nat = None, None
+    if CTA_EXPECT_NAT in a:
+        nat_attrs = nl.nested(buf, a, CTA_EXPECT_NAT, "expect-nat")
+        nat_dir = nl.get_be32(buf, nat_attrs, CTA_EXPECT_NAT_DIR, "expect-nat-dir")
+        loc = nat_attrs.get(CTA_EXPECT_NAT_TUPLE)
+        if loc is None:
+            raise nl.Malformed("missing-expect-nat-tuple")
+        _nat_proto, nat = _decode_tuple(buf, loc[0], loc[0] + loc[1])
+        if nat_dir > 1 or len(nat.src) != len(expected.src):
+            raise nl.Malformed("bad-expect-nat")
     return Expectation(
         master_proto=mproto,
         master=master,
@@ -354,6 +373,11 @@ def decode_expectation(buf: bytes, off: int, end: int) -> Expectation:
         helper=helper,
         expect_class=klass,
         flags=flags & ~NF_CT_EXPECT_USERSPACE,
+        nat_fn=fn,
+        nat_dir=nat_dir,
+        # the kernel's saved address and port are the NAT tuple's source side
+        nat_addr=nat.src if nat is not None else b"",
+        nat_port=nat.sport if nat is not None else 0,
     )
 
 
@@ -474,7 +498,7 @@ def encode_expectation(exp: Expectation, timeout: int = EXPECT_TIMEOUT) -> bytes
         ),
         nl.nest(CTA_TUPLE_PROTO, *mask_proto),
     )
-    return (
+    body = (
         _encode_tuple(CTA_EXPECT_MASTER, exp.master_proto, exp.master)
         + _encode_tuple(CTA_EXPECT_TUPLE, exp.proto, e)
         + mask
@@ -482,6 +506,18 @@ def encode_expectation(exp: Expectation, timeout: int = EXPECT_TIMEOUT) -> bytes
         + nl.be32(CTA_EXPECT_FLAGS, exp.flags)
         + nl.be32(CTA_EXPECT_CLASS, exp.expect_class)
     )
+    if exp.nat_dir is not None:
+        # As the kernel dumps it: the saved address and port as the source of
+        # a tuple of the master's protocol, its destination zero.
+        saved = Tuple(exp.nat_addr, bytes(len(exp.nat_addr)), exp.nat_port, 0)
+        body += nl.nest(
+            CTA_EXPECT_NAT,
+            nl.be32(CTA_EXPECT_NAT_DIR, exp.nat_dir),
+            _encode_tuple(CTA_EXPECT_NAT_TUPLE, exp.master_proto, saved),
+        )
+    if exp.nat_fn:
+        body += nl.attr(CTA_EXPECT_FN, exp.nat_fn.encode("ascii") + b"\0")
+    return body
 
 
 def _family(conn: Connection | Expectation) -> int:

@@ -98,6 +98,41 @@ def test_expectation_events_new_and_destroy() -> None:
     assert not counts
 
 
+# What nf_nat_ftp leaves on the expectation of a source-NATed client's PORT:
+# the server's data connection to the translated address is mapped back to
+# the client's own address and port, in the reply direction.
+PORT_EXP_NAT = dataclasses.replace(
+    PASV_EXP,
+    expected=make_tuple(SERVER, "192.0.2.1", 0, 20005),
+    nat_fn="nat-follow-master",
+    nat_dir=1,
+    nat_addr=socket.inet_aton(CLIENT),
+    nat_port=40001,
+)
+
+
+def test_an_expectations_nat_round_trips_through_an_event() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    [(kind, exp)] = parse_events(exp_datagram([PORT_EXP_NAT]), 0xFFFF, counts)
+    assert kind == "new" and exp == PORT_EXP_NAT and not counts
+    assert (exp.nat_fn, exp.nat_dir, exp.nat_addr, exp.nat_port) == (
+        "nat-follow-master", 1, socket.inet_aton(CLIENT), 40001,
+    )  # fmt: skip
+    [(_, plain)] = parse_events(exp_datagram([PASV_EXP]), 0xFFFF, counts)
+    assert plain.nat_dir is None and plain.nat_fn == "" and plain != PORT_EXP_NAT
+
+
+def test_a_bad_expectation_nat_is_counted() -> None:
+    good = exp_datagram([PORT_EXP_NAT])
+    # CTA_EXPECT_NAT_DIR (be32) 1 -> 7, a direction that does not exist
+    at = good.index(struct.pack("=HH", 8, 1) + struct.pack("!I", 1))
+    bad = bytearray(good)
+    struct.pack_into("!I", bad, at + 4, 7)
+    counts: collections.Counter[str] = collections.Counter()
+    assert parse_events(bytes(bad), 0xFFFF, counts) == []
+    assert counts == {"bad-expect-nat": 1}
+
+
 def test_every_truncated_expectation_is_counted_never_raised() -> None:
     good = exp_datagram([PASV_EXP])
     for cut in range(20, len(good)):

@@ -11,12 +11,13 @@ owned get through.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -193,6 +194,40 @@ def test_kernel_marks_equal_twin_for_real_flows(lab: Lab, hash_fields: str) -> N
         dp.uninstall()
 
 
+@contextlib.contextmanager
+def closed_and_open_ports(lab: Lab, extra_closed: range = range(0)) -> Iterator[Callable[[], int]]:
+    """The no_listener probe: a UDP service on the cluster IP's port 5353 in
+    the fw, 20 new flows from the client to a closed port (20391) and 10 to
+    5353, plus `extra_closed` source ports to the closed port. Yields a
+    function that counts the ICMP messages the client has received."""
+    with inside(lab.fw):
+        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        service.bind((CLUSTER_IN, 5353))
+    with inside(lab.client):
+        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        icmp.setblocking(False)
+
+    def icmp_received() -> int:
+        received = 0
+        try:
+            while True:
+                icmp.recv(2048)
+                received += 1
+        except BlockingIOError:
+            return received
+
+    with service, icmp:
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27000, 27020), dport=20391)  # closed
+        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27100, 27110), dport=5353)  # open
+        if extra_closed:
+            udp_flows(lab.client, CLIENT, CLUSTER_IN, extra_closed, dport=20391)
+        yield icmp_received
+
+
+def entries_to_cluster_ip(lab: Lab) -> list[dict[str, str]]:
+    return [e for e in conntrack_entries(lab.fw) if e["dst"] == CLUSTER_IN]
+
+
 def test_new_connection_to_a_local_port_without_socket_is_dropped_silently(lab: Lab) -> None:
     """What a reply to a source-NATed connection looks like on a node that does
     not know the connection: NEW, to the cluster IP, in a bucket the node owns,
@@ -204,32 +239,14 @@ def test_new_connection_to_a_local_port_without_socket_is_dropped_silently(lab: 
     with inside(lab.fw):
         dp.install()
         dp.set_owned_buckets(frozenset(range(16)))
-        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        service.bind((CLUSTER_IN, 5353))
-    with inside(lab.client):
-        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        icmp.setblocking(False)
-    with service, icmp:
-        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27000, 27020), dport=20391)  # closed
-        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27100, 27110), dport=5353)  # open
-
-        def to_cluster() -> list[dict[str, str]]:
-            return [e for e in conntrack_entries(lab.fw) if e["dst"] == CLUSTER_IN]
-
-        assert wait_until(lambda: len(to_cluster()) >= 10)
+    with closed_and_open_ports(lab) as icmp_received:
+        assert wait_until(lambda: len(entries_to_cluster_ip(lab)) >= 10)
         time.sleep(0.2)
-        assert sorted(e["dport"] for e in to_cluster()) == ["5353"] * 10
+        assert sorted(e["dport"] for e in entries_to_cluster_ip(lab)) == ["5353"] * 10
         with inside(lab.fw):
             counters = dp.status()["counters"]
         assert isinstance(counters, dict) and counters["no_listener"] == 20
-        received = 0
-        try:
-            while True:
-                icmp.recv(2048)
-                received += 1
-        except BlockingIOError:
-            pass
-        assert received == 0, "a port-unreachable came back"
+        assert icmp_received() == 0, "a port-unreachable came back"
     with inside(lab.fw):
         dp.uninstall()
 
@@ -386,33 +403,15 @@ def test_input_guard_alone_drops_what_the_nftables_backend_drops(lab: Lab) -> No
     with inside(lab.fw):
         guard.install()
         guard.install()  # idempotent: replaces itself
-        service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        service.bind((CLUSTER_IN, 5353))
-    with inside(lab.client):
-        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        icmp.setblocking(False)
-    with service, icmp:
-        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27000, 27020), dport=20391)  # closed
-        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27100, 27110), dport=5353)  # open
-        udp_flows(lab.client, CLIENT, CLUSTER_IN, range(27300, 27305), dport=20391)  # unmarked
-
-        def to_cluster() -> list[dict[str, str]]:
-            return [e for e in conntrack_entries(lab.fw) if e["dst"] == CLUSTER_IN]
-
-        assert wait_until(lambda: len(to_cluster()) >= 15)
+    unmarked = range(27300, 27305)
+    with closed_and_open_ports(lab, extra_closed=unmarked) as icmp_received:
+        assert wait_until(lambda: len(entries_to_cluster_ip(lab)) >= 15)
         time.sleep(0.2)
-        kept = sorted((e["dport"], int(e["sport"]) < 27200) for e in to_cluster())
+        kept = sorted((e["dport"], int(e["sport"]) < 27200) for e in entries_to_cluster_ip(lab))
         assert kept == [("20391", False)] * 5 + [("5353", True)] * 10
         with inside(lab.fw):
             assert guard.counters()["no_listener"] == 20
-        unreachable = 0
-        try:
-            while True:
-                icmp.recv(2048)
-                unreachable += 1
-        except BlockingIOError:
-            pass
-        assert unreachable == 5, "only the unmarked datagrams may be refused"
+        assert icmp_received() == 5, "only the unmarked datagrams may be refused"
     with inside(lab.fw):
         guard.uninstall()
         guard.uninstall()  # nothing left: still fine
