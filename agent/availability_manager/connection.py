@@ -17,6 +17,8 @@ import hashlib
 import ipaddress
 import struct
 
+SEQADJ_VALUES = 6  # Connection.seqadj: 3 values per direction
+
 # IP protocol numbers the cluster knows how to sync by default.
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -72,6 +74,13 @@ class Connection:
     status: int = 0
     mark: int = 0
     bucket: int = 0
+    # TCP sequence offsets a NAT helper left after rewriting the stream (an FTP
+    # PORT command through SNAT names an address of another length):
+    # (correction position, offset before, offset after) of the original
+    # direction, then of the reply direction; empty if never rewritten. A new
+    # owner without them would translate no sequence number (the kernel's
+    # seqadj extension, CTA_SEQ_ADJ_*).
+    seqadj: tuple[int, ...] = ()
     # the digest of proto + original tuple, computed once (it is looked up on
     # every sync message); not part of equality, repr or the constructor
     _key: bytes = dataclasses.field(init=False, repr=False, compare=False, default=b"")
@@ -87,6 +96,10 @@ class Connection:
             raise ValueError("status and mark must be 32-bit unsigned")
         if not 0 <= self.bucket <= 0xFFFF:
             raise ValueError("bucket must be 0..65535")
+        if self.seqadj and (
+            len(self.seqadj) != SEQADJ_VALUES or not all(0 <= v <= 0xFFFFFFFF for v in self.seqadj)
+        ):
+            raise ValueError(f"seqadj must be empty or {SEQADJ_VALUES} 32-bit values")
         object.__setattr__(self, "_key", connection_key(self.proto, self.orig))
 
     @property
@@ -106,8 +119,11 @@ class Connection:
     def with_state(self, state: int, status: int) -> Connection:
         if type(self) is Connection:  # the common case, without replace()'s introspection
             return Connection(self.proto, self.orig, self.reply, state, status, self.mark,
-                              self.bucket)  # fmt: skip
+                              self.bucket, self.seqadj)  # fmt: skip
         return dataclasses.replace(self, state=state, status=status)
+
+    def with_seqadj(self, seqadj: tuple[int, ...]) -> Connection:
+        return dataclasses.replace(self, seqadj=seqadj)
 
     def __str__(self) -> str:
         return f"proto {self.proto} {self.orig} bucket {self.bucket} state {self.state}"

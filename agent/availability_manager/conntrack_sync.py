@@ -353,6 +353,18 @@ class ConntrackSync:
         """A kernel UPDATE event; only changes of state, status or mark are sent."""
         self._local_upsert(conn)
 
+    def local_amend(self, conn: Connection, now: float) -> None:
+        """A kernel UPDATE event without the TCP state: the kernel sends the
+        protocol state only in the events that changed it, so one reporting
+        another change (a NAT helper's sequence offsets, a mark) would read
+        as state NONE. The state stays the mirrored one; an entry not mirrored
+        yet waits for an event that says its state."""
+        old = self._mirror.get(conn.key)
+        if old is None:
+            self._local_ignored += 1
+            return
+        self._local_upsert(conn.with_state(old.state, conn.status))
+
     def local_destroy(self, conn: Connection, now: float) -> None:
         key = conn.key
         if self._mirror.remove(key) is None:
@@ -390,6 +402,11 @@ class ConntrackSync:
             # the rest (CONFIRMED, DYING, ...) would cause UPDATEs that carry nothing.
             conn = conn.with_state(conn.state, conn.status & self._status_mask)
         old = self._mirror.get(key)
+        if old is not None and old.seqadj and not conn.seqadj:
+            # The kernel reports the sequence offsets only in the event that
+            # changed them (and in dumps); they are never removed, so an event
+            # without them means "unchanged".
+            conn = conn.with_seqadj(old.seqadj)
         if old == conn:
             return key
         self._mirror.put(key, conn)
@@ -401,7 +418,8 @@ class ConntrackSync:
             old is not None
             and old.reply == conn.reply
             and old.bucket == conn.bucket
-            and helper_of(old) == helper_of(conn)  # UPDATE does not carry the helper
+            and helper_of(old) == helper_of(conn)  # UPDATE carries neither the helper
+            and old.seqadj == conn.seqadj  # nor the sequence offsets
         ):
             self._queue.append(CtUpdate(key, conn.state, conn.status, conn.mark))
         else:

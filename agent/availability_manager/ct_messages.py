@@ -40,6 +40,7 @@ from .connection import Connection, Tuple, connection_key, untranslated_reply
 from .wire import MSG_FLAG_OPTIONAL, Kind, MsgType, attr, encode_message, message
 
 KEY_SIZE = 8  # Connection.key
+SEQADJ = struct.Struct("!6I")  # Connection.seqadj on the wire
 MAX_GROUPS = 64
 GROUP_DIGEST = struct.Struct("!IQ")  # entries in the group, sum of entry hashes mod 2**64
 
@@ -135,6 +136,9 @@ class _Entry:
     reply_dport: tuple[int, ...] = attr(13, Kind.U16, repeated=True)
     # Wire version 2: the helper name (zero or one value); a v1 decoder skips it.
     helper: tuple[bytes, ...] = attr(14, Kind.BYTES, repeated=True, max_len=HELPER_NAME_MAX)
+    # Later in version 2: the TCP sequence offsets of a rewritten stream
+    # (Connection.seqadj as 6 u32, zero or one value); older decoders skip it.
+    seqadj: tuple[bytes, ...] = attr(15, Kind.BYTES, repeated=True, max_len=SEQADJ.size)
 
     MSG_TYPE: ClassVar[MsgType]
 
@@ -146,8 +150,10 @@ class _Entry:
     )
 
     def __post_init__(self) -> None:
-        if len(self.helper) > 1:
-            raise ValueError("at most one helper name")
+        if len(self.helper) > 1 or len(self.seqadj) > 1:
+            raise ValueError("at most one helper name and one seqadj")
+        if self.seqadj and len(self.seqadj[0]) != SEQADJ.size:
+            raise ValueError(f"seqadj must be {SEQADJ.size} bytes")
         object.__setattr__(self, "_conn", self._build_connection())
 
     def to_connection(self) -> Connection:
@@ -167,23 +173,30 @@ class _Entry:
             )
         else:
             reply = untranslated_reply(self.proto, orig)
+        seqadj = SEQADJ.unpack(self.seqadj[0]) if self.seqadj else ()
         if self.helper:
             try:
                 name = self.helper[0].decode("ascii")
             except UnicodeDecodeError:
                 raise ValueError("helper name is not ASCII") from None
-            return HelperConnection(
-                self.proto, orig, reply, self.state, self.status, self.mark, self.bucket, name
-            )
-        return Connection(self.proto, orig, reply, self.state, self.status, self.mark, self.bucket)
+            return HelperConnection(self.proto, orig, reply, self.state, self.status, self.mark,
+                                    self.bucket, seqadj, helper=name)  # fmt: skip
+        return Connection(
+            self.proto, orig, reply, self.state, self.status, self.mark, self.bucket, seqadj
+        )
 
     @classmethod
     def from_connection(cls, conn: Connection, version: int = VERSION_HELPERS) -> Self:
         """The record of `conn` as wire version `version` carries it (a
-        version below 2 leaves the helper out, exactly as a v1 node sends)."""
+        version below 2 leaves the helper and seqadj out, exactly as a v1 node
+        sends)."""
         o, r = conn.orig, conn.reply
         nat = conn.nat
         helper = helper_of(conn) if version >= VERSION_HELPERS else ""
+        seqadj = conn.seqadj if version >= VERSION_HELPERS else ()
+        sent = with_helper(conn, helper)  # what a receiver builds from the record
+        if sent.seqadj != seqadj:
+            sent = sent.with_seqadj(seqadj)
         # Every value comes from a Connection, which validated them when it
         # was made, so the record is assembled without __init__: no second
         # validation and no rebuilding of the Connection it already is (the
@@ -197,7 +210,8 @@ class _Entry:
                 (r.src,) if nat else (), (r.dst,) if nat else (),
                 (r.sport,) if nat else (), (r.dport,) if nat else (),
                 (helper.encode("ascii"),) if helper else (),
-                with_helper(conn, helper),  # what a receiver builds from the record
+                (SEQADJ.pack(*seqadj),) if seqadj else (),
+                sent,
             ),
             strict=True,
         ):  # fmt: skip

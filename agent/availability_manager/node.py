@@ -320,6 +320,11 @@ class Node:
     def connection_update(self, conn: Connection, now: float) -> None:
         self._sync.local_update(conn, now)
 
+    def connection_amend(self, conn: Connection, now: float) -> None:
+        """An UPDATE event that does not carry the TCP state (see
+        ConntrackSync.local_amend)."""
+        self._sync.local_amend(conn, now)
+
     def connection_destroy(self, conn: Connection, now: float) -> None:
         self._sync.local_destroy(conn, now)
 

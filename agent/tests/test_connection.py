@@ -68,3 +68,13 @@ def test_with_state_keeps_everything_else_and_the_helper(helper: str) -> None:
     )  # fmt: skip
     with pytest.raises(ValueError):
         c.with_state(256, 0)
+
+
+def test_seqadj_is_empty_or_six_u32_and_survives_with_state() -> None:
+    orig = make_tuple("192.0.2.1", "198.51.100.2", 1000, 21)
+    c = Connection(PROTO_TCP, orig, orig.inverse(), 3, 0, seqadj=(7, 0, 4294967292, 0, 0, 0))
+    assert c.with_state(4, 6).seqadj == c.seqadj
+    assert c.with_seqadj(()).seqadj == () and c.with_seqadj(()) != c
+    for bad in ((1, 2, 3), (0, 0, 0, 0, 0, 1 << 32), (-1, 0, 0, 0, 0, 0)):
+        with pytest.raises(ValueError):
+            c.with_seqadj(bad)

@@ -26,6 +26,7 @@ from availability_manager.connection import (
     PROTO_TCP,
     PROTO_UDP,
     TCP_CLOSE,
+    TCP_CLOSE_WAIT,
     TCP_ESTABLISHED,
     TCP_FIN_WAIT,
     TCP_SYN_SENT,
@@ -181,6 +182,56 @@ def test_new_update_destroy_reach_every_peer() -> None:
     assert net.nodes[C].cache_entries(A) == []
     assert a.stats.sent["CtDelete"] == 1
     assert net.nodes[B].stats.unknown_deletes == 0
+
+
+def test_sequence_offsets_reach_the_peers_and_an_event_without_them_keeps_them() -> None:
+    """A NAT helper's rewrite (seqadj) changes no field CT_UPDATE carries: it
+    goes out as a whole record. The kernel reports the offsets only in the
+    event that changed them, so a later event without them keeps them."""
+    net = Net([A, B])
+    net.join_all()
+    a = net.nodes[A]
+    control = conn(3, nat=True)
+    a.local_new(control, net.now)
+    net.settle()
+    rewritten = control.with_seqadj((1200, 0, 4294967292, 0, 0, 0))
+    a.local_update(rewritten, net.now)
+    net.settle()
+    assert net.nodes[B].cache_entries(A) == [rewritten]
+    assert a.stats.sent["CtNew"] == 2 and a.stats.sent.get("CtUpdate", 0) == 0
+    later = control.with_state(TCP_CLOSE_WAIT, control.status)  # no seqadj in this event
+    a.local_update(later, net.now)
+    net.settle()
+    assert net.nodes[B].cache_entries(A) == [later.with_seqadj(rewritten.seqadj)]
+    assert a.stats.sent["CtUpdate"] == 1
+
+
+def test_an_update_without_the_tcp_state_keeps_the_mirrored_state() -> None:
+    """The kernel's event for a NAT helper's rewrite carries no TCP state
+    (the connection would read as state NONE): `local_amend` keeps the state
+    the node announced before, and ignores an entry it has not announced."""
+    net = Net([A, B])
+    net.join_all()
+    a = net.nodes[A]
+    control = conn(5, nat=True)  # ESTABLISHED
+    a.local_new(control, net.now)
+    net.settle()
+    event = control.with_state(0, control.status).with_seqadj((1200, 0, 4294967292, 0, 0, 0))
+    a.local_amend(event, net.now)
+    net.settle()
+    assert net.nodes[B].cache_entries(A) == [control.with_seqadj(event.seqadj)]
+    ignored = a.stats.local_ignored
+    a.local_amend(conn(6), net.now)  # never announced: its state is unknown here
+    net.settle()
+    assert a.stats.local_ignored == ignored + 1
+    assert len(net.nodes[B].cache_entries(A)) == 1
+
+
+def test_version_1_records_leave_the_sequence_offsets_out() -> None:
+    c = conn(4).with_seqadj((1, 2, 3, 4, 5, 6))
+    assert CtNew.from_connection(c, 1).seqadj == ()
+    assert CtNew.from_connection(c, 1).to_connection() == c.with_seqadj(())
+    assert wire.decode_message(wire.encode_message(CtNew.from_connection(c))).to_connection() == c
 
 
 def test_changes_without_synced_fields_send_nothing() -> None:
@@ -654,17 +705,18 @@ def test_entry_messages_round_trip(v6: bool, nat: bool) -> None:
         assert back.to_connection() == c
 
 
+@pytest.mark.parametrize("seqadj", [(), (9, 0, 4, 0, 0, 0)])
 @pytest.mark.parametrize("helper", ["", "ftp"])
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("nat", [False, True])
 def test_from_connection_equals_the_validated_constructor(
-    nat: bool, v6: bool, version: int, helper: str
+    nat: bool, v6: bool, version: int, helper: str, seqadj: tuple[int, ...]
 ) -> None:
     """from_connection skips __init__ (its values come from a valid Connection);
     the record must be field for field what __init__ builds from those values,
     and carry the Connection a receiver decodes from it."""
-    c = with_helper(conn(5, v6=v6, nat=nat, mark=7), helper)
+    c = with_helper(conn(5, v6=v6, nat=nat, mark=7).with_seqadj(seqadj), helper)
     for cls in (CtNew, CtNewResync):
         fast = cls.from_connection(c, version)
         fields = {f.name: getattr(fast, f.name) for f in dataclasses.fields(cls) if f.init}
@@ -672,11 +724,11 @@ def test_from_connection_equals_the_validated_constructor(
         assert fast == checked
         assert fast.to_connection() == checked.to_connection()
         assert type(fast.to_connection()) is type(checked.to_connection())
-        sent = helper if version >= 2 else ""
-        assert fast.to_connection() == with_helper(c, sent)
-        assert wire.decode_message(wire.encode_message(fast)).to_connection() == with_helper(
-            c, sent
-        )
+        received = with_helper(c, helper if version >= 2 else "")
+        if version < 2:
+            received = received.with_seqadj(())
+        assert fast.to_connection() == received
+        assert wire.decode_message(wire.encode_message(fast)).to_connection() == received
 
 
 def test_other_messages_round_trip() -> None:

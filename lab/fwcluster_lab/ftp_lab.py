@@ -279,8 +279,12 @@ def fetch(server: str, mode: str, size: int, pause: bool, port: int = FTP_PORT) 
                     intact = intact and chunk == pattern(received, len(chunk))
                     received += len(chunk)
             result["received"] = received
-            result["intact"] = intact and received == size
             ftp.voidresp()  # 226
+            # The control connection must still carry commands after the
+            # transfer (and after a failover in it): through NAT, a helper
+            # that rewrote the stream left sequence offsets the new owner needs.
+            ftp.voidcmd("NOOP")
+            result["intact"] = intact and received == size
     except (OSError, EOFError, ftplib.Error) as e:
         result["error"] = f"{type(e).__name__}: {e}"
     result["seconds"] = round(time.monotonic() - start, 3)

@@ -1,6 +1,6 @@
-"""Passive FTP and TFTP through SNAT across a failover and a drain of the
-node that owns the control connection (TFTP: the read request), on real
-kernels with the real agent.
+"""FTP (passive and active) and TFTP through SNAT across a failover and a
+drain of the node that owns the control connection (TFTP: the read
+request), on real kernels with the real agent.
 
 A NAT lab of its own (prefix fwq-, `lab up --nat`, the helper policy on
 every node): the FTP client runs on the inside server host and is
@@ -12,9 +12,12 @@ translate like its control connection fails the test. TFTP likewise: its
 data comes from a new server port to the client's translated address, and
 only the expectation's NAT (synced with it) leads it back to the client.
 
-Active FTP through SNAT is not covered: the helper rewrites the PORT
-command, and neither the TCP sequence offsets this leaves in the entry nor
-the expectation's NAT are synced (docs/stateful.md, Helpers).
+Active FTP is the hard case: the helper rewrites the client's PORT command
+to the cluster address (a shorter one: the TCP sequence offsets this leaves
+in the entry must reach the new owner, or the control connection breaks),
+and the server's data connection to the cluster address must be led back to
+the client (the expectation's NAT). The client sends a NOOP after every
+transfer, so the control connection is used after the failover.
 """
 
 from __future__ import annotations
@@ -60,10 +63,11 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
 
 @pytest.mark.parametrize("how", ["kill", "drain"])
 @pytest.mark.parametrize("announced", [False, True], ids=["mid-transfer", "announced"])
-def test_passive_ftp_through_snat_survives_its_owner(
-    lab: LabState, announced: bool, how: str
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_ftp_through_snat_survives_its_owner(
+    lab: LabState, mode: str, announced: bool, how: str
 ) -> None:
-    check_ftp_case(lab, "snat", "passive", how, announced=announced)
+    check_ftp_case(lab, "snat", mode, how, announced=announced)
     assert lab.procs["ftp-snat:server"].alive()
 
 

@@ -294,6 +294,8 @@ class Runtime:
                 self.node.connection_new(conn, now)
             elif kind == "update":
                 self.node.connection_update(conn, now)
+            elif kind == "amend":
+                self.node.connection_amend(conn, now)
             elif kind == "destroy":
                 self.node.connection_destroy(conn, now)
         if self._flush is None:

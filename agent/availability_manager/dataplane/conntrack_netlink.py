@@ -100,6 +100,10 @@ CTA_EXPECT_NAT_DIR, CTA_EXPECT_NAT_TUPLE = 1, 2
 EXPECT_TIMEOUT = 300  # seconds; the master's helper policy decides when it has one
 NF_CT_EXPECT_USERSPACE = 0x4  # the kernel clears it on creation
 CTA_MARK_MASK = 21
+CTA_SEQ_ADJ_ORIG, CTA_SEQ_ADJ_REPLY = 15, 16
+# enum ctattr_seqadj
+CTA_SEQADJ_CORRECTION_POS, CTA_SEQADJ_OFFSET_BEFORE, CTA_SEQADJ_OFFSET_AFTER = 1, 2, 3
+_SEQADJ_ATTRS = (CTA_SEQADJ_CORRECTION_POS, CTA_SEQADJ_OFFSET_BEFORE, CTA_SEQADJ_OFFSET_AFTER)
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -135,7 +139,10 @@ TCP_TIMEOUTS = {
 }
 UDP_TIMEOUT, UDP_STREAM_TIMEOUT, ICMP_TIMEOUT, GENERIC_TIMEOUT = 30, 120, 30, 600
 
-EventKind = Literal["new", "update", "destroy"]
+# "amend": an UPDATE of a TCP entry without its TCP state (the kernel sends
+# the protocol state only in events that changed it; this one reports another
+# change, e.g. a NAT helper's sequence offsets): the state stays as it was.
+EventKind = Literal["new", "update", "amend", "destroy"]
 Event = tuple[EventKind, Connection | Expectation]
 DumpItem = TypeVar("DumpItem", Connection, Expectation)
 
@@ -244,13 +251,23 @@ def _decode_tuple(buf: bytes, off: int, end: int) -> tuple[int, Tuple]:
 
 def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connection:
     """One ctnetlink message payload (nfgenmsg + attributes) as a Connection."""
+    return decode_conntrack_event(buf, off, end, mark_mask)[0]
+
+
+def decode_conntrack_event(
+    buf: bytes, off: int, end: int, mark_mask: int
+) -> tuple[Connection, bool]:
+    """decode_conntrack, and whether the message carried the TCP state (a TCP
+    entry's protocol state is 0 in the Connection when it did not)."""
     if end - off < _NFGEN.size:
         raise nl.Malformed("truncated-nfgenmsg")
     off += _NFGEN.size
     orig = reply = None
+    has_state = False
     proto = rproto = status = -1
     mark = state = 0
     helper = ""
+    seqadj: dict[int, tuple[int, int, int]] = {}
     while off + 4 <= end:
         length, atype = _HDR(buf, off)
         if length < 4 or off + length > end:
@@ -272,12 +289,15 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
             mark = _BE32(buf, v)[0]
         elif atype == CTA_HELP:
             helper = _helper_name(buf, v, vend)
+        elif atype in (CTA_SEQ_ADJ_ORIG, CTA_SEQ_ADJ_REPLY):
+            seqadj[atype] = _seqadj(buf, v, vend)
         elif atype == CTA_PROTOINFO:
             info = nl.attrs(buf, v, vend)
             if CTA_PROTOINFO_TCP in info:
                 tcp = nl.nested(buf, info, CTA_PROTOINFO_TCP, "protoinfo-tcp")
                 if CTA_PROTOINFO_TCP_STATE in tcp:
                     state = nl.get_u8(buf, tcp, CTA_PROTOINFO_TCP_STATE, "tcp-state")
+                    has_state = True
     if orig is None:
         raise nl.Malformed("missing-tuple-orig")
     if reply is None:
@@ -297,8 +317,21 @@ def decode_conntrack(buf: bytes, off: int, end: int, mark_mask: int) -> Connecti
         status=status & IPS_SYNC_MASK,
         mark=mark,
         bucket=value - 1 if value else 0,
+        # both directions, a missing one as zeros (the kernel sends both)
+        seqadj=(
+            seqadj.get(CTA_SEQ_ADJ_ORIG, (0, 0, 0)) + seqadj.get(CTA_SEQ_ADJ_REPLY, (0, 0, 0))
+            if seqadj
+            else ()
+        ),
     )
-    return with_helper(conn, helper) if helper else conn
+    return (with_helper(conn, helper) if helper else conn), has_state or proto != PROTO_TCP
+
+
+def _seqadj(buf: bytes, v: int, vend: int) -> tuple[int, int, int]:
+    """CTA_SEQ_ADJ_* { correction position, offset before, offset after } (be32 each)."""
+    a = nl.attrs(buf, v, vend)
+    pos, before, after = (nl.get_be32(buf, a, t, "seqadj") for t in _SEQADJ_ATTRS)
+    return pos, before, after
 
 
 def _c_string(buf: bytes, v: int, vend: int, what: str) -> str:
@@ -460,6 +493,14 @@ def encode_inject(conn: Connection, timeout: int | None = None) -> bytes:
     body += nl.be32(CTA_STATUS, status)
     body += nl.be32(CTA_TIMEOUT, default_timeout(conn) if timeout is None else timeout)
     body += nl.be32(CTA_MARK, conn.mark)
+    if conn.seqadj:
+        for atype, values in (
+            (CTA_SEQ_ADJ_ORIG, conn.seqadj[:3]),
+            (CTA_SEQ_ADJ_REPLY, conn.seqadj[3:]),
+        ):
+            body += nl.nest(
+                atype, *(nl.be32(a, v) for a, v in zip(_SEQADJ_ATTRS, values, strict=True))
+            )
     helper = helper_of(conn)
     if helper:
         body += nl.nest(CTA_HELP, nl.attr(CTA_HELP_NAME, helper.encode("ascii") + b"\0"))
@@ -521,7 +562,10 @@ def encode_expectation(exp: Expectation, timeout: int = EXPECT_TIMEOUT) -> bytes
 
 
 def _family(conn: Connection | Expectation) -> int:
-    t = conn.orig if isinstance(conn, Connection) else conn.master
+    return _family_of(conn.orig if isinstance(conn, Connection) else conn.master)
+
+
+def _family_of(t: Tuple) -> int:
     return socket.AF_INET if len(t.src) == 4 else socket.AF_INET6
 
 
@@ -554,7 +598,8 @@ def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str
                     if kind != "update":  # an expectation changes only by going away
                         out.append((kind, decode_expectation(data, off, end)))
                 else:
-                    out.append((kind, decode_conntrack(data, off, end, mark_mask)))
+                    conn, has_state = decode_conntrack_event(data, off, end, mark_mask)
+                    out.append(("amend" if kind == "update" and not has_state else kind, conn))
             except nl.Malformed as e:
                 malformed[e.reason] += 1
             except ValueError:  # a value Connection/Tuple refuses
@@ -582,11 +627,16 @@ class ConntrackSocket:
         self.refused: list[tuple[Connection, str]] = []
         self._seq = 0
         self._events: socket.socket | None = None
+        self._lookup: socket.socket | None = None
         self._req = self._open(0, 4 << 20)
         self._req.settimeout(10.0)
         if events:
             self._events = self._open(EVENT_GROUPS, rcvbuf)
             self._events.setblocking(False)
+            # Reads of single entries for the event path: the request socket
+            # belongs to the thread that injects and dumps.
+            self._lookup = self._open(0, 1 << 20)
+            self._lookup.settimeout(2.0)
 
     @staticmethod
     def _open(groups: int, rcvbuf: int) -> socket.socket:
@@ -608,7 +658,7 @@ class ConntrackSocket:
         return self._events.fileno()
 
     def close(self) -> None:
-        for s in (self._events, self._req):
+        for s in (self._events, self._lookup, self._req):
             if s is not None:
                 s.close()
 
@@ -651,7 +701,44 @@ class ConntrackSocket:
                 return
 
     def _parse_events(self, data: bytes, out: list[Event]) -> None:
-        out += parse_events(data, self.mark_mask, self.malformed)
+        for event in parse_events(data, self.mark_mask, self.malformed):
+            out.append(event)
+            kind, item = event
+            if kind == "new" and isinstance(item, Expectation) and item.nat_dir is not None:
+                # A NAT helper (nf_nat_ftp) registers this expectation while it
+                # rewrites the master's stream, and the TCP sequence offsets
+                # that leaves in the master come with no event of their own:
+                # read the master back, after the rewrite, as an update.
+                master = self.lookup(item.master_proto, item.master)
+                if master is not None:
+                    out.append(("update", master))
+
+    def lookup(self, proto: int, orig: Tuple) -> Connection | None:
+        """The entry with this original tuple as the kernel has it now (None
+        if it is gone or cannot be read; counted in `request_errors`)."""
+        sock = self._lookup
+        if sock is None:
+            raise ConntrackError("socket opened without events")
+        seq, req = self._request(
+            IPCTNL_MSG_CT_GET, 0, _family_of(orig), _encode_tuple(CTA_TUPLE_ORIG, proto, orig)
+        )
+        try:
+            sock.send(req)
+            while True:
+                data = sock.recv(1 << 16)
+                for mtype, _flags, mseq, off, end in nl.messages(data):
+                    if mseq != seq:
+                        continue  # a late answer to an earlier, timed-out lookup
+                    if mtype == nl.NLMSG_ERROR:
+                        code = self._error_code(data, off, end)
+                        self.request_errors[f"lookup-{os.strerror(-code)}"] += 1
+                        return None
+                    return decode_conntrack(data, off, end, self.mark_mask)
+        except OSError as e:  # includes the timeout
+            self.request_errors[f"lookup-{type(e).__name__}"] += 1
+        except (nl.Malformed, ValueError):
+            self.request_errors["lookup-malformed"] += 1
+        return None
 
     def _count(self, reason: str) -> None:
         self.malformed[reason] += 1

@@ -14,6 +14,7 @@ and never by a node that does not own the bucket.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -40,6 +41,7 @@ from availability_manager.dataplane.conntrack_netlink import (
     CTA_NAT_PROTO,
     CTA_NAT_SRC,
     CTA_NAT_V4_MINIP,
+    CTA_PROTOINFO,
     CTA_PROTONAT_PORT_MIN,
     IPCTNL_MSG_CT_DELETE,
     IPCTNL_MSG_CT_NEW,
@@ -92,6 +94,35 @@ def event_datagram(
 
 
 # --- the parser on crafted input (no kernel) -------------------------------------------
+
+
+def test_sequence_offsets_round_trip_through_an_event_and_an_injection() -> None:
+    """CTA_SEQ_ADJ_ORIG/REPLY (what a NAT helper leaves after rewriting the
+    stream) are read from events and written into injections."""
+    rewritten = dataclasses.replace(TCP_CONN, seqadj=(1200, 0, 4294967292, 0, 0, 0))
+    counts: collections.Counter[str] = collections.Counter()
+    assert parse_events(event_datagram([rewritten]), 0xFFFF, counts) == [("new", rewritten)]
+    assert not counts
+    [(_, plain)] = parse_events(event_datagram([TCP_CONN]), 0xFFFF, counts)
+    assert plain.seqadj == ()
+
+
+def test_a_tcp_update_without_protoinfo_is_an_amend() -> None:
+    """The kernel sends a TCP entry's state only in events that changed it:
+    an UPDATE without CTA_PROTOINFO must not be read as state NONE."""
+    counts: collections.Counter[str] = collections.Counter()
+    data = bytearray(event_datagram([TCP_CONN], flags=0))  # an UPDATE
+    at = data.index(struct.pack("=H", CTA_PROTOINFO | nl.NLA_F_NESTED), 20) - 2
+    length = struct.unpack_from("=H", data, at)[0]
+    del data[at : at + length]
+    struct.pack_into("=I", data, 0, len(data))
+    [(kind, conn)] = parse_events(bytes(data), 0xFFFF, counts)
+    assert kind == "amend" and conn.orig == TCP_CONN.orig and not counts
+    [(kind, _)] = parse_events(event_datagram([TCP_CONN], flags=0), 0xFFFF, counts)
+    assert kind == "update"
+    udp = dataclasses.replace(TCP_CONN, proto=17, state=0)
+    [(kind, _)] = parse_events(event_datagram([udp], flags=0), 0xFFFF, counts)
+    assert kind == "update"  # no TCP state to miss
 
 
 def test_event_round_trip_gives_the_connection_and_its_bucket() -> None:
@@ -380,6 +411,21 @@ def test_inject_then_delete_and_delete_buckets(one: OneNode) -> None:
         )
         assert ct.inject([bad]) == 0
         assert [c for c, _ in ct.refused] == [bad]
+
+
+@pytest.mark.lab
+def test_lookup_reads_one_entry_with_its_sequence_offsets(one: OneNode) -> None:
+    """`lookup` (what the event path uses to read a master whose stream a NAT
+    helper rewrote) returns the entry as the kernel has it, seqadj included,
+    and None for an entry that does not exist."""
+    rewritten = TCP_CONN.with_seqadj((1200, 0, 4294967292, 0, 0, 0))
+    with inside(one.fw), ConntrackSocket(events=True) as ct:
+        assert ct.inject([rewritten]) == 1
+        assert ct.lookup(TCP_CONN.proto, TCP_CONN.orig) == rewritten
+        missing = make_tuple(CLIENT, SERVER, 40999, 80)
+        assert ct.lookup(TCP_CONN.proto, missing) is None
+        assert ct.request_errors == {"lookup-No such file or directory": 1}
+        assert ct.delete([rewritten]) == 1
 
 
 @pytest.mark.lab
