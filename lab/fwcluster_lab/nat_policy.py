@@ -10,7 +10,9 @@ What it translates (inside hosts are 203.0.113.0/24, outside 192.0.2.0/24):
   takes out0's address in that subnet: the cluster address 198.18.0.1, the
   only one the nodes have there. Same per-node range.
 - DNAT: 192.0.2.1:8001 (TCP and UDP) and ICMP echo to 192.0.2.1 are
-  forwarded to the first server, 203.0.113.100:7001.
+  forwarded to the first server, 203.0.113.100:7001; 192.0.2.1:21 (FTP) to
+  its port 21 (the FTP helper follows: its PASV replies name 203.0.113.100
+  and are rewritten to the cluster address).
 
 Per-node port ranges: node i of the lab (fw1 is 1) translates only to
 ports NAT_PORT_BASE + (i-1)*NAT_PORTS_PER_NODE ... + NAT_PORTS_PER_NODE - 1.
@@ -44,6 +46,7 @@ NAT_PORT_BASE = 20000
 NAT_PORTS_PER_NODE = 750  # 16 nodes: 20000-31999, below the ephemeral range
 DNAT_PORT = 8001  # on the outside cluster address
 DNAT_TARGET_PORT = 7001  # the traffic server's port
+FTP_PORT = 21  # forwarded to the same port of the first server
 
 
 def node_index(topo: Topology, node: Host) -> int:
@@ -73,6 +76,7 @@ def ruleset(topo: Topology, node: Host) -> str:
             f"{to_cip} meta l4proto {{ tcp, udp }} th dport {DNAT_PORT}"
             f" dnat to {target}:{DNAT_TARGET_PORT}",
             f"{to_cip} icmp type echo-request dnat to {target}",
+            f"{to_cip} tcp dport {FTP_PORT} dnat to {target}:{FTP_PORT}",
         ),
         "forward_reply_guard": (
             "type filter hook prerouting priority -160; policy accept;",

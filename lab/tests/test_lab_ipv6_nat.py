@@ -111,6 +111,7 @@ def test_nat_policy_of_a_node_uses_its_own_range_and_the_cluster_addresses() -> 
             in text
         )
         assert "th dport 8001 dnat to 203.0.113.100:7001" in text
+        assert 'iif "out0" ip daddr 192.0.2.1 tcp dport 21 dnat to 203.0.113.100:21' in text
         # replies of the forward target never start a connection
         assert 'iif "in0" ip saddr 203.0.113.100 udp sport 7001 ct state new drop' in text
         # only its own table, replaced atomically

@@ -109,10 +109,21 @@ def server_ends(state: LabState) -> dict[str, tuple[Host, str]]:
         # From the server host (inside) out to the client host: a NAT lab's
         # policy source-NATs it to the cluster address (nat_policy.py).
         "snat": (client, str(client.links[0].address.ip)),
+        # From the client host to the cluster address, port-forwarded to the
+        # server host (a NAT lab): the server listens on its own address.
+        "dnat": (server, str(server.links[0].address.ip)),
     }
     if server.address6 is not None:  # a dual-stack lab
         ends["ipv6"] = (server, str(server.address6))
     return ends
+
+
+def target_address(state: LabState, path: str) -> str:
+    """Where the client of `path` connects: the server's address, or for a
+    port forward the cluster address (nat_policy.py forwards port 21)."""
+    if path == "dnat":
+        return str(state.topology().zones[0].cluster_ip.ip)
+    return server_ends(state)[path][1]
 
 
 def client_host(state: LabState, path: str) -> Host:
@@ -124,7 +135,7 @@ class Client:
     """A lab client process: JSON result on its last stdout line."""
 
     def __init__(self, state: LabState, module: str, *args: str, path: str = "ipv4") -> None:
-        host, self.server = client_host(state, path), server_ends(state)[path][1]
+        host, self.server = client_host(state, path), target_address(state, path)
         argv = [sys.executable, "-m", module, "client", "--server", self.server, *args]
         self.proc = subprocess.Popen(
             in_ns(host.ns, argv),

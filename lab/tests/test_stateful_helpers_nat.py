@@ -1,6 +1,6 @@
-"""FTP (passive and active) and TFTP through SNAT across a failover and a
-drain of the node that owns the control connection (TFTP: the read
-request), on real kernels with the real agent.
+"""FTP (passive and active) and TFTP through SNAT, and FTP to a port forward
+(DNAT), across a failover and a drain of the node that owns the control
+connection (TFTP: the read request), on real kernels with the real agent.
 
 A NAT lab of its own (prefix fwq-, `lab up --nat`, the helper policy on
 every node): the FTP client runs on the inside server host and is
@@ -17,7 +17,9 @@ to the cluster address (a shorter one: the TCP sequence offsets this leaves
 in the entry must reach the new owner, or the control connection breaks),
 and the server's data connection to the cluster address must be led back to
 the client (the expectation's NAT). The client sends a NOOP after every
-transfer, so the control connection is used after the failover.
+transfer, so the control connection is used after the failover. The port
+forward (192.0.2.1:21 to the inside server) is the mirror image: the helper
+rewrites the server's PASV reply.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
         cluster.wait_settled(state, timeout=60)
         for node in state.topology().nodes:
             helpers_policy.install(node)
-        start_ftp_servers(state, ("snat",))
+        start_ftp_servers(state, ("snat", "dnat"))
         start_tftp_server(state, "snat")
         state.save()
         yield state
@@ -69,6 +71,21 @@ def test_ftp_through_snat_survives_its_owner(
 ) -> None:
     check_ftp_case(lab, "snat", mode, how, announced=announced)
     assert lab.procs["ftp-snat:server"].alive()
+
+
+@pytest.mark.parametrize("how", ["kill", "drain"])
+@pytest.mark.parametrize("announced", [False, True], ids=["mid-transfer", "announced"])
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_ftp_to_a_port_forward_survives_its_owner(
+    lab: LabState, mode: str, announced: bool, how: str
+) -> None:
+    """The client connects to the cluster address, forwarded to the server:
+    in passive mode the helper rewrites the server's PASV reply (its own
+    address becomes the cluster address: sequence offsets in the reply
+    direction) and the data connection to the cluster address must be
+    forwarded too (the expectation's NAT)."""
+    check_ftp_case(lab, "dnat", mode, how, announced=announced)
+    assert lab.procs["ftp-dnat:server"].alive()
 
 
 @pytest.mark.parametrize("how", ["kill", "drain"])
