@@ -49,22 +49,37 @@ TFTP_FIRST_DELAY = 1.5
 NODES = ("fw1", "fw2", "fw3")
 
 
-@pytest.fixture(scope="module")
-def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True, ipv6=True)
+@contextlib.contextmanager
+def helper_lab(
+    run_dir: Path,
+    prefix: str,
+    ftp_paths: tuple[str, ...],
+    tftp_path: str,
+    *,
+    ipv6: bool = False,
+    nat: bool = False,
+) -> Iterator[LabState]:
+    """A 3-node lab with the helper policy on every node and the FTP and
+    TFTP servers of these paths; removed afterwards."""
+    build.down(run_dir, prefix)
+    state = build.up(run_dir, prefix, nodes=3, agents=True, ipv6=ipv6, nat=nat)
     try:
         cluster.wait_settled(state, timeout=60)
         for node in state.topology().nodes:
             helpers_policy.install(node)
-        start_ftp_servers(state, FTP_PATHS)
-        start_tftp_server(state, "ipv4")
+        start_ftp_servers(state, ftp_paths)
+        start_tftp_server(state, tftp_path)
         state.save()
         yield state
     finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+        build.down(run_dir, prefix, keep_logs=True)
+        assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
+    with helper_lab(lab_run_dir(PREFIX), PREFIX, FTP_PATHS, "ipv4", ipv6=True) as state:
+        yield state
 
 
 FTP_PATHS = ("ipv4", "ipv6")

@@ -29,15 +29,8 @@ from pathlib import Path
 
 import pytest
 import test_cluster_behaviour
-from test_stateful_helpers import (
-    check_ftp_case,
-    check_tftp_case,
-    start_ftp_servers,
-    start_tftp_server,
-)
+from test_stateful_helpers import check_ftp_case, check_tftp_case, helper_lab
 
-from fwcluster_lab import build, cluster, helpers_policy
-from fwcluster_lab.netns import list_namespaces
 from fwcluster_lab.state import LabState
 
 pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
@@ -47,20 +40,8 @@ PREFIX = "fwq-"
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True, nat=True)
-    try:
-        cluster.wait_settled(state, timeout=60)
-        for node in state.topology().nodes:
-            helpers_policy.install(node)
-        start_ftp_servers(state, ("snat", "dnat"))
-        start_tftp_server(state, "snat")
-        state.save()
+    with helper_lab(lab_run_dir(PREFIX), PREFIX, ("snat", "dnat"), "snat", nat=True) as state:
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 @pytest.mark.parametrize("how", ["kill", "drain"])
