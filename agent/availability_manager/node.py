@@ -536,6 +536,16 @@ class Node:
     def stable(self) -> bool:
         return self._stable
 
+    @property
+    def send_counter(self) -> int:
+        """The nonce counter the next sealed datagram will carry."""
+        return self._encryption.counter
+
+    @property
+    def own_datagrams(self) -> int:
+        """Datagrams received that carry this node's own id (see the runtime)."""
+        return self._encryption.drops["own-datagram"]
+
     def known_keys(self) -> frozenset[bytes]:
         """Keys of every entry this node knows: its own and every cached peer's."""
         keys = {c.key for c in self._sync.local_entries()}

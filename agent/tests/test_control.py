@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 
 from availability_manager.cli import clusterctl
-from availability_manager.daemon.control import ControlError, ControlServer
+from availability_manager.daemon.control import (
+    ControlError,
+    ControlServer,
+    ControlSetupError,
+    prepare_socket_path,
+)
 
 
 def fake_status(owned_by_me: int = 2) -> dict[str, Any]:
@@ -169,3 +174,43 @@ def test_garbage_answer_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     t.join(5)
     srv.close()
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_deeply_nested_request_is_refused_not_raised(agent: Agent) -> None:
+    deep = b"[" * 2000 + b"]" * 2000 + b"\n"
+    assert raw(agent.path, deep) == {"ok": False, "error": "request is nested too deeply"}
+    # the connection handler survived: the next request is answered
+    assert raw(agent.path, b'{"cmd": "status"}\n')["ok"] is True
+
+
+def test_existing_directory_is_never_chmodded(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    prepare_socket_path(shared / "control.sock")
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o755
+
+
+def test_world_writable_directory_refused(tmp_path: Path) -> None:
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    tmpdir.chmod(0o1777)
+    with pytest.raises(ControlSetupError, match="writable by group or others"):
+        prepare_socket_path(tmpdir / "control.sock")
+    assert stat.S_IMODE(os.stat(tmpdir).st_mode) == 0o1777
+
+
+def test_other_file_at_the_path_is_not_removed(tmp_path: Path) -> None:
+    victim = tmp_path / "control.sock"
+    victim.write_text("precious")
+    with pytest.raises(ControlSetupError, match="not a socket"):
+        prepare_socket_path(victim)
+    assert victim.read_text() == "precious"
+
+
+def test_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    prepare_socket_path(path)
+    assert not path.exists()

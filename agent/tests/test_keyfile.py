@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,48 @@ def test_open_permissions_refused(tmp_path: Path) -> None:
         load_keys(f)
     f.chmod(0o600)
     assert load_keys(f)[1] == 0
+
+
+# superscript two, Arabic-Indic three, fullwidth one: str.isdigit() says yes to each
+@pytest.mark.parametrize("key_id", ["\u00b2", "\u0663", "\uff11"])
+def test_non_ascii_digit_key_id_is_named_not_a_traceback(key_id: str) -> None:
+    with pytest.raises(KeyFileError, match=r"line 1: key id must be 0\.\.255"):
+        parse_keys(f"{key_id} {K1} send\n", P)
+
+
+def test_symlink_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.key"
+    real.write_text(K1)
+    real.chmod(0o600)
+    link = tmp_path / "cluster.key"
+    link.symlink_to(real)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        load_keys(link)
+
+
+def test_not_a_regular_file_refused(tmp_path: Path) -> None:
+    d = tmp_path / "dir.key"
+    d.mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        load_keys(d)
+
+
+def test_foreign_owner_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    f = tmp_path / "cluster.key"
+    f.write_text(K1)
+    f.chmod(0o600)
+    os.chown(f, 65534, 65534)  # nobody: not root, not us
+    with pytest.raises(KeyFileError, match="owned by uid 65534"):
+        load_keys(f)
+    os.chown(f, 0, 0)
+    assert load_keys(f)[1] == 0
+
+
+def test_oversized_file_refused(tmp_path: Path) -> None:
+    f = tmp_path / "cluster.key"
+    f.write_text("#" * 70_000 + "\n" + K1)
+    f.chmod(0o600)
+    with pytest.raises(KeyFileError, match="larger than"):
+        load_keys(f)

@@ -65,3 +65,27 @@ def test_a_node_dying_under_traffic_costs_no_stream(lab: LabState) -> None:
     assert s["longest_stall_ms"] < 5000
     cluster.wait_settled(lab, timeout=30)
     assert_exact(traffic_control.run_foreground(lab, ["--tcp", "30", "--duration", "1"], None), 30)
+
+
+def test_a_second_agent_with_the_same_state_dir_is_refused(lab: LabState) -> None:
+    """Two agents as one node would claim the same buckets; the second must stop
+    before it touches anything (it used to unlink the first one's control socket)."""
+    from fwcluster_lab import agent
+    from fwcluster_lab.netns import in_ns, run
+
+    before = cluster.agent_status(lab, "fw2")
+    assert before is not None
+    second = run(
+        in_ns(lab.topology().node("fw2").ns, agent.agent_argv(lab.run_dir, "fw2")),
+        check=False,
+        timeout=20,
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "is in use by pid" in second.stderr and "one agent per state directory" in second.stderr
+    after = cluster.agent_status(lab, "fw2")  # the first agent's socket is still there
+    assert after is not None
+
+    def own_incarnation(status: dict[str, Any]) -> int:
+        return int(next(m["incarnation"] for m in status["members"] if m["self"]))
+
+    assert own_incarnation(after) == own_incarnation(before)  # the same life answers

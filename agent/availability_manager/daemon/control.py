@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,49 @@ class ControlError(Exception):
     """A refused request; the message goes back to the client."""
 
 
+class ControlSetupError(Exception):
+    """The control socket cannot be set up safely; the message says why."""
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make `path` ready to bind without touching anything that is not ours.
+
+    The directory is created 0700 if missing; an existing one is used only if
+    it is a real directory of this user that nobody else can write (it is
+    never chmodded: it may be /run or /tmp). An old socket left by a crash is
+    removed; any other file at the path is refused, never unlinked. A live
+    agent's socket is already protected by the state-directory lock."""
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            raise ControlSetupError(
+                f"control_socket: cannot create {parent}: {exc.strerror}"
+            ) from None
+    st = os.lstat(parent)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlSetupError(f"control_socket: {parent} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ControlSetupError(
+            f"control_socket: {parent} is owned by uid {st.st_uid}, not by this user"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ControlSetupError(
+            f"control_socket: {parent} is writable by group or others; "
+            "use a directory of its own (e.g. /run/availability-manager)"
+        )
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise ControlSetupError(
+            f"control_socket: {path} exists and is not a socket; refusing to remove it"
+        )
+    path.unlink()
+
+
 class ControlServer:
     def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
         self.path = path
@@ -35,10 +79,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
+        prepare_socket_path(self.path)
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
@@ -79,6 +120,8 @@ class ControlServer:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {"ok": False, "error": "request is not JSON"}
+        except RecursionError:  # e.g. 2,000 nested brackets fit in MAX_REQUEST
+            return {"ok": False, "error": "request is nested too deeply"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": "request must be an object with a 'cmd' string"}
         handler = self.handlers.get(request["cmd"])

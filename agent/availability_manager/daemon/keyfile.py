@@ -11,6 +11,8 @@ Key material is never logged; errors name the line, not its content.
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -37,7 +39,8 @@ def parse_keys(text: str, path: Path) -> tuple[dict[int, bytes], int]:
         parts = line.split()
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "send"):
             raise KeyFileError(f"{path}: line {n}: expected '<id> <64 hex digits> [send]'")
-        if not parts[0].isdigit() or not 0 <= int(parts[0]) <= 255:
+        # ASCII only: str.isdigit() also admits digits int() cannot read ("²")
+        if not (parts[0].isascii() and parts[0].isdigit()) or not 0 <= int(parts[0]) <= 255:
             raise KeyFileError(f"{path}: line {n}: key id must be 0..255")
         key_id = int(parts[0])
         if key_id in keys:
@@ -62,12 +65,38 @@ def _decode(hexkey: str, path: Path, line: int) -> bytes:
     return key
 
 
+MAX_KEY_FILE = 64 * 1024
+
+
 def load_keys(path: Path) -> tuple[dict[int, bytes], int]:
+    """Checks the file that is read, not the name: opened once without
+    following a symlink, then owner and mode taken from the open descriptor,
+    so no swap between the check and the read goes unnoticed."""
     try:
-        st = path.stat()
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{path}: is a symbolic link; name the key file itself") from None
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise KeyFileError(
+                f"{path}: owned by uid {st.st_uid}, not by root or this user; chown it"
+            )
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(f"{path}: readable by group or others; chmod 600 it")
+        data = os.read(fd, MAX_KEY_FILE + 1)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"{path}: readable by group or others; chmod 600 it")
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes; not a key file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not UTF-8 text") from None
     return parse_keys(text, path)

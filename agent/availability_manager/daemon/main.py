@@ -19,8 +19,11 @@ import sys
 from pathlib import Path
 
 from ..dataplane.base import DataPlane, DataPlaneConfig
+from ..types import format_node_id
 from .config import DEFAULT_PATH, AgentConfig, ConfigError, load_config
+from .control import ControlSetupError
 from .keyfile import KeyFileError, load_keys
+from .state_dir import StateDir, StateDirError
 
 EXIT_USAGE = 2
 
@@ -42,7 +45,7 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
     return NftablesDataPlane(dp_cfg)
 
 
-async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str:
+async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state: StateDir) -> str:
     from ..dataplane.conntrack_netlink import ConntrackSocket
     from .links import LinkMonitor
     from .runtime import Runtime
@@ -52,6 +55,15 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
     metrics = None
     if cfg.metrics.enabled:
         from .metrics import serve
+
+        if not ipaddress.ip_address(cfg.metrics.address).is_loopback:
+            # the counters tell an observer which node owns what and how
+            # busy it is: say so when they leave the host
+            logging.getLogger("availability-manager").warning(
+                "metrics.address %s is not a loopback address: the metrics endpoint "
+                "is reachable from the network (no authentication)",
+                cfg.metrics.address,
+            )
 
         metrics = serve(cfg.metrics.address, cfg.metrics.port)
     sync = SyncSocket(
@@ -87,6 +99,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
         Notifier(),
         metrics,
         zone_sockets,
+        state,
     )
     return await runtime.run()
 
@@ -150,17 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.cleanup:
         dataplane_for(cfg).uninstall()
         return 0
+    state = StateDir(cfg.state_dir)
+    try:
+        # Before anything that a second agent for this node would disturb
+        # (metrics port, sockets, control socket, data plane).
+        state.acquire(format_node_id(cfg.node_id))
+    except StateDirError as exc:
+        print(f"availability-manager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if cfg.realtime:
         _ask_for_realtime()
     try:
         # pyroute2 must not run inside the event loop: read what it gives first
-        reason = asyncio.run(_run(cfg, _broadcast_address(cfg)))
-    except ConfigError as exc:
+        reason = asyncio.run(_run(cfg, _broadcast_address(cfg), state))
+    except (ConfigError, StateDirError, KeyFileError, ControlSetupError) as exc:
         print(f"availability-manager: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PermissionError as exc:
         print(f"availability-manager: permission denied ({exc}); run as root", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        state.release()
     logging.getLogger("availability-manager").info("stopped: %s", reason)
     return 0 if reason == "left" else 1
 

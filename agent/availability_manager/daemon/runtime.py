@@ -22,11 +22,9 @@ import logging
 import os
 import random
 import signal
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol
 
 from .. import node_events as ev
@@ -40,6 +38,7 @@ from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
+from .state_dir import StateDir, StateDirError
 from .systemd import Notifier
 from .transport import SyncSocket
 
@@ -77,25 +76,6 @@ class ConntrackTable(Protocol):
     def close(self) -> None: ...
 
 
-def next_incarnation(state_dir: Path) -> int:
-    """A number larger than any earlier run's: persisted, and never below the
-    wall clock in milliseconds (so a lost state file still moves forward)."""
-    path = state_dir / "incarnation"
-    try:
-        previous = int(path.read_text().strip())
-    except (OSError, ValueError):
-        previous = 0
-    incarnation = max(previous + 1, time.time_ns() // 1_000_000)
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{incarnation}\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot persist incarnation in %s: %s", state_dir, exc.strerror)
-    return incarnation
-
-
 def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
     """Which local conntrack entries the cluster syncs: those the data plane
     classified (a bucket in the mark), of a configured protocol; related
@@ -109,15 +89,17 @@ def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
     return relevant
 
 
-def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeConfig:
+def node_config(
+    cfg: AgentConfig, keyring: Keyring, incarnation: int, initial_counter: int
+) -> NodeConfig:
     return NodeConfig(
         node_id=cfg.node_id,
         settings=cfg.cluster,
         keyring=keyring,
         incarnation=incarnation,
-        # nonces start at the wall clock in microseconds: a restarted node
-        # never reuses one (see crypto.py)
-        initial_counter=time.time_ns() // 1000,
+        # above every counter an earlier life reserved (state_dir.py): a
+        # restarted node never reuses a nonce, whatever the clock did
+        initial_counter=initial_counter,
         heartbeat_interval=cfg.heartbeat.interval_ms / 1000.0,
         heartbeat_misses=cfg.heartbeat.misses,
         weight=cfg.weight,
@@ -138,6 +120,7 @@ class Runtime:
         notifier: Notifier | None = None,
         metrics: Any = None,
         zone_sockets: list[SyncSocket] | None = None,
+        state: StateDir | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
@@ -149,8 +132,19 @@ class Runtime:
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         keys, send_id = load_keys(cfg.key_file)
+        # main() takes the state directory's lock before it opens anything
+        # (one agent per state directory); taken here when it did not.
+        if state is None:
+            state = StateDir(cfg.state_dir)
+            state.acquire(format_node_id(cfg.node_id))
+        self.state = state
         self.node = Node(
-            node_config(cfg, Keyring(keys, send_id), next_incarnation(cfg.state_dir)),
+            node_config(
+                cfg,
+                Keyring(keys, send_id),
+                self.state.next_incarnation(),
+                self.state.first_nonce_counter(),
+            ),
             random.Random(os.urandom(16)),
             self.loop.time(),
         )
@@ -160,6 +154,7 @@ class Runtime:
         self._stopped: asyncio.Future[str] = self.loop.create_future()
         self._leaving = False
         self._links_up: bool | None = None
+        self._own_datagrams_seen = 0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
@@ -217,6 +212,7 @@ class Runtime:
         self.conntrack.close()
         if self.links:
             self.links.close()
+        self.state.release()
 
     def request_leave(self) -> None:
         """SIGTERM: a graceful leave, bounded by leave_timeout_s."""
@@ -338,12 +334,39 @@ class Runtime:
     def _periodic(self) -> None:
         gc.freeze()  # see GC_FREEZE_EVERY_S
         self._check_links()
+        self._check_nonces()
+        self._check_own_datagrams()
         if self.metrics is not None:
             self.metrics.publish(self.stats(), {"node": format_node_id(self.cfg.node_id)})
         self._pump()
         self.loop.call_later(
             min(LINK_RECHECK_S, METRICS_PUBLISH_S, GC_FREEZE_EVERY_S), self._periodic
         )
+
+    def _check_nonces(self) -> None:
+        """Reserve the next block of nonce counters on disk before the sender
+        needs it (state_dir.py). A node that cannot must stop sending: a
+        repeated nonce would expose the cluster key's traffic."""
+        try:
+            self.state.ensure_nonces(self.node.send_counter)
+        except StateDirError as exc:
+            log.error("cannot reserve nonces, stopping: %s", exc)
+            self._stop(f"nonce reservation failed: {exc}")
+
+    def _check_own_datagrams(self) -> None:
+        """Multicast loopback is off (transport.py), so a datagram carrying our
+        own node id was sent by another process configured as this node: two
+        agents claiming the same buckets. An alarm, not a statistic."""
+        seen = self.node.own_datagrams
+        if seen > self._own_datagrams_seen:
+            self._own_datagrams_seen = seen
+            self.counters["duplicate_node_id_alarms"] += 1
+            log.error(
+                "another process sends as node %s (%d datagrams so far): "
+                "two agents share one node id; stop one of them",
+                format_node_id(self.cfg.node_id),
+                seen,
+            )
 
     def _watchdog(self) -> None:
         # pinged from the event loop itself: a stuck loop stops the pings
