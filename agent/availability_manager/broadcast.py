@@ -36,10 +36,13 @@ Transitions of one seq s of a peer's stream at a receiver:
     gap     --(max_naks NAKs unanswered)---------------> skipped: OutOfSync(peer, "receiver")
     gap/held --(RbLost: first_available > s)-----------> skipped: OutOfSync(peer, "receiver")
     gap/held --(known_end - s > buffer_size)-----------> skipped: OutOfSync(peer, "receiver")
+               (the skip goes to the newest seq at once: the resync covers all before it)
     held    --(all seqs before s delivered)------------> delivered
     delivered --(data s again)-------------------------> dropped, counted as a duplicate
 
-A skip moves `expected` past s and drops everything before it. The
+A skip moves `expected` past s and drops everything before it. An NAK is
+answered with at most MAX_REPAIRS_PER_NAK repairs; one naming seqs far
+outside the sender's recent stream is refused whole (`nak-out-of-window`). The
 `known_end - s > buffer_size` rule uses the sender's buffer size, a
 cluster-wide setting: data further back than that can no longer be repaired,
 so waiting for it is pointless. The window per peer therefore never spans
@@ -74,6 +77,11 @@ MAX_PAYLOAD = 1400
 
 MAX_NAK_RANGES = 64
 """Ranges in one RbNak (12 bytes each on the wire, so a NAK stays small)."""
+
+MAX_REPAIRS_PER_NAK = 256
+"""Retransmissions one NAK can cause (about 360 kB): a receiver missing more
+gets the rest at its next NAK, nak_retry later, and a 60-byte NAK cannot make
+a node resend its whole buffer in one burst."""
 
 MAX_RANGE_SPAN = 1 << 20
 """Largest number of seqs one NAK range or RbLost window may cover; also the
@@ -207,6 +215,7 @@ class BroadcastStats:
     data_sent: int = 0
     retransmitted: int = 0
     repairs_suppressed: int = 0  # NAKed seqs not resent: already resent within the holdoff
+    repairs_deferred: int = 0  # NAKs that asked for more than MAX_REPAIRS_PER_NAK
     naks_sent: int = 0
     naks_suppressed: int = 0  # heard NAKs that postponed one of ours
     lost_sent: int = 0
@@ -268,6 +277,18 @@ class _Stream:
         return heap[0] if heap else None
 
     def drop_before(self, target: int) -> None:
+        """Forget held data and gaps before `target`; costs what it drops
+        (walking the seqs) or the window (filtering), whichever is smaller."""
+        span = seq_sub(target, self.expected)
+        if span <= 0:
+            return
+        if span <= len(self.held) + len(self.gaps):
+            seq = self.expected
+            for _ in range(span):
+                self.held.pop(seq, None)
+                self.remove_gap(seq)
+                seq = seq_add(seq, 1)
+            return
         self.held = {s: p for s, p in self.held.items() if not seq_lt(s, target)}
         self.gaps = {s: g for s, g in self.gaps.items() if not seq_lt(s, target)}
         self._dues = {}
@@ -489,30 +510,48 @@ class ReliableBroadcast:
     def _answer_nak(self, source: NodeId, msg: RbNak, now: float) -> None:
         first = self.first_available
         count = len(self._sent)
+        ranges = list(msg.seq_ranges())
+        # Every range must lie in what this stream can have sent recently:
+        # from MAX_RANGE_SPAN before the buffer up to next_seq. A range far
+        # outside (up to 2**31 away, where serial order is undefined) is not
+        # a receiver's honest gap: the whole NAK is refused, no resync.
+        for start, end in ranges:
+            if not -MAX_RANGE_SPAN <= seq_sub(start, first) <= count:
+                self.stats.drop("nak-out-of-window")
+                return
+            if seq_sub(end, first) >= count:
+                self.stats.drop("nak-beyond-next-seq")
         lost_from: int | None = None
-        for start, end in msg.seq_ranges():
+        budget = MAX_REPAIRS_PER_NAK
+        for start, end in ranges:
             lo = seq_sub(start, first)
             hi = lo + seq_sub(end, start)
             if lo < 0 and lost_from is None:
                 lost_from = start
-            if hi >= count:
-                self.stats.drop("nak-beyond-next-seq")
             for i in range(max(lo, 0), min(hi, count - 1) + 1):
-                self._retransmit(seq_add(first, i), now)
+                if budget == 0:
+                    # The rest waits for the receiver's next NAK (nak_retry
+                    # later): repairs are paced instead of one burst that
+                    # blocks this loop and floods the sync network.
+                    self.stats.repairs_deferred += 1
+                    break
+                budget -= self._retransmit(seq_add(first, i), now)
         if lost_from is not None:
             self._report_lost(source, lost_from, now)
         if len(self._repaired_at) > 4096:
             self._prune_repairs(now)
 
-    def _retransmit(self, seq: int, now: float) -> None:
+    def _retransmit(self, seq: int, now: float) -> int:
+        """Queue a repair of `seq`; 1 if queued, 0 if suppressed."""
         last = self._repaired_at.get(seq)
         if last is not None and now - last < self._repair_holdoff:
             # repair suppression: several receivers NAKing one loss get one repair
             self.stats.repairs_suppressed += 1
-            return
+            return 0
         self._repaired_at[seq] = now
         self._out.append(RbData(seq, self._sent[seq]))
         self.stats.retransmitted += 1
+        return 1
 
     def _report_lost(self, source: NodeId, lost_from: int, now: float) -> None:
         if self._lost_sent_at is None or now - self._lost_sent_at >= self._repair_holdoff:
@@ -520,6 +559,12 @@ class ReliableBroadcast:
             self._out.append(RbLost(self.first_available, self._next_seq))
             self.stats.lost_sent += 1
         # Data lost from before the last resync point is covered by that resync.
+        # A resync point that fell out of the NAKable range is forgotten, so the
+        # comparison below is always between seqs less than 2**31 apart.
+        if self._resync_point is not None and not (
+            -MAX_RANGE_SPAN <= seq_sub(self._resync_point, self.first_available) <= len(self._sent)
+        ):
+            self._resync_point = None
         if self._resync_point is None or not seq_lt(lost_from, self._resync_point):
             self._resync_point = self._next_seq
             self.stats.out_of_sync += 1
@@ -537,8 +582,18 @@ class ReliableBroadcast:
     ) -> None:
         """Seqs up to `new_end` exist: the ones not yet seen become gaps."""
         if seq_sub(new_end, st.expected) > self._buffer_size:
-            # The sender's buffer no longer holds anything before this point.
-            self._skip_to(peer, st, seq_add(new_end, -self._buffer_size))
+            # Some of what lies before `new_end` has left the sender's buffer:
+            # the stream cannot be repaired, so the layer above resyncs (the
+            # OutOfSync raised here), and that resync covers every seq sent
+            # before now. Skip straight to the newest seq, once: waiting at
+            # the old window edge instead would NAK seqs the resync makes
+            # moot and move the window (and raise OutOfSync) again with every
+            # later datagram, the storm after a long sync outage.
+            target = new_end if exclude is None else exclude
+            self._skip_to(peer, st, target)
+            if exclude is not None:
+                st.known_end = new_end
+                return  # `exclude` (the data in hand) is the next to deliver
         # One backoff for all gaps found at once, so that they are NAKed together.
         due = now + self._rng.random() * self._nak_backoff
         s = st.known_end

@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from availability_manager.broadcast import (
     MAX_NAK_RANGES,
     MAX_PAYLOAD,
+    MAX_RANGE_SPAN,
+    MAX_REPAIRS_PER_NAK,
+    SEQ_HALF,
     SEQ_MASK,
     Delivered,
     OutOfSync,
@@ -409,9 +412,87 @@ def test_receiver_skips_a_gap_larger_than_the_buffer() -> None:
     b.peer_up(A, 0, 0.0)
     b.receive(RbData(10, b"x"), A, 0.0)
     assert b.next_event() == OutOfSync(A, "receiver")
-    assert b.expected_seq(A) == 7
-    assert b.missing_count(A) == 3  # 7, 8, 9 may still be repaired
+    # The resync that OutOfSync starts covers 0..9: none of them is NAKed.
+    assert b.next_event() == Delivered(A, 10, b"x")
+    assert b.expected_seq(A) == 11
+    assert b.missing_count(A) == 0 and b.next_timer() is None
     assert b.stats.out_of_sync == 1
+
+
+def test_heal_after_a_long_outage_skips_once_not_per_datagram() -> None:
+    """Issue 18.1: a peer 25,000 payloads ahead at the heal (window 16,384).
+    Before: every later datagram moved the window by one, each a new
+    OutOfSync (a forced resync request) and an O(window) rebuild."""
+    b = make(B, buffer_size=16384)
+    b.peer_up(A, 0, 0.0)
+    for seq in range(25_000, 25_200):
+        b.receive(RbData(seq, b"d"), A, 0.001)
+    events = []
+    while (ev := b.next_event()) is not None:
+        events.append(ev)
+    assert [e for e in events if isinstance(e, OutOfSync)] == [OutOfSync(A, "receiver")]
+    assert [e.seq for e in events if isinstance(e, Delivered)] == list(range(25_000, 25_200))
+    assert b.missing_count(A) == 0 and b.stats.out_of_sync == 1
+    b.handle_timer(1.0)
+    assert b.messages_to_send(1.0) == []  # nothing to NAK: the resync covers it
+
+
+def test_a_heartbeat_far_ahead_skips_once_too() -> None:
+    b = make(B, buffer_size=8)
+    b.peer_up(A, 0, 0.0)
+    b.observe_next_seq(A, 100, 0.0)
+    assert b.next_event() == OutOfSync(A, "receiver")
+    assert b.expected_seq(A) == 100 and b.missing_count(A) == 0
+    b.receive(RbData(100, b"x"), A, 0.0)
+    assert b.next_event() == Delivered(A, 100, b"x")
+    assert b.next_event() is None
+
+
+def test_one_nak_causes_a_bounded_number_of_repairs() -> None:
+    """Issue 18.2: a 60-byte NAK made a node resend its whole buffer at once."""
+    a = make(A, buffer_size=16384, initial_seq=0)
+    a.peer_up(B, 0, 0.0)
+    for _ in range(16384):
+        a.send(b"p", 0.0)
+    a.messages_to_send(0.0)
+    a.receive(RbNak(A, (pack_range(0, 16383),)), B, 0.1)
+    repairs = a.messages_to_send(0.1)
+    assert len(repairs) == MAX_REPAIRS_PER_NAK
+    assert [m.seq for m in repairs if isinstance(m, RbData)] == list(range(MAX_REPAIRS_PER_NAK))
+    assert a.stats.repairs_deferred == 1
+    # the receiver's next NAK (still naming everything) gets the next share
+    a.receive(RbNak(A, (pack_range(0, 16383),)), B, 0.2)
+    again = [m.seq for m in a.messages_to_send(0.2) if isinstance(m, RbData)]
+    assert len(again) == MAX_REPAIRS_PER_NAK
+
+
+@pytest.mark.parametrize("offset", [SEQ_HALF, SEQ_HALF - 1, SEQ_HALF + 1, MAX_RANGE_SPAN + 10])
+def test_a_nak_far_outside_the_stream_is_refused_and_starts_no_resync(offset: int) -> None:
+    """Issue 18.2: a NAK 2**31 away from the resync point defeated the
+    de-duplication of resyncs (serial order is undefined there)."""
+    a = make(A, buffer_size=4, initial_seq=1000)
+    a.peer_up(B, 0, 0.0)
+    for _ in range(8):
+        a.send(b"p", 0.0)
+    a.messages_to_send(0.0)
+    bogus = (a.first_available - offset) & SEQ_MASK
+    for t in (0.1, 0.2, 0.3):
+        a.receive(RbNak(A, (pack_range(bogus, bogus),)), B, t)
+        assert a.messages_to_send(t) == []
+    assert a.next_event() is None and a.stats.out_of_sync == 0
+    assert a.stats.dropped["nak-out-of-window"] == 3
+
+
+def test_repeated_naks_for_lost_data_start_one_resync() -> None:
+    a = make(A, buffer_size=4, initial_seq=1000)
+    a.peer_up(B, 0, 0.0)
+    for _ in range(8):
+        a.send(b"p", 0.0)
+    a.messages_to_send(0.0)
+    for t in (0.1, 0.2, 0.3, 0.4):
+        a.receive(RbNak(A, (pack_range(1001, 1001),)), B, t)  # left the buffer
+    assert a.next_event() == OutOfSync(B, "sender")
+    assert a.next_event() is None and a.stats.out_of_sync == 1
 
 
 def test_receiver_gives_up_after_max_naks_and_goes_on() -> None:
