@@ -86,6 +86,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
                 cfg.sync.port + 1,
                 "multicast",
                 group=ZONE_HEARTBEAT_GROUP,
+                link_only=True,  # customer-facing links: heartbeats from the link only
             )
             for z in cfg.zones
         ]

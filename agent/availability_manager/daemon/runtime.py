@@ -455,6 +455,7 @@ class Runtime:
         stats.update(self.counters)
         stats["sync_send_errors"] = self.sync.send_errors
         stats["zone_send_errors"] = sum(zs.send_errors for zs in self.zone_sockets)
+        stats["zone_filtered"] = sum(sum(zs.filtered.values()) for zs in self.zone_sockets)
         stats["links_up"] = bool(self._links_up)
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable

@@ -22,6 +22,14 @@ from collections.abc import Sequence
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 RCVBUF = 4 * 1024 * 1024
+# Linux values; Python 3.11's socket module does not name them.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+# Zone heartbeats are sent with TTL 255 and accepted only with TTL 255: a
+# datagram that crossed a router arrives with less, so only a sender on the
+# link itself can be heard (the GTSM rule, RFC 5082).
+LINK_TTL = 255
+_CMSG_SPACE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4)
 
 
 ZONE_HEARTBEAT_GROUP = ipaddress.IPv4Address("239.255.77.2")
@@ -37,7 +45,11 @@ class SyncSocket:
         group: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
         peers: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
         broadcast: ipaddress.IPv4Address | None = None,
+        link_only: bool = False,
     ) -> None:
+        """`link_only` (zone heartbeat sockets, IPv4 multicast): receive only
+        datagrams sent to the group (not unicast to an address of this
+        node) with TTL 255; the others are counted in `filtered`."""
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -56,7 +68,12 @@ class SyncSocket:
                     out_if = struct.pack("=4s4si", bytes(4), bytes(4), ifindex)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, out_if)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+                    sock.setsockopt(
+                        socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, LINK_TTL if link_only else 1
+                    )
+                    if link_only:
+                        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                        sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
                 else:
                     sock.bind(("", port))
                     mreq6 = group.packed + struct.pack("@I", ifindex)
@@ -81,8 +98,14 @@ class SyncSocket:
         except BaseException:
             sock.close()
             raise
+        if link_only and (transport != "multicast" or family != socket.AF_INET):
+            sock.close()
+            raise ValueError("link_only needs the IPv4 multicast transport")
         self.sock = sock
         self.send_errors = 0
+        self.link_only = link_only
+        self._group = group.packed if group is not None else b""
+        self.filtered: dict[str, int] = {}
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -97,6 +120,8 @@ class SyncSocket:
                 self.send_errors += 1
 
     def receive_all(self, limit: int = 256) -> list[bytes]:
+        if self.link_only:
+            return self._receive_link_only(limit)
         out = []
         for _ in range(limit):
             try:
@@ -107,6 +132,40 @@ class SyncSocket:
                 break
             out.append(data)
         return out
+
+    def _receive_link_only(self, limit: int) -> list[bytes]:
+        out = []
+        for _ in range(limit):
+            try:
+                data, ancdata, _flags, _addr = self.sock.recvmsg(65535, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            reason = self._refusal(ancdata)
+            if reason is None:
+                out.append(data)
+            else:
+                self.filtered[reason] = self.filtered.get(reason, 0) + 1
+        return out
+
+    def _refusal(self, ancdata: list[tuple[int, int, bytes]]) -> str | None:
+        """Why a zone datagram is refused, from its IP header's destination
+        and TTL (ancillary data), or None to accept it."""
+        destination: bytes | None = None
+        ttl: int | None = None
+        for level, kind, value in ancdata:
+            if level != socket.IPPROTO_IP:
+                continue
+            if kind == IP_PKTINFO and len(value) >= 12:
+                destination = value[8:12]  # struct in_pktinfo: ifindex, spec_dst, addr
+            elif kind == socket.IP_TTL and len(value) >= 4:
+                (ttl,) = struct.unpack("=i", value[:4])
+        if destination != self._group:
+            return "not-to-group"
+        if ttl != LINK_TTL:
+            return "ttl-not-255"
+        return None
 
     def close(self) -> None:
         self.sock.close()
