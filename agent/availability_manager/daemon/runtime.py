@@ -27,14 +27,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from .. import node_events as ev
 from ..connection import Connection
 from ..crypto import Keyring
 from ..ct_messages import Expectation
 from ..dataplane.base import DataPlane
-from ..node import Node, NodeConfig
+from ..dataplane.conntrack_netlink import EventsLost
+from ..node import Destination, Node, NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
@@ -124,6 +125,7 @@ def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeCon
         protocols=cfg.protocols,
         is_relevant=cluster_relevance(cfg),
         max_wire_version=cfg.max_wire_version,
+        zone_heartbeats=cfg.heartbeat.zone_heartbeats,
     )
 
 
@@ -277,9 +279,7 @@ class Runtime:
         now = self.loop.time()
         try:
             events = self.conntrack.read_events()
-        except Exception as exc:  # EventsLost and friends: the table is the truth
-            if type(exc).__name__ != "EventsLost":
-                raise
+        except EventsLost:  # the table is the truth: read it again
             self.counters["conntrack_redumps"] += 1
             log.warning("conntrack events lost: re-reading the table")
             self._kernel.submit(self._redump)
@@ -362,11 +362,12 @@ class Runtime:
         now = self.loop.time()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
-        for datagram in self.node.datagrams_to_send(now):
-            self.sync.send(datagram)
-        for datagram in self.node.zone_datagrams_to_send():
-            for zs in self.zone_sockets:
-                zs.send(datagram)
+        for datagram, destination in self.node.datagrams_to_send(now):
+            if destination is Destination.SYNC:
+                self.sync.send(datagram)
+            else:
+                for zs in self.zone_sockets:
+                    zs.send(datagram)
         deadline = self.node.next_timer()
         if self._timer is not None:
             if deadline is not None and self._timer.when() == max(deadline, now):
@@ -376,7 +377,7 @@ class Runtime:
         if deadline is not None:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
-    def _perform(self, event: object) -> None:
+    def _perform(self, event: ev.NodeEvent) -> None:
         """Queue an event for the kernel worker; events keep their order.
 
         One exception waits: when the data plane must stop forwarding buckets,
@@ -388,38 +389,46 @@ class Runtime:
         if isinstance(event, ev.ActiveBucketsChanged) and event.removed:
             done.result()
 
-    def _perform_in_worker(self, event: object) -> None:
+    def _perform_in_worker(self, event: ev.NodeEvent) -> None:
         try:
             self._carry_out(event)
         except Exception:  # a kernel error must not stop later events silently
             self.counters["kernel_errors"] += 1
             log.exception("carrying out %s failed", type(event).__name__)
 
-    def _carry_out(self, event: object) -> None:
-        if isinstance(event, ev.InjectConnections):
-            done = self.conntrack.inject(list(event.conns)) if event.conns else 0
-            self.counters["injected"] += done
-            log.info("%s (%d written)", event.describe(), done)
-        elif isinstance(event, ev.InjectExpectations):
-            done = self.conntrack.inject_expectations(list(event.exps))
-            self.counters["injected_expectations"] += done
-            log.info("%s (%d written)", event.describe(), done)
-        elif isinstance(event, ev.ActiveBucketsChanged):
-            self.dataplane.set_owned_buckets(event.active)
-            log.info("%s", event.describe())
-        elif isinstance(event, ev.DeleteConnections):
-            done = self.conntrack.delete(list(event.conns)) if event.conns else 0
-            self.counters["deleted"] += done
-            log.info("%s (%d removed)", event.describe(), done)
-        elif isinstance(event, ev.Ready):
-            log.info("%s", event.describe())
-            self.notifier.ready(event.describe())
-        elif isinstance(event, ev.LeaveComplete):
-            log.info("%s", event.describe())
-            self.loop.call_soon_threadsafe(self._stop, "left")
-        else:
-            describe = getattr(event, "describe", None)
-            log.info("%s", describe() if describe else event)
+    def _carry_out(self, event: ev.NodeEvent) -> None:
+        match event:
+            case ev.InjectConnections():
+                done = self.conntrack.inject(list(event.conns)) if event.conns else 0
+                self.counters["injected"] += done
+                log.info("%s (%d written)", event.describe(), done)
+            case ev.InjectExpectations():
+                done = self.conntrack.inject_expectations(list(event.exps))
+                self.counters["injected_expectations"] += done
+                log.info("%s (%d written)", event.describe(), done)
+            case ev.ActiveBucketsChanged():
+                self.dataplane.set_owned_buckets(event.active)
+                log.info("%s", event.describe())
+            case ev.DeleteConnections():
+                done = self.conntrack.delete(list(event.conns)) if event.conns else 0
+                self.counters["deleted"] += done
+                log.info("%s (%d removed)", event.describe(), done)
+            case ev.Ready():
+                log.info("%s", event.describe())
+                self.notifier.ready(event.describe())
+            case ev.LeaveComplete():
+                log.info("%s", event.describe())
+                self.loop.call_soon_threadsafe(self._stop, "left")
+            case (
+                ev.OwnedBucketsChanged()
+                | ev.NodeUp()
+                | ev.NodeDown()
+                | ev.PeerRefused()
+                | ev.OutOfSync()
+            ):
+                log.info("%s", event.describe())  # the data plane follows ActiveBucketsChanged
+            case _:
+                assert_never(event)
 
     def _stop(self, reason: str) -> None:
         if not self._stopped.done():

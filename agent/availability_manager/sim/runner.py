@@ -19,17 +19,24 @@ import hashlib
 import random
 import re
 from collections.abc import Callable
+from typing import assert_never
 
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
-from ..node import Node, NodeConfig
+from ..node import Destination, Node, NodeConfig
 from ..node_events import (
     ActiveBucketsChanged,
     DeleteConnections,
     InjectConnections,
+    InjectExpectations,
     LeaveComplete,
+    NodeDown,
+    NodeEvent,
+    NodeUp,
+    OutOfSync,
     OwnedBucketsChanged,
+    PeerRefused,
     Ready,
 )
 from ..types import ClusterSettings, NodeId
@@ -354,8 +361,10 @@ class Cluster:
                 sim.kernel.table,
                 now,
             )
-        for datagram in node.datagrams_to_send(now):
-            self.network.broadcast(sim.node_id, datagram)
+        for datagram, destination in node.datagrams_to_send(now):
+            if destination is Destination.SYNC:
+                self.network.broadcast(sim.node_id, datagram)
+            # no zone links simulated yet: its nodes make no zone copies
         if sim.stop_requested:
             self._stop_after_leave(sim)  # after its last datagrams went out
             return
@@ -375,35 +384,41 @@ class Cluster:
             sim.timer_at = deadline
             self.scheduler.at(deadline, self._timer(sim, sim.timer_token))
 
-    def _perform(self, sim: SimNode, event: object, claimed_now: set[int]) -> None:
+    def _perform(self, sim: SimNode, event: NodeEvent, claimed_now: set[int]) -> None:
         now = self.now
-        describe = getattr(event, "describe", None)
-        if describe is not None:
-            self.log(sim.name, describe())
-        if isinstance(event, InjectConnections):
-            sim.kernel.inject(event, now)
-        elif isinstance(event, OwnedBucketsChanged):
-            claimed, released = sim.kernel.program(event, now)
-            claimed_now.update(claimed)
-            if not sim.offline:
-                self.invariants.programmed(sim.node_id, claimed, released, now)
-        elif isinstance(event, DeleteConnections):
-            sim.kernel.delete(event)
-        elif isinstance(event, ActiveBucketsChanged):
-            added = sim.kernel.set_active(event.active)
-            if not sim.offline:
-                others = [
-                    s.kernel.active
-                    for s in self.nodes.values()
-                    if s is not sim and s.alive and not s.offline
-                ]
-                self.invariants.report.double_forwarding += sum(
-                    1 for b in added if any(b in other for other in others)
-                )
-        elif isinstance(event, Ready):
-            sim.ready = True
-        elif isinstance(event, LeaveComplete):
-            sim.stop_requested = True
+        self.log(sim.name, event.describe())
+        match event:
+            case InjectConnections():
+                sim.kernel.inject(event, now)
+            case OwnedBucketsChanged():
+                claimed, released = sim.kernel.program(event, now)
+                claimed_now.update(claimed)
+                if not sim.offline:
+                    self.invariants.programmed(sim.node_id, claimed, released, now)
+            case DeleteConnections():
+                sim.kernel.delete(event)
+            case ActiveBucketsChanged():
+                self._activate(sim, event)
+            case Ready():
+                sim.ready = True
+            case LeaveComplete():
+                sim.stop_requested = True
+            case InjectExpectations() | NodeUp() | NodeDown() | PeerRefused() | OutOfSync():
+                pass  # the simulated kernel keeps no expectations; the rest is news
+            case _:
+                assert_never(event)
+
+    def _activate(self, sim: SimNode, event: ActiveBucketsChanged) -> None:
+        added = sim.kernel.set_active(event.active)
+        if not sim.offline:
+            others = [
+                s.kernel.active
+                for s in self.nodes.values()
+                if s is not sim and s.alive and not s.offline
+            ]
+            self.invariants.report.double_forwarding += sum(
+                1 for b in added if any(b in other for other in others)
+            )
 
     def _count_unsynced(self, sim: SimNode) -> None:
         """Report-only: connections of a dying node that no other live node knows."""
