@@ -63,11 +63,9 @@ Node adds what makes the claimer *know* the entries:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import random
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, assert_never
 
 from . import node_events as ev
@@ -97,7 +95,6 @@ from .broadcast import (
 from .broadcast import OutOfSync as RbOutOfSync
 from .connection import Connection
 from .conntrack_sync import (
-    SYNCED_PROTOCOLS,
     ConntrackSync,
     ConntrackSyncEvent,
     DigestMismatch,
@@ -114,6 +111,9 @@ from .ct_messages import (
     Expectation,
     encode_ct,
 )
+from .node_config import NodeConfig
+from .node_stats import layer_stats
+from .packing import pack
 from .ranges import (
     Claim,
     RangeDistribution,
@@ -123,79 +123,12 @@ from .ranges import (
     Stable,
     Unstable,
 )
-from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
-
-JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
+from .types import NodeId, format_node_id
 
 # What a sync datagram may carry at its top level (CT messages travel inside
 # RbData payloads); anything else is counted and dropped.
 DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeConfig:
-    """Everything a Node is built from. Validated on construction."""
-
-    node_id: NodeId
-    settings: ClusterSettings
-    keyring: Keyring
-    incarnation: int
-    initial_counter: int
-    heartbeat_interval: float = 0.05
-    heartbeat_misses: int = 3
-    weight: int = 1
-    protocols: frozenset[int] = SYNCED_PROTOCOLS
-    is_relevant: Callable[[Connection], bool] | None = None  # default: by `protocols`
-    release_rule: str = "after-claim"  # "immediate" only for the simulator's bad variant
-    join_timeout: float = JOIN_TIMEOUT
-    forget_after: float = 60.0  # seconds a dead peer's cache is kept
-    # The highest wire version this node speaks: below wire.WIRE_VERSION only
-    # to run exactly as an older release does (rolling-upgrade tests).
-    max_wire_version: int = wire.WIRE_VERSION
-    # Send a copy of every heartbeat (and range state) to the zone links too
-    # (Destination.ZONES): costs a second AEAD operation per heartbeat, so
-    # only when the driver has zone links to send it on.
-    zone_heartbeats: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.node_id <= MAX_NODE_ID:
-            raise ValueError(f"node_id must be a 32-bit unsigned integer, got {self.node_id}")
-        if not 0 <= self.incarnation < 1 << 64:
-            raise ValueError(f"incarnation must be a u64, got {self.incarnation}")
-        if not 0 <= self.initial_counter < 1 << 64:
-            raise ValueError(f"initial_counter must be a u64, got {self.initial_counter}")
-        if not 0.001 <= self.heartbeat_interval <= 10.0:
-            raise ValueError(
-                f"heartbeat_interval must be 0.001..10 s, got {self.heartbeat_interval}"
-            )
-        if not 1 <= self.heartbeat_misses <= 100:
-            raise ValueError(f"heartbeat_misses must be 1..100, got {self.heartbeat_misses}")
-        if not 1 <= self.weight <= 1000:
-            raise ValueError(f"weight must be 1..1000, got {self.weight}")
-        if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
-            raise ValueError("protocols must be a non-empty set of IP protocol numbers")
-        if self.release_rule not in ("after-claim", "immediate"):
-            raise ValueError(
-                f"release_rule must be after-claim or immediate, not {self.release_rule!r}"
-            )
-        if self.join_timeout <= 0 or self.forget_after <= 0:
-            raise ValueError("join_timeout and forget_after must be positive")
-        if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
-            raise ValueError(
-                f"max_wire_version must be {wire.WIRE_VERSION_MIN}..{wire.WIRE_VERSION}, "
-                f"got {self.max_wire_version}"
-            )
-
-    def relevance(self) -> Callable[[Connection], bool]:
-        if self.is_relevant is not None:
-            return self.is_relevant
-        protocols = frozenset(self.protocols)
-
-        def relevant(conn: Connection) -> bool:
-            return conn.proto in protocols  # related (EXPECTED) ones too: conntrack_sync
-
-        return relevant
 
 
 class Destination(enum.Enum):
@@ -595,50 +528,18 @@ class Node:
         return {c.key: c for c in self._sync.local_entries()}
 
     def stats(self) -> dict[str, int]:
-        """A flat dict of counters and gauges for metrics."""
-        out: dict[str, int] = dict(self._counters)
-        for reason, count in self._encryption.drops.items():
-            out[f"drop_{reason}"] = out.get(f"drop_{reason}", 0) + count
-        out["datagrams_sealed"] = self._encryption.sealed
-        out["datagrams_opened"] = self._encryption.opened
-        av = self._availability.stats
-        out["heartbeats_sent"] = av.get("heartbeats_sent", 0)
-        out["heartbeats_received"] = av.get("heartbeats_received", 0)
-        out["heartbeats_stale"] = av.get("stale", 0)
-        out["peers_refused"] = av.get("refused", 0)
-        rb = self._broadcast.stats
-        out["rb_data_sent"] = rb.data_sent
-        out["rb_retransmitted"] = rb.retransmitted
-        out["rb_repairs_suppressed"] = rb.repairs_suppressed
-        out["naks"] = rb.naks_sent
-        out["naks_suppressed"] = rb.naks_suppressed
-        out["rb_lost_sent"] = rb.lost_sent
-        out["rb_delivered"] = rb.delivered
-        out["rb_duplicates"] = rb.duplicates
-        out["out_of_sync"] = rb.out_of_sync
-        out["rb_buffered"] = self._broadcast.buffered
-        out["drop_rb-unknown-peer"] = rb.dropped_unknown_peer
-        for reason, count in rb.dropped.items():
-            out[f"drop_rb-{reason}"] = count
-        ct = self._sync.stats
-        out["resyncs"] = sum(ct.resyncs.values())
-        out["resync_requests"] = sum(ct.resync_requests.values())
-        out["digest_mismatches"] = ct.digest_mismatches
-        out["ct_unknown_updates"] = ct.unknown_updates
-        out["ct_unknown_deletes"] = ct.unknown_deletes
-        out["ct_stale_dropped"] = ct.stale_dropped
-        for reason, count in ct.rejected.items():
-            out[f"drop_ct-{reason}"] = count
-        out["local_entries"] = ct.local_entries
-        out["cache_entries"] = sum(ct.cache_sizes.values())
-        out["cached_peers"] = len(ct.cache_sizes)
+        """A flat dict of counters and gauges for metrics (node_stats.py)."""
+        out = layer_stats(
+            self._counters,
+            self._encryption,
+            self._availability,
+            self._broadcast,
+            self._sync,
+            self._ranges,
+        )
         out["owned_buckets"] = len(self._owned)
-        out["wire_version"] = self._sync.wire_version
-        out["members"] = len(self._ranges.members())
         out["stable"] = int(self._stable)
         out["ready"] = int(self._ready)
-        for name, count in self._ranges.stats.items():
-            out[f"ranges_{name}"] = count
         return out
 
     # -- the glue ----------------------------------------------------------------------
@@ -904,22 +805,3 @@ def _dispatch_rank(msg: DatagramMessage) -> int:
     if isinstance(msg, RangeState):
         return 2
     return 1
-
-
-def pack(encoded: list[bytes], limit: int) -> list[bytes]:
-    """Concatenate encoded messages, in order, into as few chunks of at most
-    `limit` bytes as a greedy fill gives (each message must fit on its own)."""
-    chunks: list[bytes] = []
-    current: list[bytes] = []
-    size = 0
-    for item in encoded:
-        if len(item) > limit:
-            raise ValueError(f"message of {len(item)} bytes exceeds the limit {limit}")
-        if size + len(item) > limit and current:
-            chunks.append(b"".join(current))
-            current, size = [], 0
-        current.append(item)
-        size += len(item)
-    if current:
-        chunks.append(b"".join(current))
-    return chunks

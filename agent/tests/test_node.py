@@ -25,7 +25,9 @@ from availability_manager.connection import (
     make_tuple,
 )
 from availability_manager.crypto import Keyring
-from availability_manager.node import Destination, Node, NodeConfig, pack
+from availability_manager.node import Destination, Node
+from availability_manager.node_config import NodeConfig
+from availability_manager.packing import pack
 from availability_manager.types import ClusterSettings, node_id_from_address
 
 BUCKETS = 32

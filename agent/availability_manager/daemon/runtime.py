@@ -35,7 +35,8 @@ from ..crypto import Keyring
 from ..ct_messages import Expectation
 from ..dataplane.base import DataPlane
 from ..dataplane.conntrack_netlink import EventsLost
-from ..node import Destination, Node, NodeConfig
+from ..node import Destination, Node
+from ..node_config import NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer

@@ -25,7 +25,8 @@ from typing import assert_never
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
-from ..node import Destination, Node, NodeConfig
+from ..node import Destination, Node
+from ..node_config import NodeConfig
 from ..node_events import (
     ActiveBucketsChanged,
     DeleteConnections,
