@@ -66,7 +66,7 @@ import collections
 import enum
 import random
 from collections import deque
-from typing import Protocol, assert_never
+from typing import assert_never
 
 from . import node_events as ev
 from . import wire
@@ -140,14 +140,6 @@ class Destination(enum.Enum):
     ZONES = "zones"
 
 
-class NodeObserver(Protocol):
-    """Optional hook for test drivers (the simulator's FIFO invariant)."""
-
-    def delivered(self, sender: NodeId, seq: int) -> None: ...
-
-    def stream_reset(self, sender: NodeId) -> None: ...
-
-
 class Node:
     """One cluster node's protocol stack (see the module docstring)."""
 
@@ -169,13 +161,7 @@ class Node:
             now=now,
         )
         self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
-        self._ranges = RangeDistribution(
-            config.node_id,
-            settings.buckets,
-            settings.hash_seed,
-            now=now,
-            release_rule=config.release_rule,
-        )
+        self._ranges = self._new_ranges(config, now)
         self._sync = ConntrackSync(
             config.node_id,
             settings.buckets,
@@ -196,27 +182,23 @@ class Node:
         self._join_timer = self._join_at  # then the deadline: tables are awaited by events
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
-        # Handover safety (module docstring). Releasing a bucket to a peer
-        # deletes our entries of it, so the peer must hold them first:
-        # 1. we withhold our RangeState while we wait for the whole table of a
-        #    peer that came up (deadline per peer), so nobody releases to us
-        #    before we hold their entries;
-        # 2. a peer's RangeState is applied only once everything it sent
-        #    before it was delivered (no gap in its stream), and
-        # 3. not while we still owe that peer our table (it came up, or asked
-        #    for a resync): FIFO then puts our table before our DELETEs.
-        self._awaiting_table: dict[NodeId, float] = {}  # peer -> give-up time
+        # The state of the handover safety rules 1-3 (module docstring):
+        self._awaiting_table: dict[NodeId, float] = {}  # rule 1: peer -> give-up time
+        self._table_owed: set[NodeId] = set()  # rule 3: peers that lack our table
+        self._deferred_claims: dict[NodeId, RangeState] = {}  # rules 2, 3: applied later
         self._down_since: dict[NodeId, float] = {}  # dead peers whose cache we keep
-        self._table_owed: set[NodeId] = set()
-        self._deferred_claims: dict[NodeId, RangeState] = {}
         self._range_state_pending = False  # send ours as soon as rule 1 allows
         self._leaving = False
         self._left = False
         self._draining = False
-        self.observer: NodeObserver | None = None
         self._counters: collections.Counter[str] = collections.Counter()
         self._active: frozenset[int] = frozenset()
         self._active_dirty = False  # the claims may have changed since _refresh_active
+
+    def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
+        """The range distribution; a test driver's subclass may build a variant."""
+        settings = config.settings
+        return RangeDistribution(config.node_id, settings.buckets, settings.hash_seed, now=now)
 
     # -- datagrams in ------------------------------------------------------------
 
@@ -430,7 +412,7 @@ class Node:
             self._table_owed.clear()
 
     def _claim_must_wait(self, peer: NodeId) -> bool:
-        """Rules 2 and 3 of handover safety (see __init__)."""
+        """Rules 2 and 3 of handover safety (module docstring)."""
         return (
             peer in self._table_owed
             or self._broadcast.missing_count(peer) > 0
@@ -475,6 +457,8 @@ class Node:
         return tuple(self._ranges.owners())
 
     def phase(self) -> str:
+        """The lifecycle phase (module docstring): joining, member, draining,
+        leaving or left."""
         if self._left:
             return "left"
         if self._leaving:
@@ -482,14 +466,6 @@ class Node:
         if not self._joined:
             return "joining"
         return "draining" if self._draining else "member"
-
-    def state_name(self) -> str:
-        """The lifecycle phase, for status output (an alias of `phase`)."""
-        return self.phase()
-
-    def is_stable(self) -> bool:
-        """Every member owns exactly its aim and all agree on the membership."""
-        return self._stable
 
     def connection_counts(self) -> dict[str, object]:
         """Entries per table: our own and each peer's cache (alive or dead)."""
@@ -512,6 +488,7 @@ class Node:
 
     @property
     def stable(self) -> bool:
+        """Every member owns exactly its aim and all agree on the membership."""
         return self._stable
 
     def known_keys(self) -> frozenset[bytes]:
@@ -608,8 +585,6 @@ class Node:
     def _peer_up(self, event: AvNodeUp, now: float) -> None:
         peer = event.node
         self._broadcast.peer_up(peer, event.rb_next_seq, now)
-        if self.observer is not None:
-            self.observer.stream_reset(peer)
         self._sync.peer_up(peer, now)
         # Its table may have started before we listened to its stream: ask for it.
         self._sync.out_of_sync(peer, "receiver", now)
@@ -624,8 +599,6 @@ class Node:
     def _peer_down(self, event: AvNodeDown, now: float) -> None:
         peer = event.node
         self._broadcast.peer_down(peer, now)
-        if self.observer is not None:
-            self.observer.stream_reset(peer)
         self._sync.peer_down(peer, now)
         self._ranges.peer_down(peer, now)
         self._active_dirty = True
@@ -642,16 +615,12 @@ class Node:
             case Delivered():
                 self._on_delivered(event, now)
             case RbOutOfSync():
-                if event.role == "receiver" and self.observer is not None:
-                    self.observer.stream_reset(event.peer)
                 self._sync.out_of_sync(event.peer, event.role, now)
                 self._events.append(ev.OutOfSync(peer=event.peer))
             case _:
                 assert_never(event)
 
     def _on_delivered(self, event: Delivered, now: float) -> None:
-        if self.observer is not None:
-            self.observer.delivered(event.source, event.seq)
         try:
             messages = wire.decode_messages(event.payload)
         except wire.WireError as exc:

@@ -28,7 +28,6 @@ class NodeConfig:
     weight: int = 1
     protocols: frozenset[int] = SYNCED_PROTOCOLS
     is_relevant: Callable[[Connection], bool] | None = None  # default: by `protocols`
-    release_rule: str = "after-claim"  # "immediate" only for the simulator's bad variant
     join_timeout: float = JOIN_TIMEOUT
     forget_after: float = 60.0  # seconds a dead peer's cache is kept
     # The highest wire version this node speaks: below wire.WIRE_VERSION only
@@ -56,10 +55,6 @@ class NodeConfig:
             raise ValueError(f"weight must be 1..1000, got {self.weight}")
         if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
             raise ValueError("protocols must be a non-empty set of IP protocol numbers")
-        if self.release_rule not in ("after-claim", "immediate"):
-            raise ValueError(
-                f"release_rule must be after-claim or immediate, not {self.release_rule!r}"
-            )
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:

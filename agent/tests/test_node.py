@@ -415,7 +415,6 @@ def test_pack_keeps_order_and_limit() -> None:
         {"heartbeat_misses": 0},
         {"weight": 0},
         {"protocols": frozenset()},
-        {"release_rule": "never"},
     ],
 )
 def test_config_is_validated(bad: dict[str, object]) -> None:
@@ -432,7 +431,7 @@ def test_status_views_and_key_rotation_at_runtime(three: Cluster) -> None:
         "192.0.2.2": {"entries": 1, "alive": True},
         "192.0.2.3": {"entries": 0, "alive": True},
     }
-    assert a.node.state_name() == "member" and a.node.is_stable()
+    assert a.node.phase() == "member" and a.node.stable
     assert a.node.stats()["ready"] == 1
     # Rotation: everyone accepts the new key, then B sends with it.
     both = KEYRING.with_key(1, bytes(32 * [9]))

@@ -15,6 +15,7 @@ from availability_manager.sim.network import LinkProfile, Network
 from availability_manager.sim.run import run_scenario
 from availability_manager.sim.runner import SimOptions
 from availability_manager.sim.scenarios import SCENARIOS
+from availability_manager.sim.variants import ImmediateRelease
 
 pytestmark = pytest.mark.sim
 
@@ -72,11 +73,11 @@ def test_replay_of_a_seed_is_identical() -> None:
 
 
 def test_known_bad_immediate_release_opens_holes() -> None:
-    """ranges' release_rule="immediate" drops buckets before anyone claims them."""
+    """ImmediateRelease drops buckets before anyone claims them."""
     rules = {
         v.rule
         for seed in range(4)
-        for v in run_scenario("join", seed, options=SimOptions(release_rule="immediate")).violations
+        for v in run_scenario("join", seed, options=SimOptions(ranges=ImmediateRelease)).violations
     }
     assert "hole" in rules
 

@@ -469,11 +469,11 @@ class Runtime:
         stats = self.stats()
         return {
             "node_id": me,
-            "state": self.node.state_name(),
+            "state": self.node.phase(),
             "backend": self.cfg.cluster.backend,
             "buckets": self.cfg.cluster.buckets,
             "ready": bool(stats.get("ready", False)),
-            "stable": bool(self.node.is_stable()),
+            "stable": self.node.stable,
             "owned": sorted(self.node.owned_buckets()),
             "active": sorted(self.node.active_buckets()),
             "members": member_list,
@@ -488,18 +488,18 @@ class Runtime:
                 raise ControlError("the node is leaving")
             self.node.drain(self.loop.time())
             self._pump()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def join(_req: Any) -> dict[str, Any]:
             if self._leaving:
                 raise ControlError("the node is leaving")
             self.node.undrain(self.loop.time())
             self._pump()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def leave(_req: Any) -> dict[str, Any]:
             self.request_leave()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def connections(_req: Any) -> dict[str, Any]:
             return self.node.connection_counts()

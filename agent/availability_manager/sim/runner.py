@@ -25,7 +25,7 @@ from typing import assert_never
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
-from ..node import Destination, Node
+from ..node import Destination
 from ..node_config import NodeConfig
 from ..node_events import (
     ActiveBucketsChanged,
@@ -41,12 +41,14 @@ from ..node_events import (
     PeerRefused,
     Ready,
 )
+from ..ranges import RangeDistribution
 from ..types import ClusterSettings, NodeId
 from .clock import Scheduler
 from .invariants import Invariants, Violation
 from .kernel import Kernel
 from .names import node_address, node_name
 from .network import LinkProfile, Network
+from .variants import ObservedNode
 from .workload import Workload, WorkloadProfile
 
 _ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
@@ -58,7 +60,8 @@ MAX_SPINS = 10_000
 @dataclasses.dataclass(frozen=True)
 class SimOptions:
     buckets: int = 64
-    release_rule: str = "after-claim"  # "immediate" is the known-bad variant
+    # the range distribution the nodes run: variants.ImmediateRelease is known-bad
+    ranges: type[RangeDistribution] = RangeDistribution
     drop_injections: bool = False  # known-bad variant: the driver never injects
     heartbeat_interval: float = 0.05
     heartbeat_misses: int = 3
@@ -73,7 +76,7 @@ class SimNode:
 
     node_id: NodeId
     kernel: Kernel
-    node: Node | None = None
+    node: ObservedNode | None = None
     incarnation: int = 0
     isolated: bool = False  # fully partitioned: no sync and no data-plane traffic
     links_down: bool = False  # its own data-plane links are down (sync still works)
@@ -193,12 +196,17 @@ class Cluster:
             heartbeat_interval=self.options.heartbeat_interval,
             heartbeat_misses=self.options.heartbeat_misses,
             weight=weight,
-            release_rule=self.options.release_rule,
             zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
-        sim.node = Node(config, rng, self.now)
-        sim.node.observer = _DeliveryObserver(self.invariants, node_id, self)
+        sim.node = ObservedNode(
+            config,
+            rng,
+            self.now,
+            invariants=self.invariants,
+            clock=lambda: self.now,
+            ranges=self.options.ranges,
+        )
         self.invariants.forget_node(node_id)
         self.network.attach(node_id)
         self.zone_network.attach(node_id)
@@ -574,18 +582,3 @@ def aimed_buckets(members: dict[NodeId, int], settings: ClusterSettings) -> dict
     """bucket -> node, as every node should compute it for `members`."""
     owners = aimed_assignment(members, settings.buckets, settings.hash_seed)
     return dict(enumerate(owners))
-
-
-class _DeliveryObserver:
-    """Feeds a node's reliable-broadcast deliveries to the FIFO invariant."""
-
-    def __init__(self, invariants: Invariants, node: NodeId, cluster: Cluster) -> None:
-        self._invariants = invariants
-        self._node = node
-        self._cluster = cluster
-
-    def delivered(self, sender: NodeId, seq: int) -> None:
-        self._invariants.delivered(self._node, sender, seq, self._cluster.now)
-
-    def stream_reset(self, sender: NodeId) -> None:
-        self._invariants.restart_stream(self._node, sender)
