@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from . import wire
 from .connection import Connection
-from .conntrack_sync import SYNCED_PROTOCOLS
 from .crypto import Keyring
+from .relevance import SYNCED_PROTOCOLS, synced_connections
 from .types import MAX_NODE_ID, ClusterSettings, NodeId
 
 JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
@@ -27,7 +27,9 @@ class NodeConfig:
     heartbeat_misses: int = 3
     weight: int = 1
     protocols: frozenset[int] = SYNCED_PROTOCOLS
-    is_relevant: Callable[[Connection], bool] | None = None  # default: by `protocols`
+    # the bits of the conntrack mark that hold the bucket: an entry is synced
+    # only with a bucket there (0: marks not looked at; see relevance.py)
+    mark_mask: int = 0
     join_timeout: float = JOIN_TIMEOUT
     forget_after: float = 60.0  # seconds a dead peer's cache is kept
     # The highest wire version this node speaks: below wire.WIRE_VERSION only
@@ -55,6 +57,8 @@ class NodeConfig:
             raise ValueError(f"weight must be 1..1000, got {self.weight}")
         if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
             raise ValueError("protocols must be a non-empty set of IP protocol numbers")
+        if not 0 <= self.mark_mask <= 0xFFFFFFFF:
+            raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
@@ -64,11 +68,5 @@ class NodeConfig:
             )
 
     def relevance(self) -> Callable[[Connection], bool]:
-        if self.is_relevant is not None:
-            return self.is_relevant
-        protocols = frozenset(self.protocols)
-
-        def relevant(conn: Connection) -> bool:
-            return conn.proto in protocols  # related (EXPECTED) ones too: conntrack_sync
-
-        return relevant
+        """Which local entries this node syncs (relevance.py decides)."""
+        return synced_connections(self.protocols, self.mark_mask)

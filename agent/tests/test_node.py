@@ -415,6 +415,7 @@ def test_pack_keeps_order_and_limit() -> None:
         {"heartbeat_misses": 0},
         {"weight": 0},
         {"protocols": frozenset()},
+        {"mark_mask": 1 << 32},
     ],
 )
 def test_config_is_validated(bad: dict[str, object]) -> None:

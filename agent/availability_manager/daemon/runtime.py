@@ -24,7 +24,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, assert_never
@@ -98,19 +98,6 @@ def next_incarnation(state_dir: Path) -> int:
     return incarnation
 
 
-def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
-    """Which local conntrack entries the cluster syncs: those the data plane
-    classified (a bucket in the mark), of a configured protocol; related
-    (expected) ones too: they carry their master's mark. The node's own
-    traffic (sync datagrams, SSH to it) is never synced."""
-    protocols, mask = cfg.protocols, cfg.mark_mask
-
-    def relevant(conn: Connection) -> bool:
-        return conn.proto in protocols and bool(conn.mark & mask)
-
-    return relevant
-
-
 def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeConfig:
     return NodeConfig(
         node_id=cfg.node_id,
@@ -124,7 +111,7 @@ def node_config(cfg: AgentConfig, keyring: Keyring, incarnation: int) -> NodeCon
         heartbeat_misses=cfg.heartbeat.misses,
         weight=cfg.weight,
         protocols=cfg.protocols,
-        is_relevant=cluster_relevance(cfg),
+        mark_mask=cfg.mark_mask,  # synced: entries the data plane classified (relevance.py)
         max_wire_version=cfg.max_wire_version,
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
     )
