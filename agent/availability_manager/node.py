@@ -135,8 +135,9 @@ class Destination(enum.Enum):
     """Where a datagram of `Node.datagrams_to_send` goes (aioquic's addr)."""
 
     SYNC = "sync"  # the sync network: every peer
-    # every zone link: heartbeats only, so that peers still hearing us there
-    # do not take us for dead when only the sync network fails
+    # every zone link: a copy of each heartbeat (with the range state), so that
+    # peers still hearing us there do not take us for dead when only the sync
+    # network fails
     ZONES = "zones"
 
 
