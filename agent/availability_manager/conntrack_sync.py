@@ -70,10 +70,7 @@ from typing import Literal
 
 from .connection import (
     IPS_SYNC_MASK,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
     PROTO_TCP,
-    PROTO_UDP,
     TCP_CLOSE,
     TCP_CLOSE_WAIT,
     TCP_ESTABLISHED,
@@ -103,19 +100,11 @@ from .ct_messages import (
     helper_of,
     with_helper,
 )
+from .relevance import default_is_relevant
 from .types import NodeId
 from .wire import WIRE_VERSION
 
-SYNCED_PROTOCOLS = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
 MAX_PENDING_EXPECTATIONS = 4096  # expectations whose master's NEW event is still to come
-
-
-def default_is_relevant(conn: Connection) -> bool:
-    """TCP, UDP, ICMP and ICMPv6 entries, related ones (IPS_EXPECTED: an FTP
-    data connection) included. The seed did not sync those; here they carry
-    their master's bucket (the kernel copies the master's mark into a related
-    connection), so syncing them is what lets a transfer survive failover."""
-    return conn.proto in SYNCED_PROTOCOLS
 
 
 _MOD64 = 1 << 64

@@ -6,7 +6,8 @@ others, the membership handed to the range distribution, the join gate, and
 the data-plane orders to the driver (node_events). Sans-I/O in bytes, like
 aioquic's QuicConnection: inputs are `receive_datagram`, `handle_timer` and the
 host API (conntrack events, drain/undrain/leave, link status); outputs are
-pulled with `datagrams_to_send`, `next_timer` and `next_event`.
+pulled with `datagrams_to_send` (each datagram with its `Destination`, as
+aioquic returns (data, addr)), `next_timer` and `next_event`.
 
 Glue, per layer event (docs/architecture.md):
 
@@ -62,16 +63,16 @@ Node adds what makes the claimer *know* the entries:
 from __future__ import annotations
 
 import collections
-import dataclasses
+import enum
 import random
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from typing import assert_never
 
 from . import node_events as ev
 from . import wire
 from .availability import (
     Availability,
+    AvailabilityEvent,
     Heartbeat,
     MemberInfo,
     NodeState,
@@ -81,12 +82,21 @@ from .availability import (
 from .availability import NodeDown as AvNodeDown
 from .availability import NodeUp as AvNodeUp
 from .availability import PeerRefused as AvPeerRefused
-from .broadcast import MAX_PAYLOAD, Delivered, RbData, RbLost, RbNak, ReliableBroadcast
+from .broadcast import (
+    MAX_PAYLOAD,
+    BroadcastEvent,
+    Delivered,
+    RbData,
+    RbLost,
+    RbMessage,
+    RbNak,
+    ReliableBroadcast,
+)
 from .broadcast import OutOfSync as RbOutOfSync
 from .connection import Connection
 from .conntrack_sync import (
-    SYNCED_PROTOCOLS,
     ConntrackSync,
+    ConntrackSyncEvent,
     DigestMismatch,
     ResyncReceived,
 )
@@ -101,81 +111,34 @@ from .ct_messages import (
     Expectation,
     encode_ct,
 )
-from .ranges import Claim, RangeDistribution, RangeState, Release, Stable, Unstable
-from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
+from .node_config import NodeConfig
+from .node_stats import layer_stats
+from .packing import pack
+from .ranges import (
+    Claim,
+    RangeDistribution,
+    RangeEvent,
+    RangeState,
+    Release,
+    Stable,
+    Unstable,
+)
+from .types import NodeId, format_node_id
 
-# What next_event() yields: node_events, and the expectations of wire version 2.
-
-JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeConfig:
-    """Everything a Node is built from. Validated on construction."""
-
-    node_id: NodeId
-    settings: ClusterSettings
-    keyring: Keyring
-    incarnation: int
-    initial_counter: int
-    heartbeat_interval: float = 0.05
-    heartbeat_misses: int = 3
-    weight: int = 1
-    protocols: frozenset[int] = SYNCED_PROTOCOLS
-    is_relevant: Callable[[Connection], bool] | None = None  # default: by `protocols`
-    release_rule: str = "after-claim"  # "immediate" only for the simulator's bad variant
-    join_timeout: float = JOIN_TIMEOUT
-    forget_after: float = 60.0  # seconds a dead peer's cache is kept
-    # The highest wire version this node speaks: below wire.WIRE_VERSION only
-    # to run exactly as an older release does (rolling-upgrade tests).
-    max_wire_version: int = wire.WIRE_VERSION
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.node_id <= MAX_NODE_ID:
-            raise ValueError(f"node_id must be a 32-bit unsigned integer, got {self.node_id}")
-        if not 0 <= self.incarnation < 1 << 64:
-            raise ValueError(f"incarnation must be a u64, got {self.incarnation}")
-        if not 0 <= self.initial_counter < 1 << 64:
-            raise ValueError(f"initial_counter must be a u64, got {self.initial_counter}")
-        if not 0.001 <= self.heartbeat_interval <= 10.0:
-            raise ValueError(
-                f"heartbeat_interval must be 0.001..10 s, got {self.heartbeat_interval}"
-            )
-        if not 1 <= self.heartbeat_misses <= 100:
-            raise ValueError(f"heartbeat_misses must be 1..100, got {self.heartbeat_misses}")
-        if not 1 <= self.weight <= 1000:
-            raise ValueError(f"weight must be 1..1000, got {self.weight}")
-        if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
-            raise ValueError("protocols must be a non-empty set of IP protocol numbers")
-        if self.release_rule not in ("after-claim", "immediate"):
-            raise ValueError(
-                f"release_rule must be after-claim or immediate, not {self.release_rule!r}"
-            )
-        if self.join_timeout <= 0 or self.forget_after <= 0:
-            raise ValueError("join_timeout and forget_after must be positive")
-        if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
-            raise ValueError(
-                f"max_wire_version must be {wire.WIRE_VERSION_MIN}..{wire.WIRE_VERSION}, "
-                f"got {self.max_wire_version}"
-            )
-
-    def relevance(self) -> Callable[[Connection], bool]:
-        if self.is_relevant is not None:
-            return self.is_relevant
-        protocols = frozenset(self.protocols)
-
-        def relevant(conn: Connection) -> bool:
-            return conn.proto in protocols  # related (EXPECTED) ones too: conntrack_sync
-
-        return relevant
+# What a sync datagram may carry at its top level (CT messages travel inside
+# RbData payloads); anything else is counted and dropped.
+DatagramMessage = Heartbeat | RangeState | RbMessage
+DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
 
 
-class NodeObserver(Protocol):
-    """Optional hook for test drivers (the simulator's FIFO invariant)."""
+class Destination(enum.Enum):
+    """Where a datagram of `Node.datagrams_to_send` goes (aioquic's addr)."""
 
-    def delivered(self, sender: NodeId, seq: int) -> None: ...
-
-    def stream_reset(self, sender: NodeId) -> None: ...
+    SYNC = "sync"  # the sync network: every peer
+    # every zone link: a copy of each heartbeat (with the range state), so that
+    # peers still hearing us there do not take us for dead when only the sync
+    # network fails
+    ZONES = "zones"
 
 
 class Node:
@@ -199,13 +162,7 @@ class Node:
             now=now,
         )
         self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
-        self._ranges = RangeDistribution(
-            config.node_id,
-            settings.buckets,
-            settings.hash_seed,
-            now=now,
-            release_rule=config.release_rule,
-        )
+        self._ranges = self._new_ranges(config, now)
         self._sync = ConntrackSync(
             config.node_id,
             settings.buckets,
@@ -226,28 +183,23 @@ class Node:
         self._join_timer = self._join_at  # then the deadline: tables are awaited by events
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
-        # Handover safety (module docstring). Releasing a bucket to a peer
-        # deletes our entries of it, so the peer must hold them first:
-        # 1. we withhold our RangeState while we wait for the whole table of a
-        #    peer that came up (deadline per peer), so nobody releases to us
-        #    before we hold their entries;
-        # 2. a peer's RangeState is applied only once everything it sent
-        #    before it was delivered (no gap in its stream), and
-        # 3. not while we still owe that peer our table (it came up, or asked
-        #    for a resync): FIFO then puts our table before our DELETEs.
-        self._awaiting_table: dict[NodeId, float] = {}  # peer -> give-up time
+        # The state of the handover safety rules 1-3 (module docstring):
+        self._awaiting_table: dict[NodeId, float] = {}  # rule 1: peer -> give-up time
+        self._table_owed: set[NodeId] = set()  # rule 3: peers that lack our table
+        self._deferred_claims: dict[NodeId, RangeState] = {}  # rules 2, 3: applied later
         self._down_since: dict[NodeId, float] = {}  # dead peers whose cache we keep
-        self._table_owed: set[NodeId] = set()
-        self._deferred_claims: dict[NodeId, RangeState] = {}
         self._range_state_pending = False  # send ours as soon as rule 1 allows
         self._leaving = False
         self._left = False
         self._draining = False
-        self.observer: NodeObserver | None = None
         self._counters: collections.Counter[str] = collections.Counter()
-        self._zone_out: list[bytes] = []
         self._active: frozenset[int] = frozenset()
         self._active_dirty = False  # the claims may have changed since _refresh_active
+
+    def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
+        """The range distribution; a test driver's subclass may build a variant."""
+        settings = config.settings
+        return RangeDistribution(config.node_id, settings.buckets, settings.hash_seed, now=now)
 
     # -- datagrams in ------------------------------------------------------------
 
@@ -259,10 +211,16 @@ class Node:
             return  # Encryption counted the reason
         header, plaintext = opened
         try:
-            messages = wire.decode_messages(plaintext)
+            decoded = wire.decode_messages(plaintext)
         except wire.WireError as exc:
             self._counters[f"drop_{exc.reason}"] += 1
             return
+        messages: list[DatagramMessage] = []
+        for msg in decoded:
+            if isinstance(msg, DATAGRAM_MESSAGE_TYPES):
+                messages.append(msg)
+            else:
+                self._counters["drop_unexpected-message"] += 1
         source = header.sender
         # Heartbeats first (a NodeUp starts the peer's stream and their
         # rb_next_seq reveals lost data), then the stream, then claims, so a
@@ -277,7 +235,7 @@ class Node:
             self._dispatch(msg, source, now)
         self._pump(now)
 
-    def _fresh_state(self, source: NodeId, counter: int, messages: list[object]) -> bool:
+    def _fresh_state(self, source: NodeId, counter: int, messages: list[DatagramMessage]) -> bool:
         """False if the datagram carries state older than state already applied.
         Counters only grow, across restarts too (they start at the boot time)."""
         if not any(_dispatch_rank(m) != 1 for m in messages):
@@ -287,26 +245,30 @@ class Node:
         self._state_counter[source] = counter
         return True
 
-    def _dispatch(self, msg: object, source: NodeId, now: float) -> None:
-        if isinstance(msg, Heartbeat):
-            self._availability.receive(msg, source, now)
-            self._pump(now)  # a NodeUp must reach the broadcast layer before the next step
-            if self._broadcast.expected_seq(source) is not None:
-                self._broadcast.observe_next_seq(source, msg.rb_next_seq, now)
-        elif isinstance(msg, RangeState):
-            if source not in self._up:
-                self._counters["drop_range-state-from-non-member"] += 1
-            elif self._claim_must_wait(source):
-                self._deferred_claims[source] = msg  # the latest claim is all that matters
-                self._counters["range_state_deferred"] += 1
-            else:
-                self._deferred_claims.pop(source, None)
-                self._ranges.receive(msg, source, now)
-                self._active_dirty = True
-        elif isinstance(msg, RbData | RbNak | RbLost):
-            self._broadcast.receive(msg, source, now)
+    def _dispatch(self, msg: DatagramMessage, source: NodeId, now: float) -> None:
+        match msg:
+            case Heartbeat():
+                self._availability.receive(msg, source, now)
+                self._pump(now)  # a NodeUp must reach the broadcast layer before the next step
+                if self._broadcast.expected_seq(source) is not None:
+                    self._broadcast.observe_next_seq(source, msg.rb_next_seq, now)
+            case RangeState():
+                self._on_range_state(msg, source, now)
+            case RbData() | RbNak() | RbLost():
+                self._broadcast.receive(msg, source, now)
+            case _:
+                assert_never(msg)
+
+    def _on_range_state(self, msg: RangeState, source: NodeId, now: float) -> None:
+        if source not in self._up:
+            self._counters["drop_range-state-from-non-member"] += 1
+        elif self._claim_must_wait(source):
+            self._deferred_claims[source] = msg  # the latest claim is all that matters
+            self._counters["range_state_deferred"] += 1
         else:
-            self._counters["drop_unexpected-message"] += 1
+            self._deferred_claims.pop(source, None)
+            self._ranges.receive(msg, source, now)
+            self._active_dirty = True
 
     # -- host inputs ---------------------------------------------------------------
 
@@ -403,9 +365,11 @@ class Node:
 
     # -- datagrams out -----------------------------------------------------------------
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Destination]]:
         """Every message due, packed into as few sealed datagrams as fit:
-        heartbeat and range state first, then broadcast control, then data."""
+        heartbeat and range state first, then broadcast control, then data;
+        with `zone_heartbeats`, the heartbeat (and range state) again for the
+        zone links, sealed apart (a second copy would be a replay)."""
         self._feed_broadcast(now)
         self._availability.set_rb_next_seq(self._broadcast.next_seq)
         unreliable: list[object] = list(self._availability.messages_to_send(now))
@@ -423,21 +387,18 @@ class Node:
         rb_out = self._broadcast.messages_to_send(now)
         control = [m for m in rb_out if not isinstance(m, RbData)]
         data = [m for m in rb_out if isinstance(m, RbData)]
-        encoded = [wire.encode_message(m) for m in (*unreliable, *control, *data)]
-        if any(isinstance(m, Heartbeat) for m in unreliable):
-            # the same heartbeat (and range state), sealed apart, for the zone
-            # links: peers that still hear us there do not take us for dead
-            # when only the sync network fails (a second copy is a replay)
+        out: list[tuple[bytes, Destination]] = []
+        if self.config.zone_heartbeats and any(isinstance(m, Heartbeat) for m in unreliable):
             zone = [wire.encode_message(m) for m in unreliable]
-            self._zone_out.extend(
-                self._encryption.seal(p) for p in pack(zone, self._encryption.max_plaintext)
+            out.extend(
+                (self._encryption.seal(p), Destination.ZONES)
+                for p in pack(zone, self._encryption.max_plaintext)
             )
-        return [self._encryption.seal(p) for p in pack(encoded, self._encryption.max_plaintext)]
-
-    def zone_datagrams_to_send(self) -> list[bytes]:
-        """Heartbeat datagrams for the zone links (see datagrams_to_send); a
-        driver without zone heartbeats may ignore them."""
-        out, self._zone_out = self._zone_out, []
+        encoded = [wire.encode_message(m) for m in (*unreliable, *control, *data)]
+        out.extend(
+            (self._encryption.seal(p), Destination.SYNC)
+            for p in pack(encoded, self._encryption.max_plaintext)
+        )
         return out
 
     def _feed_broadcast(self, now: float) -> None:
@@ -452,7 +413,7 @@ class Node:
             self._table_owed.clear()
 
     def _claim_must_wait(self, peer: NodeId) -> bool:
-        """Rules 2 and 3 of handover safety (see __init__)."""
+        """Rules 2 and 3 of handover safety (module docstring)."""
         return (
             peer in self._table_owed
             or self._broadcast.missing_count(peer) > 0
@@ -497,6 +458,8 @@ class Node:
         return tuple(self._ranges.owners())
 
     def phase(self) -> str:
+        """The lifecycle phase (module docstring): joining, member, draining,
+        leaving or left."""
         if self._left:
             return "left"
         if self._leaving:
@@ -504,14 +467,6 @@ class Node:
         if not self._joined:
             return "joining"
         return "draining" if self._draining else "member"
-
-    def state_name(self) -> str:
-        """The lifecycle phase, for status output (an alias of `phase`)."""
-        return self.phase()
-
-    def is_stable(self) -> bool:
-        """Every member owns exactly its aim and all agree on the membership."""
-        return self._stable
 
     def connection_counts(self) -> dict[str, object]:
         """Entries per table: our own and each peer's cache (alive or dead)."""
@@ -534,6 +489,7 @@ class Node:
 
     @property
     def stable(self) -> bool:
+        """Every member owns exactly its aim and all agree on the membership."""
         return self._stable
 
     @property
@@ -560,50 +516,18 @@ class Node:
         return {c.key: c for c in self._sync.local_entries()}
 
     def stats(self) -> dict[str, int]:
-        """A flat dict of counters and gauges for metrics."""
-        out: dict[str, int] = dict(self._counters)
-        for reason, count in self._encryption.drops.items():
-            out[f"drop_{reason}"] = out.get(f"drop_{reason}", 0) + count
-        out["datagrams_sealed"] = self._encryption.sealed
-        out["datagrams_opened"] = self._encryption.opened
-        av = self._availability.stats
-        out["heartbeats_sent"] = av.get("heartbeats_sent", 0)
-        out["heartbeats_received"] = av.get("heartbeats_received", 0)
-        out["heartbeats_stale"] = av.get("stale", 0)
-        out["peers_refused"] = av.get("refused", 0)
-        rb = self._broadcast.stats
-        out["rb_data_sent"] = rb.data_sent
-        out["rb_retransmitted"] = rb.retransmitted
-        out["rb_repairs_suppressed"] = rb.repairs_suppressed
-        out["naks"] = rb.naks_sent
-        out["naks_suppressed"] = rb.naks_suppressed
-        out["rb_lost_sent"] = rb.lost_sent
-        out["rb_delivered"] = rb.delivered
-        out["rb_duplicates"] = rb.duplicates
-        out["out_of_sync"] = rb.out_of_sync
-        out["rb_buffered"] = self._broadcast.buffered
-        out["drop_rb-unknown-peer"] = rb.dropped_unknown_peer
-        for reason, count in rb.dropped.items():
-            out[f"drop_rb-{reason}"] = count
-        ct = self._sync.stats
-        out["resyncs"] = sum(ct.resyncs.values())
-        out["resync_requests"] = sum(ct.resync_requests.values())
-        out["digest_mismatches"] = ct.digest_mismatches
-        out["ct_unknown_updates"] = ct.unknown_updates
-        out["ct_unknown_deletes"] = ct.unknown_deletes
-        out["ct_stale_dropped"] = ct.stale_dropped
-        for reason, count in ct.rejected.items():
-            out[f"drop_ct-{reason}"] = count
-        out["local_entries"] = ct.local_entries
-        out["cache_entries"] = sum(ct.cache_sizes.values())
-        out["cached_peers"] = len(ct.cache_sizes)
+        """A flat dict of counters and gauges for metrics (node_stats.py)."""
+        out = layer_stats(
+            self._counters,
+            self._encryption,
+            self._availability,
+            self._broadcast,
+            self._sync,
+            self._ranges,
+        )
         out["owned_buckets"] = len(self._owned)
-        out["wire_version"] = self._sync.wire_version
-        out["members"] = len(self._ranges.members())
         out["stable"] = int(self._stable)
         out["ready"] = int(self._ready)
-        for name, count in self._ranges.stats.items():
-            out[f"ranges_{name}"] = count
         return out
 
     # -- the glue ----------------------------------------------------------------------
@@ -656,117 +580,136 @@ class Node:
                 ev.ActiveBucketsChanged(active=active, added=active - old, removed=old - active)
             )
 
-    def _on_availability(self, event: object, now: float) -> None:
-        if isinstance(event, AvNodeUp):
-            peer = event.node
-            self._broadcast.peer_up(peer, event.rb_next_seq, now)
-            if self.observer is not None:
-                self.observer.stream_reset(peer)
-            self._sync.peer_up(peer, now)
-            # Its table may have started before we listened to its stream: ask for it.
-            self._sync.out_of_sync(peer, "receiver", now)
-            self._awaiting_table[peer] = now + self.config.join_timeout
-            self._down_since.pop(peer, None)
-            self._up.add(peer)
-            self._table_owed.add(peer)
-            self._deferred_claims.pop(peer, None)
-            self._events.append(ev.NodeUp(node=peer, incarnation=event.incarnation))
-            self._update_membership(now)
-        elif isinstance(event, AvNodeDown):
-            peer = event.node
-            self._broadcast.peer_down(peer, now)
-            if self.observer is not None:
-                self.observer.stream_reset(peer)
-            self._sync.peer_down(peer, now)
-            self._ranges.peer_down(peer, now)
-            self._active_dirty = True
-            self._awaiting_table.pop(peer, None)
-            self._down_since[peer] = now
-            self._up.discard(peer)
-            self._table_owed.discard(peer)
-            self._deferred_claims.pop(peer, None)
-            self._events.append(ev.NodeDown(node=peer, reason=event.reason))
-            self._update_membership(now)
-        elif isinstance(event, NodeStateChanged | OwnStatusChanged):
-            self._update_membership(now)
-        elif isinstance(event, AvPeerRefused):
-            self._events.append(ev.PeerRefused(node=event.node, reason=event.reason))
+    def _on_availability(self, event: AvailabilityEvent, now: float) -> None:
+        match event:
+            case AvNodeUp():
+                self._peer_up(event, now)
+            case AvNodeDown():
+                self._peer_down(event, now)
+            case NodeStateChanged() | OwnStatusChanged():
+                self._update_membership(now)
+            case AvPeerRefused():
+                self._events.append(ev.PeerRefused(node=event.node, reason=event.reason))
+            case _:
+                assert_never(event)
 
-    def _on_broadcast(self, event: object, now: float) -> None:
-        if isinstance(event, Delivered):
-            if self.observer is not None:
-                self.observer.delivered(event.source, event.seq)
-            try:
-                messages = wire.decode_messages(event.payload)
-            except wire.WireError as exc:
-                self._counters[f"drop_rb-payload-{exc.reason}"] += 1
-                return
-            for msg in messages:
-                if not isinstance(msg, CT_MESSAGE_TYPES):
-                    self._counters["drop_rb-payload-not-ct"] += 1
-                    continue
-                self._sync.receive(msg, event.source, now)
-                if isinstance(msg, CtNew | CtNewResync):
-                    self._inject_late(msg.to_connection(), now)
-                elif isinstance(msg, CtExpect):
-                    self._inject_late_expectation(msg.to_expectation(), now)
-                elif isinstance(msg, CtResyncRequest) and msg.target == self.node_id:
-                    self._table_owed.add(event.source)  # rule 3: it lacks our table
-        elif isinstance(event, RbOutOfSync):
-            if event.role == "receiver" and self.observer is not None:
-                self.observer.stream_reset(event.peer)
-            self._sync.out_of_sync(event.peer, event.role, now)
-            self._events.append(ev.OutOfSync(peer=event.peer))
+    def _peer_up(self, event: AvNodeUp, now: float) -> None:
+        peer = event.node
+        self._broadcast.peer_up(peer, event.rb_next_seq, now)
+        self._sync.peer_up(peer, now)
+        # Its table may have started before we listened to its stream: ask for it.
+        self._sync.out_of_sync(peer, "receiver", now)
+        self._awaiting_table[peer] = now + self.config.join_timeout
+        self._down_since.pop(peer, None)
+        self._up.add(peer)
+        self._table_owed.add(peer)
+        self._deferred_claims.pop(peer, None)
+        self._events.append(ev.NodeUp(node=peer, incarnation=event.incarnation))
+        self._update_membership(now)
 
-    def _on_sync(self, event: object) -> None:
-        if isinstance(event, ResyncReceived):
-            if event.groups is None:
-                self._awaiting_table.pop(event.peer, None)
-                self._counters["tables_received"] += 1
-        elif isinstance(event, DigestMismatch):
-            self._counters["digest_mismatch_events"] += 1
-
-    def _on_ranges(self, event: object, now: float) -> None:
+    def _peer_down(self, event: AvNodeDown, now: float) -> None:
+        peer = event.node
+        self._broadcast.peer_down(peer, now)
+        self._sync.peer_down(peer, now)
+        self._ranges.peer_down(peer, now)
         self._active_dirty = True
-        if isinstance(event, Claim):
-            mine = {c.key for c in self._sync.local_in_buckets(event.buckets)}
-            conns = tuple(
-                c for c in self._sync.cached_in_buckets(event.buckets) if c.key not in mine
-            )
-            if conns:
-                self._events.append(ev.InjectConnections(conns=conns, buckets=event.buckets))
-                self._sync.adopt(conns, now)
-                self._counters["injected"] += len(conns)
-            exps = tuple(
-                e
-                for e in self._sync.cached_expectations_in_buckets(event.buckets)
-                if not self._sync.has_local_expectation(e.key)
-            )
-            if exps:  # after their masters: the kernel attaches each to its master
-                self._events.append(ev.InjectExpectations(exps=exps, buckets=event.buckets))
-                self._sync.adopt_expectations(exps, now)
-                self._counters["injected_expectations"] += len(exps)
-            self._owned = self._owned | event.buckets
-            self._events.append(ev.OwnedBucketsChanged(owned=self._owned, claimed=event.buckets))
-        elif isinstance(event, Release):
-            self._owned = self._owned - event.buckets
-            self._events.append(ev.OwnedBucketsChanged(owned=self._owned, released=event.buckets))
-            self._refresh_active()  # the data plane lets go before the entries go
-            conns = tuple(self._sync.local_in_buckets(event.buckets))
-            if conns:
-                self._events.append(ev.DeleteConnections(conns=conns, buckets=event.buckets))
-                for conn in conns:
-                    self._sync.local_destroy(conn, now)
-                self._counters["deleted"] += len(conns)
-        elif isinstance(event, Stable):
-            self._stable = True
-            if not self._ready and self._joined:
-                self._ready = True
-                self._events.append(
-                    ev.Ready(owned=self._owned, members=tuple(sorted(self._ranges.members())))
-                )
-        elif isinstance(event, Unstable):
-            self._stable = False
+        self._awaiting_table.pop(peer, None)
+        self._down_since[peer] = now
+        self._up.discard(peer)
+        self._table_owed.discard(peer)
+        self._deferred_claims.pop(peer, None)
+        self._events.append(ev.NodeDown(node=peer, reason=event.reason))
+        self._update_membership(now)
+
+    def _on_broadcast(self, event: BroadcastEvent, now: float) -> None:
+        match event:
+            case Delivered():
+                self._on_delivered(event, now)
+            case RbOutOfSync():
+                self._sync.out_of_sync(event.peer, event.role, now)
+                self._events.append(ev.OutOfSync(peer=event.peer))
+            case _:
+                assert_never(event)
+
+    def _on_delivered(self, event: Delivered, now: float) -> None:
+        try:
+            messages = wire.decode_messages(event.payload)
+        except wire.WireError as exc:
+            self._counters[f"drop_rb-payload-{exc.reason}"] += 1
+            return
+        for msg in messages:
+            if not isinstance(msg, CT_MESSAGE_TYPES):
+                self._counters["drop_rb-payload-not-ct"] += 1
+                continue
+            self._sync.receive(msg, event.source, now)
+            if isinstance(msg, CtNew | CtNewResync):
+                self._inject_late(msg.to_connection(), now)
+            elif isinstance(msg, CtExpect):
+                self._inject_late_expectation(msg.to_expectation(), now)
+            elif isinstance(msg, CtResyncRequest) and msg.target == self.node_id:
+                self._table_owed.add(event.source)  # rule 3: it lacks our table
+
+    def _on_sync(self, event: ConntrackSyncEvent) -> None:
+        match event:
+            case ResyncReceived():
+                if event.groups is None:
+                    self._awaiting_table.pop(event.peer, None)
+                    self._counters["tables_received"] += 1
+            case DigestMismatch():
+                self._counters["digest_mismatch_events"] += 1
+            case _:
+                assert_never(event)
+
+    def _on_ranges(self, event: RangeEvent, now: float) -> None:
+        self._active_dirty = True
+        match event:
+            case Claim():
+                self._claim(event, now)
+            case Release():
+                self._release(event, now)
+            case Stable():
+                self._stable = True
+                if not self._ready and self._joined:
+                    self._ready = True
+                    self._events.append(
+                        ev.Ready(owned=self._owned, members=tuple(sorted(self._ranges.members())))
+                    )
+            case Unstable():
+                self._stable = False
+            case _:
+                assert_never(event)
+
+    def _claim(self, event: Claim, now: float) -> None:
+        """Inject what we hold of the claimed buckets, then program them."""
+        mine = {c.key for c in self._sync.local_in_buckets(event.buckets)}
+        conns = tuple(c for c in self._sync.cached_in_buckets(event.buckets) if c.key not in mine)
+        if conns:
+            self._events.append(ev.InjectConnections(conns=conns, buckets=event.buckets))
+            self._sync.adopt(conns, now)
+            self._counters["injected"] += len(conns)
+        exps = tuple(
+            e
+            for e in self._sync.cached_expectations_in_buckets(event.buckets)
+            if not self._sync.has_local_expectation(e.key)
+        )
+        if exps:  # after their masters: the kernel attaches each to its master
+            self._events.append(ev.InjectExpectations(exps=exps, buckets=event.buckets))
+            self._sync.adopt_expectations(exps, now)
+            self._counters["injected_expectations"] += len(exps)
+        self._owned = self._owned | event.buckets
+        self._events.append(ev.OwnedBucketsChanged(owned=self._owned, claimed=event.buckets))
+
+    def _release(self, event: Release, now: float) -> None:
+        """Stop forwarding the released buckets, then delete our entries of them."""
+        self._owned = self._owned - event.buckets
+        self._events.append(ev.OwnedBucketsChanged(owned=self._owned, released=event.buckets))
+        self._refresh_active()  # the data plane lets go before the entries go
+        conns = tuple(self._sync.local_in_buckets(event.buckets))
+        if conns:
+            self._events.append(ev.DeleteConnections(conns=conns, buckets=event.buckets))
+            for conn in conns:
+                self._sync.local_destroy(conn, now)
+            self._counters["deleted"] += len(conns)
 
     def _inject_late(self, conn: Connection, now: float) -> None:
         """A peer's entry arrived for a bucket we already own (it was created
@@ -836,28 +779,9 @@ class Node:
             self._events.append(ev.LeaveComplete())
 
 
-def _dispatch_rank(msg: object) -> int:
+def _dispatch_rank(msg: DatagramMessage) -> int:
     if isinstance(msg, Heartbeat):
         return 0
     if isinstance(msg, RangeState):
         return 2
     return 1
-
-
-def pack(encoded: list[bytes], limit: int) -> list[bytes]:
-    """Concatenate encoded messages, in order, into as few chunks of at most
-    `limit` bytes as a greedy fill gives (each message must fit on its own)."""
-    chunks: list[bytes] = []
-    current: list[bytes] = []
-    size = 0
-    for item in encoded:
-        if len(item) > limit:
-            raise ValueError(f"message of {len(item)} bytes exceeds the limit {limit}")
-        if size + len(item) > limit and current:
-            chunks.append(b"".join(current))
-            current, size = [], 0
-        current.append(item)
-        size += len(item)
-    if current:
-        chunks.append(b"".join(current))
-    return chunks

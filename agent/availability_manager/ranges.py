@@ -30,8 +30,10 @@ Transitions of the stability flag (events in brackets):
                 digest, no non-member claims a bucket)--> stable   [Stable]
     stable   --(anything else)--> unstable                         [Unstable]
 
-`release_rule="immediate"` is the known-bad variant for the simulator: buckets
-are dropped as soon as they leave the aim, which opens holes in transit.
+The release rule lives in two hooks, `_on_new_view` and `_on_claim`, so that
+a known-bad variant (the simulator's `ImmediateRelease`, which drops buckets as
+soon as they leave the aim and so opens holes in transit) is a subclass the
+tests inject, not an option of this class.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ from collections.abc import Mapping
 from . import assignment
 from .types import MAX_NODE_ID, NodeId
 from .wire import Kind, MsgType, attr, message
-
-RELEASE_RULES = ("after-claim", "immediate")
 
 
 def bitmap_size(buckets: int) -> int:
@@ -143,18 +143,14 @@ class RangeDistribution:
         seed: int,
         *,
         now: float,
-        release_rule: str = "after-claim",
     ) -> None:
         if not 0 <= node_id <= MAX_NODE_ID:
             raise ValueError(f"node id {node_id} is not a 32-bit unsigned integer")
         if not 1 <= buckets <= assignment.MAX_BUCKETS:
             raise ValueError(f"buckets must be 1..{assignment.MAX_BUCKETS}, got {buckets}")
-        if release_rule not in RELEASE_RULES:
-            raise ValueError(f"release_rule must be one of {RELEASE_RULES}, got {release_rule!r}")
         self.node_id = node_id
         self.buckets = buckets
         self.seed = seed
-        self.release_rule = release_rule
         self._members: dict[NodeId, int] = {}
         self._view = 0  # counts our membership changes; a claim only counts in its view
         self._digest = assignment.membership_digest({})
@@ -186,9 +182,7 @@ class RangeDistribution:
         self._member_aims = {n: assignment.buckets_of(self._aim, n) for n in new}
         self._aimed = self._member_aims.get(self.node_id, frozenset())
         self._claim_aim()
-        if self.release_rule == "immediate":
-            self._release(self._owned - self._aimed, now)
-        # after-claim: claims stored so far predate this view; releases wait for fresh ones
+        self._on_new_view(now)
         self._send_due = now  # peers must learn our digest (and claim) at once
         self._update_stability()
 
@@ -223,12 +217,21 @@ class RangeDistribution:
         self._peers[source] = _PeerClaim(msg.owned(), msg.digest, now, self._view)
         if msg.digest != self._digest:
             self.stats["rx_other_view"] += 1
-        if self.release_rule == "after-claim":
-            self._release_to(source, now)
+        self._on_claim(source, now)
         self._update_stability()
 
     def handle_timer(self, now: float) -> None:
         """Nothing expires here: the timer only asks the driver to send now."""
+
+    # -- the release rule (module docstring) ---------------------------------------
+
+    def _on_new_view(self, now: float) -> None:
+        """The membership changed: release nothing. The claims stored so far
+        predate this view; releases wait for fresh ones."""
+
+    def _on_claim(self, source: NodeId, now: float) -> None:
+        """A claim from `source` arrived: release what it claims and aims for."""
+        self._release_to(source, now)
 
     # -- outputs --------------------------------------------------------------
 

@@ -25,7 +25,9 @@ from availability_manager.connection import (
     make_tuple,
 )
 from availability_manager.crypto import Keyring
-from availability_manager.node import Node, NodeConfig, pack
+from availability_manager.node import Destination, Node
+from availability_manager.node_config import NodeConfig
+from availability_manager.packing import pack
 from availability_manager.types import ClusterSettings, node_id_from_address
 
 BUCKETS = 32
@@ -44,6 +46,11 @@ def config(i: int, **kw: object) -> NodeConfig:
     )
     base.update(kw)
     return NodeConfig(**base)  # type: ignore[arg-type]
+
+
+def sync_datagrams(node: Node, now: float) -> list[bytes]:
+    """The datagrams `node` sends on the sync network now (zone copies apart)."""
+    return [d for d, where in node.datagrams_to_send(now) if where is Destination.SYNC]
 
 
 def conn_in_bucket(bucket: int, n: int = 0) -> Connection:
@@ -85,7 +92,7 @@ class Cluster:
                 if not h.alive:
                     continue
                 self._perform(h)
-                for dgram in h.node.datagrams_to_send(self.now):
+                for dgram in sync_datagrams(h.node, self.now):
                     moving = True
                     for other in self.hosts.values():
                         if other is not h and other.alive and other.group == h.group:
@@ -293,9 +300,9 @@ def _snapshot(h: Host) -> tuple[object, ...]:
 def test_forged_and_garbage_datagrams_are_counted_and_change_nothing(three: Cluster) -> None:
     a, b = three.host(1), three.host(2)
     three.new_connection(2, conn_in_bucket(min(b.owned)))
-    genuine = b.node.datagrams_to_send(three.now)
+    genuine = sync_datagrams(b.node, three.now)
     b.node.connection_new(conn_in_bucket(min(b.owned), 7), three.now)
-    genuine = b.node.datagrams_to_send(three.now)
+    genuine = sync_datagrams(b.node, three.now)
     assert genuine
     a.node.receive_datagram(genuine[0], three.now)  # accepted once
     before = _snapshot(a)
@@ -305,7 +312,7 @@ def test_forged_and_garbage_datagrams_are_counted_and_change_nothing(three: Clus
     other_key = Keyring.single(bytes(32 * [7]))
     forger = Node(config(2, keyring=other_key, initial_counter=10**9), random.Random(9), 0.0)
     forger.connection_new(conn_in_bucket(1, 3), three.now)
-    forged = forger.datagrams_to_send(three.now)[0]
+    forged = sync_datagrams(forger, three.now)[0]
     tampered = bytearray(genuine[0])
     tampered[-1] ^= 1
     bad_magic = b"XX" + genuine[0][2:]
@@ -350,7 +357,7 @@ def test_datagrams_fit_and_put_the_heartbeat_first(three: Cluster) -> None:
     bucket = min(a.owned)
     for n in range(300):
         a.node.connection_new(conn_in_bucket(bucket, n), three.now)
-    datagrams = a.node.datagrams_to_send(three.now + 0.05)
+    datagrams = sync_datagrams(a.node, three.now + 0.05)
     assert len(datagrams) >= 2
     assert all(len(d) <= wire.MAX_DATAGRAM for d in datagrams)
     b = three.host(2).node
@@ -359,6 +366,34 @@ def test_datagrams_fit_and_put_the_heartbeat_first(three: Cluster) -> None:
     msgs = wire.decode_messages(first[1])
     assert type(msgs[0]).__name__ == "Heartbeat"
     assert type(msgs[1]).__name__ == "RangeState"
+
+
+def _destinations_and_types(node: Node, peer: Node, now: float) -> list[tuple[str, list[str]]]:
+    out = []
+    for dgram, where in node.datagrams_to_send(now):
+        opened = peer._encryption.open(dgram)
+        assert opened is not None
+        out.append((where.value, [type(m).__name__ for m in wire.decode_messages(opened[1])]))
+    return out
+
+
+def test_zone_copies_of_the_heartbeat_only_when_zone_heartbeats_are_configured() -> None:
+    peer = Node(config(9), random.Random(9), 0.0)
+    plain = Node(config(1), random.Random(1), 0.0)
+    plain.connection_new(conn_in_bucket(3), 0.0)
+    sent = _destinations_and_types(plain, peer, 0.0)
+    assert sent and {where for where, _ in sent} == {"sync"}
+    assert plain.stats()["datagrams_sealed"] == len(sent)  # one AEAD operation each
+
+    zoned = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
+    zoned.connection_new(conn_in_bucket(3), 0.0)
+    peer = Node(config(9), random.Random(9), 0.0)  # a fresh replay window: same counters
+    sent = _destinations_and_types(zoned, peer, 0.0)
+    zone = [types for where, types in sent if where == "zones"]
+    assert zone == [["Heartbeat", "RangeState"]]  # no stream data on the zone links
+    assert [where for where, _ in sent].count("sync") >= 1
+    # no heartbeat due: no zone copy
+    assert all(w is Destination.SYNC for _, w in zoned.datagrams_to_send(0.001))
 
 
 def test_pack_keeps_order_and_limit() -> None:
@@ -380,7 +415,7 @@ def test_pack_keeps_order_and_limit() -> None:
         {"heartbeat_misses": 0},
         {"weight": 0},
         {"protocols": frozenset()},
-        {"release_rule": "never"},
+        {"mark_mask": 1 << 32},
     ],
 )
 def test_config_is_validated(bad: dict[str, object]) -> None:
@@ -397,7 +432,7 @@ def test_status_views_and_key_rotation_at_runtime(three: Cluster) -> None:
         "192.0.2.2": {"entries": 1, "alive": True},
         "192.0.2.3": {"entries": 0, "alive": True},
     }
-    assert a.node.state_name() == "member" and a.node.is_stable()
+    assert a.node.phase() == "member" and a.node.stable
     assert a.node.stats()["ready"] == 1
     # Rotation: everyone accepts the new key, then B sends with it.
     both = KEYRING.with_key(1, bytes(32 * [9]))
@@ -416,9 +451,9 @@ def test_status_views_and_key_rotation_at_runtime(three: Cluster) -> None:
 
 def test_a_reordered_older_heartbeat_does_not_revert_newer_state(three: Cluster) -> None:
     a, b = three.host(1), three.host(2)
-    old = b.node.datagrams_to_send(three.now + 0.05)  # heartbeat: B active
+    old = sync_datagrams(b.node, three.now + 0.05)  # heartbeat: B active
     b.node.drain(three.now + 0.06)
-    new = b.node.datagrams_to_send(three.now + 0.06)  # heartbeat: B draining
+    new = sync_datagrams(b.node, three.now + 0.06)  # heartbeat: B draining
     assert old and new
     before = a.node.stats().get("drop_stale-state", 0)
     for dgram in new + old:  # the older one arrives last
@@ -443,5 +478,5 @@ def test_kernel_echo_of_injected_entries_sends_nothing(three: Cluster) -> None:
     sent = a.node.stats()["rb_data_sent"]
     for conn in mine:  # the real kernel reports its injected entries as NEW
         a.node.connection_new(conn, three.now)
-    a.node.datagrams_to_send(three.now)
+    sync_datagrams(a.node, three.now)
     assert a.node.stats()["rb_data_sent"] == sent

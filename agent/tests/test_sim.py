@@ -15,6 +15,7 @@ from availability_manager.sim.network import LinkProfile, Network
 from availability_manager.sim.run import run_scenario
 from availability_manager.sim.runner import SimOptions
 from availability_manager.sim.scenarios import SCENARIOS
+from availability_manager.sim.variants import ImmediateRelease
 
 pytestmark = pytest.mark.sim
 
@@ -23,6 +24,7 @@ NAMED = [
     "join",
     "loss30",
     "sync-partition",
+    "sync-partition-zones",
     "crash-during-resync",
     "drain",
     "restart",
@@ -71,13 +73,33 @@ def test_replay_of_a_seed_is_identical() -> None:
 
 
 def test_known_bad_immediate_release_opens_holes() -> None:
-    """ranges' release_rule="immediate" drops buckets before anyone claims them."""
+    """ImmediateRelease drops buckets before anyone claims them."""
     rules = {
         v.rule
         for seed in range(4)
-        for v in run_scenario("join", seed, options=SimOptions(release_rule="immediate")).violations
+        for v in run_scenario("join", seed, options=SimOptions(ranges=ImmediateRelease)).violations
     }
     assert "hole" in rules
+
+
+def test_zone_heartbeats_keep_everyone_up_through_a_sync_only_partition() -> None:
+    """The split-brain guard: over the zone links nobody times anybody out,
+    so nothing moves; the sync partition without zone links does take over."""
+    guarded = run_scenario("sync-partition-zones", 0)
+    assert guarded.ok, guarded.describe_failure()
+    assert guarded.counters["zone_network_delivered"] > 0
+    assert guarded.report.failover_gaps == 0 and guarded.report.zone_guard_checks == 0
+    unguarded = run_scenario("sync-partition", 0)
+    assert unguarded.ok, unguarded.describe_failure()
+    assert "zone_network_delivered" not in unguarded.counters
+    assert unguarded.counters["kernel_injected"] > 0  # each side took the other's buckets
+
+
+def test_known_bad_no_zone_heartbeats_breaks_the_zone_guard() -> None:
+    """Zone links there, but the nodes send no heartbeats on them: a sync-only
+    partition then makes each side take the other for dead."""
+    result = run_scenario("sync-partition-zones", 0, options=SimOptions(zone_heartbeats=False))
+    assert "zone-guard" in {v.rule for v in result.violations}
 
 
 def test_known_bad_missing_injection_is_caught() -> None:

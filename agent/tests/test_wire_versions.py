@@ -28,7 +28,7 @@ from availability_manager.ct_messages import (
     with_helper,
 )
 from availability_manager.daemon.config import ConfigError
-from availability_manager.node import Node
+from availability_manager.node import Destination, Node
 from availability_manager.node_events import InjectExpectations
 
 FP = b"\x01" * 8
@@ -165,9 +165,9 @@ def header_versions_sent(c: Cluster, i: int, duration: float = 0.2) -> set[int]:
     plain = node.datagrams_to_send
     seen: set[int] = set()
 
-    def recording(now: float) -> list[bytes]:
+    def recording(now: float) -> list[tuple[bytes, Destination]]:
         out = plain(now)
-        seen.update(wire.decode_header(d).version for d in out)
+        seen.update(wire.decode_header(d).version for d, _ in out)
         return out
 
     node.datagrams_to_send = recording  # type: ignore[method-assign]

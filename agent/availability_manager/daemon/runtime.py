@@ -23,16 +23,18 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from .. import node_events as ev
 from ..connection import Connection
 from ..crypto import Keyring
 from ..ct_messages import Expectation
 from ..dataplane.base import DataPlane
-from ..node import Node, NodeConfig
+from ..dataplane.conntrack_netlink import EventsLost
+from ..node import Destination, Node
+from ..node_config import NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
@@ -76,19 +78,6 @@ class ConntrackTable(Protocol):
     def close(self) -> None: ...
 
 
-def cluster_relevance(cfg: AgentConfig) -> Callable[[Connection], bool]:
-    """Which local conntrack entries the cluster syncs: those the data plane
-    classified (a bucket in the mark), of a configured protocol; related
-    (expected) ones too: they carry their master's mark. The node's own
-    traffic (sync datagrams, SSH to it) is never synced."""
-    protocols, mask = cfg.protocols, cfg.mark_mask
-
-    def relevant(conn: Connection) -> bool:
-        return conn.proto in protocols and bool(conn.mark & mask)
-
-    return relevant
-
-
 def node_config(
     cfg: AgentConfig, keyring: Keyring, incarnation: int, initial_counter: int
 ) -> NodeConfig:
@@ -104,8 +93,9 @@ def node_config(
         heartbeat_misses=cfg.heartbeat.misses,
         weight=cfg.weight,
         protocols=cfg.protocols,
-        is_relevant=cluster_relevance(cfg),
+        mark_mask=cfg.mark_mask,  # synced: entries the data plane classified (relevance.py)
         max_wire_version=cfg.max_wire_version,
+        zone_heartbeats=cfg.heartbeat.zone_heartbeats,
     )
 
 
@@ -273,9 +263,7 @@ class Runtime:
         now = self.loop.time()
         try:
             events = self.conntrack.read_events()
-        except Exception as exc:  # EventsLost and friends: the table is the truth
-            if type(exc).__name__ != "EventsLost":
-                raise
+        except EventsLost:  # the table is the truth: read it again
             self.counters["conntrack_redumps"] += 1
             log.warning("conntrack events lost: re-reading the table")
             self._kernel.submit(self._redump)
@@ -385,11 +373,12 @@ class Runtime:
         now = self.loop.time()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
-        for datagram in self.node.datagrams_to_send(now):
-            self.sync.send(datagram)
-        for datagram in self.node.zone_datagrams_to_send():
-            for zs in self.zone_sockets:
-                zs.send(datagram)
+        for datagram, destination in self.node.datagrams_to_send(now):
+            if destination is Destination.SYNC:
+                self.sync.send(datagram)
+            else:
+                for zs in self.zone_sockets:
+                    zs.send(datagram)
         deadline = self.node.next_timer()
         if self._timer is not None:
             if deadline is not None and self._timer.when() == max(deadline, now):
@@ -399,7 +388,7 @@ class Runtime:
         if deadline is not None:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
-    def _perform(self, event: object) -> None:
+    def _perform(self, event: ev.NodeEvent) -> None:
         """Queue an event for the kernel worker; events keep their order.
 
         One exception waits: when the data plane must stop forwarding buckets,
@@ -411,38 +400,46 @@ class Runtime:
         if isinstance(event, ev.ActiveBucketsChanged) and event.removed:
             done.result()
 
-    def _perform_in_worker(self, event: object) -> None:
+    def _perform_in_worker(self, event: ev.NodeEvent) -> None:
         try:
             self._carry_out(event)
         except Exception:  # a kernel error must not stop later events silently
             self.counters["kernel_errors"] += 1
             log.exception("carrying out %s failed", type(event).__name__)
 
-    def _carry_out(self, event: object) -> None:
-        if isinstance(event, ev.InjectConnections):
-            done = self.conntrack.inject(list(event.conns)) if event.conns else 0
-            self.counters["injected"] += done
-            log.info("%s (%d written)", event.describe(), done)
-        elif isinstance(event, ev.InjectExpectations):
-            done = self.conntrack.inject_expectations(list(event.exps))
-            self.counters["injected_expectations"] += done
-            log.info("%s (%d written)", event.describe(), done)
-        elif isinstance(event, ev.ActiveBucketsChanged):
-            self.dataplane.set_owned_buckets(event.active)
-            log.info("%s", event.describe())
-        elif isinstance(event, ev.DeleteConnections):
-            done = self.conntrack.delete(list(event.conns)) if event.conns else 0
-            self.counters["deleted"] += done
-            log.info("%s (%d removed)", event.describe(), done)
-        elif isinstance(event, ev.Ready):
-            log.info("%s", event.describe())
-            self.notifier.ready(event.describe())
-        elif isinstance(event, ev.LeaveComplete):
-            log.info("%s", event.describe())
-            self.loop.call_soon_threadsafe(self._stop, "left")
-        else:
-            describe = getattr(event, "describe", None)
-            log.info("%s", describe() if describe else event)
+    def _carry_out(self, event: ev.NodeEvent) -> None:
+        match event:
+            case ev.InjectConnections():
+                done = self.conntrack.inject(list(event.conns)) if event.conns else 0
+                self.counters["injected"] += done
+                log.info("%s (%d written)", event.describe(), done)
+            case ev.InjectExpectations():
+                done = self.conntrack.inject_expectations(list(event.exps))
+                self.counters["injected_expectations"] += done
+                log.info("%s (%d written)", event.describe(), done)
+            case ev.ActiveBucketsChanged():
+                self.dataplane.set_owned_buckets(event.active)
+                log.info("%s", event.describe())
+            case ev.DeleteConnections():
+                done = self.conntrack.delete(list(event.conns)) if event.conns else 0
+                self.counters["deleted"] += done
+                log.info("%s (%d removed)", event.describe(), done)
+            case ev.Ready():
+                log.info("%s", event.describe())
+                self.notifier.ready(event.describe())
+            case ev.LeaveComplete():
+                log.info("%s", event.describe())
+                self.loop.call_soon_threadsafe(self._stop, "left")
+            case (
+                ev.OwnedBucketsChanged()
+                | ev.NodeUp()
+                | ev.NodeDown()
+                | ev.PeerRefused()
+                | ev.OutOfSync()
+            ):
+                log.info("%s", event.describe())  # the data plane follows ActiveBucketsChanged
+            case _:
+                assert_never(event)
 
     def _stop(self, reason: str) -> None:
         if not self._stopped.done():
@@ -483,11 +480,11 @@ class Runtime:
         stats = self.stats()
         return {
             "node_id": me,
-            "state": self.node.state_name(),
+            "state": self.node.phase(),
             "backend": self.cfg.cluster.backend,
             "buckets": self.cfg.cluster.buckets,
             "ready": bool(stats.get("ready", False)),
-            "stable": bool(self.node.is_stable()),
+            "stable": self.node.stable,
             "owned": sorted(self.node.owned_buckets()),
             "active": sorted(self.node.active_buckets()),
             "members": member_list,
@@ -502,18 +499,18 @@ class Runtime:
                 raise ControlError("the node is leaving")
             self.node.drain(self.loop.time())
             self._pump()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def join(_req: Any) -> dict[str, Any]:
             if self._leaving:
                 raise ControlError("the node is leaving")
             self.node.undrain(self.loop.time())
             self._pump()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def leave(_req: Any) -> dict[str, Any]:
             self.request_leave()
-            return {"state": self.node.state_name()}
+            return {"state": self.node.phase()}
 
         def connections(_req: Any) -> dict[str, Any]:
             return self.node.connection_counts()

@@ -8,9 +8,10 @@ multicast loopback is off so a node does not hear itself (the crypto layer
 drops its own datagrams anyway).
 
 Zone heartbeats use the same class on each zone interface, with the group
-ZONE_HEARTBEAT_GROUP and the sync port + 1: a copy of every heartbeat goes
-out there too, so a node alive on its data links is not taken for dead when
-only the sync network fails.
+ZONE_HEARTBEAT_GROUP and the sync port + 1: the runtime sends there every
+datagram the Node addresses to `Destination.ZONES` (a copy of each heartbeat,
+made only when zone heartbeats are configured), so a node alive on its data
+links is not taken for dead when only the sync network fails.
 """
 
 from __future__ import annotations

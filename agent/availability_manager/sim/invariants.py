@@ -18,7 +18,12 @@ assignment  after 2 s without faults or membership change, every bucket has
             exactly one live owner and the ownership is aimed_assignment of
             the live active members;
 caches      after a quiet period with no new traffic, every node's cache of
-            each live peer equals that peer's kernel table.
+            each live peer equals that peer's kernel table;
+zone-guard  where zone links are simulated, no node declares a peer down for a
+            heartbeat timeout while both have been on the zone links (alive,
+            links up, not isolated) for longer than the timeout: a sync-only
+            partition must not make two nodes own the same buckets (the
+            split-brain guard of zone heartbeats).
 
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
@@ -60,6 +65,7 @@ class Report:
     injection_checks: int = 0
     assignment_checks: int = 0
     cache_checks: int = 0
+    zone_guard_checks: int = 0  # peer timeouts judged against the zone links
 
 
 class Invariants:
@@ -175,6 +181,22 @@ class Invariants:
                     "injection",
                     f"node {node} claimed bucket {conn.bucket} without its known connection {conn}",
                 )
+
+    # -- zone-guard ----------------------------------------------------------------------------
+
+    def peer_timed_out(
+        self, viewer: NodeId, peer: NodeId, zone_heard_for: float, timeout: float, now: float
+    ) -> None:
+        """`viewer` declared `peer` down for a timeout; both have been on the
+        zone links for `zone_heard_for` seconds (0 if either is off them now)."""
+        self.report.zone_guard_checks += 1
+        if zone_heard_for > timeout:
+            self.fail(
+                now,
+                "zone-guard",
+                f"node {n(viewer)} timed out {n(peer)} although both were on the zone "
+                f"links for {zone_heard_for * 1000:.0f} ms (timeout {timeout * 1000:.0f} ms)",
+            )
 
     # -- quiet-period checks -----------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The simulator's driver: N `Node`s on one virtual clock.
 
 Owns the simulated cluster: which nodes exist and are alive, their kernels,
-the network between them, the workload, the fault operations a scenario calls
+the networks between them (the sync network, and the zone links where zone
+heartbeats travel when a scenario adds them), the workload, the fault operations a scenario calls
 (crash, restart, join, leave, drain, partitions, loss) and the wiring of every
 act to the invariant checker. It is the second adapter of `Node` (the daemon
 is the first) and does exactly what the daemon does: feed an input, perform
@@ -19,25 +20,35 @@ import hashlib
 import random
 import re
 from collections.abc import Callable
+from typing import assert_never
 
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
-from ..node import Node, NodeConfig
+from ..node import Destination
+from ..node_config import NodeConfig
 from ..node_events import (
     ActiveBucketsChanged,
     DeleteConnections,
     InjectConnections,
+    InjectExpectations,
     LeaveComplete,
+    NodeDown,
+    NodeEvent,
+    NodeUp,
+    OutOfSync,
     OwnedBucketsChanged,
+    PeerRefused,
     Ready,
 )
+from ..ranges import RangeDistribution
 from ..types import ClusterSettings, NodeId
 from .clock import Scheduler
 from .invariants import Invariants, Violation
 from .kernel import Kernel
 from .names import node_address, node_name
 from .network import LinkProfile, Network
+from .variants import ObservedNode
 from .workload import Workload, WorkloadProfile
 
 _ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
@@ -49,10 +60,14 @@ MAX_SPINS = 10_000
 @dataclasses.dataclass(frozen=True)
 class SimOptions:
     buckets: int = 64
-    release_rule: str = "after-claim"  # "immediate" is the known-bad variant
+    # the range distribution the nodes run: variants.ImmediateRelease is known-bad
+    ranges: type[RangeDistribution] = RangeDistribution
     drop_injections: bool = False  # known-bad variant: the driver never injects
     heartbeat_interval: float = 0.05
     heartbeat_misses: int = 3
+    # Where a scenario adds zone links: do the nodes send their heartbeats
+    # there too? False is the known-bad variant (the zone-guard breaks).
+    zone_heartbeats: bool = True
 
 
 @dataclasses.dataclass
@@ -61,7 +76,7 @@ class SimNode:
 
     node_id: NodeId
     kernel: Kernel
-    node: Node | None = None
+    node: ObservedNode | None = None
     incarnation: int = 0
     isolated: bool = False  # fully partitioned: no sync and no data-plane traffic
     links_down: bool = False  # its own data-plane links are down (sync still works)
@@ -72,6 +87,7 @@ class SimNode:
     spins: int = 0  # consecutive services that left the timer due
     timer_token: int = 0
     timer_at: float | None = None
+    online_since: float | None = None  # on the zone links without a break since
 
     @property
     def name(self) -> str:
@@ -116,6 +132,11 @@ class Cluster:
             self.settings.hash_seed,
             workload,
         )
+        # Drawn last: the draws above are the same with or without zone links.
+        self.zone_network = Network(
+            self.scheduler, random.Random(master.getrandbits(64)), self._deliver_zone
+        )
+        self.zone_links = False  # see add_zone_links
         self.nodes: dict[NodeId, SimNode] = {}
         self.last_disturbance = 0.0
         self._quiet_checked_at = -1.0
@@ -137,6 +158,15 @@ class Cluster:
         """A fault or membership change: convergence checks wait QUIET_PERIOD from now."""
         self.last_disturbance = self.now
         self.log("sim", what)
+
+    def add_zone_links(self) -> None:
+        """Before any node starts: the nodes also share zone links (their data
+        networks), which carry a copy of every heartbeat (NodeConfig.zone_heartbeats).
+        A sync-only partition then takes nobody for dead. A node is on the
+        zone links while it is alive, its links are up and it is not isolated."""
+        if self.nodes:
+            raise RuntimeError("zone links must be added before the first node starts")
+        self.zone_links = True
 
     # -- membership operations -----------------------------------------------------------
 
@@ -166,13 +196,21 @@ class Cluster:
             heartbeat_interval=self.options.heartbeat_interval,
             heartbeat_misses=self.options.heartbeat_misses,
             weight=weight,
-            release_rule=self.options.release_rule,
+            zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
-        sim.node = Node(config, rng, self.now)
-        sim.node.observer = _DeliveryObserver(self.invariants, node_id, self)
+        sim.node = ObservedNode(
+            config,
+            rng,
+            self.now,
+            invariants=self.invariants,
+            clock=lambda: self.now,
+            ranges=self.options.ranges,
+        )
         self.invariants.forget_node(node_id)
         self.network.attach(node_id)
+        self.zone_network.attach(node_id)
+        sim.online_since = self.now
         self.disturb(f"start {sim.name} (incarnation {sim.incarnation})")
         self._service(sim)
         return sim
@@ -184,7 +222,7 @@ class Cluster:
             return
         self.disturb(f"crash {sim.name}")
         self._count_unsynced(sim)
-        self.network.detach(sim.node_id)
+        self._detach(sim)
         if not sim.offline:
             self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=False)
         sim.node = None
@@ -223,13 +261,18 @@ class Cluster:
         if sim.node is None:
             return
         self.disturb(f"stop {sim.name} after its leave")
-        self.network.detach(sim.node_id)
+        self._detach(sim)
         if not sim.offline:
             self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=True)
         sim.node = None
         sim.kernel = Kernel(sim.node_id)
         sim.timer_token += 1
         sim.timer_at = None
+
+    def _detach(self, sim: SimNode) -> None:
+        self.network.detach(sim.node_id)
+        self.zone_network.detach(sim.node_id)
+        sim.online_since = None
 
     # -- network faults -------------------------------------------------------------------
 
@@ -253,6 +296,7 @@ class Cluster:
             if sim is not None and sim.alive and not sim.isolated:
                 was_offline = sim.offline
                 sim.isolated = True
+                sim.online_since = None
                 if was_offline:
                     continue
                 self._count_unsynced(sim)
@@ -270,9 +314,11 @@ class Cluster:
                 self._count_unsynced(sim)
                 self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=False)
             sim.links_down = True
+            sim.online_since = None
         else:
             sim.links_down = False
             if not sim.offline:
+                sim.online_since = self.now
                 self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
         sim.node.set_link_status(up, self.now)
         self._service(sim)
@@ -293,6 +339,7 @@ class Cluster:
                     self._service(sim)
                 sim.links_down = False
                 if sim.alive:
+                    sim.online_since = self.now
                     self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
 
     # -- the workload's view (workload.Host) ------------------------------------------------------
@@ -324,6 +371,24 @@ class Cluster:
         sim.node.receive_datagram(datagram, self.now)
         self._service(sim)
 
+    def _deliver_zone(self, receiver: NodeId, sender: NodeId, datagram: bytes) -> None:
+        sim = self.nodes.get(receiver)
+        if sim is not None and not sim.offline:  # its zone links are up
+            self._deliver(receiver, sender, datagram)
+
+    def _zone_heard_for(self, viewer: SimNode, peer: NodeId) -> float:
+        """How long viewer and peer have both been on the zone links (0: not now)."""
+        other = self.nodes.get(peer)
+        if not self.zone_links or other is None:
+            return 0.0
+        if viewer.online_since is None or other.online_since is None:
+            return 0.0
+        return self.now - max(viewer.online_since, other.online_since)
+
+    def _peer_timeout(self) -> float:
+        """A bound on the nodes' heartbeat timeout (misses, tolerance, delivery)."""
+        return self.options.heartbeat_interval * (self.options.heartbeat_misses + 1) + 0.01
+
     def _timer(self, sim: SimNode, token: int) -> Callable[[], None]:
         def fire() -> None:
             if token != sim.timer_token or sim.node is None:
@@ -354,8 +419,15 @@ class Cluster:
                 sim.kernel.table,
                 now,
             )
-        for datagram in node.datagrams_to_send(now):
-            self.network.broadcast(sim.node_id, datagram)
+        for datagram, destination in node.datagrams_to_send(now):
+            match destination:
+                case Destination.SYNC:
+                    self.network.broadcast(sim.node_id, datagram)
+                case Destination.ZONES:
+                    if not sim.offline:
+                        self.zone_network.broadcast(sim.node_id, datagram)
+                case _:
+                    assert_never(destination)
         if sim.stop_requested:
             self._stop_after_leave(sim)  # after its last datagrams went out
             return
@@ -375,35 +447,50 @@ class Cluster:
             sim.timer_at = deadline
             self.scheduler.at(deadline, self._timer(sim, sim.timer_token))
 
-    def _perform(self, sim: SimNode, event: object, claimed_now: set[int]) -> None:
+    def _perform(self, sim: SimNode, event: NodeEvent, claimed_now: set[int]) -> None:
         now = self.now
-        describe = getattr(event, "describe", None)
-        if describe is not None:
-            self.log(sim.name, describe())
-        if isinstance(event, InjectConnections):
-            sim.kernel.inject(event, now)
-        elif isinstance(event, OwnedBucketsChanged):
-            claimed, released = sim.kernel.program(event, now)
-            claimed_now.update(claimed)
-            if not sim.offline:
-                self.invariants.programmed(sim.node_id, claimed, released, now)
-        elif isinstance(event, DeleteConnections):
-            sim.kernel.delete(event)
-        elif isinstance(event, ActiveBucketsChanged):
-            added = sim.kernel.set_active(event.active)
-            if not sim.offline:
-                others = [
-                    s.kernel.active
-                    for s in self.nodes.values()
-                    if s is not sim and s.alive and not s.offline
-                ]
-                self.invariants.report.double_forwarding += sum(
-                    1 for b in added if any(b in other for other in others)
-                )
-        elif isinstance(event, Ready):
-            sim.ready = True
-        elif isinstance(event, LeaveComplete):
-            sim.stop_requested = True
+        self.log(sim.name, event.describe())
+        match event:
+            case InjectConnections():
+                sim.kernel.inject(event, now)
+            case OwnedBucketsChanged():
+                claimed, released = sim.kernel.program(event, now)
+                claimed_now.update(claimed)
+                if not sim.offline:
+                    self.invariants.programmed(sim.node_id, claimed, released, now)
+            case DeleteConnections():
+                sim.kernel.delete(event)
+            case ActiveBucketsChanged():
+                self._activate(sim, event)
+            case Ready():
+                sim.ready = True
+            case LeaveComplete():
+                sim.stop_requested = True
+            case NodeDown():
+                if event.reason == "timeout" and self.zone_links:
+                    self.invariants.peer_timed_out(
+                        sim.node_id,
+                        event.node,
+                        self._zone_heard_for(sim, event.node),
+                        self._peer_timeout(),
+                        now,
+                    )
+            case InjectExpectations() | NodeUp() | PeerRefused() | OutOfSync():
+                pass  # the simulated kernel keeps no expectations; the rest is news
+            case _:
+                assert_never(event)
+
+    def _activate(self, sim: SimNode, event: ActiveBucketsChanged) -> None:
+        added = sim.kernel.set_active(event.active)
+        if not sim.offline:
+            others = [
+                s.kernel.active
+                for s in self.nodes.values()
+                if s is not sim and s.alive and not s.offline
+            ]
+            self.invariants.report.double_forwarding += sum(
+                1 for b in added if any(b in other for other in others)
+            )
 
     def _count_unsynced(self, sim: SimNode) -> None:
         """Report-only: connections of a dying node that no other live node knows."""
@@ -479,6 +566,9 @@ class Cluster:
                 out[f"workload_{name}"] = value
         for name, value in dataclasses.asdict(self.network.stats).items():
             out[f"network_{name}"] = value
+        if self.zone_links:
+            for name, value in dataclasses.asdict(self.zone_network.stats).items():
+                out[f"zone_network_{name}"] = value
         for s in self.nodes.values():
             for name, value in dataclasses.asdict(s.kernel.stats).items():
                 out[f"kernel_{name}"] = out.get(f"kernel_{name}", 0) + value
@@ -492,18 +582,3 @@ def aimed_buckets(members: dict[NodeId, int], settings: ClusterSettings) -> dict
     """bucket -> node, as every node should compute it for `members`."""
     owners = aimed_assignment(members, settings.buckets, settings.hash_seed)
     return dict(enumerate(owners))
-
-
-class _DeliveryObserver:
-    """Feeds a node's reliable-broadcast deliveries to the FIFO invariant."""
-
-    def __init__(self, invariants: Invariants, node: NodeId, cluster: Cluster) -> None:
-        self._invariants = invariants
-        self._node = node
-        self._cluster = cluster
-
-    def delivered(self, sender: NodeId, seq: int) -> None:
-        self._invariants.delivered(self._node, sender, seq, self._cluster.now)
-
-    def stream_reset(self, sender: NodeId) -> None:
-        self._invariants.restart_stream(self._node, sender)

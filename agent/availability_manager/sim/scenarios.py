@@ -21,6 +21,7 @@ from .runner import Cluster
 
 BOOT_SPREAD = 0.03  # nodes of the initial cluster boot within 30 ms of each other
 WORKLOAD_START = 0.3  # right after the first stable configuration (about 0.25 s)
+ZONE_LINKS_SHARE = 0.25  # of the mixed runs, with zone links (heartbeats there too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,17 @@ def sync_partition(cluster: Cluster, rng: random.Random) -> float:
     _boot(cluster, rng, 3)
     _at(cluster, 1.5, lambda: cluster.partition_sync([[0], [1, 2]]))
     return 3.0 + rng.random() * 0.5
+
+
+def sync_partition_zones(cluster: Cluster, rng: random.Random) -> float:
+    """With zone links: the sync network splits (A | B C) for longer than the
+    heartbeat timeout while the zone links stay up. The zone heartbeats keep
+    everyone up, so nobody takes over anybody's buckets (zone-guard), then the
+    streams repair or resync once the sync network heals."""
+    cluster.add_zone_links()
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.partition_sync([[0], [1, 2]]))
+    return 2.5 + rng.random() * 0.5
 
 
 def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
@@ -194,6 +206,8 @@ def mixed(cluster: Cluster, rng: random.Random) -> float:
             running.discard(victim)
             stopped.add(victim)
             _at(cluster, t, partial(cluster.leave, victim))
+    if rng.random() < ZONE_LINKS_SHARE:  # drawn last: the faults above stay as they were
+        cluster.add_zone_links()
     return t + 0.3
 
 
@@ -204,6 +218,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("join", "a 4th node joins a 3-node cluster under load", join),
         Scenario("loss30", "30% sync loss with a crash and a restart", loss30),
         Scenario("sync-partition", "sync network split A | B C, then healed", sync_partition),
+        Scenario(
+            "sync-partition-zones",
+            "sync network split A | B C with the zone links up: nobody is taken for dead",
+            sync_partition_zones,
+        ),
         Scenario(
             "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync
         ),

@@ -1,0 +1,72 @@
+"""`NodeConfig`: everything a Node is built from, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from . import wire
+from .connection import Connection
+from .crypto import Keyring
+from .relevance import SYNCED_PROTOCOLS, synced_connections
+from .types import MAX_NODE_ID, ClusterSettings, NodeId
+
+JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """Everything a Node is built from. Validated on construction."""
+
+    node_id: NodeId
+    settings: ClusterSettings
+    keyring: Keyring
+    incarnation: int
+    initial_counter: int
+    heartbeat_interval: float = 0.05
+    heartbeat_misses: int = 3
+    weight: int = 1
+    protocols: frozenset[int] = SYNCED_PROTOCOLS
+    # the bits of the conntrack mark that hold the bucket: an entry is synced
+    # only with a bucket there (0: marks not looked at; see relevance.py)
+    mark_mask: int = 0
+    join_timeout: float = JOIN_TIMEOUT
+    forget_after: float = 60.0  # seconds a dead peer's cache is kept
+    # The highest wire version this node speaks: below wire.WIRE_VERSION only
+    # to run exactly as an older release does (rolling-upgrade tests).
+    max_wire_version: int = wire.WIRE_VERSION
+    # Send a copy of every heartbeat (and range state) to the zone links too
+    # (Destination.ZONES): costs a second AEAD operation per heartbeat, so
+    # only when the driver has zone links to send it on.
+    zone_heartbeats: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_id <= MAX_NODE_ID:
+            raise ValueError(f"node_id must be a 32-bit unsigned integer, got {self.node_id}")
+        if not 0 <= self.incarnation < 1 << 64:
+            raise ValueError(f"incarnation must be a u64, got {self.incarnation}")
+        if not 0 <= self.initial_counter < 1 << 64:
+            raise ValueError(f"initial_counter must be a u64, got {self.initial_counter}")
+        if not 0.001 <= self.heartbeat_interval <= 10.0:
+            raise ValueError(
+                f"heartbeat_interval must be 0.001..10 s, got {self.heartbeat_interval}"
+            )
+        if not 1 <= self.heartbeat_misses <= 100:
+            raise ValueError(f"heartbeat_misses must be 1..100, got {self.heartbeat_misses}")
+        if not 1 <= self.weight <= 1000:
+            raise ValueError(f"weight must be 1..1000, got {self.weight}")
+        if not self.protocols or not all(0 <= p <= 255 for p in self.protocols):
+            raise ValueError("protocols must be a non-empty set of IP protocol numbers")
+        if not 0 <= self.mark_mask <= 0xFFFFFFFF:
+            raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
+        if self.join_timeout <= 0 or self.forget_after <= 0:
+            raise ValueError("join_timeout and forget_after must be positive")
+        if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
+            raise ValueError(
+                f"max_wire_version must be {wire.WIRE_VERSION_MIN}..{wire.WIRE_VERSION}, "
+                f"got {self.max_wire_version}"
+            )
+
+    def relevance(self) -> Callable[[Connection], bool]:
+        """Which local entries this node syncs (relevance.py decides)."""
+        return synced_connections(self.protocols, self.mark_mask)
