@@ -44,7 +44,7 @@ def test_with_a_mark_mask_only_classified_entries_are_synced() -> None:
 
 def test_the_daemon_syncs_what_its_data_plane_classified() -> None:
     cfg = dataclasses.replace(parse(GOOD), mark_mask=0x0000FF00)
-    synced = node_config(cfg, Keyring.single(bytes(32)), 1).relevance()
+    synced = node_config(cfg, Keyring.single(bytes(32)), 1, 1).relevance()
     assert synced(conn(PROTO_TCP, mark=0x00000100))
     assert not synced(conn(PROTO_TCP, mark=0x00000001))
     assert not synced(conn(PROTO_TCP))
