@@ -129,6 +129,7 @@ from .types import NodeId, format_node_id
 # RbData payloads); anything else is counted and dropped.
 DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
+ZONE_MESSAGE_TYPES = (Heartbeat, RangeState)  # what a zone link may carry
 
 
 class Destination(enum.Enum):
@@ -203,9 +204,14 @@ class Node:
 
     # -- datagrams in ------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        """One datagram from the sync network. Anything unusable is counted
-        (stats "drop_<reason>") and dropped whole; nothing raises."""
+    def receive_datagram(
+        self, data: bytes, now: float, via: Destination = Destination.SYNC
+    ) -> None:
+        """One datagram from the sync network, or from a zone link (`via`).
+        Anything unusable is counted (stats "drop_<reason>") and dropped
+        whole; nothing raises. A zone link carries only heartbeats and range
+        state (what the peers send there): anything else that arrives on a
+        customer-facing link is dropped, whoever sealed it."""
         opened = self._encryption.open(data)
         if opened is None:
             return  # Encryption counted the reason
@@ -215,10 +221,13 @@ class Node:
         except wire.WireError as exc:
             self._counters[f"drop_{exc.reason}"] += 1
             return
+        allowed = DATAGRAM_MESSAGE_TYPES if via is Destination.SYNC else ZONE_MESSAGE_TYPES
         messages: list[DatagramMessage] = []
         for msg in decoded:
-            if isinstance(msg, DATAGRAM_MESSAGE_TYPES):
+            if isinstance(msg, allowed):
                 messages.append(msg)
+            elif via is Destination.ZONES and isinstance(msg, DATAGRAM_MESSAGE_TYPES):
+                self._counters["drop_not-for-zone-link"] += 1
             else:
                 self._counters["drop_unexpected-message"] += 1
         source = header.sender

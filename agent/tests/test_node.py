@@ -480,3 +480,48 @@ def test_kernel_echo_of_injected_entries_sends_nothing(three: Cluster) -> None:
         a.node.connection_new(conn, three.now)
     sync_datagrams(a.node, three.now)
     assert a.node.stats()["rb_data_sent"] == sent
+
+
+def test_a_zone_link_carries_heartbeats_only(three: Cluster) -> None:
+    """Zone links face customers (issue 18.5): a sealed datagram with stream
+    data that arrives there is dropped whole; the same datagram on the sync
+    network is taken. Heartbeats and range state are taken on both."""
+    a, b, c = three.host(1), three.host(2), three.host(3)
+    conn = conn_in_bucket(min(b.owned), 11)
+    b.node.connection_new(conn, three.now)
+    sealed = sync_datagrams(b.node, three.now + 0.001)
+    assert sealed
+    for d in sealed:
+        a.node.receive_datagram(d, three.now + 0.001, via=Destination.ZONES)
+        c.node.receive_datagram(d, three.now + 0.001)
+    assert conn.key not in a.node.peer_cache(nid(2))
+    assert a.node.stats()["drop_not-for-zone-link"] >= 1
+    assert conn.key in c.node.peer_cache(nid(2))
+
+
+def test_zone_heartbeats_keep_a_peer_alive_without_the_sync_network() -> None:
+    nodes = [Node(config(i, zone_heartbeats=True), random.Random(i), 0.0) for i in (1, 2)]
+    now = 0.0
+
+    def exchange(where: Destination) -> None:
+        for sender, receiver in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+            for d, dest in sender.datagrams_to_send(now):
+                if dest is where:
+                    receiver.receive_datagram(d, now, via=where)
+        for n in nodes:
+            n.handle_timer(now)
+
+    while now < 1.0:  # both up over the sync network
+        now += STEP
+        exchange(Destination.SYNC)
+    assert nid(2) in nodes[0].members()
+    while now < 2.0:  # the sync network is gone; the zone links carry on
+        now += STEP
+        exchange(Destination.ZONES)
+    assert nid(2) in nodes[0].members() and nid(1) in nodes[1].members()
+    while now < 3.0:  # and without them too: now it is dead
+        now += STEP
+        for n in nodes:
+            n.datagrams_to_send(now)
+            n.handle_timer(now)
+    assert nid(2) not in nodes[0].members()

@@ -255,8 +255,9 @@ class Runtime:
 
     def _on_sync(self, sock: SyncSocket) -> None:
         now = self.loop.time()
+        via = Destination.ZONES if sock.link_only else Destination.SYNC
         for datagram in sock.receive_all():
-            self.node.receive_datagram(datagram, now)
+            self.node.receive_datagram(datagram, now, via)
         self._pump()
 
     def _on_conntrack(self) -> None:

@@ -373,8 +373,9 @@ class Cluster:
 
     def _deliver_zone(self, receiver: NodeId, sender: NodeId, datagram: bytes) -> None:
         sim = self.nodes.get(receiver)
-        if sim is not None and not sim.offline:  # its zone links are up
-            self._deliver(receiver, sender, datagram)
+        if sim is not None and not sim.offline and sim.node is not None:  # zone links up
+            sim.node.receive_datagram(datagram, self.now, via=Destination.ZONES)
+            self._service(sim)
 
     def _zone_heard_for(self, viewer: SimNode, peer: NodeId) -> float:
         """How long viewer and peer have both been on the zone links (0: not now)."""
