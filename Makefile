@@ -40,6 +40,7 @@ test-lint: bootstrap
 test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"
 	$(PYTEST) -q bench/tests -m "not lab"
+	$(PYTEST) -q tools/tests
 
 test-sim: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m sim

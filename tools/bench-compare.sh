@@ -15,12 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-missing=()
-for pkg in keepalived conntrackd conntrack nftables gcc iproute2; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-    fi
-done
+# The "bench" rows of tools/commands.tsv (the base ones come with bootstrap).
+source tools/commands.sh
+mapfile -t bench_packages < <(commands_packages bench)
+mapfile -t missing < <(commands_missing_packages "${bench_packages[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "bench-compare: installing ${missing[*]}"
     apt-get update -qq
@@ -33,6 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || ./tools/bootstrap.sh
+commands_check bench || { echo "bench-compare: some commands are still missing (above)" >&2; exit 1; }
 
 failed=()
 for name in failover sync syncloss active; do
