@@ -52,6 +52,12 @@ test-lab: bootstrap
 	$(PYTEST) -q agent/tests/lab -m lab
 	cd lab && ../$(PYTEST) -q tests
 
+# The set-up on a clean Debian 12 root (systemd-nspawn): bootstrap, the
+# installers and the areas that run there. Needs root; see tools/test-fresh.sh.
+.PHONY: test-fresh
+test-fresh:
+	./tools/test-fresh.sh
+
 test-ansible: bootstrap
 	./tools/ansible-tests.sh
 

@@ -2,10 +2,11 @@
 # Runs the four comparisons of fwcluster against keepalived + conntrackd
 # (bench/compare_{failover,sync,syncloss,active}.py) and writes their
 # sections to docs/benchmarks/compare_*.md + .png. Installs what they need
-# from Debian first (keepalived, conntrackd, conntrack, nftables, gcc), only
+# from Debian first (the "bench" rows of tools/commands.tsv), only
 # if missing. Extra arguments go to every script, e.g. --quick or --runs 10.
 # Needs root (network namespaces). Each script removes what it built, even
-# on failure; `FWCLUSTER_LAB_PREFIX=fwk- FWCLUSTER_LAB_RUN=/run/fwcluster-compare/fwk
+# on failure. --install-only: install and check, run nothing (test-fresh).
+# `FWCLUSTER_LAB_PREFIX=fwk- FWCLUSTER_LAB_RUN=/run/fwcluster-compare/fwk
 # bin/lab down` (and fwm-) cleans up after a killed run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,10 @@ fi
 
 [ -x .venv/bin/python ] || ./tools/bootstrap.sh
 commands_check bench || { echo "bench-compare: some commands are still missing (above)" >&2; exit 1; }
+if [ "${1:-}" = --install-only ]; then
+    echo "bench-compare: installed: ${bench_packages[*]}"
+    exit 0
+fi
 
 failed=()
 for name in failover sync syncloss active; do
