@@ -72,7 +72,7 @@ echo "test-fresh: clean clone of $(git rev-parse --short HEAD) in a fresh $SUITE
 nspawn() { # <phase log> <nspawn options and command...>
     local log=$1
     shift
-    systemd-nspawn -q --register=no --keep-unit --capability=all -D "$merged" \
+    systemd-nspawn -q --register=no --keep-unit --capability=all --console=pipe -D "$merged" \
         --bind-ro="$HOST_CA:/etc/fwcluster-host-ca.crt" --setenv=PIP_CERT=/etc/fwcluster-host-ca.crt \
         --setenv=REQUESTS_CA_BUNDLE=/etc/fwcluster-host-ca.crt \
         --chdir=/root/fwcluster "$@" 2>&1 | tee "$log"
@@ -95,7 +95,8 @@ fi
 echo "=== test-fresh: areas $AREAS (SEEDS=$SEEDS), private network"
 nspawn "$CACHE/areas.log" --private-network \
     --setenv=TEST_AREAS="$AREAS" --setenv=SEEDS="$SEEDS" ./tools/run-tests.sh
-counts=$(sed -n 's/^test areas: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$CACHE/areas.log" | tail -1)
+counts=$(tr -d '\r' <"$CACHE/areas.log" |
+    sed -n 's/^test areas: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' | tail -1)
 read -r p f <<<"${counts:-0 1}"
 passed=$((passed + p))
 failed=$((failed + f))
