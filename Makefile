@@ -55,7 +55,7 @@ test-lab: bootstrap
 # The set-up on a clean Debian 12 root (systemd-nspawn): bootstrap, the
 # installers and the areas that run there. Needs root; see tools/test-fresh.sh.
 .PHONY: test-fresh
-test-fresh:
+test-fresh: bootstrap
 	./tools/test-fresh.sh
 
 test-ansible: bootstrap
