@@ -6,20 +6,22 @@
 #   1. tools/bootstrap.sh and the other areas' installers (bench-compare's
 #      Debian packages; kmod's with FRESH_KMOD=1: two kernels, qemu), with
 #      the network, as a new user would;
-#   2. the test areas FRESH_AREAS (default "lint unit sim lab"; the simulator
-#      with SEEDS=$FRESH_SEEDS, default 50) through tools/run-tests.sh, with
-#      a private network (namespaces and sysctls work there, nothing leaves);
+#   2. the test areas FRESH_AREAS (default "lint unit sim lab bench-smoke";
+#      the simulator with SEEDS=$FRESH_SEEDS, default 50) through
+#      tools/run-tests.sh, with a private network (namespaces and sysctls
+#      work there, nothing leaves);
 # then lists every "command not found" and FileNotFoundError seen.
-# Not covered: ansible's molecule scenarios (test hosts are systemd-nspawn
-# containers themselves), the kmod guests and bench-smoke (FRESH_AREAS can
-# name them; they are long). Uncommitted changes are not tested (HEAD is).
+# About 15 minutes here. Not covered: the ansible area (its molecule scenarios
+# boot systemd-nspawn test hosts: containers in this container) and the kmod
+# area (two kernels, TCG guests: an hour); FRESH_AREAS can name them.
+# Uncommitted changes are not tested (HEAD is).
 # Needs root; creates namespaces: run under flock /work/lab.lock.
 # Last line: "test-fresh: N passed, M failed" (the installers count as one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 CACHE=$REPO/.cache/test-fresh
-AREAS=${FRESH_AREAS:-lint unit sim lab}
+AREAS=${FRESH_AREAS:-lint unit sim lab bench-smoke}
 SEEDS=${FRESH_SEEDS:-50}
 SUITE=bookworm
 SEED_PACKAGES=make
