@@ -399,14 +399,26 @@ def scan_makefile(text: str, path: str) -> list[Use]:
 
 # --- The tree ---------------------------------------------------------------------------
 
-# Files that run on the cluster nodes and in test hosts: their commands are
-# scanned too (the test host root must carry them).
+# Everything else is read, including what runs on the cluster nodes and test
+# hosts (roles, the agent): the test host root must carry those commands too.
 SKIP_PARTS = ("docs/",)
 
 
 def tracked_files(root: Path = ROOT) -> list[str]:
+    """The project's files: tracked, and new ones not yet added (not ignored ones)."""
     out = subprocess.run(
-        ["git", "-C", str(root), "ls-files"], capture_output=True, text=True, check=True
+        [
+            "git",
+            "-C",
+            str(root),
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return [p for p in out.stdout.splitlines() if not p.startswith(SKIP_PARTS)]
 
