@@ -40,6 +40,7 @@ test-lint: bootstrap
 test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"
 	$(PYTEST) -q bench/tests -m "not lab"
+	$(PYTEST) -q tools/tests
 
 test-sim: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m sim
@@ -50,6 +51,12 @@ test-sim: bootstrap
 test-lab: bootstrap
 	$(PYTEST) -q agent/tests/lab -m lab
 	cd lab && ../$(PYTEST) -q tests
+
+# The set-up on a clean Debian 12 root (systemd-nspawn): bootstrap, the
+# installers and the areas that run there. Needs root; see tools/test-fresh.sh.
+.PHONY: test-fresh
+test-fresh: bootstrap
+	./tools/test-fresh.sh
 
 test-ansible: bootstrap
 	./tools/ansible-tests.sh

@@ -61,20 +61,11 @@ step() {
 }
 
 ensure_tools() {
-    # Python side: ansible-lint, molecule, testinfra into the project venv.
-    if ! "$VENV/bin/python" -c 'import molecule, testinfra, ansiblelint' 2>/dev/null; then
-        "$VENV/bin/pip" install -q -r tools/requirements-ansible.txt
-    fi
-    # Test hosts: mmdebstrap builds the root, systemd-nspawn boots it. The
-    # container tools must match the installed systemd exactly (it may come
-    # from bookworm-backports), so pin systemd-container to its version.
-    local missing=()
-    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-    command -v systemd-nspawn >/dev/null ||
-        missing+=("systemd-container=$(dpkg-query -W -f='${Version}' systemd)")
-    if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-    fi
+    # Everything comes from the bootstrap (a second run only checks): the
+    # Python side (ansible-lint, molecule, testinfra) into the project venv,
+    # mmdebstrap (builds the test hosts' root) and systemd-container (boots
+    # it), pinned to the installed systemd: tools/commands.tsv, area base.
+    ./tools/bootstrap.sh
 }
 
 lint() {

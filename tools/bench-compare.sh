@@ -2,10 +2,11 @@
 # Runs the four comparisons of fwcluster against keepalived + conntrackd
 # (bench/compare_{failover,sync,syncloss,active}.py) and writes their
 # sections to docs/benchmarks/compare_*.md + .png. Installs what they need
-# from Debian first (keepalived, conntrackd, conntrack, nftables, gcc), only
+# from Debian first (the "bench" rows of tools/commands.tsv), only
 # if missing. Extra arguments go to every script, e.g. --quick or --runs 10.
 # Needs root (network namespaces). Each script removes what it built, even
-# on failure; `FWCLUSTER_LAB_PREFIX=fwk- FWCLUSTER_LAB_RUN=/run/fwcluster-compare/fwk
+# on failure. --install-only: install and check, run nothing (test-fresh).
+# `FWCLUSTER_LAB_PREFIX=fwk- FWCLUSTER_LAB_RUN=/run/fwcluster-compare/fwk
 # bin/lab down` (and fwm-) cleans up after a killed run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +16,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-missing=()
-for pkg in keepalived conntrackd conntrack nftables gcc iproute2; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-    fi
-done
+# The "bench" rows of tools/commands.tsv (the base ones come with bootstrap).
+source tools/commands.sh
+mapfile -t bench_packages < <(commands_packages bench)
+mapfile -t missing < <(commands_missing_packages "${bench_packages[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "bench-compare: installing ${missing[*]}"
     apt-get update -qq
@@ -33,6 +32,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || ./tools/bootstrap.sh
+commands_check bench || { echo "bench-compare: some commands are still missing (above)" >&2; exit 1; }
+if [ "${1:-}" = --install-only ]; then
+    echo "bench-compare: installed: ${bench_packages[*]}"
+    exit 0
+fi
 
 failed=()
 for name in failover sync syncloss active; do

@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables conntrack iproute2 iperf3 procps python3-venv iputils-ping
-              openssh-client mmdebstrap)
+source tools/commands.sh
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# The Debian packages of the "base" rows of tools/commands.tsv, except
+# systemd-container: it must match the installed systemd (below).
+mapfile -t APT_PACKAGES < <(commands_packages base | grep -vx systemd-container)
+APT_PACKAGES+=(python3-venv)  # no command of its own: `python3 -m venv`
+
+mapfile -t missing < <(commands_missing_packages "${APT_PACKAGES[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "bootstrap: need root to install: ${missing[*]}" >&2
@@ -25,12 +26,13 @@ fi
 # systemd-nspawn (test hosts) must match the installed systemd exactly: the
 # machine may carry bookworm's or bookworm-backports' systemd.
 systemd_version=$(dpkg-query -W -f='${Version}' systemd 2>/dev/null || true)
-if [ -n "$systemd_version" ] && \
-   [ "$(dpkg-query -W -f='${Version}' systemd-container 2>/dev/null)" != "$systemd_version" ]; then
+if [ "$(dpkg-query -W -f='${Version}' systemd-container 2>/dev/null || true)" != "$systemd_version" ] ||
+   [ -z "$systemd_version" ]; then
     [ "$(id -u)" -eq 0 ] || { echo "bootstrap: need root to install systemd-container" >&2; exit 1; }
-    echo "bootstrap: installing systemd-container=$systemd_version"
+    echo "bootstrap: installing systemd-container${systemd_version:+=$systemd_version}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "systemd-container=$systemd_version" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "systemd-container${systemd_version:+=$systemd_version}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
@@ -44,3 +46,9 @@ if [ ! -f "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ] \
     .venv/bin/pip install -q -e 'agent[dev]' -r tools/requirements-ansible.txt
     touch "$stamp"
 fi
+
+# Every command the base area runs, Debian's and the venv's, is there now.
+commands_check base .venv/bin || {
+    echo "bootstrap: some commands are still missing (above); install their packages" >&2
+    exit 1
+}

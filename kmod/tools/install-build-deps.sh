@@ -29,7 +29,12 @@ versioned() { # <metapackage> <suite>
     apt-cache depends -t "$2" "$1" 2>/dev/null | awk '/Depends:/ {print $2; exit}'
 }
 
-packages=(build-essential qemu-system-x86 busybox-static python3-venv kmod conntrack nftables iproute2 iputils-ping dkms)
+# The "kmod" rows of tools/commands.tsv (the commands the builds and guests
+# run), plus what provides no command of its own: the toolchain's headers and
+# libraries, venv for virtme-ng's virtualenv.
+source "$KMOD_DIR/../tools/commands.sh"
+mapfile -t packages < <(commands_packages kmod)
+packages+=(build-essential python3-venv)
 for suite in bookworm bookworm-backports; do
     for meta in linux-image-amd64 linux-headers-amd64; do
         pkg=$(versioned "$meta" "$suite")
@@ -57,4 +62,8 @@ if [ ! -x "$VENV/bin/vng" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q virtme-ng
 fi
+commands_check kmod "$VENV/bin" || {
+    echo "install-build-deps: some commands are still missing (above)" >&2
+    exit 1
+}
 echo "install-build-deps: ok (${packages[*]}, virtme-ng in $VENV)"
