@@ -136,8 +136,9 @@ def test_early_hashes_are_the_cluster_chains_for_the_classes_it_decides(hash_fie
         ("10.0.0.0/8", "expected a list"),
         ([{"network": "192.0.2.1/24"}], "slow_path[0].network"),  # host bits set
         ([{"network": "nonsense"}], "slow_path[0].network"),
-        ([{"ports": 21}], "ports need a protocol"),
-        ([{"protocol": "icmp", "network": "192.0.2.0/24"}], "slow_path[0]: slow_path protocol"),
+        ([{"ports": 21}], "ports need one of tcp"),
+        ([{"protocol": "icmp", "ports": 1, "network": "192.0.2.0/24"}], "ports need one of"),
+        ([{"protocol": "gre", "network": "192.0.2.0/24"}], "slow_path[0]: slow_path protocol"),
         ([{"protocol": "tcp", "ports": "9-2"}], "a range within 1-65535"),
         ([{"protocol": "tcp", "ports": "x"}], "ports: a port or a range"),
         ([{"protocol": "tcp"}], "needs a network, ports, or both"),
@@ -155,6 +156,11 @@ def test_slow_path_entry_rules_cover_both_directions() -> None:
     assert e.rules() == [
         "ip saddr 192.0.2.0/24 meta l4proto udp th sport 69",
         "ip daddr 192.0.2.0/24 meta l4proto udp th dport 69",
+    ]
+    icmp = SlowPathEntry(ipaddress.ip_network("2001:db8::5/128"), "icmpv6")
+    assert icmp.rules() == [
+        "ip6 saddr 2001:db8::5/128 meta l4proto icmpv6",
+        "ip6 daddr 2001:db8::5/128 meta l4proto icmpv6",
     ]
 
 

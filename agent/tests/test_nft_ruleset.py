@@ -279,7 +279,8 @@ def test_nft_accepts_the_rendered_ruleset(netns: str, settings: ClusterSettings,
 @pytest.mark.parametrize("hash_fields", ["addresses+ports", "addresses"])
 def test_nft_accepts_the_early_chain(netns: str, hash_fields: str) -> None:
     slow = parse_slow_path(
-        [{"network": "203.0.113.100"}, {"network": "2001:db8::/64", "protocol": "udp",
+        [{"network": "203.0.113.100"}, {"network": "203.0.113.0/24", "protocol": "icmp"},
+         {"network": "2001:db8::/64", "protocol": "udp",
           "ports": "69"}, {"protocol": "tcp", "ports": "30000-30100"}]
     )  # fmt: skip
     cfg = dataclasses.replace(

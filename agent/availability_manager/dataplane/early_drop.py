@@ -39,6 +39,7 @@ import ipaddress
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PORT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")
+PROTOCOLS = (*PORT_PROTOCOLS, "icmp", "icmpv6")  # ICMP: echo of a port-forwarded ping
 PRIORITY = -300  # after nf_defrag (-400), before conntrack (-200)
 
 
@@ -55,13 +56,11 @@ class SlowPathEntry:
     def __post_init__(self) -> None:
         if self.network is None and self.ports is None:
             raise ValueError("a slow_path entry needs a network, ports, or both")
-        if self.protocol is not None and self.protocol not in PORT_PROTOCOLS:
-            raise ValueError(
-                f"slow_path protocol {self.protocol!r}: one of {', '.join(PORT_PROTOCOLS)}"
-            )
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(f"slow_path protocol {self.protocol!r}: one of {', '.join(PROTOCOLS)}")
         if self.ports is not None:
-            if self.protocol is None:
-                raise ValueError("slow_path ports need a protocol")
+            if self.protocol not in PORT_PROTOCOLS:
+                raise ValueError(f"slow_path ports need one of {', '.join(PORT_PROTOCOLS)}")
             lo, hi = self.ports
             if not 1 <= lo <= hi <= 65535:
                 raise ValueError(f"slow_path ports {lo}-{hi}: a range within 1-65535")
