@@ -225,7 +225,23 @@ def analyse(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
             for r, f in zip(rounds, base_fwd, strict=True)
         ]
         d[f"{mode}/prerouting_floor"] = statistics.median(hook)
-    return {"cost_us": cost, "d": d}
+    # the early chain's foreign packet against today's forwarded one: the
+    # early chain makes forwarding dearer too, and one node alone would run
+    # without it
+    d["early/foreign_unknown_vs_off_forward"] = statistics.median(
+        (
+            r["early/foreign_unknown"]["us_per_packet"]
+            - r["sender_only"]["us_per_packet"]
+        )
+        / (r["off/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
+        for r in rounds
+    )
+    forward_ratio = statistics.median(
+        (r["early/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
+        / (r["off/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
+        for r in rounds
+    )
+    return {"cost_us": cost, "d": d, "forward_early_vs_off": forward_ratio}
 
 
 def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: str,
@@ -273,7 +289,17 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
         rows,
     )  # fmt: skip
     d_off, d_on = d["off/foreign_unknown"], d["early/foreign_unknown"]
+    d_cross = d["early/foreign_unknown_vs_off_forward"]
     lines += [
+        "",
+        (
+            f"The early chain also costs the owner: its share of a forwarded packet is "
+            f"{a['forward_early_vs_off']:.2f}x today's. Measured against today's forwarding "
+            f"cost (one node alone would run without the early chain), a foreign packet "
+            f"with the early chain costs d' = {d_cross:.3f}; the gain of N nodes over one "
+            f"node with today's ruleset is then N / (f + d' (N-1)) with f = "
+            f"{a['forward_early_vs_off']:.2f} (row *early chain, against today's node*)."
+        ),
         "",
         (
             f"Goal d <= {GOAL_D}: {'met' if d_on <= GOAL_D else 'NOT met'} with the early "
@@ -289,6 +315,13 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
         [
             ["today", *[f"{gain(d_off, n):.2f}" for n in ns]],
             ["early chain", *[f"{gain(d_on, n):.2f}" for n in ns]],
+            [
+                "early chain, against today's node",
+                *[
+                    f"{n / (a['forward_early_vs_off'] + d_cross * (n - 1)):.2f}"
+                    for n in ns
+                ],
+            ],
             [
                 "ingress floor",
                 *[f"{gain(d['early/ingress_floor'], n):.2f}" for n in ns],

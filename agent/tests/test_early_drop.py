@@ -73,21 +73,24 @@ def test_early_chain_runs_after_defrag_and_before_conntrack() -> None:
         assert f"counter {name} {{}}" in text
 
 
-def test_local_destinations_and_slow_path_pass_before_any_hash() -> None:
-    rules = chain(render_ruleset(config()), "early_cluster")
-    assert rules[0] == 'fib daddr type local counter name "early_local" return'
-    slow = [r for r in rules if "early_slow_path" in r]
-    assert len(slow) == 2 * len(SLOW)  # each entry: from it and to it
-    vmap = next(i for i, r in enumerate(rules) if "vmap" in r)
-    assert all(rules.index(r) < vmap for r in slow)
-    assert 'ip saddr 203.0.113.100/32 counter name "early_slow_path" return' in slow
-    assert (
-        "ip6 daddr 2001:db8:2::/64 meta l4proto tcp th dport 30000-30100 counter name "
-        '"early_slow_path" return'
-    ) in slow
-    assert 'meta l4proto tcp th sport 20 counter name "early_slow_path" return' in slow
-    # no zone pair (hairpin, unknown interface, no route): passed on
+def test_one_fib_lookup_then_slow_path_before_any_hash() -> None:
+    text = render_ruleset(config())
+    rules = chain(text, "early_cluster")
+    assert [r for r in rules if "fib" in r] == [rules[0]]  # the orientation map only
+    assert rules[0].startswith("iif . fib daddr oif vmap")
+    # local destinations, no zone pair (hairpin, unknown interface, no route): passed on
     assert rules[-1] == 'counter name "early_undecided"'
+    for name in ("early_fwd", "early_rev"):
+        rules = chain(text, name)
+        slow = [r for r in rules if "early_slow_path" in r]
+        assert len(slow) == 2 * len(SLOW)  # each entry: from it and to it
+        assert rules[: len(slow)] == slow  # before any hash
+        assert 'ip saddr 203.0.113.100/32 counter name "early_slow_path" return' in slow
+        assert (
+            "ip6 daddr 2001:db8:2::/64 meta l4proto tcp th dport 30000-30100 counter name "
+            '"early_slow_path" return'
+        ) in slow
+        assert 'meta l4proto tcp th sport 20 counter name "early_slow_path" return' in slow
 
 
 def test_orientation_is_the_cluster_chains_for_every_pair_of_zones() -> None:

@@ -42,9 +42,10 @@ OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
 COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener")
 # The early chain's (only with early_drop.enabled): dropped as foreign before
-# conntrack; passed on because the destination is local, a slow_path entry
-# matched, or the packet is of no class the early chain decides.
-EARLY_COUNTERS = ("early_not_owned", "early_local", "early_slow_path", "early_undecided")
+# conntrack; passed on because a slow_path entry matched, or because the
+# packet is of no class the early chain decides (local destination, no pair
+# of zones, another protocol).
+EARLY_COUNTERS = ("early_not_owned", "early_slow_path", "early_undecided")
 
 _PORT_PROTOS = "{ tcp, udp, dccp, sctp, udplite }"
 
@@ -158,7 +159,14 @@ def _early_hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
 
 
 def _early_chains(config: DataPlaneConfig) -> list[str]:
-    """The early chain (early_drop.py): prerouting -300, before conntrack."""
+    """The early chain (early_drop.py): prerouting -300, before conntrack.
+
+    One FIB lookup per packet: `fib daddr oif` is 0 for a local destination
+    (the kernel's nft_fib4/nft_fib6 store no interface for RTN_LOCAL /
+    RTF_LOCAL routes) and for no route, and the input interface for
+    loopback and IPv6 neighbour discovery, none of which is a pair of two
+    different zones: all of them pass as undecided, with no separate
+    `fib daddr type local` lookup (measured: docs/benchmarks.md)."""
     pairs = [
         f'"{a.interface}" . "{b.interface}" : goto {"early_fwd" if i < j else "early_rev"}'
         for i, a in enumerate(config.zones)
@@ -171,16 +179,15 @@ def _early_chains(config: DataPlaneConfig) -> list[str]:
         f"    ether daddr {_macs(config)} goto early_cluster",
         "  }",
         "  chain early_cluster {",
-        '    fib daddr type local counter name "early_local" return',
     ]
-    for entry in config.early_drop.slow_path:
-        out += [f'    {m} counter name "early_slow_path" return' for m in entry.rules()]
     if pairs:
         out.append("    iif . fib daddr oif vmap { " + ", ".join(pairs) + " }")
     out.append('    counter name "early_undecided"')
     out.append("  }")
     for chain, forward in (("early_fwd", True), ("early_rev", False)):
         out.append(f"  chain {chain} {{")
+        for entry in config.early_drop.slow_path:
+            out += [f'    {m} counter name "early_slow_path" return' for m in entry.rules()]
         out += [f"    {r}" for r in _early_hash_chain(config, forward)]
         out.append("  }")
     return out

@@ -236,7 +236,7 @@ DECIDED: dict[str, Callable[[Lab], int]] = {
     "fragments": fragmented_udp,
 }
 PASSED: dict[str, tuple[Callable[[Lab], int], str]] = {
-    "to-cluster-ip": (to_cluster_ip, "early_local"),
+    "to-cluster-ip": (to_cluster_ip, "early_undecided"),
     "slow-path-entry": (to_slow_path_entry, "early_slow_path"),
     "hairpin": (hairpin, "early_undecided"),
     "icmp-error": (icmp_errors, "early_undecided"),
