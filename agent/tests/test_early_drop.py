@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_config import GOOD  # a valid agent config
 
 from availability_manager.daemon.config import ConfigError, parse_config
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
@@ -165,21 +166,6 @@ def test_slow_path_entry_rules_cover_both_directions() -> None:
         "ip6 saddr 2001:db8::5/128 meta l4proto icmpv6",
         "ip6 daddr 2001:db8::5/128 meta l4proto icmpv6",
     ]
-
-
-GOOD: dict[str, Any] = {
-    "node_id": "198.51.100.11",
-    "sync": {"interface": "sync0", "address": "198.51.100.11"},
-    "zones": [
-        {
-            "name": "outside",
-            "interface": "out0",
-            "cluster_ips": ["192.0.2.1/24"],
-            "cluster_mac": "01:00:5e:7f:00:01",
-        }
-    ],
-    "key_file": "/etc/availability-manager/cluster.key",
-}
 
 
 def test_agent_config_reads_early_drop() -> None:
