@@ -7,6 +7,10 @@ chains only ends our chain (later base chains still see the packet); a
 to a cluster MAC, and on cluster traffic they only decide "is this node the
 one that handles this connection".
 
+With early_drop enabled, a chain at prerouting -300 (after defragmentation,
+before conntrack) first drops the foreign packets whose owner the cluster
+chain would find by the same hash (early_drop.py, _early_chains).
+
 Packet path (prerouting, priority -150: after conntrack, before DNAT):
 
     ether daddr in cluster MACs -> cluster_traffic, else no opinion
