@@ -93,8 +93,14 @@ def agent_config(
         "protocols": list(PROTOCOLS) + (["icmpv6"] if topo.ipv6 else []),
         "control_socket": str(control_socket(run_dir, node.name)),
         "metrics": dict(METRICS),
-        # the nftables backend's early chain, with this lab's slow path
-        **({"early_drop": early_drop(topo)} if backend == "nftables" else {}),
+        # FWLAB_EARLY_DROP=1: the nftables backend's early chain, with this
+        # lab's slow path (early_drop_policy.py). Off by default: the key is
+        # new, and the rolling-upgrade test runs an older agent on this file.
+        **(
+            {"early_drop": early_drop(topo)}
+            if backend == "nftables" and os.environ.get("FWLAB_EARLY_DROP") == "1"
+            else {}
+        ),
         # Not in the lab's fixed key list, but needed: all nodes share one
         # filesystem, and each must keep its own incarnation counter.
         "state_dir": str(run_dir / node.name / "state"),

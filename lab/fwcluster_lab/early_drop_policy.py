@@ -1,5 +1,6 @@
-"""The lab's `early_drop` agent setting: the early chain on, with the slow
-path an operator of this lab would list (docs/dataplane.md, "Early drop").
+"""The lab's `early_drop` agent setting (with FWLAB_EARLY_DROP=1 in the
+environment of `lab up` or of the lab tests): the early chain on, with the
+slow path an operator of this lab would list (docs/dataplane.md, "Early drop").
 
 The agent cannot know the NAT and helper policies beside its tables, so the
 configuration names the traffic whose owner is not given by its own hash:
