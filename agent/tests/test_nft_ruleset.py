@@ -6,6 +6,7 @@ in a namespace with the zone interfaces for the lab-marked tests.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.dataplane.nd_mangle import nd_compensation
 from availability_manager.dataplane.nft_ruleset import (
     render_input_guard,
@@ -271,6 +273,21 @@ def test_nft_accepts_the_rendered_ruleset(netns: str, settings: ClusterSettings,
     # The parser is not lenient: a broken script is refused.
     broken = render_ruleset(config(settings, mask)).replace("goto hash_fwd", "goto no_such_chain")
     assert nft_check(netns, broken).returncode != 0
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("hash_fields", ["addresses+ports", "addresses"])
+def test_nft_accepts_the_early_chain(netns: str, hash_fields: str) -> None:
+    slow = parse_slow_path(
+        [{"network": "203.0.113.100"}, {"network": "203.0.113.0/24", "protocol": "icmp"},
+         {"network": "2001:db8::/64", "protocol": "udp",
+          "ports": "69"}, {"protocol": "tcp", "ports": "30000-30100"}]
+    )  # fmt: skip
+    cfg = dataclasses.replace(
+        config(ClusterSettings(hash_fields=hash_fields)), early_drop=EarlyDrop(True, slow)
+    )
+    done = nft_check(netns, render_ruleset(cfg, range(0, 256, 2)))
+    assert done.returncode == 0, done.stderr
 
 
 # --- IPv6 neighbour discovery mangling -------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .early_drop_policy import early_drop
 from .topology import SYNC_GROUP, SYNC_GROUP6, SYNC_PORT, Host, Topology
 
 REPO = Path(os.environ.get("FWCLUSTER_REPO", str(Path(__file__).resolve().parents[2])))
@@ -92,6 +93,14 @@ def agent_config(
         "protocols": list(PROTOCOLS) + (["icmpv6"] if topo.ipv6 else []),
         "control_socket": str(control_socket(run_dir, node.name)),
         "metrics": dict(METRICS),
+        # FWLAB_EARLY_DROP=1: the nftables backend's early chain, with this
+        # lab's slow path (early_drop_policy.py). Off by default: the key is
+        # new, and the rolling-upgrade test runs an older agent on this file.
+        **(
+            {"early_drop": early_drop(topo)}
+            if backend == "nftables" and os.environ.get("FWLAB_EARLY_DROP") == "1"
+            else {}
+        ),
         # Not in the lab's fixed key list, but needed: all nodes share one
         # filesystem, and each must keep its own incarnation counter.
         "state_dir": str(run_dir / node.name / "state"),

@@ -22,6 +22,7 @@ import yaml
 
 from ..connection import PROTO_NAMES
 from ..dataplane.base import Zone
+from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
 from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
 
@@ -72,6 +73,7 @@ class AgentConfig:
     weight: int = 1
     mark_mask: int = 0x0000FFFF
     tcp_loose: bool = False
+    early_drop: EarlyDrop = dataclasses.field(default_factory=EarlyDrop)
     leave_timeout_s: float = 30.0
     state_dir: Path = Path("/var/lib/availability-manager")
     realtime: bool = True
@@ -82,7 +84,10 @@ class AgentConfig:
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys whose change a SIGHUP cannot apply (they need a drained restart)."""
-    fixed = ("node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics")
+    fixed = (
+        "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
+        "early_drop",
+    )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
 
 
@@ -192,6 +197,7 @@ _TOP_KEYS = {
     "weight",
     "mark_mask",
     "tcp_loose",
+    "early_drop",
     "leave_timeout_s",
     "state_dir",
     "realtime",
@@ -249,6 +255,12 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             hex(mark_mask),
         )
 
+    early_drop = _parse_early_drop(
+        r, r.get(top, "early_drop", "", lambda v, k: r.mapping(v, k), {})
+    )
+    if early_drop.enabled and cluster.backend != "nftables":
+        raise r.fail("early_drop.enabled", "only the nftables backend has the early chain")
+
     return AgentConfig(
         path=path,
         node_id=node_id,
@@ -265,6 +277,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         weight=r.get(top, "weight", "", r.integer(1, 1000), 1),
         mark_mask=mark_mask,
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
+        early_drop=early_drop,
         leave_timeout_s=float(r.get(top, "leave_timeout_s", "", r.integer(1, 3600), 30)),
         state_dir=r.get(top, "state_dir", "", r.abspath, Path("/var/lib/availability-manager")),
         realtime=r.get(top, "realtime", "", r.boolean, True),
@@ -343,6 +356,15 @@ def _parse_zone(r: _Reader, value: object, key: str) -> Zone:
         )
     except ValueError as exc:
         raise r.fail(key, str(exc)) from None
+
+
+def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
+    r.check_keys(m, "early_drop", {"enabled", "slow_path"})
+    try:
+        slow_path = parse_slow_path(m.get("slow_path") or [])
+    except ValueError as exc:
+        raise r.fail("early_drop", str(exc)) from None
+    return EarlyDrop(r.get(m, "enabled", "early_drop", r.boolean, False), slow_path)
 
 
 def _parse_cluster(r: _Reader, m: Mapping[str, Any]) -> ClusterSettings:

@@ -35,6 +35,7 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
         zones=cfg.zones,
         mark_mask=cfg.mark_mask,
         tcp_loose=cfg.tcp_loose,
+        early_drop=cfg.early_drop,
     )
     if cfg.cluster.backend == "clusterdev":
         from ..dataplane.clusterdev import ClusterdevDataPlane

@@ -16,6 +16,7 @@ import re
 from typing import Protocol
 
 from ..types import ClusterSettings
+from .early_drop import EarlyDrop
 
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -55,6 +56,9 @@ class DataPlaneConfig:
         0x0000FFFF  # bits of the conntrack mark that hold bucket + 1 (0 = unclassified)
     )
     tcp_loose: bool = False  # nf_conntrack_tcp_loose: mid-stream pickup (see docs/dataplane.md)
+    early_drop: EarlyDrop = dataclasses.field(
+        default_factory=EarlyDrop
+    )  # foreign packets dropped before conntrack (nftables)
 
 
 class DataPlane(Protocol):

@@ -7,6 +7,10 @@ chains only ends our chain (later base chains still see the packet); a
 to a cluster MAC, and on cluster traffic they only decide "is this node the
 one that handles this connection".
 
+With early_drop enabled, a chain at prerouting -300 (after defragmentation,
+before conntrack) first drops the foreign packets whose owner the cluster
+chain would find by the same hash (early_drop.py, _early_chains).
+
 Packet path (prerouting, priority -150: after conntrack, before DNAT):
 
     ether daddr in cluster MACs -> cluster_traffic, else no opinion
@@ -34,12 +38,18 @@ from collections.abc import Iterable, Mapping
 
 from .base import DataPlaneConfig
 from .bucket import mask_shift
+from .early_drop import PRIORITY as EARLY_PRIORITY
 from .nd_mangle import render_nd_rules
 
 TABLE = "fwcluster"
 OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
 COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener")
+# The early chain's (only with early_drop.enabled): dropped as foreign before
+# conntrack; passed on because a slow_path entry matched, or because the
+# packet is of no class the early chain decides (local destination, no pair
+# of zones, another protocol).
+EARLY_COUNTERS = ("early_not_owned", "early_slow_path", "early_undecided")
 
 _PORT_PROTOS = "{ tcp, udp, dccp, sctp, udplite }"
 
@@ -83,38 +93,108 @@ def _classify(config: DataPlaneConfig, match: str, fields: str) -> list[str]:
     ]
 
 
+def _fields(fam: str, extra: tuple[str, ...], forward: bool) -> str:
+    """The hashed operands, ordered by zone: hash_rev swaps the addresses and
+    a pair of ports, so that a reply hashes like its original."""
+    a, b = (f"{fam} saddr", f"{fam} daddr") if forward else (f"{fam} daddr", f"{fam} saddr")
+    parts = [a, b]
+    if len(extra) == 2:
+        parts += list(extra) if forward else [extra[1], extra[0]]
+    else:
+        parts += list(extra)
+    return " . ".join(parts)
+
+
+def _own_tuple_hashes(config: DataPlaneConfig, forward: bool) -> list[tuple[str, str]]:
+    """(match, fields) of the packets hashed on their own tuple: port
+    protocols, and ICMP echo (by its id with addresses+ports). In this order
+    in hash_fwd/hash_rev; the early chain decides exactly these."""
+    if config.settings.hash_fields == "addresses+ports":
+        ports = ("th sport", "th dport")
+        return [
+            (f"meta l4proto {_PORT_PROTOS}", _fields("ip", ports, forward)),
+            (f"meta l4proto {_PORT_PROTOS}", _fields("ip6", ports, forward)),
+            # `icmp id` makes nft add `icmp type { echo-request, echo-reply }`
+            ("", _fields("ip", ("icmp id",), forward)),
+            ("", _fields("ip6", ("icmpv6 id",), forward)),
+        ]
+    return [
+        (f"meta l4proto {_PORT_PROTOS}", _fields("ip", (), forward)),
+        (f"meta l4proto {_PORT_PROTOS}", _fields("ip6", (), forward)),
+        ("icmp type { echo-request, echo-reply }", _fields("ip", (), forward)),
+        ("icmpv6 type { echo-request, echo-reply }", _fields("ip6", (), forward)),
+    ]
+
+
+_OWN_TUPLE_MATCH = (
+    f"meta l4proto {_PORT_PROTOS}",
+    "icmp type { echo-request, echo-reply }",
+    "icmpv6 type { echo-request, echo-reply }",
+)
+
+
 def _hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
     """Rules of hash_fwd (forward=True) or hash_rev: addresses, then ports or
     the ICMP echo id when settings.hash_fields asks for them."""
-
-    def fields(fam: str, extra: tuple[str, ...]) -> str:
-        a, b = (f"{fam} saddr", f"{fam} daddr") if forward else (f"{fam} daddr", f"{fam} saddr")
-        parts = [a, b]
-        if len(extra) == 2:
-            parts += list(extra) if forward else [extra[1], extra[0]]
-        else:
-            parts += list(extra)
-        return " . ".join(parts)
-
     rules: list[str] = []
     if config.settings.hash_fields == "addresses+ports":
-        for fam in ("ip", "ip6"):
-            rules += _classify(
-                config, f"meta l4proto {_PORT_PROTOS}", fields(fam, ("th sport", "th dport"))
-            )
-        # `icmp id` makes nft add `icmp type { echo-request, echo-reply }`:
-        # other ICMP types fall through to the address-only rules below.
-        rules += _classify(config, "", fields("ip", ("icmp id",)))
-        rules += _classify(config, "", fields("ip6", ("icmpv6 id",)))
+        for match, fields in _own_tuple_hashes(config, forward):
+            rules += _classify(config, match, fields)
         # A packet whose bucket was computed above but is not owned must not
         # be re-classified by the address rules: stop it here.
-        rules.append(f'meta l4proto {_PORT_PROTOS} counter name "not_owned" drop')
-        rules.append('icmp type { echo-request, echo-reply } counter name "not_owned" drop')
-        rules.append('icmpv6 type { echo-request, echo-reply } counter name "not_owned" drop')
+        rules += [f'{m} counter name "not_owned" drop' for m in _OWN_TUPLE_MATCH]
     for fam in ("ip", "ip6"):
-        rules += _classify(config, "", fields(fam, ()))
+        rules += _classify(config, "", _fields(fam, (), forward))
     rules.append('counter name "not_owned" drop')
     return rules
+
+
+def _early_hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
+    """early_fwd / early_rev: the hash of hash_fwd / hash_rev for the packets
+    hashed on their own tuple; owned: pass on (to conntrack and the cluster
+    chain), not owned: drop here. Anything else passes (the slow path)."""
+    rules = [
+        " ".join(filter(None, (m, _hash(config, fields), f"@{OWNED_SET} return")))
+        for m, fields in _own_tuple_hashes(config, forward)
+    ]
+    rules += [f'{m} counter name "early_not_owned" drop' for m in _OWN_TUPLE_MATCH]
+    rules.append('counter name "early_undecided"')
+    return rules
+
+
+def _early_chains(config: DataPlaneConfig) -> list[str]:
+    """The early chain (early_drop.py): prerouting -300, before conntrack.
+
+    One FIB lookup per packet: `fib daddr oif` is 0 for a local destination
+    (the kernel's nft_fib4/nft_fib6 store no interface for RTN_LOCAL /
+    RTF_LOCAL routes) and for no route, and the input interface for
+    loopback and IPv6 neighbour discovery, none of which is a pair of two
+    different zones: all of them pass as undecided, with no separate
+    `fib daddr type local` lookup (measured: docs/benchmarks.md)."""
+    pairs = [
+        f'"{a.interface}" . "{b.interface}" : goto {"early_fwd" if i < j else "early_rev"}'
+        for i, a in enumerate(config.zones)
+        for j, b in enumerate(config.zones)
+        if i != j
+    ]
+    out = [
+        "  chain early {",
+        f"    type filter hook prerouting priority {EARLY_PRIORITY}; policy accept;",
+        f"    ether daddr {_macs(config)} goto early_cluster",
+        "  }",
+        "  chain early_cluster {",
+    ]
+    if pairs:
+        out.append("    iif . fib daddr oif vmap { " + ", ".join(pairs) + " }")
+    out.append('    counter name "early_undecided"')
+    out.append("  }")
+    for chain, forward in (("early_fwd", True), ("early_rev", False)):
+        out.append(f"  chain {chain} {{")
+        for entry in config.early_drop.slow_path:
+            out += [f'    {m} counter name "early_slow_path" return' for m in entry.rules()]
+        out += [f"    {r}" for r in _early_hash_chain(config, forward)]
+        out.append("  }")
+    return out
 
 
 def _orientation_map(config: DataPlaneConfig) -> str | None:
@@ -172,7 +252,8 @@ def render_ruleset(
     out.append(f"table inet {TABLE} {{}}")
     out.append(f"delete table inet {TABLE}")
     out.append(f"table inet {TABLE} {{")
-    for name in COUNTERS:
+    early = config.early_drop.enabled
+    for name in COUNTERS + (EARLY_COUNTERS if early else ()):
         out.append(f"  counter {name} {{}}")
     out.append(f"  set {OWNED_SET} {{")
     out.append(f"    typeof numgen inc mod {config.settings.buckets}")
@@ -202,6 +283,8 @@ def render_ruleset(
         out.append(f"    {vmap}")
     out.append("    goto hash_fwd")
     out.append("  }")
+    if early:
+        out += _early_chains(config)
     out.append("  chain input {")
     out.append("    type filter hook input priority 0; policy accept;")
     out += [f"    {r}" for r in _input_rules(config)]

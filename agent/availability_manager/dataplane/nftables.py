@@ -26,6 +26,7 @@ from typing import Any
 from .base import DataPlaneConfig, Zone
 from .nft_ruleset import (
     COUNTERS,
+    EARLY_COUNTERS,
     OWNED_SET,
     TABLE,
     render_owned_update,
@@ -101,7 +102,7 @@ def read_counters() -> dict[str, int]:
     counters: dict[str, int] = {}
     for item in nft_json("list", "counters", "table", "inet", TABLE):
         c = item.get("counter")
-        if isinstance(c, dict) and c.get("name") in COUNTERS:
+        if isinstance(c, dict) and c.get("name") in COUNTERS + EARLY_COUNTERS:
             counters[str(c["name"])] = int(c.get("packets", 0))
     return counters
 
