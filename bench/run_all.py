@@ -20,6 +20,7 @@ SECTIONS = ROOT / "docs" / "benchmarks"
 ORDER = [
     "failover",
     "sync_throughput",
+    "sync_path",
     "dataplane_cost",
     "clusterdev_cost",  # boots a guest (virtme-ng); skipped with a message without one
     "false_takeover_soak",
