@@ -101,6 +101,7 @@ from .ct_messages import (
     Expectation,
     encode_ct,
 )
+from .peer_cache import EntryRecord, decode_ct_payload
 from .ranges import Claim, RangeDistribution, RangeState, Release, Stable, Unstable
 from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
 
@@ -517,7 +518,7 @@ class Node:
         """Entries per table: our own and each peer's cache (alive or dead)."""
         peers = {
             format_node_id(peer): {
-                "entries": len(self._sync.cache_entries(peer)),
+                "entries": self._sync.cache_size(peer),
                 "alive": alive,
             }
             for peer, alive in self._sync.peers().items()
@@ -540,7 +541,7 @@ class Node:
         """Keys of every entry this node knows: its own and every cached peer's."""
         keys = {c.key for c in self._sync.local_entries()}
         for peer in self._sync.peers():
-            keys.update(c.key for c in self._sync.cache_entries(peer))
+            keys.update(self._sync.cache_keys(peer))
         return frozenset(keys)
 
     def peer_cache(self, peer: NodeId) -> dict[bytes, Connection]:
@@ -687,11 +688,16 @@ class Node:
             if self.observer is not None:
                 self.observer.delivered(event.source, event.seq)
             try:
-                messages = wire.decode_messages(event.payload)
+                messages = decode_ct_payload(event.payload)  # wire.decode_messages + fast path
             except wire.WireError as exc:
                 self._counters[f"drop_rb-payload-{exc.reason}"] += 1
                 return
             for msg in messages:
+                if type(msg) is EntryRecord:  # a plain entry: cached as its record
+                    self._sync.receive(msg, event.source, now)
+                    if msg.bucket in self._owned:
+                        self._inject_late(msg.to_connection(), now)
+                    continue
                 if not isinstance(msg, CT_MESSAGE_TYPES):
                     self._counters["drop_rb-payload-not-ct"] += 1
                     continue
