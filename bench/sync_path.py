@@ -55,7 +55,7 @@ from availability_manager.dataplane.conntrack_netlink import (
     parse_events,
 )
 from availability_manager.node import Node, NodeConfig, pack
-from availability_manager.peer_cache import decode_ct_payload
+from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
 from availability_manager.types import ClusterSettings, node_id_from_address
 from fwbench import env, report
 
@@ -121,7 +121,7 @@ def stages(n: int) -> dict[str, float]:
             owner.local_new(c, now)
 
     def encode_records() -> list[bytes]:
-        return [encode_ct(m) for m in owner.messages_to_send(now)]
+        return [encode_ct_fast(m) for m in owner.messages_to_send(now)]
 
     def broadcast(records: list[bytes]) -> list[bytes]:
         for payload in pack(records, MAX_PAYLOAD):

@@ -114,7 +114,12 @@ class Connection:
 
     @property
     def nat(self) -> bool:
-        return self.reply != untranslated_reply(self.proto, self.orig)
+        """Whether the reply tuple is not `untranslated_reply` (compared field
+        by field: asked for every entry announced, so no Tuple is built)."""
+        o, r = self.orig, self.reply
+        if r.src != o.dst or r.dst != o.src:
+            return True
+        return (r.sport, r.dport) != untranslated_reply_ports(self.proto, o.sport, o.dport)
 
     def with_state(self, state: int, status: int) -> Connection:
         if type(self) is Connection:  # the common case, without replace()'s introspection

@@ -99,9 +99,8 @@ from .ct_messages import (
     CtNewResync,
     CtResyncRequest,
     Expectation,
-    encode_ct,
 )
-from .peer_cache import EntryRecord, decode_ct_payload
+from .peer_cache import EntryRecord, decode_ct_payload, encode_ct_fast
 from .ranges import Claim, RangeDistribution, RangeState, Release, Stable, Unstable
 from .types import MAX_NODE_ID, ClusterSettings, NodeId, format_node_id
 
@@ -444,7 +443,7 @@ class Node:
     def _feed_broadcast(self, now: float) -> None:
         """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
         msgs = self._sync.messages_to_send(now)
-        for payload in pack([encode_ct(m) for m in msgs], MAX_PAYLOAD):
+        for payload in pack([encode_ct_fast(m) for m in msgs], MAX_PAYLOAD):
             self._broadcast.send(payload, now)
         if self._table_owed and not self._sync.resync_in_progress:
             # Every round, including the ones for these peers, has been handed

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Iterable, Iterator
 
 from .connection import Connection, key_material, untranslated_reply_ports
-from .ct_messages import VERSION_HELPERS, CtNew, CtNewResync
+from .ct_messages import VERSION_HELPERS, CtNew, CtNewResync, encode_ct
 from .wire import MSG_HEADER, Kind, MsgType, WireError, decode_message, decode_messages
 from .wire import encode_message as _encode_message
 
@@ -139,6 +139,41 @@ def _layouts() -> dict[int, _Layout]:
 
 
 _LAYOUTS = _layouts()
+# (address length, NAT) -> the layout, for the encoder
+_BY_FORM = {(lay.lengths[1], lay.nat): lay for lay in _LAYOUTS.values()}
+_ENTRY_MSG_TYPES: dict[type, int] = {
+    CtNew: int(MsgType.CT_NEW),
+    CtNewResync: int(MsgType.CT_NEW_RESYNC),
+}
+
+
+def encode_ct_fast(msg: object) -> bytes:
+    """`ct_messages.encode_ct`, with one pack for an entry record of the
+    layouts above (the owner encodes one per new connection)."""
+    msg_type = _ENTRY_MSG_TYPES.get(type(msg))
+    if msg_type is None:
+        return encode_ct(msg)
+    assert isinstance(msg, CtNew | CtNewResync)
+    if msg.helper or msg.seqadj:
+        return encode_ct(msg)
+    n = len(msg.orig_src)
+    if msg.reply_src:
+        lay = _BY_FORM[n, True]
+        body = lay.layout.pack(
+            1, 1, msg.proto, 2, n, msg.orig_src, 3, n, msg.orig_dst,
+            4, 2, msg.orig_sport, 5, 2, msg.orig_dport, 6, 1, msg.state,
+            7, 4, msg.status, 8, 4, msg.mark, 9, 2, msg.bucket,
+            10, n, msg.reply_src[0], 11, n, msg.reply_dst[0],
+            12, 2, msg.reply_sport[0], 13, 2, msg.reply_dport[0],
+        )  # fmt: skip
+    else:
+        lay = _BY_FORM[n, False]
+        body = lay.layout.pack(
+            1, 1, msg.proto, 2, n, msg.orig_src, 3, n, msg.orig_dst,
+            4, 2, msg.orig_sport, 5, 2, msg.orig_dport, 6, 1, msg.state,
+            7, 4, msg.status, 8, 4, msg.mark, 9, 2, msg.bucket,
+        )  # fmt: skip
+    return MSG_HEADER.pack(msg_type, 0, len(body)) + body
 
 
 def _fast_entry(

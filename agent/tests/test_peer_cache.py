@@ -35,7 +35,12 @@ from availability_manager.ct_messages import (
     encode_ct,
     with_helper,
 )
-from availability_manager.peer_cache import EntryRecord, PeerCache, decode_ct_payload
+from availability_manager.peer_cache import (
+    EntryRecord,
+    PeerCache,
+    decode_ct_payload,
+    encode_ct_fast,
+)
 
 A, B = 1, 2
 BUCKETS = 64
@@ -116,6 +121,13 @@ def test_fast_payload_decode_equals_the_generic_decoder(stream: tuple[list[objec
     # the fast path is taken for exactly the plain entries (no helper, no seqadj)
     plain = [isinstance(m, CtNew | CtNewResync) and not m.helper and not m.seqadj for m in msgs]
     assert [isinstance(m, EntryRecord) for m in fast] == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=streams())
+def test_fast_encoder_equals_the_generic_encoder(stream: tuple[list[object], int]) -> None:
+    for msg in stream[0]:
+        assert encode_ct_fast(msg) == encode_ct(msg)
 
 
 @settings(max_examples=400, deadline=None)
@@ -222,3 +234,13 @@ def test_the_four_layouts_are_the_encoder_s() -> None:
             sizes.add(struct.unpack_from("!H", data, 2)[0])
             assert isinstance(decode_ct_payload(data)[0], EntryRecord)
     assert sizes == {60, 84, 88, 136}
+
+
+@settings(max_examples=300, deadline=None)
+@given(conn=connections(), swap=st.booleans())
+def test_nat_equals_its_reference(conn: Connection, swap: bool) -> None:
+    """Connection.nat compares fields; the reference builds the untranslated reply."""
+    if swap:  # a reply that differs from the untranslated one only in its ports
+        r = untranslated_reply(conn.proto, conn.orig)
+        conn = Connection(conn.proto, conn.orig, Tuple(r.src, r.dst, r.dport, r.sport))
+    assert conn.nat == (conn.reply != untranslated_reply(conn.proto, conn.orig))
