@@ -54,6 +54,7 @@ from availability_manager.dataplane.conntrack_netlink import (
     encode_inject,
     parse_events,
 )
+from availability_manager.dataplane.ct_event_layouts import EventLayouts
 from availability_manager.node import Node, NodeConfig, pack
 from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
 from availability_manager.types import ClusterSettings, node_id_from_address
@@ -105,6 +106,7 @@ def stages(n: int) -> dict[str, float]:
     sealer = Encryption(OWNER, KEYRING, 1)
     opener = Encryption(PEER, KEYRING, 1)
     bad: collections.Counter[str] = collections.Counter()
+    layouts = EventLayouts(MARK_MASK)  # as ConntrackSocket decodes
     t: dict[str, float] = collections.defaultdict(float)
 
     def stage(name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -114,7 +116,9 @@ def stages(n: int) -> dict[str, float]:
         return out
 
     def decode_events(batch: list[bytes]) -> list[Any]:
-        return [e for data in batch for e in parse_events(data, MARK_MASK, bad)]
+        return [
+            e for data in batch for e in parse_events(data, MARK_MASK, bad, layouts)
+        ]
 
     def mirror(decoded: list[Any]) -> None:
         for _, c in decoded:

@@ -68,6 +68,7 @@ from ..connection import (
 from ..ct_messages import Expectation, helper_of, with_helper
 from . import netlink_attrs as nl
 from .bucket import bucket_of_mark, mark_of_bucket, mask_shift
+from .ct_event_layouts import EventLayouts
 
 log = logging.getLogger(__name__)
 
@@ -580,11 +581,18 @@ def _event_kind(mtype: int, flags: int) -> EventKind | None:
     return None
 
 
-def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str]) -> list[Event]:
+def parse_events(
+    data: bytes,
+    mark_mask: int,
+    malformed: collections.Counter[str],
+    layouts: EventLayouts | None = None,
+) -> list[Event]:
     """The events in one datagram from the event socket: connections, and
     expectations ("new" / "destroy" only). A malformed message is counted
     in `malformed` and skipped; a malformed datagram header ends the
-    datagram (its length cannot be trusted to find the next message)."""
+    datagram (its length cannot be trusted to find the next message).
+    With `layouts` (of the same mark mask), events of a learned layout are
+    decoded by it (ct_event_layouts.py) and the others teach it theirs."""
     out: list[Event] = []
     try:
         for mtype, flags, _seq, off, end in nl.messages(data):
@@ -598,7 +606,13 @@ def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str
                     if kind != "update":  # an expectation changes only by going away
                         out.append((kind, decode_expectation(data, off, end)))
                 else:
-                    conn, has_state = decode_conntrack_event(data, off, end, mark_mask)
+                    fast = None if layouts is None else layouts.decode(data, off, end, mtype, flags)
+                    if fast is None:
+                        conn, has_state = decode_conntrack_event(data, off, end, mark_mask)
+                        if layouts is not None:
+                            layouts.learn(data, off, end, mtype, flags)
+                    else:
+                        conn, has_state = fast
                     out.append(("amend" if kind == "update" and not has_state else kind, conn))
             except nl.Malformed as e:
                 malformed[e.reason] += 1
@@ -621,6 +635,7 @@ class ConntrackSocket:
     def __init__(self, mark_mask: int = 0xFFFF, events: bool = True, rcvbuf: int = 8 << 20) -> None:
         bucket_of_mark(0, mark_mask)  # validates the mask
         self.mark_mask = mark_mask
+        self._layouts = EventLayouts(mark_mask)
         self.malformed: collections.Counter[str] = collections.Counter()
         self.events_lost = 0
         self.request_errors: collections.Counter[str] = collections.Counter()
@@ -701,7 +716,7 @@ class ConntrackSocket:
                 return
 
     def _parse_events(self, data: bytes, out: list[Event]) -> None:
-        for event in parse_events(data, self.mark_mask, self.malformed):
+        for event in parse_events(data, self.mark_mask, self.malformed, self._layouts):
             out.append(event)
             kind, item = event
             if kind == "new" and isinstance(item, Expectation) and item.nat_dir is not None:
