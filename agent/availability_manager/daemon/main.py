@@ -81,7 +81,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
     runtime = Runtime(
         cfg,
         dataplane_for(cfg),
-        ConntrackSocket(mark_mask=cfg.mark_mask),
+        ConntrackSocket(mark_mask=cfg.mark_mask, only_marked=True),
         sync,
         LinkMonitor(interfaces),
         Notifier(),

@@ -68,6 +68,7 @@ from ..connection import (
 from ..ct_messages import Expectation, helper_of, with_helper
 from . import netlink_attrs as nl
 from .bucket import bucket_of_mark, mark_of_bucket, mask_shift
+from .ct_event_filter import attach_mark_filter
 from .ct_event_layouts import EventLayouts
 
 log = logging.getLogger(__name__)
@@ -630,9 +631,18 @@ class ConntrackSocket:
     """Conntrack events and requests for the current network namespace.
 
     events=False opens only the request socket (a tool that dumps or injects).
+    only_marked=True filters events in the kernel: entries without bucket bits
+    in their mark (`mark & mark_mask == 0`) are never delivered (ct_event_filter).
     """
 
-    def __init__(self, mark_mask: int = 0xFFFF, events: bool = True, rcvbuf: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        mark_mask: int = 0xFFFF,
+        events: bool = True,
+        rcvbuf: int = 8 << 20,
+        *,
+        only_marked: bool = False,
+    ) -> None:
         bucket_of_mark(0, mark_mask)  # validates the mask
         self.mark_mask = mark_mask
         self._layouts = EventLayouts(mark_mask)
@@ -648,6 +658,12 @@ class ConntrackSocket:
         if events:
             self._events = self._open(EVENT_GROUPS, rcvbuf)
             self._events.setblocking(False)
+            if only_marked:  # entries without bucket bits never reach Python
+                try:
+                    attach_mark_filter(self._events, mark_mask)
+                except OSError as e:
+                    self.close()
+                    raise ConntrackError(f"cannot filter conntrack events by mark: {e}") from e
             # Reads of single entries for the event path: the request socket
             # belongs to the thread that injects and dumps.
             self._lookup = self._open(0, 1 << 20)
