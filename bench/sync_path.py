@@ -34,7 +34,6 @@ import random
 import statistics
 import struct
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -54,11 +53,21 @@ from availability_manager.dataplane.conntrack_netlink import (
     encode_inject,
     parse_events,
 )
-from availability_manager.dataplane.ct_event_layouts import EventLayouts
 from availability_manager.node import Node, NodeConfig, pack
-from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
 from availability_manager.types import ClusterSettings, node_id_from_address
 from fwbench import env, report
+
+# The same script measures an agent tree from before the fast paths (PYTHONPATH
+# pointing at its agent/, for before/after side by side): there, the
+# reference functions are the only ones.
+try:
+    from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
+except ImportError:
+    decode_ct_payload, encode_ct_fast = wire.decode_messages, encode_ct
+try:
+    from availability_manager.dataplane.ct_event_layouts import EventLayouts
+except ImportError:
+    EventLayouts = None  # type: ignore[assignment,misc]
 
 BUCKETS = 256
 SETTINGS = ClusterSettings(buckets=BUCKETS, hash_seed=1234, backend="sim")
@@ -106,7 +115,9 @@ def stages(n: int) -> dict[str, float]:
     sealer = Encryption(OWNER, KEYRING, 1)
     opener = Encryption(PEER, KEYRING, 1)
     bad: collections.Counter[str] = collections.Counter()
-    layouts = EventLayouts(MARK_MASK)  # as ConntrackSocket decodes
+    layouts = (
+        EventLayouts(MARK_MASK) if EventLayouts is not None else None
+    )  # as ConntrackSocket
     t: dict[str, float] = collections.defaultdict(float)
 
     def stage(name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -117,7 +128,13 @@ def stages(n: int) -> dict[str, float]:
 
     def decode_events(batch: list[bytes]) -> list[Any]:
         return [
-            e for data in batch for e in parse_events(data, MARK_MASK, bad, layouts)
+            e
+            for data in batch
+            for e in (
+                parse_events(data, MARK_MASK, bad, layouts)
+                if layouts is not None
+                else parse_events(data, MARK_MASK, bad)
+            )
         ]
 
     def mirror(decoded: list[Any]) -> None:
@@ -284,6 +301,12 @@ def _announce(conns: list[Connection]) -> list[Any]:
     return list(sync.messages_to_send(1.0))
 
 
+def _agent_tree() -> str:
+    import availability_manager
+
+    return str(Path(availability_manager.__file__).resolve().parent.parent)
+
+
 _END_TO_END = {
     "owner": "owner: end to end, Connection to datagrams (Node)",
     "peer": "peer: end to end, datagram to cache (Node)",
@@ -292,7 +315,7 @@ _END_TO_END = {
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small run into a temp dir")
+    report.add_common_options(ap)
     ap.add_argument("--connections", type=int, default=100_000)
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs; the median is reported"
@@ -302,7 +325,7 @@ def main() -> int:
     repeat = 1 if args.quick else args.repeat
     if n < BATCH or repeat < 1:
         ap.error(f"--connections must be at least {BATCH}, --repeat at least 1")
-    out = Path(tempfile.mkdtemp()) if args.quick else env.ROOT / "docs" / "benchmarks"
+    out = report.out_dir(args, "sync_path")
     facts = env.machine_facts()
     sampler = env.LoadSampler(interval=1.0)
     runs: list[dict[str, float]] = []
@@ -332,8 +355,9 @@ def main() -> int:
             f"{n:,} new UDP connections (IPv4, no NAT), {BATCH} kernel events per pump, through "
             f"the agent's sync path in one process; CPU time per connection, median of {repeat} "
             "run(s). Stages are timed one at a time over each batch (layers composed as node.py "
-            "does); *end to end* runs the same through two `Node`s. Commands: "
-            f"`{report.command_line()}`."
+            "does); *end to end* runs the same through two `Node`s; the *owner* figure starts "
+            "from a Connection, so the owner's whole cost is it plus the netlink decode. Agent "
+            f"package measured: `{_agent_tree()}`."
         ),
         "",
         *report.table(["stage", "us / connection", "share of side"], rows),
