@@ -40,6 +40,9 @@ from availability_manager.peer_cache import (
     PeerCache,
     decode_ct_payload,
     encode_ct_fast,
+    encode_record,
+    record_connection,
+    record_connection_generic,
 )
 
 A, B = 1, 2
@@ -244,3 +247,12 @@ def test_nat_equals_its_reference(conn: Connection, swap: bool) -> None:
         r = untranslated_reply(conn.proto, conn.orig)
         conn = Connection(conn.proto, conn.orig, Tuple(r.src, r.dst, r.dport, r.sport))
     assert conn.nat == (conn.reply != untranslated_reply(conn.proto, conn.orig))
+
+
+@settings(max_examples=300, deadline=None)
+@given(conn=connections())
+def test_a_record_reads_back_as_the_generic_decoder_reads_it(conn: Connection) -> None:
+    record = encode_record(conn)
+    assert record_connection(record) == record_connection_generic(record) == conn
+    assert type(record_connection(record)) is type(conn)
+    assert record_connection(record).key == conn.key
