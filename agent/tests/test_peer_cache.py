@@ -54,7 +54,7 @@ GROUPS = 8
 def connections(draw: st.DrawFn) -> Connection:
     size = draw(st.sampled_from([4, 16]))
     addr = st.binary(min_size=size, max_size=size)
-    proto = draw(st.sampled_from([PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, 132]))
+    proto = draw(st.sampled_from([PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, 132, 47]))
     port = st.integers(0, 0xFFFF)
     orig = Tuple(draw(addr), draw(addr), draw(port), draw(port))
     nat = draw(st.booleans())
