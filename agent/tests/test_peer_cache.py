@@ -256,4 +256,3 @@ def test_a_record_reads_back_as_the_generic_decoder_reads_it(conn: Connection) -
     assert record_connection(record) == record_connection_generic(record) == conn
     assert type(record_connection(record)) is type(conn)
     assert record_connection(record).key == conn.key
-
