@@ -81,7 +81,8 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None) -> str
     runtime = Runtime(
         cfg,
         dataplane_for(cfg),
-        ConntrackSocket(mark_mask=cfg.mark_mask, only_marked=True),
+        # only_marked=True (the kernel event filter) once the lab has run it here
+        ConntrackSocket(mark_mask=cfg.mark_mask),
         sync,
         LinkMonitor(interfaces),
         Notifier(),
