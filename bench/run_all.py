@@ -20,6 +20,8 @@ SECTIONS = ROOT / "docs" / "benchmarks"
 ORDER = [
     "failover",
     "sync_throughput",
+    "sync_path",
+    "sync_capacity",  # written by hand from sync_path runs (issue 12)
     "dataplane_cost",
     "clusterdev_cost",  # boots a guest (virtme-ng); skipped with a message without one
     "false_takeover_soak",

@@ -114,7 +114,12 @@ class Connection:
 
     @property
     def nat(self) -> bool:
-        return self.reply != untranslated_reply(self.proto, self.orig)
+        """Whether the reply tuple is not `untranslated_reply` (compared field
+        by field: asked for every entry announced, so no Tuple is built)."""
+        o, r = self.orig, self.reply
+        if r.src != o.dst or r.dst != o.src:
+            return True
+        return (r.sport, r.dport) != untranslated_reply_ports(self.proto, o.sport, o.dport)
 
     def with_state(self, state: int, status: int) -> Connection:
         if type(self) is Connection:  # the common case, without replace()'s introspection
@@ -138,20 +143,29 @@ def untranslated_reply(proto: int, orig: Tuple) -> Tuple:
     """The reply tuple the kernel expects for `orig` without NAT. For ports
     that is the inverse; for ICMP the id stays and the type becomes its
     answer's (echo request 8 -> echo reply 0), as nf_conntrack_proto_icmp does."""
+    return Tuple(orig.dst, orig.src, *untranslated_reply_ports(proto, orig.sport, orig.dport))
+
+
+def untranslated_reply_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
+    """The (sport, dport) of `untranslated_reply` (its addresses are swapped)."""
     if proto in (PROTO_ICMP, PROTO_ICMPV6):
         table = _ICMP_REPLY_TYPE if proto == PROTO_ICMP else _ICMPV6_REPLY_TYPE
-        icmp_type, code = orig.dport >> 8, orig.dport & 0xFF
-        reply_type = table.get(icmp_type, icmp_type)
-        return Tuple(orig.dst, orig.src, orig.sport, reply_type << 8 | code)
-    return orig.inverse()
+        icmp_type, code = dport >> 8, dport & 0xFF
+        return sport, table.get(icmp_type, icmp_type) << 8 | code
+    return dport, sport
 
 
 _KEY = struct.Struct("!BHH")
 
 
 def connection_key(proto: int, orig: Tuple) -> bytes:
-    material = _KEY.pack(proto, orig.sport, orig.dport) + orig.src + orig.dst
+    material = key_material(proto, orig.sport, orig.dport, orig.src, orig.dst)
     return hashlib.blake2b(material, digest_size=8).digest()
+
+
+def key_material(proto: int, sport: int, dport: int, src: bytes, dst: bytes) -> bytes:
+    """What `connection_key` hashes (8-byte blake2b) for a protocol and original tuple."""
+    return _KEY.pack(proto, sport, dport) + src + dst
 
 
 def make_tuple(src: str, dst: str, sport: int, dport: int) -> Tuple:

@@ -62,9 +62,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import random
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
@@ -100,29 +98,12 @@ from .ct_messages import (
     helper_of,
     with_helper,
 )
+from .peer_cache import EntryRecord, GroupIndex, PeerCache, entry_hash
 from .relevance import default_is_relevant
 from .types import NodeId
 from .wire import WIRE_VERSION
 
 MAX_PENDING_EXPECTATIONS = 4096  # expectations whose master's NEW event is still to come
-
-
-_MOD64 = 1 << 64
-_HASH_HEAD = struct.Struct("!BBIIHHHHH")
-
-
-def entry_hash(conn: Connection) -> int:
-    """64-bit hash of every synced field of an entry; group digests are sums of these."""
-    o, r = conn.orig, conn.reply
-    material = (
-        _HASH_HEAD.pack(
-            conn.proto, conn.state, conn.status, conn.mark, conn.bucket,
-            o.sport, o.dport, r.sport, r.dport,
-        )
-        + o.src + o.dst + r.src + r.dst
-    )  # fmt: skip
-    digest = hashlib.blake2b(material, digest_size=8, person=b"fwcl-ct-entry").digest()
-    return int.from_bytes(digest, "big")
 
 
 # How far a connection has progressed; when several caches hold one key, the
@@ -146,22 +127,15 @@ def progress(conn: Connection) -> tuple[int, int]:
     return state, (conn.status & IPS_SYNC_MASK).bit_count()
 
 
-class _Table:
-    """Entries by key, indexed by bucket, with per-group (count, sum) digests
-    kept up to date on every change (never recomputed from scratch).
+class _Table(GroupIndex):
+    """This node's own entries as Connections, by key (the mirror). The
+    reference of peer_cache.PeerCache, which keeps peers' entries as records."""
 
-    Iteration orders are insertion orders (dicts, never sets of bytes, whose
-    order changes with the per-process hash seed): rounds and takeover lists
-    come out the same in every run, which the simulator's replays rely on."""
-
-    __slots__ = ("_by_bucket", "_groups", "counts", "entries", "sums")
+    __slots__ = ("entries",)
 
     def __init__(self, groups: int) -> None:
-        self._groups = groups
+        super().__init__(groups)
         self.entries: dict[bytes, Connection] = {}
-        self._by_bucket: dict[int, dict[bytes, None]] = {}
-        self.counts = [0] * groups
-        self.sums = [0] * groups
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -172,39 +146,18 @@ class _Table:
     def put(self, key: bytes, conn: Connection) -> Connection | None:
         old = self.remove(key)
         self.entries[key] = conn
-        self._by_bucket.setdefault(conn.bucket, {})[key] = None
-        g = conn.bucket % self._groups
-        self.counts[g] += 1
-        self.sums[g] = (self.sums[g] + entry_hash(conn)) % _MOD64
+        self._add(key, conn.bucket, entry_hash(conn))
         return old
 
     def remove(self, key: bytes) -> Connection | None:
         old = self.entries.pop(key, None)
-        if old is None:
-            return None
-        keys = self._by_bucket[old.bucket]
-        del keys[key]
-        if not keys:
-            del self._by_bucket[old.bucket]
-        g = old.bucket % self._groups
-        self.counts[g] -= 1
-        self.sums[g] = (self.sums[g] - entry_hash(old)) % _MOD64
+        if old is not None:
+            self._discard(key, old.bucket, entry_hash(old))
         return old
 
-    def digests(self) -> list[tuple[int, int]]:
-        return list(zip(self.counts, self.sums, strict=True))
-
-    def keys_in_groups(self, groups: frozenset[int]) -> list[bytes]:
-        out: list[bytes] = []
-        for bucket in sorted(self._by_bucket):
-            if bucket % self._groups in groups:
-                out.extend(self._by_bucket[bucket])
-        return out
-
     def in_buckets(self, buckets: Iterable[int]) -> Iterable[tuple[bytes, Connection]]:
-        for bucket in sorted(buckets):
-            for key in self._by_bucket.get(bucket, {}):
-                yield key, self.entries[key]
+        for key in self.keys_in_buckets(buckets):
+            yield key, self.entries[key]
 
 
 def _in_buckets(
@@ -309,7 +262,7 @@ class ConntrackSync:
         self._round_due = now  # when the running round may add its next batch
         self._check_at = now + check_interval * rng.uniform(0.5, 1.0)
 
-        self._caches: dict[NodeId, _Table] = {}
+        self._caches: dict[NodeId, PeerCache] = {}
         self._dead: set[NodeId] = set()
         self._collected: dict[NodeId, set[bytes]] = {}  # NEW_RESYNC keys since last DONE
         self._requested_at: dict[NodeId, float] = {}  # our outstanding resync requests
@@ -527,7 +480,10 @@ class ConntrackSync:
         if source == self.node_id:
             self._rejected["own-message"] += 1
             return
-        if isinstance(msg, CtNew | CtNewResync):
+        if type(msg) is EntryRecord:  # the peer's fast path (peer_cache.py)
+            self._received[msg.type_name] += 1
+            self._receive_record(msg, source, now)
+        elif isinstance(msg, CtNew | CtNewResync):
             self._received[type(msg).__name__] += 1
             self._receive_entry(msg, source, now)
         elif isinstance(msg, CtUpdate):
@@ -559,10 +515,10 @@ class ConntrackSync:
         else:
             self._rejected["unexpected-message"] += 1
 
-    def _cache(self, peer: NodeId, now: float) -> _Table:
+    def _cache(self, peer: NodeId, now: float) -> PeerCache:
         table = self._caches.get(peer)
         if table is None:
-            table = self._caches[peer] = _Table(self.groups)
+            table = self._caches[peer] = PeerCache(self.groups)
             self._unsynced_since[peer] = now
         return table
 
@@ -577,6 +533,16 @@ class ConntrackSync:
         self._cache(source, now).put(key, conn)  # a known key is replaced
         if isinstance(msg, CtNewResync):
             self._collected.setdefault(source, set()).add(key)
+
+    def _receive_record(self, rec: EntryRecord, source: NodeId, now: float) -> None:
+        """`_receive_entry` for a record the fast path took: no helper in it,
+        so every wire version reads it alike."""
+        if rec.bucket >= self.buckets:
+            self._rejected["bucket-out-of-range"] += 1
+            return
+        self._cache(source, now).put_record(rec.key, rec.bucket, rec.hash, rec.record)
+        if rec.resync:
+            self._collected.setdefault(source, set()).add(rec.key)
 
     def _receive_expect(self, msg: CtExpect, source: NodeId, now: float) -> None:
         exp = msg.to_expectation()  # cannot fail: validated when the message was built
@@ -598,7 +564,7 @@ class ConntrackSync:
 
     def _receive_delete(self, msg: CtDelete, source: NodeId) -> None:
         table = self._caches.get(source)
-        if table is None or table.remove(msg.key) is None:
+        if table is None or not table.remove(msg.key):
             self._unknown_deletes += 1
             return
         exps = self._expect_caches.get(source)
@@ -777,8 +743,18 @@ class ConntrackSync:
         return self._mirror.get(key) is not None
 
     def cache_entries(self, peer: NodeId) -> list[Connection]:
+        """Every cached entry of `peer`, decoded (a status view or a test; the
+        protocol itself decodes only what it injects)."""
         table = self._caches.get(peer)
-        return list(table.entries.values()) if table is not None else []
+        return table.connections() if table is not None else []
+
+    def cache_keys(self, peer: NodeId) -> list[bytes]:
+        table = self._caches.get(peer)
+        return list(table.keys()) if table is not None else []
+
+    def cache_size(self, peer: NodeId) -> int:
+        table = self._caches.get(peer)
+        return len(table) if table is not None else 0
 
     def peers(self) -> dict[NodeId, bool]:
         """Peers with a cache, and whether each is alive."""

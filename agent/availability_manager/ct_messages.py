@@ -192,6 +192,29 @@ class _Entry:
         sends)."""
         o, r = conn.orig, conn.reply
         nat = conn.nat
+        if type(conn) is Connection and not conn.seqadj:
+            # The common case (no helper, no offsets: the same in every
+            # version), written slot by slot; the loop below is its reference.
+            msg = object.__new__(cls)
+            put = object.__setattr__
+            none: tuple[()] = ()
+            put(msg, "proto", conn.proto)
+            put(msg, "orig_src", o.src)
+            put(msg, "orig_dst", o.dst)
+            put(msg, "orig_sport", o.sport)
+            put(msg, "orig_dport", o.dport)
+            put(msg, "state", conn.state)
+            put(msg, "status", conn.status)
+            put(msg, "mark", conn.mark)
+            put(msg, "bucket", conn.bucket)
+            put(msg, "reply_src", (r.src,) if nat else none)
+            put(msg, "reply_dst", (r.dst,) if nat else none)
+            put(msg, "reply_sport", (r.sport,) if nat else none)
+            put(msg, "reply_dport", (r.dport,) if nat else none)
+            put(msg, "helper", none)
+            put(msg, "seqadj", none)
+            put(msg, "_conn", conn)
+            return msg
         helper = helper_of(conn) if version >= VERSION_HELPERS else ""
         seqadj = conn.seqadj if version >= VERSION_HELPERS else ()
         sent = with_helper(conn, helper)  # what a receiver builds from the record

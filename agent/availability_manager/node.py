@@ -109,11 +109,11 @@ from .ct_messages import (
     CtNewResync,
     CtResyncRequest,
     Expectation,
-    encode_ct,
 )
 from .node_config import NodeConfig
 from .node_stats import layer_stats
 from .packing import pack
+from .peer_cache import EntryRecord, decode_ct_payload, encode_ct_fast
 from .ranges import (
     Claim,
     RangeDistribution,
@@ -413,7 +413,7 @@ class Node:
     def _feed_broadcast(self, now: float) -> None:
         """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
         msgs = self._sync.messages_to_send(now)
-        for payload in pack([encode_ct(m) for m in msgs], MAX_PAYLOAD):
+        for payload in pack([encode_ct_fast(m) for m in msgs], MAX_PAYLOAD):
             self._broadcast.send(payload, now)
         if self._table_owed and not self._sync.resync_in_progress:
             # Every round, including the ones for these peers, has been handed
@@ -481,7 +481,7 @@ class Node:
         """Entries per table: our own and each peer's cache (alive or dead)."""
         peers = {
             format_node_id(peer): {
-                "entries": len(self._sync.cache_entries(peer)),
+                "entries": self._sync.cache_size(peer),
                 "alive": alive,
             }
             for peer, alive in self._sync.peers().items()
@@ -515,7 +515,7 @@ class Node:
         """Keys of every entry this node knows: its own and every cached peer's."""
         keys = {c.key for c in self._sync.local_entries()}
         for peer in self._sync.peers():
-            keys.update(c.key for c in self._sync.cache_entries(peer))
+            keys.update(self._sync.cache_keys(peer))
         return frozenset(keys)
 
     def peer_cache(self, peer: NodeId) -> dict[bytes, Connection]:
@@ -642,11 +642,16 @@ class Node:
 
     def _on_delivered(self, event: Delivered, now: float) -> None:
         try:
-            messages = wire.decode_messages(event.payload)
+            messages = decode_ct_payload(event.payload)  # wire.decode_messages + fast path
         except wire.WireError as exc:
             self._counters[f"drop_rb-payload-{exc.reason}"] += 1
             return
         for msg in messages:
+            if type(msg) is EntryRecord:  # a plain entry: cached as its record
+                self._sync.receive(msg, event.source, now)
+                if msg.bucket in self._owned:
+                    self._inject_late(msg.to_connection(), now)
+                continue
             if not isinstance(msg, CT_MESSAGE_TYPES):
                 self._counters["drop_rb-payload-not-ct"] += 1
                 continue

@@ -95,6 +95,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
     runtime = Runtime(
         cfg,
         dataplane_for(cfg),
+        # only_marked=True (the kernel event filter) once the lab has run it here
         ConntrackSocket(mark_mask=cfg.mark_mask),
         sync,
         LinkMonitor(interfaces),

@@ -68,6 +68,8 @@ from ..connection import (
 from ..ct_messages import Expectation, helper_of, with_helper
 from . import netlink_attrs as nl
 from .bucket import bucket_of_mark, mark_of_bucket, mask_shift
+from .ct_event_filter import attach_mark_filter
+from .ct_event_layouts import EventLayouts
 
 log = logging.getLogger(__name__)
 
@@ -580,11 +582,18 @@ def _event_kind(mtype: int, flags: int) -> EventKind | None:
     return None
 
 
-def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str]) -> list[Event]:
+def parse_events(
+    data: bytes,
+    mark_mask: int,
+    malformed: collections.Counter[str],
+    layouts: EventLayouts | None = None,
+) -> list[Event]:
     """The events in one datagram from the event socket: connections, and
     expectations ("new" / "destroy" only). A malformed message is counted
     in `malformed` and skipped; a malformed datagram header ends the
-    datagram (its length cannot be trusted to find the next message)."""
+    datagram (its length cannot be trusted to find the next message).
+    With `layouts` (of the same mark mask), events of a learned layout are
+    decoded by it (ct_event_layouts.py) and the others teach it theirs."""
     out: list[Event] = []
     try:
         for mtype, flags, _seq, off, end in nl.messages(data):
@@ -598,7 +607,13 @@ def parse_events(data: bytes, mark_mask: int, malformed: collections.Counter[str
                     if kind != "update":  # an expectation changes only by going away
                         out.append((kind, decode_expectation(data, off, end)))
                 else:
-                    conn, has_state = decode_conntrack_event(data, off, end, mark_mask)
+                    fast = None if layouts is None else layouts.decode(data, off, end, mtype, flags)
+                    if fast is None:
+                        conn, has_state = decode_conntrack_event(data, off, end, mark_mask)
+                        if layouts is not None:
+                            layouts.learn(data, off, end, mtype, flags)
+                    else:
+                        conn, has_state = fast
                     out.append(("amend" if kind == "update" and not has_state else kind, conn))
             except nl.Malformed as e:
                 malformed[e.reason] += 1
@@ -616,11 +631,21 @@ class ConntrackSocket:
     """Conntrack events and requests for the current network namespace.
 
     events=False opens only the request socket (a tool that dumps or injects).
+    only_marked=True filters events in the kernel: entries without bucket bits
+    in their mark (`mark & mark_mask == 0`) are never delivered (ct_event_filter).
     """
 
-    def __init__(self, mark_mask: int = 0xFFFF, events: bool = True, rcvbuf: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        mark_mask: int = 0xFFFF,
+        events: bool = True,
+        rcvbuf: int = 8 << 20,
+        *,
+        only_marked: bool = False,
+    ) -> None:
         bucket_of_mark(0, mark_mask)  # validates the mask
         self.mark_mask = mark_mask
+        self._layouts = EventLayouts(mark_mask)
         self.malformed: collections.Counter[str] = collections.Counter()
         self.events_lost = 0
         self.request_errors: collections.Counter[str] = collections.Counter()
@@ -633,6 +658,12 @@ class ConntrackSocket:
         if events:
             self._events = self._open(EVENT_GROUPS, rcvbuf)
             self._events.setblocking(False)
+            if only_marked:  # entries without bucket bits never reach Python
+                try:
+                    attach_mark_filter(self._events, mark_mask)
+                except OSError as e:
+                    self.close()
+                    raise ConntrackError(f"cannot filter conntrack events by mark: {e}") from e
             # Reads of single entries for the event path: the request socket
             # belongs to the thread that injects and dumps.
             self._lookup = self._open(0, 1 << 20)
@@ -701,7 +732,7 @@ class ConntrackSocket:
                 return
 
     def _parse_events(self, data: bytes, out: list[Event]) -> None:
-        for event in parse_events(data, self.mark_mask, self.malformed):
+        for event in parse_events(data, self.mark_mask, self.malformed, self._layouts):
             out.append(event)
             kind, item = event
             if kind == "new" and isinstance(item, Expectation) and item.nat_dir is not None:

@@ -348,6 +348,37 @@ def test_events_arrive_for_real_tcp_udp_icmp_flows(one: OneNode) -> None:
 
 
 @pytest.mark.lab
+def test_the_mark_filter_keeps_unclassified_entries_out_in_the_kernel(one: OneNode) -> None:
+    """only_marked: events of the node's own (unmarked) traffic never reach
+    the socket; classified flows still do, and an unfiltered socket sees both."""
+    with inside(one.fw):
+        filtered = ConntrackSocket(only_marked=True)
+        everything = ConntrackSocket()
+    try:
+        udp_flows(one.client, CLIENT, SERVER, range(21000, 21010))  # forwarded: classified
+        udp_flows(one.fw, "192.0.2.2", CLIENT, range(23000, 23010))  # the node's own
+        seen: list[tuple[str, Connection]] = []
+        kept: list[tuple[str, Connection]] = []
+
+        def all_seen() -> bool:
+            seen.extend(everything.read_events())
+            kept.extend(filtered.read_events())
+            ports = {c.orig.sport for k, c in seen if k == "new"}
+            return set(range(21000, 21010)) | set(range(23000, 23010)) <= ports
+
+        assert wait_until(all_seen)
+        time.sleep(0.2)
+        kept.extend(filtered.read_events())
+        own = [c for _, c in seen if c.orig.sport in range(23000, 23010)]
+        assert own and not any(c.mark & 0xFFFF for c in own)  # the premise: unmarked
+        assert {c.orig.sport for k, c in kept if k == "new"} == set(range(21000, 21010))
+        assert all(c.mark & 0xFFFF for _, c in kept)
+    finally:
+        filtered.close()
+        everything.close()
+
+
+@pytest.mark.lab
 def test_dump_equals_conntrack_tool(one: OneNode) -> None:
     tcp_flows(one.client, one.server, CLIENT, SERVER, range(20000, 20050))
     udp_flows(one.client, CLIENT, SERVER, range(21000, 21050))
