@@ -18,7 +18,7 @@ bootstrap:
 # The main job: fresh systemd test hosts, ansible-playbook site.yml rolls out a
 # 3-node cluster, traffic, the busiest node loses power, the verdict.
 demo: bootstrap
-	PYTHONPATH=. $(PY) -m testhosts demo
+	$(PY) -m testhosts demo
 
 # The same failover story without Ansible: agents started directly in namespaces.
 demo-lab: bootstrap

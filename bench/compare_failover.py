@@ -22,8 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from compare import report, runloop
 from compare.baseline_cluster import BaselineCluster
 from compare.cluster import Cluster

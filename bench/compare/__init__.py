@@ -7,7 +7,3 @@ conntrackd with the configs in bench/baselines/, `fwcluster_cluster` runs the
 availability-manager agents through the lab itself. The bench/compare_*.py
 scripts drive both through the interface in `cluster.py`.
 """
-
-from . import paths as _paths
-
-_paths.setup_import_path()

@@ -78,7 +78,7 @@ class FwCluster(Cluster):
         argv = agent.clusterctl_argv(self.run_dir, node, "drain", "--no-wait")
         r = subprocess.run(
             in_ns(self.node(node).ns, argv), capture_output=True, text=True, timeout=10,
-            check=False, env=build.lab_env(),
+            check=False,
         )  # fmt: skip
         if r.returncode != 0:
             raise ClusterError(f"clusterctl drain on {node} failed: {r.stderr.strip()}")

@@ -1,7 +1,4 @@
-"""Paths, imports and machine facts for the fwcluster benchmarks.
-
-(The package's __init__ puts lab/ and agent/ on sys.path.)
-"""
+"""Paths and machine facts for the fwcluster benchmarks."""
 
 from __future__ import annotations
 
@@ -30,16 +27,6 @@ PREFIX_BASELINE = "fwrb-"
 PREFIX_FLOODED = "fwrf-"
 RUN_ROOT = Path("/run/fwcluster-fwbench")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def python_path_env() -> dict[str, str]:
-    """Environment for child processes that import the lab, agent and fwbench."""
-    env = dict(os.environ)
-    paths = [str(ROOT / "lab"), str(ROOT / "agent"), str(BENCH)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = ":".join(paths)
-    return env
 
 
 def loadavg() -> tuple[float, float, float]:

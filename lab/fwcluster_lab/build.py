@@ -10,7 +10,6 @@ after a lab that crashed half-way through `up`.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -68,16 +67,6 @@ def _enable_ipv6(host: Host) -> None:
         sysctl(host.ns, {"net.ipv6.conf.all.forwarding": "1"})
 
 
-def lab_env() -> dict[str, str]:
-    """The environment of processes the lab starts: the lab and agent packages importable."""
-    env = dict(os.environ)
-    paths = [str(LAB_DIR), str(agent.REPO / "agent")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = ":".join(paths)
-    return env
-
-
 def server_control_socket(run_dir: Path, server: str) -> Path:
     return run_dir / "traffic" / f"{server}.sock"
 
@@ -126,7 +115,6 @@ def _start_agent(state: LabState, topo: Topology, node: Host) -> Proc | None:
         agent.agent_argv(state.run_dir, node.name),
         agent.log_path(state.run_dir, node.name),
         f"agent:{node.name}",
-        env=lab_env(),
     )
     state.procs[proc.what] = proc
     state.save()
@@ -182,7 +170,7 @@ def start_traffic_servers(state: LabState, topo: Topology) -> None:
             str(sock),
         ]
         log = state.run_dir / "traffic" / f"{server.name}.log"
-        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}", env=lab_env())
+        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}")
         state.procs[proc.what] = proc
         state.save()
         # Ready means listening: the server binds TCP and UDP before its control

@@ -92,7 +92,7 @@ def start_ftp_servers(state: LabState, paths: tuple[str, ...]) -> None:
         host, address = server_ends(state)[path]
         argv = [sys.executable, "-m", "fwcluster_lab.ftp_lab", "server", "--address", address]
         log = state.run_dir / f"ftp-{path}-server.log"
-        proc = spawn(host.ns, argv, log, f"ftp-{path}:server", build.lab_env())
+        proc = spawn(host.ns, argv, log, f"ftp-{path}:server")
         state.procs[proc.what] = proc
         assert _wait(functools.partial(_listening, log)), f"ftp server did not start: see {log}"
 
@@ -105,7 +105,7 @@ def start_tftp_server(state: LabState, path: str) -> None:
             "--size", str(TFTP_SIZE), "--first-delay", str(TFTP_FIRST_DELAY),
             "--stats-dir", str(state.run_dir / "tftp-stats")]  # fmt: skip
     log = state.run_dir / f"tftp-{path}-server.log"
-    proc = spawn(host.ns, argv, log, f"tftp-{path}:server", build.lab_env())
+    proc = spawn(host.ns, argv, log, f"tftp-{path}:server")
     state.procs[proc.what] = proc
     assert _wait(functools.partial(_listening, log)), f"tftp server did not start: see {log}"
 
@@ -157,7 +157,6 @@ class Client:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=build.lab_env(),
         )
 
     def wait_line(self, prefix: str, timeout: float = 20.0) -> str:

@@ -54,15 +54,9 @@ def v1_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lab(lab_run_dir: Callable[[str], Path], v1_agent: Path) -> Iterator[LabState]:
     run_dir = lab_run_dir(PREFIX)
     build.down(run_dir, PREFIX)
-    current_env = build.lab_env
-
-    def v1_env() -> dict[str, str]:
-        env = current_env()
-        env["PYTHONPATH"] = f"{v1_agent}:{env['PYTHONPATH']}"
-        return env
-
     patch = pytest.MonkeyPatch()
-    patch.setattr(build, "lab_env", v1_env)  # the agents `up` starts are the old release
+    # the agents `up` starts inherit this: the old release comes before the venv's
+    patch.setenv("PYTHONPATH", str(v1_agent), prepend=":")
     try:
         state = build.up(run_dir, PREFIX, nodes=3, agents=True)
     finally:

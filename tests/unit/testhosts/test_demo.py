@@ -4,17 +4,12 @@ survivors' journal is reduced to the takeover."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from testhosts import demo, layout  # noqa: E402
+from testhosts import demo, layout
 
 
 def summary(lost: int = 0, duplicates: int = 0) -> dict[str, Any]:
