@@ -31,7 +31,6 @@ from .netns import (
 from .state import LabState
 from .topology import Host, Topology, build_topology
 
-LAB_DIR = Path(__file__).resolve().parents[1]
 TRAFFIC_PORT = 7001  # TCP echo and UDP responder on every server
 # Seconds a traffic server may take to listen. Emulated guests (the clusterdev
 # tests under TCG on a busy machine) need far more than a real machine.
