@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compare.measure import CountSampler
+from compare.measure import CountSampler, conntrack_count
 from fwbench import env, labrun, newconn, profile, report
 from fwcluster_lab.netns import nft
 from fwcluster_lab.state import LabState
@@ -53,17 +53,6 @@ def install_sink(state: LabState) -> None:
     )
 
 
-def kernel_count(ns: str) -> int:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "conntrack", "-C"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    ).stdout.strip()
-    return int(out) if out.isdigit() else 0
-
-
 def cached(state: LabState, nodes: list[str]) -> int:
     """The agents' peer-cache entries, summed."""
     return sum(
@@ -84,7 +73,7 @@ def one_step(
         ns = {n.name: n.ns for n in topo.nodes}
         pids = {n: labrun.agent_pid(state, n) for n in nodes}
         time.sleep(1.0)  # start-up bulk syncs and ARP out of the way
-        kernel0 = sum(kernel_count(ns[n]) for n in nodes)
+        kernel0 = sum(conntrack_count(ns[n]) for n in nodes)
         cpu0 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
         rss0 = {n: env.process_rss_kib(p) or 0 for n, p in pids.items() if p}
         load0 = env.loadavg()[0]
@@ -111,7 +100,7 @@ def one_step(
             time.sleep(max(0.0, offer.end + BOUND_S - time.time()))
             at_bound = poll.count() - cached0
             cpu1 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
-            created = sum(kernel_count(ns[n]) for n in nodes) - kernel0
+            created = sum(conntrack_count(ns[n]) for n in nodes) - kernel0
             # Keep polling a little: do the missing ones arrive late, or never?
             time.sleep(3.0)
         for spy in spies:

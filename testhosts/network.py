@@ -9,7 +9,7 @@ network manager in the root), and the agent adds the cluster addresses itself.
 
 from __future__ import annotations
 
-from fwcluster_lab.netns import ip_batch, list_namespaces, run, sysctl
+from fwcluster_lab.netns import ip_batch, list_namespaces, ns_run, run, sysctl
 from fwcluster_lab.topology import Host, Topology
 
 from .layout import (
@@ -101,8 +101,8 @@ def reset_node_namespace(host: Host, node: NodeLayout) -> None:
 
     The namespace outlives the container, so the agent's tables, conntrack
     entries and cluster addresses are removed here before the node boots again."""
-    run(["ip", "netns", "exec", host.ns, "nft", "flush", "ruleset"])
-    run(["ip", "netns", "exec", host.ns, "conntrack", "-F"], check=False)
+    ns_run(host.ns, ["nft", "flush", "ruleset"])
+    ns_run(host.ns, ["conntrack", "-F"], check=False)
     names = [link.ifname for link in host.links] + [MGMT_NODE_IF]
     lines = [f"address flush dev {n}" for n in names]
     ip_batch(host.ns, lines)

@@ -8,13 +8,12 @@ the lab tests are never touched.
 from __future__ import annotations
 
 import datetime
-import subprocess
 import time
 from pathlib import Path
 
 from fwcluster_lab import agent, build, faults
 from fwcluster_lab import cluster as lab_cluster
-from fwcluster_lab.netns import in_ns
+from fwcluster_lab.netns import ns_run
 
 from .cluster import Cluster, ClusterError
 from .measure import conntrack_count
@@ -76,10 +75,7 @@ class FwCluster(Cluster):
         t = time.time()
         self.drained = node
         argv = agent.clusterctl_argv(self.run_dir, node, "drain", "--no-wait")
-        r = subprocess.run(
-            in_ns(self.node(node).ns, argv), capture_output=True, text=True, timeout=10,
-            check=False,
-        )  # fmt: skip
+        r = ns_run(self.node(node).ns, argv, check=False, timeout=10)
         if r.returncode != 0:
             raise ClusterError(f"clusterctl drain on {node} failed: {r.stderr.strip()}")
         return t

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
+
+from fwcluster_lab.netns import ns_run
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -92,14 +93,7 @@ class SystemCpu:
 
 
 def ns_exec(ns: str, argv: list[str], timeout: float = 30.0) -> str:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return proc.stdout
+    return ns_run(ns, argv, check=False, timeout=timeout).stdout
 
 
 def conntrack_count(ns: str) -> int:

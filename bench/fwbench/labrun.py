@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from fwcluster_lab import agent, build, cluster
+from fwcluster_lab.netns import ns_run
 from fwcluster_lab.state import LabState
 
 from . import env
@@ -127,13 +128,8 @@ def carried_ports(state: LabState, node: str, dport: int) -> dict[str, set[int]]
     """Client source ports of the TCP and UDP connections to `dport` in the
     node's kernel conntrack table: the flows this node carries (non-owners
     hold no entry: they drop a connection's packets before it is confirmed)."""
-    ns = state.topology().node(node).ns
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "conntrack", "-L"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    out = ns_run(
+        state.topology().node(node).ns, ["conntrack", "-L"], check=False
     ).stdout
     ports: dict[str, set[int]] = {"tcp": set(), "udp": set()}
     for line in out.splitlines():

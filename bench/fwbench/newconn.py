@@ -6,11 +6,11 @@ never race on one file) and run in a lab namespace with a time bound.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from compare import gen
 from compare.gen import GeneratorError, Offer, parse
+from fwcluster_lab.netns import LabError, ns_run
 
 from . import env
 
@@ -40,15 +40,9 @@ def offer(
     argv = [str(build()), src, dst, str(dport), str(count), f"{rate:g}", str(first)]
     argv += [str(procs), f"{max_s:g}"]
     try:
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, *argv],
-            capture_output=True,
-            text=True,
-            timeout=max_s + 30.0,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise GeneratorError(f"generator exceeded {max_s + 30.0:g} s") from exc
+        r = ns_run(ns, argv, check=False, timeout=max_s + 30.0)
+    except LabError as exc:
+        raise GeneratorError(str(exc)) from exc
     if r.returncode != 0:
         raise GeneratorError(
             f"generator failed ({r.returncode}): {r.stderr.strip()[:300]}"

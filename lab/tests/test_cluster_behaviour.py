@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from fwcluster_lab import agent, build, cluster, faults, traffic_control
-from fwcluster_lab.netns import list_namespaces
+from fwcluster_lab.netns import list_namespaces, ns_run
 from fwcluster_lab.state import LabState
 
 pytestmark = [
@@ -89,10 +89,7 @@ def assert_nothing_lost(s: dict[str, Any], packets_lost_per_flow: int = 0) -> No
 
 
 def ns_exec(state: LabState, node: str, argv: list[str]) -> str:
-    ns = state.topology().node(node).ns
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30, check=False
-    )
+    out = ns_run(state.topology().node(node).ns, argv, check=False)
     return out.stdout + out.stderr
 
 

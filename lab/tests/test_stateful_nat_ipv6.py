@@ -33,7 +33,7 @@ import test_cluster_behaviour
 from test_cluster_behaviour import accepted_new, ctl, ns_exec, status
 
 from fwcluster_lab import build, cluster, faults, traffic_control
-from fwcluster_lab.netns import in_ns, list_namespaces, nft, run
+from fwcluster_lab.netns import list_namespaces, nft, ns_run
 from fwcluster_lab.state import LabState
 
 # the marks (and skip conditions) of every lab test that runs agents
@@ -85,7 +85,7 @@ def watch_counts(state: LabState) -> dict[str, int]:
     for host in (*state.topology().clients, *state.topology().servers):
         for name in total:
             argv = ["nft", "list", "counter", "inet", WATCH, name]
-            text = run(in_ns(host.ns, argv)).stdout
+            text = ns_run(host.ns, argv).stdout
             m = re.search(r"packets (\d+)", text)
             assert m, text
             total[name] += int(m.group(1))
