@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
-from fwcluster_lab import agent, build, faults
+from fwcluster_lab import agent, faults
 from fwcluster_lab import cluster as lab_cluster
 from fwcluster_lab.netns import ns_run
 
@@ -29,6 +30,8 @@ def agent_runnable() -> bool:
 
 class FwCluster(Cluster):
     kind = "fwcluster"
+    # the lab's own agents; `start` checks them with its own error messages
+    lab_options: ClassVar[dict[str, Any]] = {"agents": True, "settle_timeout": None}
 
     def __init__(
         self, nodes: int = 3, prefix: str = "fwm-", run_dir: Path | None = None
@@ -41,11 +44,9 @@ class FwCluster(Cluster):
         self.state = LabState(self.run_dir, prefix, nodes, 1, 1, True)
         self.drained: str | None = None
 
-    def up(self) -> None:
+    def start(self) -> None:
         if not agent_runnable():
             raise ClusterError("the availability-manager agent is not installed")
-        build.down(self.run_dir, self.prefix)
-        self.state = build.up(self.run_dir, self.prefix, nodes=self.n, agents=True)
         if not lab_cluster.living_nodes(self.state):
             raise ClusterError(
                 f"every agent exited at start; see {self.run_dir}/*/agent.log"
@@ -54,9 +55,6 @@ class FwCluster(Cluster):
             lab_cluster.wait_settled(self.state, timeout=30.0)
         except TimeoutError as exc:
             raise ClusterError(f"fwcluster did not settle: {exc}") from exc
-
-    def down(self) -> None:
-        build.down(self.run_dir, self.prefix, keep_logs=True)
 
     def victim(self) -> str:
         """The living node with the most conntrack entries (the lab's demo rule)."""

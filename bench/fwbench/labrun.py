@@ -41,16 +41,12 @@ def lab(
     second lab at the same time); agent logs are kept in `<RUN_ROOT>/<name>-logs`
     after it comes down (for the report and for looking back), the rest is removed."""
     signal.signal(signal.SIGTERM, _sigterm)
-    run_dir = env.RUN_ROOT / name
-    build.down(run_dir, prefix)  # a leftover of an earlier, crashed run
-    state = build.up(run_dir, prefix, nodes=nodes, agents=agents)
-    try:
-        if agents:
-            cluster.wait_settled(state, timeout=settle_timeout)
-        yield state
-    finally:
-        keep_logs(state, env.RUN_ROOT / f"{name}-logs")
-        build.down(run_dir, prefix)
+    options = {"nodes": nodes, "agents": agents, "settle_timeout": settle_timeout}
+    with build.running(env.RUN_ROOT / name, prefix, **options) as state:
+        try:
+            yield state
+        finally:
+            keep_logs(state, env.RUN_ROOT / f"{name}-logs")
 
 
 def keep_logs(state: LabState, dest: Path) -> None:

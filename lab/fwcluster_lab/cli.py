@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-ms", type=float, default=20.0)
     s.add_argument("--drain", type=float, default=2.0)
     s.add_argument("--stream-timeout", type=float, default=10.0)
-    s.add_argument("--stall-threshold-ms", type=float, help="default 50 (2.5 intervals if larger)")
+    s.add_argument("--stall-threshold-ms", type=float, help="default 3 intervals, at least 50")
     s.add_argument("--json", type=Path, help="also write the JSON summary here")
     s.add_argument(
         "--to",

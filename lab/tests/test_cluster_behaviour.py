@@ -44,15 +44,9 @@ TRAFFIC = ["--tcp", "60", "--udp", "10", "--ping", "2", "--interval-ms", "20", "
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True)
-    try:
-        cluster.wait_settled(state, timeout=60)
+    with build.running(lab_run_dir(PREFIX), PREFIX, keep_logs=True) as state:
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 def ctl(state: LabState, node: str, *args: str, check: bool = True) -> str:

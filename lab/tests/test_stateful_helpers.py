@@ -61,19 +61,14 @@ def helper_lab(
 ) -> Iterator[LabState]:
     """A 3-node lab with the helper policy on every node and the FTP and
     TFTP servers of these paths; removed afterwards."""
-    build.down(run_dir, prefix)
-    state = build.up(run_dir, prefix, nodes=3, agents=True, ipv6=ipv6, nat=nat)
-    try:
-        cluster.wait_settled(state, timeout=60)
+    with build.running(run_dir, prefix, keep_logs=True, ipv6=ipv6, nat=nat) as state:
         for node in state.topology().nodes:
             helpers_policy.install(node)
         start_ftp_servers(state, ftp_paths)
         start_tftp_server(state, tftp_path)
         state.save()
         yield state
-    finally:
-        build.down(run_dir, prefix, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
 @pytest.fixture(scope="module")

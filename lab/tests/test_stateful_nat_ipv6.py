@@ -125,16 +125,11 @@ def stop_all(state: LabState) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True, ipv6=True, nat=True, sync6=True)
-    try:
-        cluster.wait_settled(state, timeout=60)
+    options = {"ipv6": True, "nat": True, "sync6": True}
+    with build.running(lab_run_dir(PREFIX), PREFIX, keep_logs=True, **options) as state:
         watch_install(state)
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 @pytest.fixture(scope="module")
