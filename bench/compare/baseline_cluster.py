@@ -192,6 +192,16 @@ class BaselineCluster(Cluster):
         ]  # fmt: skip
         return min(times) if times else None
 
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """The new master has committed conntrackd's external cache."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.committed_at(killed_at)
+            if done is not None:
+                return done
+            time.sleep(0.05)
+        return None
+
     # --- faults ---------------------------------------------------------
     def kill(self, node: str) -> float:
         """The node dies without a word: every process in its namespace is

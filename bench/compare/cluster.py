@@ -58,6 +58,12 @@ class Cluster(abc.ABC):
         keepalived backup entering primary, an agent declaring a peer down."""
 
     @abc.abstractmethod
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """After a kill (wall time killed_at): wait until the survivors have taken
+        over the dead node's connections; the wall time they had, None if not
+        within timeout."""
+
+    @abc.abstractmethod
     def sync_pids(self, node: str) -> list[int]:
         """Processes doing the state sync on a node (for CPU and memory)."""
 

@@ -68,6 +68,14 @@ class FwCluster(Cluster):
         faults.kill(self.state, node)
         return t
 
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """The survivors' cluster is settled again (every bucket owned)."""
+        try:
+            lab_cluster.wait_settled(self.state, timeout=timeout, poll=0.1)
+        except TimeoutError:
+            return None
+        return time.time()
+
     def graceful(self, node: str) -> float:
         """`clusterctl drain` without waiting: the benchmark times the takeover."""
         t = time.time()

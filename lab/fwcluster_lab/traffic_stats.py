@@ -63,11 +63,20 @@ def parse_record(data: bytes | bytearray | memoryview) -> tuple[int, int, int] |
 
 @dataclasses.dataclass
 class GapMeter:
-    """Largest gap between successive answers of one flow, from its first send."""
+    """Largest gap between successive answers of one flow, from its first send.
 
+    With `long_gap_s` set (bench/fwbench/traced_client.py does), it also keeps
+    when each gap longer than that began and ended: [start, end], end None
+    for a gap still open when the run ended; at most LONG_GAPS_KEPT."""
+
+    LONG_GAPS_KEPT = 200  # bounded memory even for a flapping flow
     first_send: float | None = None
     last_answer: float | None = None
     max_gap: float = 0.0
+    long_gap_s: float | None = None
+
+    def __init__(self) -> None:
+        self.long_gaps: list[list[float | None]] = []
 
     def sent(self, now: float) -> None:
         if self.first_send is None:
@@ -77,6 +86,7 @@ class GapMeter:
         ref = self.last_answer if self.last_answer is not None else self.first_send
         if ref is not None:
             self.max_gap = max(self.max_gap, now - ref)
+            self._keep(ref, now, now - ref)
         self.last_answer = now
 
     def close(self, end: float) -> None:
@@ -84,6 +94,12 @@ class GapMeter:
         ref = self.last_answer if self.last_answer is not None else self.first_send
         if ref is not None:
             self.max_gap = max(self.max_gap, end - ref)
+            self._keep(ref, None, end - ref)
+
+    def _keep(self, start: float, end: float | None, gap: float) -> None:
+        long = self.long_gap_s is not None and gap > self.long_gap_s
+        if long and len(self.long_gaps) < self.LONG_GAPS_KEPT:
+            self.long_gaps.append([start, end])
 
 
 @dataclasses.dataclass

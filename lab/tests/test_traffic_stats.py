@@ -50,6 +50,19 @@ def test_gap_meter_counts_from_first_send_and_keeps_the_largest_gap() -> None:
     assert g.first_send == 0.0
 
 
+def test_gap_meter_keeps_long_gaps_only_when_asked() -> None:
+    plain, traced = GapMeter(), GapMeter()
+    traced.long_gap_s = 0.1
+    for g in (plain, traced):
+        g.sent(0.0)
+        for t in (0.02, 0.52, 0.54):
+            g.answered(t)
+        g.close(0.9)  # still waiting at the end: an open gap
+    assert plain.long_gaps == []
+    assert traced.long_gaps == [[0.02, 0.52], [0.54, None]]
+    assert traced.max_gap == plain.max_gap == pytest.approx(0.5)
+
+
 def test_gap_meter_first_answer_gap_is_measured_from_first_send() -> None:
     g = GapMeter()
     g.sent(1.0)
