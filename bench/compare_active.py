@@ -5,7 +5,7 @@ a fresh cluster: *packets* (1,000 established UDP flows, datagrams at a
 fixed rate) and *newconn* (a new UDP connection per datagram). On this one
 2-core machine all nodes share the same cores, so more nodes cannot add
 capacity; the comparable figure is the cost: CPU time attributed to the
-offer (generator, ksoftirqd, sync daemons; see compare/active.py) per
+offer (generator, ksoftirqd, sync daemons; see fwbench/active.py) per
 forwarded packet and per new connection. Also reported: the forwarded and
 created rates the run achieved, and the machine-wide figure (busy time minus
 the idle rate just before), which is only meaningful on an idle machine.
@@ -23,10 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from compare import active, report, runloop
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import active, report, runloop
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 WORKLOADS = {"packets": 100_000.0, "newconn": 20_000.0}  # offered per second
 
@@ -41,7 +41,7 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
            seconds: float) -> list[str]:  # fmt: skip
-    lines = report.header("Active-active: CPU cost per packet and per connection", "compare_active.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Active-active: CPU cost per packet and per connection", results)  # fmt: skip
     lines += [
         (
             f"fwcluster on {args.fwcluster_nodes} nodes (all active) against keepalived + "
@@ -142,7 +142,6 @@ def main() -> int:
                 report.log(f"{cluster.kind} {workload} run {i + 1}/{runs}")
                 results.append(
                     runloop.attempt(
-                        "compare_active.py",
                         partial(
                             active.one_run, cluster, workload, rate * scale, seconds
                         ),

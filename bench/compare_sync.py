@@ -22,10 +22,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from compare import report, runloop, sync
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import report, runloop, sync
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 RATES = [5_000, 10_000, 20_000, 40_000, 80_000]
 SECONDS = 3.0  # of offering per run
@@ -59,7 +59,7 @@ def throughput(
 def render(
     results: list[dict[str, Any]], args: argparse.Namespace, runs: int
 ) -> list[str]:
-    lines = report.header("Sync throughput: fwcluster vs conntrackd FTFW", "compare_sync.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Sync throughput: fwcluster vs conntrackd FTFW", results)  # fmt: skip
     lines += [
         (
             f"{args.nodes} nodes each. Per run a fresh cluster, {SECONDS:g} s of new UDP "
@@ -188,7 +188,6 @@ def main() -> int:
                 )
                 results.append(
                     runloop.attempt(
-                        "compare_sync.py",
                         partial(sync.one_run, cluster, rate, count, procs=args.procs),
                         {"cluster": cluster.kind, "rate_offered": rate},
                         lambda r: (

@@ -21,10 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from compare import report, runloop, syncloss
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import report, runloop, syncloss
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 LOSSES = [0, 10, 20, 30]
 
@@ -37,7 +37,7 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
            rate: float, seconds: float) -> list[str]:  # fmt: skip
-    lines = report.header("Loss on the sync network: fwcluster vs conntrackd FTFW", "compare_syncloss.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Loss on the sync network: fwcluster vs conntrackd FTFW", results)  # fmt: skip
     lines += [
         (
             f"{args.nodes} nodes each (keepalived variant: {args.variant}). Per run a fresh "
@@ -132,7 +132,6 @@ def main() -> int:
                 report.log(f"{cluster.kind} loss {loss} % run {i + 1}/{runs}")
                 results.append(
                     runloop.attempt(
-                        "compare_syncloss.py",
                         partial(syncloss.one_run, cluster, loss, rate, seconds),
                         {"cluster": cluster.kind, "loss_percent": loss},
                         lambda r: (

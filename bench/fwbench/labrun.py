@@ -41,8 +41,11 @@ def lab(
     second lab at the same time); agent logs are kept in `<RUN_ROOT>/<name>-logs`
     after it comes down (for the report and for looking back), the rest is removed."""
     signal.signal(signal.SIGTERM, _sigterm)
-    options = {"nodes": nodes, "agents": agents, "settle_timeout": settle_timeout}
-    with build.running(env.RUN_ROOT / name, prefix, **options) as state:
+    run_dir = env.RUN_ROOT / name
+    lab = build.running(
+        run_dir, prefix, settle_timeout=settle_timeout, nodes=nodes, agents=agents
+    )
+    with lab as state:
         try:
             yield state
         finally:

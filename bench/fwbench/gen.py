@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fwcluster_lab.netns import LabError, in_ns, ns_run
 
-from .paths import BENCH, CACHE
+from .env import BENCH, CACHE
 
 SOURCE = BENCH / "gen" / "newconn.c"
 BINARY = CACHE / "fwcompare" / "newconn"
@@ -105,3 +105,14 @@ def start(ns: str, args: list[str]) -> subprocess.Popen[str]:
         in_ns(ns, args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def offer(
+    ns: str, src: str, dst: str, dport: int, count: int, rate: float,
+    first: int = 0, procs: int = 2,
+) -> Offer:  # fmt: skip
+    """Offer `count` new UDP connections at `rate`/s from namespace `ns`;
+    bounded in time by the generator itself (max_s) and by a timeout here."""
+    max_s = max(10.0, 3.0 * count / rate)
+    args = argv(src, dst, dport, count, rate, first, procs, max_s)
+    return run(ns, args, timeout=max_s + 30.0)

@@ -9,7 +9,6 @@ agent logs).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import threading
 import time
@@ -19,12 +18,7 @@ from typing import Self
 
 from fwcluster_lab.netns import ns_run
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def loadavg() -> tuple[float, float, float]:
-    parts = Path("/proc/loadavg").read_text().split()
-    return float(parts[0]), float(parts[1]), float(parts[2])
+from .env import TICK, loadavg
 
 
 def loadavg_text() -> str:

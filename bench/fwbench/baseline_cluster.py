@@ -26,8 +26,9 @@ from fwcluster_lab.topology import Host, Topology
 
 from . import baseline_config as cfg
 from .cluster import Cluster, ClusterError
+from .env import BASELINES
+from .env import COMPARE_RUN_ROOT as RUN_ROOT
 from .measure import ns_exec
-from .paths import BASELINES, RUN_ROOT
 
 KEEPALIVED = "/usr/sbin/keepalived"
 CONNTRACKD = "/usr/sbin/conntrackd"

@@ -6,7 +6,6 @@ write the section and the plot, exit status)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ RUN_ERRORS = (
 
 
 def attempt(
-    script: str,
     run: Callable[[], Result],
     identity: Result,
     describe: Callable[[Result], str],
@@ -44,7 +42,7 @@ def attempt(
         report.log(f"  failed: {exc}")
     else:
         report.log(f"  {describe(result)}")
-    return report.stamp(result, script, sys.argv[1:])
+    return report.stamp(result)
 
 
 def conclude(
@@ -63,6 +61,8 @@ def conclude(
         runs = report.runs_per_group(results, *group_by)
     else:
         results = report.keep_previous(out, name, results, args.systems)
-    report.write(out, name, render(results, runs), results)
+    report.write(
+        out, f"compare_{name}", render(results, runs), results, raw_beside=True
+    )
     plot(results, out / f"compare_{name}.png")
     return 0 if results and all("error" not in r for r in results) else 1

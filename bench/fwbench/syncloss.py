@@ -22,7 +22,8 @@ from fwcluster_lab import faults
 
 from . import gen
 from .cluster import Cluster, running
-from .measure import iface_counters, loadavg, ns_exec
+from .env import loadavg
+from .measure import iface_counters, ns_exec
 from .sync import DPORT, install_sink
 
 TAKEOVER_TIMEOUT_S = 20.0

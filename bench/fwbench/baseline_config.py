@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from string import Template
 
-from .paths import BASELINES
+from .env import BASELINES
 
 VARIANTS = ("default", "tuned")
 TUNED_ADVERT_S = 0.1  # VRRPv3 advert interval of the "tuned" variant

@@ -17,8 +17,8 @@ from fwcluster_lab import cluster as lab_cluster
 from fwcluster_lab.netns import ns_run
 
 from .cluster import Cluster, ClusterError
+from .env import COMPARE_RUN_ROOT as RUN_ROOT
 from .measure import conntrack_count
-from .paths import RUN_ROOT
 
 # The agent logs "%(asctime)s ..." in local time: "2026-11-27 18:10:00,123".
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
