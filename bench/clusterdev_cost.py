@@ -308,9 +308,9 @@ def section(
         lines.append(
             f"clusterdev / nftables UDP packets per second: {ratio:.2f} (goal >= 1: {met})."
         )
-        tcp = med["clusterdev"]["gbit_s"] / med["nftables"]["gbit_s"]
+        tcp_ratio = med["clusterdev"]["gbit_s"] / med["nftables"]["gbit_s"]
         lines.append(
-            f"clusterdev / nftables TCP throughput: {tcp:.2f} (one stream; rounds vary by "
+            f"clusterdev / nftables TCP throughput: {tcp_ratio:.2f} (one stream; rounds vary by "
             "about 15 %, see the table)."
         )
     if where.startswith("in a TCG guest"):
