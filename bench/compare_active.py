@@ -75,9 +75,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
         "load 1m",
     ]
     rows = []
-    for key in dict.fromkeys((r["cluster"], r["workload"]) for r in results):
-        rs = [r for r in results if (r["cluster"], r["workload"]) == key]
-        ok = [r for r in rs if "error" not in r]
+    for key, rs, ok in report.groups(results, "cluster", "workload"):
         rows.append([
             key[0], key[1], f"{rs[0]['rate_offered']:,.0f}",
             report.fmt_mmm([r["rate_achieved"] for r in ok]),
@@ -131,38 +129,24 @@ def main() -> int:
     p.add_argument("--fwcluster-nodes", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     seconds = 1.0 if args.quick else args.seconds
     scale = 0.1 if args.quick else 1.0
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for workload, rate in WORKLOADS.items():
-            for i in range(runs):
-                report.log(f"{cluster.kind} {workload} run {i + 1}/{runs}")
-                results.append(
-                    runloop.attempt(
-                        partial(
-                            active.one_run, cluster, workload, rate * scale, seconds
-                        ),
-                        {
-                            "cluster": cluster.kind,
-                            "workload": workload,
-                            "rate_offered": rate * scale,
-                        },
-                        lambda r: (
-                            f"{r['forwarded_per_s']:,.0f} pkt/s, "
-                            f"{r['cpu_us_per_packet']} µs/pkt"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(
+            workload,
+            {"workload": workload, "rate_offered": rate * scale},
+            partial(
+                active.one_run, workload=workload, rate=rate * scale, seconds=seconds
+            ),
+        )
+        for workload, rate in WORKLOADS.items()
+    ]
+    return runloop.compare(
         args,
-        out,
         "active",
-        results,
-        ("cluster", "workload"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: f"{r['forwarded_per_s']:,.0f} pkt/s, {r['cpu_us_per_packet']} µs/pkt",
         lambda res, n: render(res, args, n, seconds),
         plot,
     )

@@ -153,31 +153,20 @@ def main() -> int:
     p.add_argument("--modes", default="kill,graceful")
     p.add_argument("--variants", default="default,tuned", help="keepalived variants")
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     load = QUICK if args.quick else FULL
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for mode in args.modes.split(","):
-            for i in range(runs):
-                report.log(f"{cluster.kind} {mode} run {i + 1}/{runs}")
-                results.append(
-                    runloop.attempt(
-                        partial(one_run, cluster, mode, load),
-                        {"cluster": cluster.kind, "mode": mode},
-                        lambda r: (
-                            f"detection {r['detection_ms']} ms, stall "
-                            f"{r['longest_stall_ms']} ms, lost {r['lost']}"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(mode, {"mode": mode}, partial(one_run, mode=mode, load=load))
+        for mode in args.modes.split(",")
+    ]
+    return runloop.compare(
         args,
-        out,
         "failover",
-        results,
-        ("cluster", "mode"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: (
+            f"detection {r['detection_ms']} ms, stall "
+            f"{r['longest_stall_ms']} ms, lost {r['lost']}"
+        ),
         lambda res, n: render(res, args, load, n),
         plot,
     )

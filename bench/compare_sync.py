@@ -92,9 +92,7 @@ def render(
         "load 1m",
     ]
     rows = []
-    for key in dict.fromkeys((r["cluster"], r["rate_offered"]) for r in results):
-        ok = [r for r in results
-              if (r["cluster"], r["rate_offered"]) == key and "error" not in r]  # fmt: skip
+    for key, _, ok in report.groups(results, "cluster", "rate_offered"):
         rows.append([
             key[0], f"{key[1]:,.0f}",
             report.fmt_mmm([r["rate_achieved"] for r in ok]),
@@ -174,35 +172,25 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=SECONDS)
     p.add_argument("--procs", type=int, default=2, help="generator sender processes")
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     rates = [2_000.0] if args.quick else [float(r) for r in args.rates.split(",")]
     seconds = 1.0 if args.quick else args.seconds
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for rate in rates:
-            count = min(MAX_COUNT, int(rate * seconds))
-            for i in range(runs):
-                report.log(
-                    f"{cluster.kind} {rate:,.0f}/s x {count:,} run {i + 1}/{runs}"
-                )
-                results.append(
-                    runloop.attempt(
-                        partial(sync.one_run, cluster, rate, count, procs=args.procs),
-                        {"cluster": cluster.kind, "rate_offered": rate},
-                        lambda r: (
-                            f"achieved {r['rate_achieved']:,.0f}/s, created "
-                            f"{r['created']:,}, missing {r['missing_at_1s']:,}"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(
+            f"{rate:,.0f}/s x {count:,}",
+            {"rate_offered": rate},
+            partial(sync.one_run, rate=rate, count=count, procs=args.procs),
+        )
+        for rate, count in ((r, min(MAX_COUNT, int(r * seconds))) for r in rates)
+    ]
+    return runloop.compare(
         args,
-        out,
         "sync",
-        results,
-        ("cluster", "rate_offered"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: (
+            f"achieved {r['rate_achieved']:,.0f}/s, created "
+            f"{r['created']:,}, missing {r['missing_at_1s']:,}"
+        ),
         lambda res, n: render(res, args, n),
         plot,
     )

@@ -209,6 +209,18 @@ def runs_per_group(results: Sequence[dict[str, Any]], *keys: str) -> int:
     return max(counts.values(), default=0)
 
 
+def groups(
+    results: Sequence[dict[str, Any]], *keys: str
+) -> list[tuple[tuple[Any, ...], list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per distinct value of `keys`, in order of appearance: the value, its
+    runs, and those of them that did not fail."""
+    out = []
+    for value in dict.fromkeys(tuple(r.get(k) for k in keys) for r in results):
+        rs = [r for r in results if tuple(r.get(k) for k in keys) == value]
+        out.append((value, rs, [r for r in rs if "error" not in r]))
+    return out
+
+
 def mmm(values: Sequence[float | None]) -> tuple[float, float, float] | None:
     """(median, min, max) of the values that exist; None when none do."""
     vs = [float(v) for v in values if v is not None]

@@ -6,14 +6,16 @@ write the section and the plot, exit status)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fwcluster_lab.netns import LabError
 
 from . import report
-from .cluster import ClusterError
+from .cluster import Cluster, ClusterError
 from .gen import GeneratorError
 
 Result = dict[str, Any]
@@ -43,6 +45,53 @@ def attempt(
     else:
         report.log(f"  {describe(result)}")
     return report.stamp(result)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of a comparison: its name in the log, the keys it adds to
+    each result, and one run of it on a cluster."""
+
+    label: str
+    keys: Result
+    run: Callable[[Cluster], Result]
+
+
+def measure_all(
+    clusters: Iterable[Cluster],
+    settings: Sequence[Setting],
+    runs: int,
+    describe: Callable[[Result], str],
+) -> list[Result]:
+    """Every setting `runs` times on every cluster, in that order."""
+    results: list[Result] = []
+    for cluster in clusters:
+        for s in settings:
+            for i in range(runs):
+                report.log(f"{cluster.kind} {s.label} run {i + 1}/{runs}")
+                identity = {"cluster": cluster.kind, **s.keys}
+                results.append(attempt(partial(s.run, cluster), identity, describe))
+    return results
+
+
+def compare(
+    args: argparse.Namespace,
+    name: str,
+    clusters: Callable[[], list[Cluster]],
+    settings: Sequence[Setting],
+    describe: Callable[[Result], str],
+    render: Callable[[list[Result], int], list[str]],
+    plot: Callable[[list[Result], Path], None],
+) -> int:
+    """A comparison from its options to its section: every setting on every
+    cluster (none with --render-only), the results grouped by cluster and the
+    settings' keys; 0 when every run succeeded."""
+    out = report.out_dir(args)
+    runs = 1 if args.quick else args.runs
+    chosen = [] if args.render_only else clusters()
+    results = measure_all(chosen, settings, runs, describe)
+    group_by = ("cluster", *settings[0].keys) if settings else ("cluster",)
+    return conclude(args, out, name, results, group_by, runs, render, plot)
 
 
 def conclude(
