@@ -18,7 +18,7 @@ bootstrap:
 # The main job: fresh systemd test hosts, ansible-playbook site.yml rolls out a
 # 3-node cluster, traffic, the busiest node loses power, the verdict.
 demo: bootstrap
-	PYTHONPATH=. $(PY) -m testhosts demo
+	$(PY) -m testhosts demo
 
 # The same failover story without Ansible: agents started directly in namespaces.
 demo-lab: bootstrap
@@ -32,10 +32,12 @@ test: bootstrap
 	@./tools/run-tests.sh
 
 test-lint: bootstrap
-	$(VENV)/bin/ruff check agent lab bench
-	$(VENV)/bin/ruff format --check agent lab bench
+	$(VENV)/bin/ruff check agent lab bench testhosts
+	$(VENV)/bin/ruff format --check agent lab bench testhosts
 	cd agent && ../$(VENV)/bin/mypy availability_manager
 	cd lab && ../$(VENV)/bin/mypy fwcluster_lab tests
+	cd bench && ../$(VENV)/bin/mypy fwbench *.py tests
+	$(VENV)/bin/mypy --config-file testhosts/pyproject.toml -p testhosts
 
 test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"

@@ -41,9 +41,10 @@ from typing import Any
 from availability_manager.dataplane.base import DataPlane, DataPlaneConfig, Zone
 from availability_manager.dataplane.clusterdev import ClusterdevDataPlane
 from availability_manager.dataplane.nftables import NftablesDataPlane
-from availability_manager.dataplane.nslab import NsLab, inside, sh
 from availability_manager.types import ClusterSettings
 from fwbench import env, report
+from fwcluster_lab.netns import ns_run
+from fwcluster_lab.nslab import NsLab, inside, sh
 
 NAME = "clusterdev_cost"
 PREFIX = "fwkc-"  # namespaces of this benchmark (fwk- is this lab prefix)
@@ -170,13 +171,7 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
     if udp:
         argv += ["-u", "-b", "0", "-l", "64"]
     j0 = env.Jiffies()
-    out = subprocess.run(
-        ["ip", "netns", "exec", chains.ns(variant, "cli"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=False,
-    )
+    out = ns_run(chains.ns(variant, "cli"), argv, check=False, timeout=seconds + 60)
     busy = env.Jiffies().busy_s_since(j0)
     data = json.loads(out.stdout) if out.stdout.strip() else {}
     if out.returncode != 0 or "end" not in data:
@@ -313,9 +308,9 @@ def section(
         lines.append(
             f"clusterdev / nftables UDP packets per second: {ratio:.2f} (goal >= 1: {met})."
         )
-        tcp = med["clusterdev"]["gbit_s"] / med["nftables"]["gbit_s"]
+        tcp_ratio = med["clusterdev"]["gbit_s"] / med["nftables"]["gbit_s"]
         lines.append(
-            f"clusterdev / nftables TCP throughput: {tcp:.2f} (one stream; rounds vary by "
+            f"clusterdev / nftables TCP throughput: {tcp_ratio:.2f} (one stream; rounds vary by "
             "about 15 %, see the table)."
         )
     if where.startswith("in a TCG guest"):

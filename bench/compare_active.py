@@ -5,7 +5,7 @@ a fresh cluster: *packets* (1,000 established UDP flows, datagrams at a
 fixed rate) and *newconn* (a new UDP connection per datagram). On this one
 2-core machine all nodes share the same cores, so more nodes cannot add
 capacity; the comparable figure is the cost: CPU time attributed to the
-offer (generator, ksoftirqd, sync daemons; see compare/active.py) per
+offer (generator, ksoftirqd, sync daemons; see fwbench/active.py) per
 forwarded packet and per new connection. Also reported: the forwarded and
 created rates the run achieved, and the machine-wide figure (busy time minus
 the idle rate just before), which is only meaningful on an idle machine.
@@ -23,12 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from compare import active, report, runloop
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import active, report, runloop
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 WORKLOADS = {"packets": 100_000.0, "newconn": 20_000.0}  # offered per second
 
@@ -43,7 +41,7 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
            seconds: float) -> list[str]:  # fmt: skip
-    lines = report.header("Active-active: CPU cost per packet and per connection", "compare_active.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Active-active: CPU cost per packet and per connection", results)  # fmt: skip
     lines += [
         (
             f"fwcluster on {args.fwcluster_nodes} nodes (all active) against keepalived + "
@@ -77,9 +75,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
         "load 1m",
     ]
     rows = []
-    for key in dict.fromkeys((r["cluster"], r["workload"]) for r in results):
-        rs = [r for r in results if (r["cluster"], r["workload"]) == key]
-        ok = [r for r in rs if "error" not in r]
+    for key, rs, ok in report.groups(results, "cluster", "workload"):
         rows.append([
             key[0], key[1], f"{rs[0]['rate_offered']:,.0f}",
             report.fmt_mmm([r["rate_achieved"] for r in ok]),
@@ -133,39 +129,24 @@ def main() -> int:
     p.add_argument("--fwcluster-nodes", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     seconds = 1.0 if args.quick else args.seconds
     scale = 0.1 if args.quick else 1.0
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for workload, rate in WORKLOADS.items():
-            for i in range(runs):
-                report.log(f"{cluster.kind} {workload} run {i + 1}/{runs}")
-                results.append(
-                    runloop.attempt(
-                        "compare_active.py",
-                        partial(
-                            active.one_run, cluster, workload, rate * scale, seconds
-                        ),
-                        {
-                            "cluster": cluster.kind,
-                            "workload": workload,
-                            "rate_offered": rate * scale,
-                        },
-                        lambda r: (
-                            f"{r['forwarded_per_s']:,.0f} pkt/s, "
-                            f"{r['cpu_us_per_packet']} µs/pkt"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(
+            workload,
+            {"workload": workload, "rate_offered": rate * scale},
+            partial(
+                active.one_run, workload=workload, rate=rate * scale, seconds=seconds
+            ),
+        )
+        for workload, rate in WORKLOADS.items()
+    ]
+    return runloop.compare(
         args,
-        out,
         "active",
-        results,
-        ("cluster", "workload"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: f"{r['forwarded_per_s']:,.0f} pkt/s, {r['cpu_us_per_packet']} µs/pkt",
         lambda res, n: render(res, args, n, seconds),
         plot,
     )

@@ -22,13 +22,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from compare import report, runloop
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.failover import Load, one_run
-from compare.select import available_clusters
+from fwbench import report, runloop
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.failover import Load, one_run
+from fwbench.select import available_clusters
 
 FULL = Load(tcp=1000, udp=100, ping=50, interval_ms=100, settle_s=3.0, after_s=12.0)
 QUICK = Load(tcp=50, udp=10, ping=5, interval_ms=100, settle_s=1.0, after_s=6.0)
@@ -53,7 +51,7 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
 def render(
     results: list[dict[str, Any]], args: argparse.Namespace, load: Load, runs: int
 ) -> list[str]:
-    lines = report.header("Failover: fwcluster vs keepalived + conntrackd", "compare_failover.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Failover: fwcluster vs keepalived + conntrackd", results)  # fmt: skip
     lines += [
         (
             f"Load: {load.tcp} TCP streams, {load.udp} UDP flows, {load.ping} ping flows, "
@@ -155,32 +153,20 @@ def main() -> int:
     p.add_argument("--modes", default="kill,graceful")
     p.add_argument("--variants", default="default,tuned", help="keepalived variants")
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     load = QUICK if args.quick else FULL
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for mode in args.modes.split(","):
-            for i in range(runs):
-                report.log(f"{cluster.kind} {mode} run {i + 1}/{runs}")
-                results.append(
-                    runloop.attempt(
-                        "compare_failover.py",
-                        partial(one_run, cluster, mode, load),
-                        {"cluster": cluster.kind, "mode": mode},
-                        lambda r: (
-                            f"detection {r['detection_ms']} ms, stall "
-                            f"{r['longest_stall_ms']} ms, lost {r['lost']}"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(mode, {"mode": mode}, partial(one_run, mode=mode, load=load))
+        for mode in args.modes.split(",")
+    ]
+    return runloop.compare(
         args,
-        out,
         "failover",
-        results,
-        ("cluster", "mode"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: (
+            f"detection {r['detection_ms']} ms, stall "
+            f"{r['longest_stall_ms']} ms, lost {r['lost']}"
+        ),
         lambda res, n: render(res, args, load, n),
         plot,
     )

@@ -22,12 +22,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from compare import report, runloop, sync
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import report, runloop, sync
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 RATES = [5_000, 10_000, 20_000, 40_000, 80_000]
 SECONDS = 3.0  # of offering per run
@@ -61,7 +59,7 @@ def throughput(
 def render(
     results: list[dict[str, Any]], args: argparse.Namespace, runs: int
 ) -> list[str]:
-    lines = report.header("Sync throughput: fwcluster vs conntrackd FTFW", "compare_sync.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Sync throughput: fwcluster vs conntrackd FTFW", results)  # fmt: skip
     lines += [
         (
             f"{args.nodes} nodes each. Per run a fresh cluster, {SECONDS:g} s of new UDP "
@@ -94,9 +92,7 @@ def render(
         "load 1m",
     ]
     rows = []
-    for key in dict.fromkeys((r["cluster"], r["rate_offered"]) for r in results):
-        ok = [r for r in results
-              if (r["cluster"], r["rate_offered"]) == key and "error" not in r]  # fmt: skip
+    for key, _, ok in report.groups(results, "cluster", "rate_offered"):
         rows.append([
             key[0], f"{key[1]:,.0f}",
             report.fmt_mmm([r["rate_achieved"] for r in ok]),
@@ -176,36 +172,25 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=SECONDS)
     p.add_argument("--procs", type=int, default=2, help="generator sender processes")
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     rates = [2_000.0] if args.quick else [float(r) for r in args.rates.split(",")]
     seconds = 1.0 if args.quick else args.seconds
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for rate in rates:
-            count = min(MAX_COUNT, int(rate * seconds))
-            for i in range(runs):
-                report.log(
-                    f"{cluster.kind} {rate:,.0f}/s x {count:,} run {i + 1}/{runs}"
-                )
-                results.append(
-                    runloop.attempt(
-                        "compare_sync.py",
-                        partial(sync.one_run, cluster, rate, count, procs=args.procs),
-                        {"cluster": cluster.kind, "rate_offered": rate},
-                        lambda r: (
-                            f"achieved {r['rate_achieved']:,.0f}/s, created "
-                            f"{r['created']:,}, missing {r['missing_at_1s']:,}"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(
+            f"{rate:,.0f}/s x {count:,}",
+            {"rate_offered": rate},
+            partial(sync.one_run, rate=rate, count=count, procs=args.procs),
+        )
+        for rate, count in ((r, min(MAX_COUNT, int(r * seconds))) for r in rates)
+    ]
+    return runloop.compare(
         args,
-        out,
         "sync",
-        results,
-        ("cluster", "rate_offered"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: (
+            f"achieved {r['rate_achieved']:,.0f}/s, created "
+            f"{r['created']:,}, missing {r['missing_at_1s']:,}"
+        ),
         lambda res, n: render(res, args, n),
         plot,
     )

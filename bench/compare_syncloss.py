@@ -21,12 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from compare import report, runloop, syncloss
-from compare.baseline_cluster import BaselineCluster
-from compare.cluster import Cluster
-from compare.select import available_clusters
+from fwbench import report, runloop, syncloss
+from fwbench.baseline_cluster import BaselineCluster
+from fwbench.cluster import Cluster
+from fwbench.select import available_clusters
 
 LOSSES = [0, 10, 20, 30]
 
@@ -39,7 +37,7 @@ def clusters(args: argparse.Namespace) -> list[Cluster]:
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
            rate: float, seconds: float) -> list[str]:  # fmt: skip
-    lines = report.header("Loss on the sync network: fwcluster vs conntrackd FTFW", "compare_syncloss.py", sys.argv[1:], results)  # fmt: skip
+    lines = report.runs_header("Loss on the sync network: fwcluster vs conntrackd FTFW", results)  # fmt: skip
     lines += [
         (
             f"{args.nodes} nodes each (keepalived variant: {args.variant}). Per run a fresh "
@@ -65,9 +63,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
         "load 1m",
     ]
     rows = []
-    for key in dict.fromkeys((r["cluster"], r["loss_percent"]) for r in results):
-        rs = [r for r in results if (r["cluster"], r["loss_percent"]) == key]
-        ok = [r for r in rs if "error" not in r]
+    for key, rs, ok in report.groups(results, "cluster", "loss_percent"):
         rows.append([
             key[0], str(key[1]), f"{len(ok)}/{len(rs)}",
             report.fmt_mmm([r["on_victim"] for r in ok]),
@@ -123,33 +119,25 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=2000.0, help="new connections / s")
     p.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args()
-    runs = 1 if args.quick else args.runs
     losses = [20] if args.quick else [int(x) for x in args.losses.split(",")]
     rate, seconds = (1000.0, 1.0) if args.quick else (args.rate, args.seconds)
-    out = report.out_dir(args)
-    results: list[dict[str, Any]] = []
-    for cluster in [] if args.render_only else clusters(args):
-        for loss in losses:
-            for i in range(runs):
-                report.log(f"{cluster.kind} loss {loss} % run {i + 1}/{runs}")
-                results.append(
-                    runloop.attempt(
-                        "compare_syncloss.py",
-                        partial(syncloss.one_run, cluster, loss, rate, seconds),
-                        {"cluster": cluster.kind, "loss_percent": loss},
-                        lambda r: (
-                            f"on victim {r['on_victim']}, missing "
-                            f"{r['missing_after_failover']}, flaps {r['flaps_before_kill']}"
-                        ),
-                    )
-                )
-    return runloop.conclude(
+    settings = [
+        runloop.Setting(
+            f"loss {loss} %",
+            {"loss_percent": loss},
+            partial(syncloss.one_run, loss_percent=loss, rate=rate, seconds=seconds),
+        )
+        for loss in losses
+    ]
+    return runloop.compare(
         args,
-        out,
         "syncloss",
-        results,
-        ("cluster", "loss_percent"),
-        runs,
+        partial(clusters, args),
+        settings,
+        lambda r: (
+            f"on victim {r['on_victim']}, missing "
+            f"{r['missing_after_failover']}, flaps {r['flaps_before_kill']}"
+        ),
         lambda res, n: render(res, args, n, rate, seconds),
         plot,
     )

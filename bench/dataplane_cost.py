@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 from fwbench import env, labrun, report
 from fwcluster_lab.build import set_links
-from fwcluster_lab.netns import nft, spawn, stop
+from fwcluster_lab.netns import nft, ns_run, spawn, stop
 from fwcluster_lab.state import LabState
 
 GOAL = 0.95
@@ -62,13 +61,7 @@ def one_run(state: LabState, seconds: float) -> dict[str, Any]:
     argv = ["iperf3", "-c", str(server.links[0].address.ip), "-p", str(PORT)]
     argv += ["-t", f"{seconds:g}", "-J"]
     j0, load = env.Jiffies(), env.loadavg()[0]
-    out = subprocess.run(
-        ["ip", "netns", "exec", client.ns, *argv],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
+    out = ns_run(client.ns, argv, check=False, timeout=seconds + 30)
     busy = env.Jiffies().busy_s_since(j0)
     data = json.loads(out.stdout) if out.stdout.strip() else {}
     if out.returncode != 0 or "end" not in data:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fwbench import env, labrun, report, stalls, traced_traffic
+from fwbench import env, labrun, measure, report, stalls, traced_traffic
 from fwcluster_lab import cluster, faults
 from fwcluster_lab.build import TRAFFIC_PORT
 
@@ -83,7 +83,7 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             # Agents that live on: the victim's CPU time vanishes with it when killed.
             movers = survivors if mode == "kill" else list(counts)
             pids = [p for n in movers if (p := labrun.agent_pid(state, n)) is not None]
-            cpu0 = sum(env.process_cpu_s(p) or 0.0 for p in pids)
+            cpu0 = sum(measure.process_cpu_s(p) or 0.0 for p in pids)
             t_wall, t0 = time.time(), time.monotonic()
             if mode == "kill":
                 faults.kill(state, victim)
@@ -93,7 +93,7 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             cluster.wait_settled(state, timeout=30)
             # The agents run SCHED_RR: CPU they burn in a takeover is CPU the
             # traffic generator (a normal process) does not get.
-            agents_cpu_s = sum(env.process_cpu_s(p) or 0.0 for p in pids) - cpu0
+            agents_cpu_s = sum(measure.process_cpu_s(p) or 0.0 for p in pids) - cpu0
             settled_s = time.monotonic() - t0
             time.sleep(load.after_s)
         finally:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fwbench import env, labrun, report, traced_traffic
+from fwbench import env, labrun, measure, report, traced_traffic
 from fwcluster_lab.netns import LabError, Proc, run, spawn, stop
 from fwcluster_lab.state import LabState
 
@@ -92,7 +92,7 @@ def other_realtime(ours: set[int]) -> dict[int, str]:
 
 
 def cpu_of(pids: list[int]) -> float:
-    return sum(env.process_cpu_s(p) or 0.0 for p in pids)
+    return sum(measure.process_cpu_s(p) or 0.0 for p in pids)
 
 
 def agent_policies(state: LabState) -> dict[str, str]:
@@ -157,7 +157,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                         )
                 polls.append(sample)
             busy = env.Jiffies().busy_share_since(j0)
-            burner_cpu = sum(env.process_cpu_s(p.pid) or 0.0 for p in burners)
+            burner_cpu = sum(measure.process_cpu_s(p.pid) or 0.0 for p in burners)
             soft_cpu = cpu_of(softirqd) - soft0
             elapsed = time.monotonic() - t0
         finally:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fwbench import env
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ROOT / "docs" / "benchmarks"
 # order of sections in docs/benchmarks.md; anything not listed comes after these
@@ -55,23 +57,11 @@ def sections() -> list[str]:
     return _ordered({p.stem for p in SECTIONS.glob("*.md")})
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def assemble() -> None:
     today = datetime.date.today().isoformat()
     parts = [
         "# fwcluster benchmarks\n",
-        f"Assembled {today} at commit {commit()} by `make bench` (`bench/run_all.py`).",
+        f"Assembled {today} at commit {env.commit()} by `make bench` (`bench/run_all.py`).",
         "Each section names the command that produced it; the machine is the project's",
         "standard one (2 cores, Debian 12, Python 3.11) unless a section says otherwise.",
         "Numbers are measurements, not goals; where a goal is missed the section says so.\n",

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compare.measure import CountSampler
-from fwbench import env, labrun, newconn, profile, report
+from fwbench import env, gen, labrun, measure, profile, report
+from fwbench.measure import CountSampler, conntrack_count
 from fwcluster_lab.netns import nft
 from fwcluster_lab.state import LabState
 
@@ -53,17 +53,6 @@ def install_sink(state: LabState) -> None:
     )
 
 
-def kernel_count(ns: str) -> int:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "conntrack", "-C"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    ).stdout.strip()
-    return int(out) if out.isdigit() else 0
-
-
 def cached(state: LabState, nodes: list[str]) -> int:
     """The agents' peer-cache entries, summed."""
     return sum(
@@ -84,9 +73,9 @@ def one_step(
         ns = {n.name: n.ns for n in topo.nodes}
         pids = {n: labrun.agent_pid(state, n) for n in nodes}
         time.sleep(1.0)  # start-up bulk syncs and ARP out of the way
-        kernel0 = sum(kernel_count(ns[n]) for n in nodes)
-        cpu0 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
-        rss0 = {n: env.process_rss_kib(p) or 0 for n, p in pids.items() if p}
+        kernel0 = sum(conntrack_count(ns[n]) for n in nodes)
+        cpu0 = {n: measure.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
+        rss0 = {n: measure.process_rss_kib(p) or 0 for n, p in pids.items() if p}
         load0 = env.loadavg()[0]
         poll = CountSampler(lambda: cached(state, nodes), 0.1)
         cached0 = poll.count()
@@ -100,7 +89,7 @@ def one_step(
             ]
         with poll:
             client, server = topo.clients[0], topo.servers[0]
-            offer = newconn.offer(
+            offer = gen.offer(
                 client.ns,
                 str(client.links[0].address.ip),
                 str(server.links[0].address.ip),
@@ -110,8 +99,8 @@ def one_step(
             )
             time.sleep(max(0.0, offer.end + BOUND_S - time.time()))
             at_bound = poll.count() - cached0
-            cpu1 = {n: env.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
-            created = sum(kernel_count(ns[n]) for n in nodes) - kernel0
+            cpu1 = {n: measure.process_cpu_s(p) or 0.0 for n, p in pids.items() if p}
+            created = sum(conntrack_count(ns[n]) for n in nodes) - kernel0
             # Keep polling a little: do the missing ones arrive late, or never?
             time.sleep(3.0)
         for spy in spies:
@@ -121,7 +110,7 @@ def one_step(
                 spy.kill()
                 spy.wait()
         final = poll.count() - cached0
-        rss1 = {n: env.process_rss_kib(p) or 0 for n, p in pids.items() if p}
+        rss1 = {n: measure.process_rss_kib(p) or 0 for n, p in pids.items() if p}
         alive = all(labrun.agent_pid(state, n) for n in nodes)
         counters = {n: labrun.sync_counters(state, n) for n in nodes}
     expected = created * (len(nodes) - 1)

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from fwcluster_lab.cluster import settled
-from fwcluster_lab.demo import TAKEOVER_WORDS, say, step, verdict_screen
+from fwcluster_lab.demo import TAKEOVER_WORDS, dead_share, say, step, verdict_screen
 from fwcluster_lab.netns import LabError
 
 from . import hosts, machine, traffic
@@ -211,5 +211,5 @@ def run(
     finally:
         if not keep:
             hosts.down()
-    ok = verdict_screen(7, summary, before)
+    ok = verdict_screen(7, summary, before, dead_share(counts, dead))
     return 0 if ok else 1

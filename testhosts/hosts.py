@@ -52,12 +52,7 @@ def up(nodes: int = 3, run_dir: Path = RUN_DIR, boot_timeout: float = 120.0) -> 
     state.save()
     layouts = {n.name: n for n in node_layouts(topo)}
     try:
-        network.create_namespaces(topo, state.namespaces)
-        state.save()
-        network.wire_switch(topo)
-        network.wire_controller(topo)
-        for host in topo.hosts:
-            network.wire_host(topo, host, layouts.get(host.name))
+        network.create_fabric(state, topo, list(layouts.values()))
         # the lab's traffic server in every server namespace, as `lab up` starts it
         start_traffic_servers(state, state.topology())
         for node in layouts.values():

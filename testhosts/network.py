@@ -9,7 +9,9 @@ network manager in the root), and the agent adds the cluster addresses itself.
 
 from __future__ import annotations
 
-from fwcluster_lab.netns import ip_batch, list_namespaces, run, sysctl
+from fwcluster_lab import build
+from fwcluster_lab.netns import ip_batch, list_namespaces, ns_run, run
+from fwcluster_lab.state import LabState
 from fwcluster_lab.topology import Host, Topology
 
 from .layout import (
@@ -22,28 +24,14 @@ from .layout import (
     NodeLayout,
 )
 
-# IPv6 off: router solicitations and MLD would only add noise on the bridges.
-QUIET_SYSCTLS = {
-    "net.ipv6.conf.all.disable_ipv6": "1",
-    "net.ipv6.conf.default.disable_ipv6": "1",
-}
 
-
-def create_namespaces(topo: Topology, record: list[str]) -> None:
-    """Add every namespace, appending each name to `record` before it exists."""
-    for ns in topo.namespaces:
-        record.append(ns)
-        run(["ip", "netns", "add", ns])
-        sysctl(ns, QUIET_SYSCTLS)
-
-
-def wire_switch(topo: Topology) -> None:
-    lines = ["link set lo up"]
-    for br in (*topo.bridges, MGMT_BRIDGE):
-        # mcast_snooping 0: frames to the cluster MACs are flooded to every node.
-        lines.append(f"link add {br} type bridge mcast_snooping 0 stp_state 0")
-        lines.append(f"link set {br} up")
-    ip_batch(topo.switch_ns, lines)
+def create_fabric(state: LabState, topo: Topology, nodes: list[NodeLayout]) -> None:
+    """The lab's cabling (build.make_fabric) plus the management network: a
+    bridge, the controller's link from the root namespace, a link per node."""
+    build.make_fabric(state, topo, extra_bridges=(MGMT_BRIDGE,))
+    wire_controller(topo)
+    for node in nodes:
+        wire_management(topo, node)
 
 
 def wire_controller(topo: Topology) -> None:
@@ -55,22 +43,19 @@ def wire_controller(topo: Topology) -> None:
     run(["ip", "link", "set", MGMT_ROOT_IF, "up"])
 
 
-def wire_host(topo: Topology, host: Host, node: NodeLayout | None) -> None:
-    sw_lines = []
-    for link in host.links:
-        sw_lines.append(
-            f"link add {link.sw_ifname} type veth peer name {link.ifname} netns {host.ns}"
-        )
-        sw_lines.append(f"link set {link.sw_ifname} master {link.bridge} up")
-    if node is not None:
-        sw_lines.append(
-            f"link add {node.mgmt_sw_if} type veth peer name {MGMT_NODE_IF} netns {host.ns}"
-        )
-        sw_lines.append(f"link set {node.mgmt_sw_if} master {MGMT_BRIDGE} up")
-    ip_batch(topo.switch_ns, sw_lines)
-    ip_batch(host.ns, base_address_lines(host, node) + link_lines(host, node, up=True))
-    # A gateway is only accepted once its link is up.
-    ip_batch(host.ns, [f"route add {dst} via {via}" for dst, via in host.routes])
+def wire_management(topo: Topology, node: NodeLayout) -> None:
+    """A node's management link: its namespace <-> mgmt bridge, addressed."""
+    ip_batch(
+        topo.switch_ns,
+        [
+            f"link add {node.mgmt_sw_if} type veth peer name {MGMT_NODE_IF} netns {node.ns}",
+            f"link set {node.mgmt_sw_if} master {MGMT_BRIDGE} up",
+        ],
+    )
+    ip_batch(
+        node.ns,
+        [f"address add {node.mgmt_address} dev {MGMT_NODE_IF}", f"link set {MGMT_NODE_IF} up"],
+    )
 
 
 def base_address_lines(host: Host, node: NodeLayout | None) -> list[str]:
@@ -101,8 +86,8 @@ def reset_node_namespace(host: Host, node: NodeLayout) -> None:
 
     The namespace outlives the container, so the agent's tables, conntrack
     entries and cluster addresses are removed here before the node boots again."""
-    run(["ip", "netns", "exec", host.ns, "nft", "flush", "ruleset"])
-    run(["ip", "netns", "exec", host.ns, "conntrack", "-F"], check=False)
+    ns_run(host.ns, ["nft", "flush", "ruleset"])
+    ns_run(host.ns, ["conntrack", "-F"], check=False)
     names = [link.ifname for link in host.links] + [MGMT_NODE_IF]
     lines = [f"address flush dev {n}" for n in names]
     ip_batch(host.ns, lines)

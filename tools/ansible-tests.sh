@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 VENV=$REPO/.venv
-export PATH="$VENV/bin:$PATH" PYTHONPATH="$REPO" ANSIBLE_NOCOLOR=1 PY_COLORS=0
+export PATH="$VENV/bin:$PATH" ANSIBLE_NOCOLOR=1 PY_COLORS=0
 LOGS=$REPO/.cache/ansible-tests
 SANITY_VENV=$REPO/.cache/ansible-sanity-venv
 SCENARIOS=${ANSIBLE_TESTS_SCENARIOS:-default failover drain rolling}

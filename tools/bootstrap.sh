@@ -40,10 +40,16 @@ stamp=.venv/.installed
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ] \
-   || [ tools/requirements-ansible.txt -nt "$stamp" ]; then
+# The agent, the lab, the benchmarks and the test hosts, each an editable
+# package: every script and test imports them from the venv, no path edits.
+projects=(agent lab bench testhosts)
+stale=0
+[ -f "$stamp" ] && [ ! tools/requirements-ansible.txt -nt "$stamp" ] || stale=1
+for p in "${projects[@]}"; do [ "$p/pyproject.toml" -nt "$stamp" ] && stale=1; done
+if [ "$stale" -eq 1 ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e 'agent[dev]' -r tools/requirements-ansible.txt
+    .venv/bin/pip install -q -e 'agent[dev]' -e lab -e bench -e testhosts \
+        -r tools/requirements-ansible.txt
     touch "$stamp"
 fi
 

@@ -22,12 +22,11 @@ from availability_manager.dataplane.bucket import (
     bucket_of_mark,
     hash_key,
     is_forward,
-    jhash,
     mark_of_bucket,
     mask_shift,
     nft_concat,
-    reciprocal_scale,
 )
+from availability_manager.dataplane.jhash import jhash, reciprocal_scale
 from availability_manager.types import ClusterSettings
 
 ZONES = ("inside", "dmz", "outside")

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from availability_manager.dataplane.clusterdev_hash import connection_bucket, jhash2
+from availability_manager.dataplane.clusterdev_hash import connection_bucket
+from availability_manager.dataplane.jhash import jhash2
 
 _HEADERS = sorted(glob.glob("/usr/src/linux-headers-*-common/include/linux/jhash.h"))
 

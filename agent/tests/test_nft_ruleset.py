@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from fwcluster_lab.netns import ns_run
 
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
@@ -247,12 +248,7 @@ def netns() -> Iterator[str]:
 
 
 def nft_check(ns: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"],
-        input=script,
-        text=True,
-        capture_output=True,
-    )
+    return ns_run(ns, ["nft", "-c", "-f", "-"], stdin=script, check=False)
 
 
 @pytest.mark.lab

@@ -1,18 +1,12 @@
-"""fwbench: what the four fwcluster daemon benchmarks share (failover,
-sync_throughput, dataplane_cost, false_takeover_soak).
+"""fwbench: the one benchmark core under bench/, shared by every benchmark.
 
-`env` makes the lab and agent packages importable and reads machine facts,
-`labrun` brings a private lab up and always down again, `traced_traffic`
-is the lab's traffic client with per-flow gap times, `newconn` runs the
-C new-connection generator, `report` writes a section and its plot.
+`env` paths and machine facts (commit, load, CPU), `measure` the /proc and
+namespace readers, `report` sections, tables, plots and per-run stamps,
+`gen` the C new-connection generator, `labrun` a private lab for one
+measurement, `traced_traffic`/`traced_client` the lab's traffic client with
+per-flow gap times, `stalls` and `profile` what the daemon benchmarks add.
+The comparisons with keepalived + conntrackd (bench/compare_*.py) drive both
+clusters through `cluster` (`baseline_cluster`, `fwcluster_cluster`), with
+their workloads in `failover`, `sync`, `syncloss`, `active` and the run loop
+in `runloop`.
 """
-
-import sys
-from pathlib import Path
-
-# lab/ and agent/ importable without installing them: every submodule and
-# benchmark imports this package first, so fwcluster_lab imports resolve.
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT / "lab", _ROOT / "agent"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))

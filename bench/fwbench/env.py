@@ -1,7 +1,4 @@
-"""Paths, imports and machine facts for the fwcluster benchmarks.
-
-(The package's __init__ puts lab/ and agent/ on sys.path.)
-"""
+"""Paths and machine facts for the fwcluster benchmarks."""
 
 from __future__ import annotations
 
@@ -13,14 +10,11 @@ import threading
 from pathlib import Path
 from typing import Self
 
-# the /proc readers are shared with the comparison benchmarks (re-exported)
-from compare.measure import (
-    process_cpu_s,  # noqa: F401 (re-exported)
-    process_rss_kib,  # noqa: F401 (re-exported)
-)
-
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
+BASELINES = BENCH / "baselines"  # the keepalived + conntrackd configurations
+DOCS = ROOT / "docs" / "benchmarks"
+CACHE = ROOT / ".cache"
 
 # Our own prefix and run root: never the operator's lab (fwl-), the tests'
 # labs or the comparison benchmarks' (fwk-, fwm-).
@@ -29,17 +23,10 @@ PREFIX = "fwr-"
 PREFIX_BASELINE = "fwrb-"
 PREFIX_FLOODED = "fwrf-"
 RUN_ROOT = Path("/run/fwcluster-fwbench")
+# The comparisons' labs (prefixes fwk-, fwm-), apart from the operator's
+# `bin/lab` (/run/fwcluster-lab, prefix fwl-).
+COMPARE_RUN_ROOT = Path("/run/fwcluster-compare")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def python_path_env() -> dict[str, str]:
-    """Environment for child processes that import the lab, agent and fwbench."""
-    env = dict(os.environ)
-    paths = [str(ROOT / "lab"), str(ROOT / "agent"), str(BENCH)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = ":".join(paths)
-    return env
 
 
 def loadavg() -> tuple[float, float, float]:

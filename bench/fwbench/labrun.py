@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from fwcluster_lab import agent, build, cluster
+from fwcluster_lab.netns import ns_run
 from fwcluster_lab.state import LabState
 
 from . import env
@@ -41,15 +42,14 @@ def lab(
     after it comes down (for the report and for looking back), the rest is removed."""
     signal.signal(signal.SIGTERM, _sigterm)
     run_dir = env.RUN_ROOT / name
-    build.down(run_dir, prefix)  # a leftover of an earlier, crashed run
-    state = build.up(run_dir, prefix, nodes=nodes, agents=agents)
-    try:
-        if agents:
-            cluster.wait_settled(state, timeout=settle_timeout)
-        yield state
-    finally:
-        keep_logs(state, env.RUN_ROOT / f"{name}-logs")
-        build.down(run_dir, prefix)
+    lab = build.running(
+        run_dir, prefix, settle_timeout=settle_timeout, nodes=nodes, agents=agents
+    )
+    with lab as state:
+        try:
+            yield state
+        finally:
+            keep_logs(state, env.RUN_ROOT / f"{name}-logs")
 
 
 def keep_logs(state: LabState, dest: Path) -> None:
@@ -127,13 +127,8 @@ def carried_ports(state: LabState, node: str, dport: int) -> dict[str, set[int]]
     """Client source ports of the TCP and UDP connections to `dport` in the
     node's kernel conntrack table: the flows this node carries (non-owners
     hold no entry: they drop a connection's packets before it is confirmed)."""
-    ns = state.topology().node(node).ns
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "conntrack", "-L"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    out = ns_run(
+        state.topology().node(node).ns, ["conntrack", "-L"], check=False
     ).stdout
     ports: dict[str, set[int]] = {"tcp": set(), "udp": set()}
     for line in out.splitlines():

@@ -67,9 +67,7 @@ def start(state: LabState, options: list[str], ready_timeout: float = 60.0) -> N
         str(d / "status.json"),
         *options,
     ]
-    proc = spawn(
-        topo.clients[0].ns, argv, d / "client.log", PROC, env.python_path_env()
-    )
+    proc = spawn(topo.clients[0].ns, argv, d / "client.log", PROC)
     state.procs[PROC] = proc
     state.save()
     deadline = time.monotonic() + ready_timeout

@@ -3,14 +3,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1]
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compare import baseline_config as cfg
-from compare.baseline_cluster import node_spec
-from compare.paths import BASELINES
+from fwbench import baseline_config as cfg
+from fwbench.baseline_cluster import node_spec
+from fwbench.env import BASELINES
 from fwcluster_lab.topology import build_topology
 
 

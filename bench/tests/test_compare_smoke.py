@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from compare.baseline_cluster import installed
-from compare.fwcluster_cluster import agent_runnable
-from compare.paths import ROOT
+from fwbench.baseline_cluster import installed
+from fwbench.env import ROOT
+from fwbench.fwcluster_cluster import agent_runnable
 
 pytestmark = [
     pytest.mark.lab,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fwbench import env, newconn, profile, stalls
+from fwbench import env, gen, profile, stalls
 
 needs_lab = [
     pytest.mark.lab,
@@ -143,12 +143,12 @@ def test_fold_sums_self_and_total_samples(tmp_path: Path) -> None:
 
 
 def test_generator_output_is_summed_over_senders() -> None:
-    offer = newconn.parse(
+    offer = gen.parse(
         "sender 0 sent 500 errors 1 start 10.0 end 11.0\n"
         "sender 1 sent 700 errors 0 start 10.5 end 12.0\n"
         "total start 10.0 end 12.0\n"
     )
     assert (offer.sent, offer.errors) == (1200, 1)
     assert offer.rate == pytest.approx(600.0)
-    with pytest.raises(newconn.GeneratorError):
-        newconn.parse("nothing useful")
+    with pytest.raises(gen.GeneratorError):
+        gen.parse("nothing useful")

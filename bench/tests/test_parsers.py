@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from compare import gen, report
-from compare.baseline_cluster import external_cache_count
-from compare.syncloss import _first_pairs
+from fwbench import gen, report
+from fwbench.baseline_cluster import external_cache_count
+from fwbench.syncloss import _first_pairs
 
 CONNTRACKD_STATS = """cache internal:
 current active connections:\t           7

@@ -182,7 +182,7 @@ def check_status(state: Any) -> str | None:
     claimed = set(st["owned"]) | set(survivor["owned"])
     if claimed != set(range(st["buckets"])) or set(st["owned"]) & set(survivor["owned"]):
         return f"fw1 and fw2 own {len(claimed)} of {st['buckets']} buckets, or share some"
-    injected = st["sync"].get("injected", 0) + survivor["sync"].get("injected", 0)
+    injected = st["sync"].get("kernel_injected", 0) + survivor["sync"].get("kernel_injected", 0)
     if not injected:
         return f"the survivors injected none of {VICTIM}'s connections"
     step(f"clusterctl status --json on fw1: backend clusterdev, {len(st['owned'])} buckets "

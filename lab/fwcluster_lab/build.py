@@ -1,6 +1,12 @@
 """`lab up` and `lab down`: create the namespaces, bridges, veths, addresses,
 routes and processes of a topology, and remove all of it again.
 
+The public ways in: `running(...)`, a lab for the length of a `with` block
+(tests, benchmarks); `up`/`down` for a lab that outlives the process
+(`bin/lab`); `make_fabric`, the cabling alone, for those that bring their own
+machines or firewall (the test hosts, the keepalived baseline uses
+`running(bare=True)`).
+
 `down` trusts nothing but names and recorded pids: it stops the processes in
 state.json (pid and start time must match), then every process still inside
 a namespace whose name starts with the lab's prefix, then deletes those
@@ -10,13 +16,15 @@ after a lab that crashed half-way through `up`.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from . import agent, nat_policy, standalone
+from . import agent, cluster, nat_policy, standalone
 from .netns import (
     LabError,
     Proc,
@@ -32,7 +40,6 @@ from .netns import (
 from .state import LabState
 from .topology import Host, Topology, build_topology
 
-LAB_DIR = Path(__file__).resolve().parents[1]
 TRAFFIC_PORT = 7001  # TCP echo and UDP responder on every server
 # Seconds a traffic server may take to listen. Emulated guests (the clusterdev
 # tests under TCG on a busy machine) need far more than a real machine.
@@ -68,16 +75,6 @@ def _enable_ipv6(host: Host) -> None:
         sysctl(host.ns, {"net.ipv6.conf.all.forwarding": "1"})
 
 
-def lab_env() -> dict[str, str]:
-    """The environment of processes the lab starts: the lab and agent packages importable."""
-    env = dict(os.environ)
-    paths = [str(LAB_DIR), str(agent.REPO / "agent")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = ":".join(paths)
-    return env
-
-
 def server_control_socket(run_dir: Path, server: str) -> Path:
     return run_dir / "traffic" / f"{server}.sock"
 
@@ -86,16 +83,16 @@ def _leftovers(prefix: str) -> list[str]:
     return [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
-def _switch(topo: Topology) -> None:
+def wire_switch(topo: Topology, extra_bridges: Sequence[str] = ()) -> None:
     lines = ["link set lo up"]
-    for br in topo.bridges:
+    for br in (*topo.bridges, *extra_bridges):
         # mcast_snooping 0: flood multicast-MAC frames to every port (the cluster MAC's point).
         lines.append(f"link add {br} type bridge mcast_snooping 0 stp_state 0")
         lines.append(f"link set {br} up")
     ip_batch(topo.switch_ns, lines)
 
 
-def _wire(topo: Topology, host: Host, links_up: bool) -> None:
+def wire_host(topo: Topology, host: Host, links_up: bool) -> None:
     sw_lines = []
     for link in host.links:
         sw_lines.append(
@@ -126,7 +123,6 @@ def _start_agent(state: LabState, topo: Topology, node: Host) -> Proc | None:
         agent.agent_argv(state.run_dir, node.name),
         agent.log_path(state.run_dir, node.name),
         f"agent:{node.name}",
-        env=lab_env(),
     )
     state.procs[proc.what] = proc
     state.save()
@@ -182,7 +178,7 @@ def start_traffic_servers(state: LabState, topo: Topology) -> None:
             str(sock),
         ]
         log = state.run_dir / "traffic" / f"{server.name}.log"
-        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}", env=lab_env())
+        proc = spawn(server.ns, argv, log, f"traffic-server:{server.name}")
         state.procs[proc.what] = proc
         state.save()
         # Ready means listening: the server binds TCP and UDP before its control
@@ -196,6 +192,28 @@ def start_traffic_servers(state: LabState, topo: Topology) -> None:
             time.sleep(0.02)
 
 
+def make_fabric(
+    state: LabState,
+    topo: Topology,
+    *,
+    links_up: Callable[[Host], bool] = lambda host: True,
+    extra_bridges: Sequence[str] = (),
+) -> None:
+    """The cabling of a topology: its namespaces (each recorded in the state
+    before it exists, so `down` finds it), the switch's bridges, every host's
+    veths, addresses and routes. Nothing runs and nothing is configured on the
+    nodes: that is the caller's part (`up`: sysctls, policy, agents)."""
+    for ns in topo.namespaces:
+        state.namespaces.append(ns)
+        state.save()
+        run(["ip", "netns", "add", ns])
+    for ns in topo.namespaces:
+        sysctl(ns, QUIET_SYSCTLS)
+    wire_switch(topo, extra_bridges)
+    for host in topo.hosts:
+        wire_host(topo, host, links_up(host))
+
+
 def up(
     run_dir: Path,
     prefix: str,
@@ -207,7 +225,13 @@ def up(
     nat: bool = False,
     sync6: bool = False,
     backend: str = "nftables",  # the agents' data plane: nftables or clusterdev (kernel module)
+    bare: bool = False,
 ) -> LabState:
+    """A lab that stays up until `down`. With agents=False fw1 alone forwards
+    (the standalone firewall), unless bare: then nothing runs on the nodes and
+    every link is up, for a caller that brings its own firewall."""
+    if bare and agents:
+        raise LabError("a bare lab has no agents: pass agents=False")
     existing = LabState.load(run_dir)
     if existing is not None or _leftovers(prefix):
         raise LabError(f"a lab with prefix {prefix!r} exists already: run `lab down` first")
@@ -217,28 +241,23 @@ def up(
     )
     state.save()
     try:
-        for ns in topo.namespaces:
-            run(["ip", "netns", "add", ns])
-            state.namespaces.append(ns)
-        state.save()
-        for ns in topo.namespaces:
-            sysctl(ns, QUIET_SYSCTLS)
-        _switch(topo)
-        for host in topo.hosts:
-            # Without agents fw1 alone forwards: the others stay cabled but down.
-            links_up = agents or host.role != "node" or host is topo.nodes[0]
-            _wire(topo, host, links_up)
-            if host.role == "node":
-                sysctl(host.ns, NODE_SYSCTLS)
-                if nat:
-                    nat_policy.install(topo, host)
+        # Without agents fw1 alone forwards: the others stay cabled but down.
+        make_fabric(
+            state,
+            topo,
+            links_up=lambda h: agents or bare or h.role != "node" or h is topo.nodes[0],
+        )
+        for node in topo.nodes:
+            sysctl(node.ns, NODE_SYSCTLS)
+            if nat:
+                nat_policy.install(topo, node)
         if agents:
             agent.write_key(run_dir)
             for node in topo.nodes:
                 agent.write_config(topo, node, run_dir, backend)
                 if not agent.AGENT_OWNS_CLUSTER_ADDRESSES:
                     standalone.add_cluster_addresses(topo, node)
-        else:
+        elif not bare:
             for node in topo.nodes:
                 standalone.install(topo, node)
             state.dead_nodes = [n.name for n in topo.nodes[1:]]
@@ -253,6 +272,29 @@ def up(
         down(run_dir, prefix)
         raise
     return state
+
+
+@contextlib.contextmanager
+def running(
+    run_dir: Path,
+    prefix: str,
+    *,
+    settle_timeout: float | None = 60.0,
+    keep_logs: bool = False,
+    **options: Any,
+) -> Iterator[LabState]:
+    """A lab for the length of a `with` block: `up` with these options (after
+    removing the leftovers of a crashed run under the same prefix), the
+    agents' cluster settled (unless settle_timeout is None), and `down`
+    whatever happens (keep_logs: the agents' logs stay in run_dir)."""
+    down(run_dir, prefix)
+    state = up(run_dir, prefix, **options)
+    try:
+        if state.agents and settle_timeout is not None:
+            cluster.wait_settled(state, timeout=settle_timeout)
+        yield state
+    finally:
+        down(run_dir, prefix, keep_logs=keep_logs)
 
 
 def down(run_dir: Path, prefix: str, keep_logs: bool = False) -> list[str]:

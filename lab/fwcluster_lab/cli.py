@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import agent, build, cluster, faults, traffic_control
-from .netns import LabError, in_ns, link_state, list_namespaces, nft_json
+from .netns import LabError, in_ns, link_state, list_namespaces, nft_json, ns_run
 from .state import LabState, prefix_from_env, run_dir_from_env
 from .traffic_stats import human_line
 
@@ -115,9 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
             print(f"--- clusterctl status on {node.name}")
             argv = agent.clusterctl_argv(state.run_dir, node.name, "status")
-            r = subprocess.run(
-                in_ns(node.ns, argv), capture_output=True, text=True, timeout=10, check=False
-            )
+            r = ns_run(node.ns, argv, check=False, timeout=10)
             print((r.stdout + r.stderr).rstrip() or f"(exit {r.returncode})")
     return 0
 
@@ -284,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-ms", type=float, default=20.0)
     s.add_argument("--drain", type=float, default=2.0)
     s.add_argument("--stream-timeout", type=float, default=10.0)
-    s.add_argument("--stall-threshold-ms", type=float, help="default 50 (2.5 intervals if larger)")
+    s.add_argument("--stall-threshold-ms", type=float, help="default 3 intervals, at least 50")
     s.add_argument("--json", type=Path, help="also write the JSON summary here")
     s.add_argument(
         "--to",

@@ -42,7 +42,20 @@ def run(
 
 
 def in_ns(ns: str, argv: Sequence[str]) -> list[str]:
+    """argv run in namespace ns (for Popen; `ns_run` runs it to the end)."""
     return ["ip", "netns", "exec", ns, *argv]
+
+
+def ns_run(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv in namespace ns to the end, output captured as text (see `run`)."""
+    return run(in_ns(ns, argv), check=check, stdin=stdin, timeout=timeout)
 
 
 def ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -56,12 +69,12 @@ def ip_batch(ns: str, lines: Sequence[str]) -> None:
 
 
 def nft(ns: str, script: str) -> None:
-    run(in_ns(ns, ["nft", "-f", "-"]), stdin=script)
+    ns_run(ns, ["nft", "-f", "-"], stdin=script)
 
 
 def nft_json(ns: str, *args: str) -> list[dict[str, Any]]:
     """`nft -j list ...` as the list of objects; [] when the object does not exist."""
-    proc = run(in_ns(ns, ["nft", "-j", "list", *args]), check=False)
+    proc = ns_run(ns, ["nft", "-j", "list", *args], check=False)
     if proc.returncode != 0:
         return []
     items: list[dict[str, Any]] = json.loads(proc.stdout).get("nftables", [])
@@ -70,7 +83,7 @@ def nft_json(ns: str, *args: str) -> list[dict[str, Any]]:
 
 def sysctl(ns: str, settings: Mapping[str, str]) -> None:
     args = [f"{k}={v}" for k, v in settings.items()]
-    run(in_ns(ns, ["sysctl", "-q", "-w", *args]))
+    ns_run(ns, ["sysctl", "-q", "-w", *args])
 
 
 def list_namespaces() -> list[str]:

@@ -446,7 +446,7 @@ class Client:
             udp=[u.stats for u in self.udp],
             ping=self.ping,
             server=server,
-            stall_threshold_s=args.stall_threshold_ms / 1000.0,
+            stall_threshold_ms=args.stall_threshold_ms,
             extra={
                 "client": {
                     "cpu_s": round(cpu_s, 3),
@@ -492,7 +492,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--stall-threshold-ms",
         type=float,
-        help="a gap longer than this is a stall (default: 50, or 2.5 intervals if larger)",
+        help="a gap longer than this is a stall (default: 3 intervals, at least 50)",
     )
     p.add_argument("--json", type=Path, help="write the summary here")
     p.add_argument("--status", type=Path, help="write {ready, established} here once connected")
@@ -507,8 +507,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--duration must be in (0, {MAX_DURATION_S}]")
     if not 1.0 <= args.interval_ms <= 10_000.0:
         p.error("--interval-ms must be 1..10000")
-    if args.stall_threshold_ms is None:
-        args.stall_threshold_ms = max(50.0, 2.5 * args.interval_ms)
     if not 0 <= args.drain <= 60 or not 0 < args.connect_timeout <= 60:
         p.error("--drain must be 0..60 and --connect-timeout in (0, 60]")
     return args

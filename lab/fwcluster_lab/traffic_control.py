@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .build import TRAFFIC_PORT, lab_env, server_control_socket
+from .build import TRAFFIC_PORT, server_control_socket
 from .nat_policy import DNAT_PORT
 from .netns import LabError, in_ns, spawn, stop
 from .state import LabState
@@ -128,7 +128,6 @@ def run_foreground(
     argv = client_argv(state, options, out, _dir(state) / "status.json", t)
     proc = subprocess.run(
         in_ns(state.topology().host(t.client).ns, argv),
-        env=lab_env(),
         stdout=subprocess.DEVNULL,  # the lab prints the summary line itself
         check=False,
     )
@@ -157,7 +156,7 @@ def start(
     if "--duration" not in options:
         options = ["--duration", "3600", *options]
     argv = client_argv(state, options, out, status, t)
-    proc = spawn(state.topology().host(t.client).ns, argv, log, name, lab_env())
+    proc = spawn(state.topology().host(t.client).ns, argv, log, name)
     state.procs[name] = proc
     state.save()
     deadline = time.monotonic() + ready_timeout

@@ -32,7 +32,11 @@ from typing import Any
 
 RECORD = struct.Struct("!IIII")
 RECORD_SIZE = RECORD.size
-STALL_THRESHOLD_S = 0.050
+# A stream's longest gap is a stall when one record interval cannot explain
+# it: a healthy stream's gaps are about one interval (more on a busy machine),
+# so the threshold is a few intervals, and never below 50 ms.
+STALL_INTERVALS = 3.0
+STALL_FLOOR_S = 0.050
 # Upper bounds (ms) of the stall histogram bins; the last bin is open-ended.
 STALL_BINS_MS = (50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -59,11 +63,20 @@ def parse_record(data: bytes | bytearray | memoryview) -> tuple[int, int, int] |
 
 @dataclasses.dataclass
 class GapMeter:
-    """Largest gap between successive answers of one flow, from its first send."""
+    """Largest gap between successive answers of one flow, from its first send.
 
+    With `long_gap_s` set (bench/fwbench/traced_client.py does), it also keeps
+    when each gap longer than that began and ended: [start, end], end None
+    for a gap still open when the run ended; at most LONG_GAPS_KEPT."""
+
+    LONG_GAPS_KEPT = 200  # bounded memory even for a flapping flow
     first_send: float | None = None
     last_answer: float | None = None
     max_gap: float = 0.0
+    long_gap_s: float | None = None
+
+    def __init__(self) -> None:
+        self.long_gaps: list[list[float | None]] = []
 
     def sent(self, now: float) -> None:
         if self.first_send is None:
@@ -73,6 +86,7 @@ class GapMeter:
         ref = self.last_answer if self.last_answer is not None else self.first_send
         if ref is not None:
             self.max_gap = max(self.max_gap, now - ref)
+            self._keep(ref, now, now - ref)
         self.last_answer = now
 
     def close(self, end: float) -> None:
@@ -80,6 +94,12 @@ class GapMeter:
         ref = self.last_answer if self.last_answer is not None else self.first_send
         if ref is not None:
             self.max_gap = max(self.max_gap, end - ref)
+            self._keep(ref, None, end - ref)
+
+    def _keep(self, start: float, end: float | None, gap: float) -> None:
+        long = self.long_gap_s is not None and gap > self.long_gap_s
+        if long and len(self.long_gaps) < self.LONG_GAPS_KEPT:
+            self.long_gaps.append([start, end])
 
 
 @dataclasses.dataclass
@@ -203,6 +223,11 @@ def _datagram_summary(flows: list[DatagramFlowStats]) -> dict[str, Any]:
     }
 
 
+def stall_threshold_s(interval_s: float) -> float:
+    """The gap beyond which a stream counts as stalled, for this record interval."""
+    return max(STALL_FLOOR_S, STALL_INTERVALS * interval_s)
+
+
 def summarize(
     *,
     run_tag: int,
@@ -212,18 +237,21 @@ def summarize(
     udp: list[DatagramFlowStats],
     ping: list[DatagramFlowStats],
     server: Mapping[str, Any] | None,
-    stall_threshold_s: float = STALL_THRESHOLD_S,
+    stall_threshold_ms: float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary of one run. Call `finish(end)` on every flow first."""
+    """The JSON summary of one run. Call `finish(end)` on every flow first.
+    The stall threshold defaults to `stall_threshold_s(interval_s)`."""
+    threshold_s = (
+        stall_threshold_s(interval_s) if stall_threshold_ms is None else stall_threshold_ms / 1e3
+    )
     broken: dict[str, int] = {}
     for s in streams:
         if s.broken is not None:
             broken[s.broken] = broken.get(s.broken, 0) + 1
     measured = [s for s in streams if s.gaps.first_send is not None]
     stalls = [s.gaps.max_gap for s in measured]
-    over = sum(1 for x in stalls if x > STALL_THRESHOLD_S)
-    over_threshold = sum(1 for x in stalls if x > stall_threshold_s)
+    stalled = sum(1 for x in stalls if x > threshold_s)
     tcp = {
         "streams": len(streams),
         "established": sum(1 for s in streams if s.established),
@@ -253,11 +281,9 @@ def summarize(
         "lost_packets": udp_s["lost"] + ping_s["lost"],
         "duplicates": udp_s["duplicates"] + ping_s["duplicates"] + server_dups,
         "longest_stall_ms": tcp["longest_stall_ms"],
-        "stalled_over_50ms_share": round(over / len(stalls), 4) if stalls else 0.0,
-        # The same for a chosen threshold: with intervals of 50 ms or more every
-        # healthy gap is "over 50 ms", so slower runs pick a threshold above the interval.
-        "stall_threshold_ms": _ms(stall_threshold_s),
-        "stalled_share": round(over_threshold / len(stalls), 4) if stalls else 0.0,
+        # the share of streams whose longest gap is over the threshold
+        "stall_threshold_ms": _ms(threshold_s),
+        "stalled_share": round(stalled / len(stalls), 4) if stalls else 0.0,
         "stall_histogram_ms": stall_histogram(stalls),
         "tcp": tcp,
         "udp": udp_s,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_traffic_loopback import ENV, free_port
+from test_traffic_loopback import free_port
 
 from fwcluster_lab import ftp_lab
 
@@ -22,7 +22,6 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fwcluster_lab.ftp_lab", "server", "--address", address,
          "--port", str(port), "--rate", "5000000"],
-        env=ENV,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:

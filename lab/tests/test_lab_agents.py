@@ -26,15 +26,10 @@ PREFIX = "fwa-"
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True)
-    try:
-        cluster.wait_settled(state, timeout=30)
+    # agent logs stay for the post-mortem
+    with build.running(lab_run_dir(PREFIX), PREFIX, settle_timeout=30, keep_logs=True) as state:
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)  # agent logs stay for the post-mortem
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 def assert_exact(s: dict[str, Any], streams: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fwcluster_lab import agent, faults, nat_policy
+from fwcluster_lab.netns import ns_run
 from fwcluster_lab.state import LabState
 from fwcluster_lab.topology import MASQ_NET, build_topology
 
@@ -165,8 +166,7 @@ def test_nft_accepts_the_nat_policy(netns: str) -> None:
     script = nat_policy.ruleset(topo, topo.node("fw2"))
 
     def nft_check(text: str) -> subprocess.CompletedProcess[str]:
-        argv = ["ip", "netns", "exec", netns, "nft", "-c", "-f", "-"]
-        return subprocess.run(argv, input=text, text=True, capture_output=True, check=False)
+        return ns_run(netns, ["nft", "-c", "-f", "-"], stdin=text, check=False)
 
     check = nft_check(script)
     assert check.returncode == 0, check.stderr

@@ -61,19 +61,14 @@ def helper_lab(
 ) -> Iterator[LabState]:
     """A 3-node lab with the helper policy on every node and the FTP and
     TFTP servers of these paths; removed afterwards."""
-    build.down(run_dir, prefix)
-    state = build.up(run_dir, prefix, nodes=3, agents=True, ipv6=ipv6, nat=nat)
-    try:
-        cluster.wait_settled(state, timeout=60)
+    with build.running(run_dir, prefix, keep_logs=True, ipv6=ipv6, nat=nat) as state:
         for node in state.topology().nodes:
             helpers_policy.install(node)
         start_ftp_servers(state, ftp_paths)
         start_tftp_server(state, tftp_path)
         state.save()
         yield state
-    finally:
-        build.down(run_dir, prefix, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +87,7 @@ def start_ftp_servers(state: LabState, paths: tuple[str, ...]) -> None:
         host, address = server_ends(state)[path]
         argv = [sys.executable, "-m", "fwcluster_lab.ftp_lab", "server", "--address", address]
         log = state.run_dir / f"ftp-{path}-server.log"
-        proc = spawn(host.ns, argv, log, f"ftp-{path}:server", build.lab_env())
+        proc = spawn(host.ns, argv, log, f"ftp-{path}:server")
         state.procs[proc.what] = proc
         assert _wait(functools.partial(_listening, log)), f"ftp server did not start: see {log}"
 
@@ -105,7 +100,7 @@ def start_tftp_server(state: LabState, path: str) -> None:
             "--size", str(TFTP_SIZE), "--first-delay", str(TFTP_FIRST_DELAY),
             "--stats-dir", str(state.run_dir / "tftp-stats")]  # fmt: skip
     log = state.run_dir / f"tftp-{path}-server.log"
-    proc = spawn(host.ns, argv, log, f"tftp-{path}:server", build.lab_env())
+    proc = spawn(host.ns, argv, log, f"tftp-{path}:server")
     state.procs[proc.what] = proc
     assert _wait(functools.partial(_listening, log)), f"tftp server did not start: see {log}"
 
@@ -157,7 +152,6 @@ class Client:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=build.lab_env(),
         )
 
     def wait_line(self, prefix: str, timeout: float = 20.0) -> str:

@@ -33,7 +33,7 @@ import test_cluster_behaviour
 from test_cluster_behaviour import accepted_new, ctl, ns_exec, status
 
 from fwcluster_lab import build, cluster, faults, traffic_control
-from fwcluster_lab.netns import in_ns, list_namespaces, nft, run
+from fwcluster_lab.netns import list_namespaces, nft, ns_run
 from fwcluster_lab.state import LabState
 
 # the marks (and skip conditions) of every lab test that runs agents
@@ -85,7 +85,7 @@ def watch_counts(state: LabState) -> dict[str, int]:
     for host in (*state.topology().clients, *state.topology().servers):
         for name in total:
             argv = ["nft", "list", "counter", "inet", WATCH, name]
-            text = run(in_ns(host.ns, argv)).stdout
+            text = ns_run(host.ns, argv).stdout
             m = re.search(r"packets (\d+)", text)
             assert m, text
             total[name] += int(m.group(1))
@@ -125,16 +125,11 @@ def stop_all(state: LabState) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    state = build.up(run_dir, PREFIX, nodes=3, agents=True, ipv6=True, nat=True, sync6=True)
-    try:
-        cluster.wait_settled(state, timeout=60)
+    options = {"ipv6": True, "nat": True, "sync6": True}
+    with build.running(lab_run_dir(PREFIX), PREFIX, keep_logs=True, **options) as state:
         watch_install(state)
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 @pytest.fixture(scope="module")

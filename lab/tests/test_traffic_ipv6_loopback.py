@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_traffic_loopback import ENV, ROOT, free_port, run_client
+from test_traffic_loopback import ROOT, free_port, run_client
 
 
 def test_one_server_both_families_each_client_counts_its_own(tmp_path: Path) -> None:
@@ -19,7 +19,6 @@ def test_one_server_both_families_each_client_counts_its_own(tmp_path: Path) -> 
     server = subprocess.Popen(
         [sys.executable, "-m", "fwcluster_lab.traffic_server", "--listen", "127.0.0.1",
          "--listen", "::1", "--port", str(port), "--control", str(control)],
-        env=ENV,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:

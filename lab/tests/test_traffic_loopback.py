@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 
-LAB_DIR = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(LAB_DIR)}
 ROOT = os.geteuid() == 0
 
 
@@ -38,7 +36,6 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fwcluster_lab.traffic_server", "--listen", "127.0.0.1",
              "--port", str(self.port), "--control", str(self.control)],
-            env=ENV,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -69,7 +66,7 @@ def client_argv(port: int, out: Path, *opts: str, control: Path | None = None) -
 
 
 def run_client(argv: list[str], out: Path) -> dict[str, Any]:
-    subprocess.run(argv, env=ENV, check=True, timeout=60, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, timeout=60, stdout=subprocess.DEVNULL)
     summary: dict[str, Any] = json.loads(out.read_text())
     return summary
 
@@ -100,7 +97,7 @@ def test_server_death_breaks_every_stream_and_loses_datagrams(
 ) -> None:
     out = tmp_path / "s.json"
     argv = client_argv(server.port, out, "--tcp", "10", "--udp", "3", "--duration", "2.0")
-    client = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL)
+    client = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     time.sleep(1.0)
     server.proc.kill()  # the kernel resets every accepted connection
     assert client.wait(timeout=30) == 0
@@ -185,7 +182,7 @@ def test_sigterm_ends_the_run_early_with_a_summary(server: Server, tmp_path: Pat
     out = tmp_path / "s.json"
     status = tmp_path / "status.json"
     argv = client_argv(server.port, out, "--tcp", "5", "--duration", "600", "--status", str(status))
-    client = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL)
+    client = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not status.exists():
         assert time.monotonic() < deadline

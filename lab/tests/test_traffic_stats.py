@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fwcluster_lab.traffic_stats import (
@@ -46,6 +48,19 @@ def test_gap_meter_counts_from_first_send_and_keeps_the_largest_gap() -> None:
     assert g.max_gap == pytest.approx(0.5)
     g.sent(now + 10.0)  # a later send does not move the origin
     assert g.first_send == 0.0
+
+
+def test_gap_meter_keeps_long_gaps_only_when_asked() -> None:
+    plain, traced = GapMeter(), GapMeter()
+    traced.long_gap_s = 0.1
+    for g in (plain, traced):
+        g.sent(0.0)
+        for t in (0.02, 0.52, 0.54):
+            g.answered(t)
+        g.close(0.9)  # still waiting at the end: an open gap
+    assert plain.long_gaps == []
+    assert traced.long_gaps == [[0.02, 0.52], [0.54, None]]
+    assert traced.max_gap == plain.max_gap == pytest.approx(0.5)
 
 
 def test_gap_meter_first_answer_gap_is_measured_from_first_send() -> None:
@@ -146,13 +161,29 @@ def test_summary_counts() -> None:
     assert s["tcp"]["broken"] == {"connect-timeout": 1, "reset": 1}
     assert s["duplicates"] == 2  # one reply seen twice + one request seen twice
     assert s["longest_stall_ms"] == pytest.approx(200.0)
-    # three streams sent something; one of them stalled over 50 ms
-    assert s["stalled_over_50ms_share"] == pytest.approx(1 / 3, abs=1e-3)
+    # three streams sent something; one of them stalled over 3 intervals (60 ms)
+    assert s["stall_threshold_ms"] == 60.0
+    assert s["stalled_share"] == pytest.approx(1 / 3, abs=1e-3)
     assert s["run"] == "00000abc"
     assert "1 lost" not in human_line(s) and "2 lost" in human_line(s)
 
 
-def test_stall_threshold_is_configurable_next_to_the_fixed_50ms_share() -> None:
+@pytest.mark.parametrize(
+    ("interval_s", "threshold_ms", "share"),
+    [(0.01, 50.0, 2 / 3), (0.05, 150.0, 1 / 3), (0.1, 300.0, 0.0)],
+)
+def test_a_stall_is_a_gap_the_record_interval_cannot_explain(
+    interval_s: float, threshold_ms: float, share: float
+) -> None:
+    # gaps of one interval are healthy, whatever the interval: never a stall
+    streams = [_stream(0, 0.1), _stream(1, 0.2), _stream(2, interval_s)]
+    kw: dict[str, Any] = {"run_tag": 1, "duration_s": 1.0, "udp": [], "ping": [], "server": None}
+    s = summarize(interval_s=interval_s, streams=streams, **kw)
+    assert s["stall_threshold_ms"] == threshold_ms
+    assert s["stalled_share"] == pytest.approx(share, abs=1e-3)
+
+
+def test_stall_threshold_can_be_chosen() -> None:
     streams = [_stream(0, 0.1), _stream(1, 0.3), _stream(2, 0.02)]
     s = summarize(
         run_tag=1,
@@ -162,9 +193,8 @@ def test_stall_threshold_is_configurable_next_to_the_fixed_50ms_share() -> None:
         udp=[],
         ping=[],
         server=None,
-        stall_threshold_s=0.25,
+        stall_threshold_ms=250.0,
     )
-    assert s["stalled_over_50ms_share"] == pytest.approx(2 / 3, abs=1e-3)
     assert s["stalled_share"] == pytest.approx(1 / 3, abs=1e-3)
     assert s["stall_threshold_ms"] == 250.0
     assert "stalled >250ms" in human_line(s)

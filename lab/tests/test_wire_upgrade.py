@@ -13,6 +13,7 @@ traffic must lose no connection and see no duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -52,27 +53,18 @@ def v1_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(lab_run_dir: Callable[[str], Path], v1_agent: Path) -> Iterator[LabState]:
-    run_dir = lab_run_dir(PREFIX)
-    build.down(run_dir, PREFIX)
-    current_env = build.lab_env
-
-    def v1_env() -> dict[str, str]:
-        env = current_env()
-        env["PYTHONPATH"] = f"{v1_agent}:{env['PYTHONPATH']}"
-        return env
-
     patch = pytest.MonkeyPatch()
-    patch.setattr(build, "lab_env", v1_env)  # the agents `up` starts are the old release
-    try:
-        state = build.up(run_dir, PREFIX, nodes=3, agents=True)
-    finally:
-        patch.undo()
-    try:
+    # the agents `up` starts inherit this: the old release comes before the venv's
+    patch.setenv("PYTHONPATH", str(v1_agent), prepend=":")
+    with contextlib.ExitStack() as stack:
+        try:
+            lab = build.running(lab_run_dir(PREFIX), PREFIX, settle_timeout=None, keep_logs=True)
+            state = stack.enter_context(lab)
+        finally:
+            patch.undo()  # this tree's clusterctl from here on
         cluster.wait_settled(state, timeout=60)
         yield state
-    finally:
-        build.down(run_dir, PREFIX, keep_logs=True)
-        assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
 def wire_version(state: LabState, node: str) -> int | None:

@@ -28,8 +28,10 @@ SYNC_SUMMARY = (
     "out_of_sync",
     "resyncs",
     "digest_mismatches",
-    "injected",
-    "deleted",
+    "injected_requested",
+    "kernel_injected",
+    "deleted_requested",
+    "kernel_deleted",
 )
 
 

@@ -99,6 +99,20 @@ def node_config(
     )
 
 
+# Counter names in Runtime.stats(): what the Node asked the kernel for ...
+REQUESTED = {
+    "injected": "injected_requested",
+    "injected_expectations": "injected_expectations_requested",
+    "deleted": "deleted_requested",
+}
+# ... and what the kernel wrote (the runtime's own counters of the same events).
+WRITTEN = {
+    "injected": "kernel_injected",
+    "injected_expectations": "kernel_injected_expectations",
+    "deleted": "kernel_deleted",
+}
+
+
 class Runtime:
     def __init__(
         self,
@@ -449,8 +463,10 @@ class Runtime:
     # -- views for control and metrics --------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        stats = dict(self.node.stats())
-        stats.update(self.counters)
+        # The Node counts the entries it asks for (`injected`, `deleted`), this
+        # runtime those the kernel took: both kept, under names that say which.
+        stats = {REQUESTED.get(k, k): v for k, v in self.node.stats().items()}
+        stats.update({WRITTEN.get(k, k): v for k, v in self.counters.items()})
         stats["sync_send_errors"] = self.sync.send_errors
         stats["zone_send_errors"] = sum(zs.send_errors for zs in self.zone_sockets)
         stats["zone_filtered"] = sum(sum(zs.filtered.values()) for zs in self.zone_sockets)

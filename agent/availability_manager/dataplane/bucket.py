@@ -11,9 +11,8 @@ hashes and how it reduces the hash to a bucket:
 * nft lays a concatenation out in 32-bit registers: every field starts on a
   4-byte boundary and a 2-byte field (a port, an ICMP id) is followed by two
   zero bytes (nft_payload zeroes the last register word it writes);
-* nft_hash calls Linux's jhash() over that buffer, reading 32-bit words in
-  host byte order (little-endian on every platform we ship to, checked on
-  import below);
+* nft_hash calls Linux's jhash() (jhash.py) over that buffer, reading 32-bit
+  words in host byte order (little-endian on every platform we ship to);
 * the result is reduced with reciprocal_scale(h, n) = (h * n) >> 32, not with
   a modulo: "mod" in the nft syntax is a range, not the arithmetic operator.
 
@@ -24,89 +23,16 @@ the conntrack marks of hundreds of real flows.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Sequence
 
 from ..connection import PROTO_ICMP, PROTO_ICMPV6, Connection
 from ..types import ClusterSettings
-
-if sys.byteorder != "little":  # pragma: no cover - no big-endian target exists
-    raise ImportError("bucket twin assumes a little-endian kernel (x86_64, aarch64)")
-
-JHASH_INITVAL = 0xDEADBEEF
-_M32 = 0xFFFFFFFF
+from .jhash import jhash, reciprocal_scale
 
 # Protocols whose transport header starts with 16-bit source and destination
 # ports; nft's `th sport . th dport` reads them (tcp, udp, dccp, sctp, udplite).
 PORT_PROTOS = frozenset({6, 17, 33, 132, 136})
 ICMP_ECHO_TYPES = {PROTO_ICMP: (0, 8), PROTO_ICMPV6: (128, 129)}
-
-
-def _rol(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _M32
-
-
-def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    a = (a - c) & _M32
-    a ^= _rol(c, 4)
-    c = (c + b) & _M32
-    b = (b - a) & _M32
-    b ^= _rol(a, 6)
-    a = (a + c) & _M32
-    c = (c - b) & _M32
-    c ^= _rol(b, 8)
-    b = (b + a) & _M32
-    a = (a - c) & _M32
-    a ^= _rol(c, 16)
-    c = (c + b) & _M32
-    b = (b - a) & _M32
-    b ^= _rol(a, 19)
-    a = (a + c) & _M32
-    c = (c - b) & _M32
-    c ^= _rol(b, 4)
-    b = (b + a) & _M32
-    return a, b, c
-
-
-def _final(a: int, b: int, c: int) -> int:
-    c ^= b
-    c = (c - _rol(b, 14)) & _M32
-    a ^= c
-    a = (a - _rol(c, 11)) & _M32
-    b ^= a
-    b = (b - _rol(a, 25)) & _M32
-    c ^= b
-    c = (c - _rol(b, 16)) & _M32
-    a ^= c
-    a = (a - _rol(c, 4)) & _M32
-    b ^= a
-    b = (b - _rol(a, 14)) & _M32
-    c ^= b
-    c = (c - _rol(b, 24)) & _M32
-    return c
-
-
-def jhash(data: bytes, initval: int) -> int:
-    """Linux's jhash() (lookup3 by Bob Jenkins, include/linux/jhash.h)."""
-    length = len(data)
-    a = b = c = (JHASH_INITVAL + length + initval) & _M32
-    off = 0
-    while length > 12:
-        x, y, z = struct.unpack_from("<III", data, off)
-        a, b, c = _mix((a + x) & _M32, (b + y) & _M32, (c + z) & _M32)
-        length -= 12
-        off += 12
-    if length == 0:
-        return c
-    # The tail is read byte by byte into little-endian words: the same as
-    # zero-padding it to 12 bytes, except that an empty tail skips _final.
-    x, y, z = struct.unpack("<III", data[off:].ljust(12, b"\0"))
-    return _final((a + x) & _M32, (b + y) & _M32, (c + z) & _M32)
-
-
-def reciprocal_scale(value: int, n: int) -> int:
-    """The kernel's reduction of a 32-bit hash to 0..n-1."""
-    return (value * n) >> 32
 
 
 def nft_concat(*fields: bytes) -> bytes:
@@ -197,7 +123,7 @@ def bucket_of_connection(
 
 def mask_shift(mask: int) -> int:
     """Position of the lowest bit of a contiguous, non-zero mark mask."""
-    if not 0 < mask <= _M32:
+    if not 0 < mask <= 0xFFFFFFFF:
         raise ValueError(f"mark mask {mask:#x} must be a non-zero 32-bit value")
     shift = (mask & -mask).bit_length() - 1
     if (mask >> shift) & ((mask >> shift) + 1):

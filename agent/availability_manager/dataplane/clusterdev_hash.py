@@ -1,7 +1,7 @@
 """The Python twin of the clusterdev kernel module's bucket hash.
 
 The module (kmod/clusterdev/clusterdev_hook.c, `clusterdev_bucket`) puts a
-connection into a bucket with Linux's jhash2 (Bob Jenkins' lookup3 word hash)
+connection into a bucket with Linux's jhash2 (jhash.py: lookup3's word hash)
 over the connection's endpoints in canonical order, seeded by the agent, then
 scales the 32-bit hash into [0, buckets) the way reciprocal_scale() does. This
 file must agree with it bit for bit: the guest tests compare both on the
@@ -20,66 +20,12 @@ from __future__ import annotations
 import ipaddress
 
 from ..types import ClusterSettings
+from .jhash import jhash2, reciprocal_scale
 
-_M32 = 0xFFFFFFFF
-_JHASH_INITVAL = 0xDEADBEEF
 IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _rol32(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _M32
-
-
-def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    # lookup3's mix(): six rounds of subtract, xor-rotate, add.
-    for r1, r2, r3 in ((4, 6, 8), (16, 19, 4)):
-        a = (a - c) & _M32
-        a ^= _rol32(c, r1)
-        c = (c + b) & _M32
-        b = (b - a) & _M32
-        b ^= _rol32(a, r2)
-        a = (a + c) & _M32
-        c = (c - b) & _M32
-        c ^= _rol32(b, r3)
-        b = (b + a) & _M32
-    return a, b, c
-
-
-def _final(a: int, b: int, c: int) -> int:
-    # lookup3's final(): fold each register into the next, seven times.
-    c = ((c ^ b) - _rol32(b, 14)) & _M32
-    a = ((a ^ c) - _rol32(c, 11)) & _M32
-    b = ((b ^ a) - _rol32(a, 25)) & _M32
-    c = ((c ^ b) - _rol32(b, 16)) & _M32
-    a = ((a ^ c) - _rol32(c, 4)) & _M32
-    b = ((b ^ a) - _rol32(a, 14)) & _M32
-    c = ((c ^ b) - _rol32(b, 24)) & _M32
-    return c
-
-
-def jhash2(words: list[int] | tuple[int, ...], seed: int) -> int:
-    """Linux's jhash2(k, length, initval) over 32-bit words."""
-    n = len(words)
-    a = b = c = (_JHASH_INITVAL + (n << 2) + seed) & _M32
-    i = 0
-    while n - i > 3:
-        a = (a + words[i]) & _M32
-        b = (b + words[i + 1]) & _M32
-        c = (c + words[i + 2]) & _M32
-        a, b, c = _mix(a, b, c)
-        i += 3
-    rest = n - i
-    if rest == 0:
-        return c
-    if rest == 3:
-        c = (c + words[i + 2]) & _M32
-    if rest >= 2:
-        b = (b + words[i + 1]) & _M32
-    a = (a + words[i]) & _M32
-    return _final(a, b, c)
 
 
 def _addr_words(addr: Address) -> tuple[int, ...]:
@@ -114,7 +60,7 @@ def connection_bucket(
     words = [*lo[0], *hi[0]]
     if ports:
         words += [lo[1] << 16 | hi[1], proto & 0xFF]
-    return (jhash2(words, seed) * buckets) >> 32
+    return reciprocal_scale(jhash2(words, seed), buckets)
 
 
 def settings_bucket(

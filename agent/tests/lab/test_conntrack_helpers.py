@@ -17,10 +17,11 @@ import dataclasses
 import os
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
 
 import pytest
+from fwcluster_lab.netns import ns_run
+from fwcluster_lab.nslab import TcpStream, inside, wait_until
 from test_conntrack_netlink import CLIENT, SERVER, SETTINGS, TCP_CONN, OneNode, event_datagram
 
 from availability_manager.connection import IPS_EXPECTED, PROTO_TCP, make_tuple
@@ -35,7 +36,6 @@ from availability_manager.dataplane.conntrack_netlink import (
     encode_expectation,
     parse_events,
 )
-from availability_manager.dataplane.nslab import TcpStream, inside, wait_until
 
 # The operator's policy: nftables assigns helpers only where a rule says so.
 HELPER_POLICY = """
@@ -153,13 +153,7 @@ def ftp_lab() -> Iterator[OneNode]:
         pytest.skip("needs root")
     lab = OneNode()
     try:
-        subprocess.run(
-            ["ip", "netns", "exec", lab.fw, "nft", "-f", "-"],
-            input=HELPER_POLICY,
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        ns_run(lab.fw, ["nft", "-f", "-"], stdin=HELPER_POLICY)
         yield lab
     finally:
         lab.nslab.destroy()

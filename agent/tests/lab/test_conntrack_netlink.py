@@ -25,6 +25,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fwcluster_lab.nslab import (
+    NsLab,
+    TcpStream,
+    icmp_echoes,
+    inside,
+    sh,
+    tcp_flows,
+    udp_flows,
+    wait_until,
+)
 
 from availability_manager.connection import (
     IPS_ASSURED,
@@ -54,16 +64,6 @@ from availability_manager.dataplane.conntrack_netlink import (
     parse_events,
 )
 from availability_manager.dataplane.nftables import NftablesDataPlane
-from availability_manager.dataplane.nslab import (
-    NsLab,
-    TcpStream,
-    icmp_echoes,
-    inside,
-    sh,
-    tcp_flows,
-    udp_flows,
-    wait_until,
-)
 from availability_manager.types import ClusterSettings
 
 CLIENT, SERVER = "192.0.2.10", "198.51.100.10"

@@ -20,12 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from availability_manager.dataplane.base import DataPlaneConfig, Zone
-from availability_manager.dataplane.bucket import bucket_of, bucket_of_mark
-from availability_manager.dataplane.input_guard import InputGuard
-from availability_manager.dataplane.nftables import NftablesDataPlane, _interface_maddrs
-from availability_manager.dataplane.nslab import (
+from fwcluster_lab.nslab import (
     NsLab,
     icmp_echoes,
     inside,
@@ -34,6 +29,11 @@ from availability_manager.dataplane.nslab import (
     udp_flows,
     wait_until,
 )
+
+from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.bucket import bucket_of, bucket_of_mark
+from availability_manager.dataplane.input_guard import InputGuard
+from availability_manager.dataplane.nftables import NftablesDataPlane, _interface_maddrs
 from availability_manager.dataplane.sysctl import read_sysctl
 from availability_manager.types import ClusterSettings
 

@@ -4,17 +4,12 @@ survivors' journal is reduced to the takeover."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from testhosts import demo, layout  # noqa: E402
+from testhosts import demo, layout
 
 
 def summary(lost: int = 0, duplicates: int = 0) -> dict[str, Any]:
@@ -23,7 +18,8 @@ def summary(lost: int = 0, duplicates: int = 0) -> dict[str, Any]:
         "lost": lost,
         "duplicates": duplicates,
         "longest_stall_ms": 391.6,
-        "stalled_over_50ms_share": 0.25,
+        "stall_threshold_ms": 150.0,
+        "stalled_share": 0.34,
         "tcp": {"ok": 60 - lost, "streams": 60},
         "udp": {"replied": 3320, "sent": 3323, "flows": 10},
         "ping": {"replied": 666, "sent": 668, "flows": 2},
@@ -40,6 +36,18 @@ def test_verdict_is_the_last_line_and_fails_on_loss_or_duplicates(
         f"verdict: connections=72 lost={lost} duplicates={dups} longest_stall_ms=392"
     )
     assert "== 7. Verdict" in lines
+
+
+def test_verdict_shows_the_stalled_share_beside_the_dead_nodes_share(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    share = demo.dead_share({"fw1": 20, "fw2": 25, "fw3": 27}, "fw3")
+    assert share == pytest.approx(27 / 72)
+    demo.verdict_screen(7, summary(), before=72, dead=share)
+    out = capsys.readouterr().out
+    assert "streams stalled > 150 ms" in out
+    assert "34% of streams (the dead node's share: 38%)" in out
+    assert demo.dead_share({"fw1": 20, "fw2": -1}, "fw1") is None  # a node did not answer
 
 
 def test_takeover_lines_keep_the_takeover_and_the_time_of_day(

@@ -5,16 +5,13 @@ the static lab inventory matches what `testhosts up` builds."""
 from __future__ import annotations
 
 import ipaddress
-import sys
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from testhosts import agent_source, layout, machine, network, rootfs
 
-from testhosts import agent_source, layout, machine, network, rootfs  # noqa: E402
+REPO = Path(__file__).resolve().parents[3]
 
 INVENTORY = REPO / "inventories" / "lab"
 

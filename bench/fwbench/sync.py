@@ -18,10 +18,10 @@ from typing import Any
 
 from . import gen
 from .cluster import Cluster, running
+from .env import loadavg
 from .measure import (
     CountSampler,
     conntrack_count,
-    loadavg,
     process_cpu_s,
     process_rss_kib,
 )

@@ -11,7 +11,9 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
-from .paths import BENCH, CACHE
+from fwcluster_lab.netns import LabError, in_ns, ns_run
+
+from .env import BENCH, CACHE
 
 SOURCE = BENCH / "gen" / "newconn.c"
 BINARY = CACHE / "fwcompare" / "newconn"
@@ -87,12 +89,9 @@ def argv(
 def run(ns: str, args: list[str], timeout: float) -> Offer:
     """Run the generator in namespace `ns`; bounded by `timeout` seconds."""
     try:
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        raise GeneratorError(f"generator exceeded {timeout}s") from exc
+        r = ns_run(ns, args, check=False, timeout=timeout)
+    except LabError as exc:
+        raise GeneratorError(str(exc)) from exc
     if r.returncode != 0:
         raise GeneratorError(
             f"generator failed ({r.returncode}): {r.stderr.strip()[:300]}"
@@ -103,6 +102,17 @@ def run(ns: str, args: list[str], timeout: float) -> Offer:
 def start(ns: str, args: list[str]) -> subprocess.Popen[str]:
     """Start it in the background (for churn under other measurements)."""
     return subprocess.Popen(
-        ["ip", "netns", "exec", ns, *args],
+        in_ns(ns, args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def offer(
+    ns: str, src: str, dst: str, dport: int, count: int, rate: float,
+    first: int = 0, procs: int = 2,
+) -> Offer:  # fmt: skip
+    """Offer `count` new UDP connections at `rate`/s from namespace `ns`;
+    bounded in time by the generator itself (max_s) and by a timeout here."""
+    max_s = max(10.0, 3.0 * count / rate)
+    args = argv(src, dst, dport, count, rate, first, procs, max_s)
+    return run(ns, args, timeout=max_s + 30.0)

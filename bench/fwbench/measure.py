@@ -9,21 +9,16 @@ agent logs).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-TICK = os.sysconf("SC_CLK_TCK")
+from fwcluster_lab.netns import ns_run
 
-
-def loadavg() -> tuple[float, float, float]:
-    parts = Path("/proc/loadavg").read_text().split()
-    return float(parts[0]), float(parts[1]), float(parts[2])
+from .env import TICK, loadavg
 
 
 def loadavg_text() -> str:
@@ -92,14 +87,7 @@ class SystemCpu:
 
 
 def ns_exec(ns: str, argv: list[str], timeout: float = 30.0) -> str:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return proc.stdout
+    return ns_run(ns, argv, check=False, timeout=timeout).stdout
 
 
 def conntrack_count(ns: str) -> int:

@@ -1,4 +1,5 @@
-"""Network-namespace topologies for the data-plane lab tests and benchmarks.
+"""Small network-namespace topologies built in-process, for the agent's
+data-plane lab tests (agent/tests/lab) and bench/clusterdev_cost.py.
 
 Everything lives inside namespaces this module creates (named with the
 caller's prefix, e.g. ``fwdp-<pid>-``): veth pairs are created directly
@@ -22,6 +23,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+from .netns import in_ns
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -50,7 +53,7 @@ def inside(ns: str) -> Iterator[None]:
 
 
 def sh(*cmd: str, ns: str | None = None, check: bool = True) -> str:
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    full = in_ns(ns, cmd) if ns else list(cmd)
     done = subprocess.run(full, capture_output=True, text=True, timeout=30)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(full)}: {done.stderr.strip()}")

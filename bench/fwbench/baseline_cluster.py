@@ -17,16 +17,18 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 from fwcluster_lab import build
-from fwcluster_lab.netns import Proc, ip, namespace_pids, nft, run, spawn, stop, sysctl
+from fwcluster_lab.netns import Proc, ip, namespace_pids, nft, spawn, stop
 from fwcluster_lab.state import LabState
-from fwcluster_lab.topology import Host, Topology, build_topology
+from fwcluster_lab.topology import Host, Topology
 
 from . import baseline_config as cfg
 from .cluster import Cluster, ClusterError
+from .env import BASELINES
+from .env import COMPARE_RUN_ROOT as RUN_ROOT
 from .measure import ns_exec
-from .paths import BASELINES, RUN_ROOT
 
 KEEPALIVED = "/usr/sbin/keepalived"
 CONNTRACKD = "/usr/sbin/conntrackd"
@@ -55,6 +57,9 @@ def installed() -> bool:
 
 
 class BaselineCluster(Cluster):
+    # nothing of the lab's on the nodes: keepalived and conntrackd are the firewall
+    lab_options: ClassVar[dict[str, Any]] = {"agents": False, "bare": True}
+
     def __init__(
         self,
         variant: str = "default",
@@ -79,34 +84,15 @@ class BaselineCluster(Cluster):
         return cfg.NodePaths(self.run_dir / node)
 
     # --- building -------------------------------------------------------
-    def up(self) -> None:
+    def start(self) -> None:
         if not installed():
             raise ClusterError(
                 "keepalived/conntrackd missing: run tools/bench-compare.sh"
             )
-        build.down(self.run_dir, self.prefix)  # leftovers of a crashed run
-        topo = build_topology(self.n, 1, 1, self.prefix)
-        st = self.state = LabState(self.run_dir, self.prefix, self.n, 1, 1, False)
-        st.save()
-        try:
-            for ns in topo.namespaces:
-                run(["ip", "netns", "add", ns])
-                st.namespaces.append(ns)
-            st.save()
-            for ns in topo.namespaces:
-                sysctl(ns, build.QUIET_SYSCTLS)
-            build._switch(topo)
-            for host in topo.hosts:
-                build._wire(topo, host, True)
-                if host.role == "node":
-                    sysctl(host.ns, build.NODE_SYSCTLS)
-            build.start_traffic_servers(st, topo)
-            for i, host in enumerate(topo.nodes):
-                self._start_node(topo, host, i)
-            self._wait_master(topo.nodes[0].name, timeout=15.0 + 4 * self.advert_s)
-        except BaseException:
-            self.down()
-            raise
+        topo = self.state.topology()
+        for i, host in enumerate(topo.nodes):
+            self._start_node(topo, host, i)
+        self._wait_master(topo.nodes[0].name, timeout=15.0 + 4 * self.advert_s)
 
     def _start_node(self, topo: Topology, host: Host, index: int) -> None:
         spec = node_spec(topo, host, index)
@@ -155,9 +141,6 @@ class BaselineCluster(Cluster):
                 return
             time.sleep(0.1)
         raise ClusterError(f"{node} did not become VRRP master within {timeout:.0f}s")
-
-    def down(self) -> None:
-        build.down(self.run_dir, self.prefix, keep_logs=True)
 
     # --- state ----------------------------------------------------------
     def _events(self, node: str) -> str:
@@ -209,6 +192,16 @@ class BaselineCluster(Cluster):
             if what == "done primary" and t >= since
         ]  # fmt: skip
         return min(times) if times else None
+
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """The new master has committed conntrackd's external cache."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.committed_at(killed_at)
+            if done is not None:
+                return done
+            time.sleep(0.05)
+        return None
 
     # --- faults ---------------------------------------------------------
     def kill(self, node: str) -> float:

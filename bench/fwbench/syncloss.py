@@ -22,7 +22,8 @@ from fwcluster_lab import faults
 
 from . import gen
 from .cluster import Cluster, running
-from .measure import iface_counters, loadavg, ns_exec
+from .env import loadavg
+from .measure import iface_counters, ns_exec
 from .sync import DPORT, install_sink
 
 TAKEOVER_TIMEOUT_S = 20.0
@@ -59,26 +60,6 @@ def _sync_bytes(cluster: Cluster) -> tuple[int, int]:
     return b, p
 
 
-def _wait_takeover(cluster: Cluster, t_kill: float) -> float | None:
-    from fwcluster_lab import cluster as lab_cluster
-
-    from .baseline_cluster import BaselineCluster
-
-    deadline = time.monotonic() + TAKEOVER_TIMEOUT_S
-    if isinstance(cluster, BaselineCluster):
-        while time.monotonic() < deadline:
-            done = cluster.committed_at(t_kill)
-            if done is not None:
-                return done - t_kill
-            time.sleep(0.05)
-        return None
-    try:
-        lab_cluster.wait_settled(cluster.state, timeout=TAKEOVER_TIMEOUT_S, poll=0.1)
-    except TimeoutError:
-        return None
-    return time.time() - t_kill
-
-
 def one_run(
     cluster: Cluster, loss_percent: int, rate: float, seconds: float
 ) -> dict[str, Any]:
@@ -98,7 +79,8 @@ def one_run(
         victim = cluster.victim()
         before = generator_tuples(cluster.node(victim).ns)
         t_kill = cluster.kill(victim)
-        takeover_s = _wait_takeover(cluster, t_kill)
+        taken_over = cluster.wait_taken_over(t_kill, TAKEOVER_TIMEOUT_S)
+        takeover_s = None if taken_over is None else taken_over - t_kill
         time.sleep(0.5)
         after: set[tuple[str, str]] = set()
         for n in cluster.nodes():

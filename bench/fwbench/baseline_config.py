@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from string import Template
 
-from .paths import BASELINES
+from .env import BASELINES
 
 VARIANTS = ("default", "tuned")
 TUNED_ADVERT_S = 0.1  # VRRPv3 advert interval of the "tuned" variant
@@ -23,47 +23,20 @@ HASH_LIMIT = 524288
 FIREWALL_TABLE = "baseline_fw"
 
 
-@dataclasses.dataclass(frozen=True)
 class NodePaths:
     """Per-node files; every node namespace shares one filesystem."""
 
-    dir: Path
-
-    @property
-    def keepalived_conf(self) -> Path:
-        return self.dir / "keepalived.conf"
-
-    @property
-    def conntrackd_conf(self) -> Path:
-        return self.dir / "conntrackd.conf"
-
-    @property
-    def track_file(self) -> Path:
-        return self.dir / "priority"
-
-    @property
-    def events(self) -> Path:
-        return self.dir / "events.log"
-
-    @property
-    def conntrackd_log(self) -> Path:
-        return self.dir / "conntrackd.log"
-
-    @property
-    def keepalived_log(self) -> Path:
-        return self.dir / "keepalived.log"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.dir / "conntrackd.lock"
-
-    @property
-    def unix_path(self) -> Path:
-        return self.dir / "conntrackd.ctl"
-
-    @property
-    def pid_files(self) -> tuple[Path, Path]:
-        return self.dir / "keepalived.pid", self.dir / "vrrp.pid"
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.keepalived_conf = dir / "keepalived.conf"
+        self.conntrackd_conf = dir / "conntrackd.conf"
+        self.track_file = dir / "priority"  # keepalived's tracked priority change
+        self.events = dir / "events.log"  # the notify script's transitions
+        self.conntrackd_log = dir / "conntrackd.log"
+        self.keepalived_log = dir / "keepalived.log"
+        self.lock_file = dir / "conntrackd.lock"
+        self.unix_path = dir / "conntrackd.ctl"
+        self.pid_files = (dir / "keepalived.pid", dir / "vrrp.pid")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from fwcluster_lab import traffic_control
 
 from .cluster import Cluster, running
-from .measure import loadavg
+from .env import loadavg
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
 
+from fwcluster_lab import build
 from fwcluster_lab.state import LabState
 from fwcluster_lab.topology import Host
 
@@ -23,14 +26,15 @@ class ClusterError(Exception):
 class Cluster(abc.ABC):
     kind: str  # label in tables: "keepalived default", "fwcluster", ...
     state: LabState
+    n: int  # firewall nodes
+    prefix: str  # of the lab's namespaces, ours alone
+    run_dir: Path
+    # build.up's options for this kind: what runs on the nodes
+    lab_options: ClassVar[dict[str, Any]]
 
     @abc.abstractmethod
-    def up(self) -> None:
-        """Build the lab, start the daemons, return once the cluster is stable."""
-
-    @abc.abstractmethod
-    def down(self) -> None:
-        """Remove every process and namespace; safe to call twice or after a failure."""
+    def start(self) -> None:
+        """In the lab just built: start the daemons, return once the cluster is stable."""
 
     @abc.abstractmethod
     def victim(self) -> str:
@@ -54,6 +58,12 @@ class Cluster(abc.ABC):
         keepalived backup entering primary, an agent declaring a peer down."""
 
     @abc.abstractmethod
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """After a kill (wall time killed_at): wait until the survivors have taken
+        over the dead node's connections; the wall time they had, None if not
+        within timeout."""
+
+    @abc.abstractmethod
     def sync_pids(self, node: str) -> list[int]:
         """Processes doing the state sync on a node (for CPU and memory)."""
 
@@ -70,9 +80,9 @@ class Cluster(abc.ABC):
 
 @contextlib.contextmanager
 def running(cluster: Cluster) -> Iterator[Cluster]:
-    """up() ... down(), with down() even when up() or the body fails."""
-    try:
-        cluster.up()
+    """The cluster's lab (build.running: down whatever happens, the daemons'
+    logs kept in its run directory), started, for the length of the block."""
+    options = {"nodes": cluster.n, "keep_logs": True, **cluster.lab_options}
+    with build.running(cluster.run_dir, cluster.prefix, **options) as cluster.state:
+        cluster.start()
         yield cluster
-    finally:
-        cluster.down()

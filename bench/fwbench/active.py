@@ -24,12 +24,12 @@ from typing import Any
 
 from . import gen
 from .cluster import Cluster, running
+from .env import loadavg
 from .measure import (
     SystemCpu,
     children_cpu_s,
     conntrack_count,
     iface_counters,
-    loadavg,
     process_cpu_s,
     softirq_threads_cpu_s,
 )

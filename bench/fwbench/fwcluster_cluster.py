@@ -8,17 +8,17 @@ the lab tests are never touched.
 from __future__ import annotations
 
 import datetime
-import subprocess
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
-from fwcluster_lab import agent, build, faults
+from fwcluster_lab import agent, faults
 from fwcluster_lab import cluster as lab_cluster
-from fwcluster_lab.netns import in_ns
+from fwcluster_lab.netns import ns_run
 
 from .cluster import Cluster, ClusterError
+from .env import COMPARE_RUN_ROOT as RUN_ROOT
 from .measure import conntrack_count
-from .paths import RUN_ROOT
 
 # The agent logs "%(asctime)s ..." in local time: "2026-11-27 18:10:00,123".
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
@@ -30,6 +30,8 @@ def agent_runnable() -> bool:
 
 class FwCluster(Cluster):
     kind = "fwcluster"
+    # the lab's own agents; `start` checks them with its own error messages
+    lab_options: ClassVar[dict[str, Any]] = {"agents": True, "settle_timeout": None}
 
     def __init__(
         self, nodes: int = 3, prefix: str = "fwm-", run_dir: Path | None = None
@@ -42,11 +44,9 @@ class FwCluster(Cluster):
         self.state = LabState(self.run_dir, prefix, nodes, 1, 1, True)
         self.drained: str | None = None
 
-    def up(self) -> None:
+    def start(self) -> None:
         if not agent_runnable():
             raise ClusterError("the availability-manager agent is not installed")
-        build.down(self.run_dir, self.prefix)
-        self.state = build.up(self.run_dir, self.prefix, nodes=self.n, agents=True)
         if not lab_cluster.living_nodes(self.state):
             raise ClusterError(
                 f"every agent exited at start; see {self.run_dir}/*/agent.log"
@@ -55,9 +55,6 @@ class FwCluster(Cluster):
             lab_cluster.wait_settled(self.state, timeout=30.0)
         except TimeoutError as exc:
             raise ClusterError(f"fwcluster did not settle: {exc}") from exc
-
-    def down(self) -> None:
-        build.down(self.run_dir, self.prefix, keep_logs=True)
 
     def victim(self) -> str:
         """The living node with the most conntrack entries (the lab's demo rule)."""
@@ -71,15 +68,20 @@ class FwCluster(Cluster):
         faults.kill(self.state, node)
         return t
 
+    def wait_taken_over(self, killed_at: float, timeout: float) -> float | None:
+        """The survivors' cluster is settled again (every bucket owned)."""
+        try:
+            lab_cluster.wait_settled(self.state, timeout=timeout, poll=0.1)
+        except TimeoutError:
+            return None
+        return time.time()
+
     def graceful(self, node: str) -> float:
         """`clusterctl drain` without waiting: the benchmark times the takeover."""
         t = time.time()
         self.drained = node
         argv = agent.clusterctl_argv(self.run_dir, node, "drain", "--no-wait")
-        r = subprocess.run(
-            in_ns(self.node(node).ns, argv), capture_output=True, text=True, timeout=10,
-            check=False, env=build.lab_env(),
-        )  # fmt: skip
+        r = ns_run(self.node(node).ns, argv, check=False, timeout=10)
         if r.returncode != 0:
             raise ClusterError(f"clusterctl drain on {node} failed: {r.stderr.strip()}")
         return t
