@@ -47,18 +47,17 @@ from typing import Any
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.early_drop import EarlyDrop
 from availability_manager.dataplane.nftables import NftablesDataPlane
-from availability_manager.dataplane.nslab import NsLab, inside, sh
 from availability_manager.types import ClusterSettings
-from compare import gen
-from compare.measure import children_cpu_s, iface_counters, softirq_threads_cpu_s
-from fwbench import env, report
+from fwbench import env, gen, report
+from fwbench.foreign_cost import MODES, analyse, gain
+from fwbench.measure import children_cpu_s, iface_counters, softirq_threads_cpu_s
+from fwcluster_lab.nslab import NsLab, inside, sh
 
 CLIENT, SERVER = "198.18.1.10", "198.18.2.10"
 CLUSTER_IN, CLUSTER_OUT = "198.18.1.1", "198.18.2.1"
 DPORT = 5000
 FLOWS = 1000
 SETTINGS = ClusterSettings(buckets=256)
-MODES = ("off", "early")
 CASES = ("forward", "foreign_unknown", "foreign_known")
 REFERENCES = ("sender_only", "ingress_drop", "prerouting_drop")
 GOAL_D = 0.10
@@ -189,59 +188,6 @@ def run_case(
             sh("nft", "delete", "table", "netdev", "fwbench_ingress", ns=b.fw)
         elif case == "prerouting_drop":
             sh("nft", "delete", "table", "inet", "fwbench_prerouting", ns=b.fw)
-
-
-def gain(d: float, n: int) -> float:
-    """Issue 13's model: N nodes forward 1 / (1/N + d (N-1)/N) times one node."""
-    return 1.0 / (1.0 / n + d * (n - 1) / n)
-
-
-def analyse(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Medians over rounds of the per-packet costs, and d per round."""
-    cost = {
-        k: statistics.median(r[k]["us_per_packet"] for r in rounds) for k in rounds[0]
-    }  # fmt: skip
-    d: dict[str, float] = {}
-    for mode in MODES:
-        for case in ("foreign_unknown", "foreign_known"):
-            per_round = []
-            for r in rounds:
-                base = r["sender_only"]["us_per_packet"]
-                fwd = r[f"{mode}/forward"]["us_per_packet"] - base
-                per_round.append((r[f"{mode}/{case}"]["us_per_packet"] - base) / fwd)
-            d[f"{mode}/{case}"] = statistics.median(per_round)
-        base_fwd = [
-            r[f"{mode}/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"]
-            for r in rounds
-        ]
-        floor = [
-            (r["ingress_drop"]["us_per_packet"] - r["sender_only"]["us_per_packet"]) / f
-            for r, f in zip(rounds, base_fwd, strict=True)
-        ]
-        d[f"{mode}/ingress_floor"] = statistics.median(floor)
-        hook = [
-            (r["prerouting_drop"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
-            / f
-            for r, f in zip(rounds, base_fwd, strict=True)
-        ]
-        d[f"{mode}/prerouting_floor"] = statistics.median(hook)
-    # the early chain's foreign packet against today's forwarded one: the
-    # early chain makes forwarding dearer too, and one node alone would run
-    # without it
-    d["early/foreign_unknown_vs_off_forward"] = statistics.median(
-        (
-            r["early/foreign_unknown"]["us_per_packet"]
-            - r["sender_only"]["us_per_packet"]
-        )
-        / (r["off/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
-        for r in rounds
-    )
-    forward_ratio = statistics.median(
-        (r["early/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
-        / (r["off/forward"]["us_per_packet"] - r["sender_only"]["us_per_packet"])
-        for r in rounds
-    )
-    return {"cost_us": cost, "d": d, "forward_early_vs_off": forward_ratio}
 
 
 def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: str,

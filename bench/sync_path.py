@@ -53,7 +53,7 @@ from availability_manager.dataplane.conntrack_netlink import (
     encode_inject,
     parse_events,
 )
-from availability_manager.node import Node, NodeConfig, pack
+from availability_manager.node import Node
 from availability_manager.types import ClusterSettings, node_id_from_address
 from fwbench import env, report
 
@@ -63,7 +63,12 @@ from fwbench import env, report
 try:
     from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
 except ImportError:
-    decode_ct_payload, encode_ct_fast = wire.decode_messages, encode_ct
+    decode_ct_payload, encode_ct_fast = wire.decode_messages, encode_ct  # type: ignore[assignment]
+try:
+    from availability_manager.node_config import NodeConfig
+    from availability_manager.packing import pack
+except ImportError:  # before node.py was split
+    from availability_manager.node import NodeConfig, pack  # type: ignore[attr-defined]
 try:
     from availability_manager.dataplane.ct_event_layouts import EventLayouts
 except ImportError:
@@ -223,7 +228,8 @@ def _pair() -> tuple[Node, Node, float]:
 
 
 def _datagrams(out: list[Any]) -> list[bytes]:
-    # datagrams_to_send may name destinations (a refactor in flight): keep the bytes
+    """The datagrams' bytes: (datagram, destination) pairs today, bare bytes
+    in trees from before destinations. No zone copies are configured here."""
     return [d if isinstance(d, bytes) else d[0] for d in out]
 
 

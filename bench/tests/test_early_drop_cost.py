@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import early_drop_cost as edc
 import pytest
+from fwbench import foreign_cost as edc
 
 
 def test_gain_model_matches_the_issue() -> None:
@@ -47,7 +47,7 @@ def test_d_is_the_nodes_share_of_a_foreign_packet_over_a_forwarded_one() -> None
 @pytest.mark.lab
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_quick_run_measures_every_case(tmp_path: Path) -> None:
-    script = Path(edc.__file__)
+    script = Path(__file__).resolve().parents[1] / "early_drop_cost.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, check=False,

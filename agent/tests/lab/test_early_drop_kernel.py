@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from fwcluster_lab.nslab import icmp_echoes, inside, sh, udp_flows, wait_until
 from test_nftables_backend import (  # the same lab, addresses and config
     CLIENT,
     CLIENT6,
@@ -42,7 +43,6 @@ from test_nftables_backend import (  # the same lab, addresses and config
 from availability_manager.dataplane.bucket import bucket_of
 from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.dataplane.nftables import NftablesDataPlane
-from availability_manager.dataplane.nslab import icmp_echoes, inside, sh, udp_flows, wait_until
 from availability_manager.types import ClusterSettings
 
 pytestmark = pytest.mark.lab
