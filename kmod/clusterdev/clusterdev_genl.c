@@ -8,6 +8,7 @@
  * swap (RCU), so packets see the old bucket set or the new one.
  */
 #include <linux/bitops.h>
+#include <linux/percpu.h>
 #include <linux/slab.h>
 #include <net/genetlink.h>
 
@@ -151,24 +152,76 @@ nla_failure:
 	return -EMSGSIZE;
 }
 
-static int clusterdev_put_counters(struct sk_buff *msg, int type, atomic64_t *counters, u32 n)
+/* The sums over every CPU; all zero before the namespace's first link. */
+struct clusterdev_totals {
+	u64 not_owned;
+	u64 invalid;
+	u64 not_owned_established;
+};
+
+static void clusterdev_sum_drops(const struct clusterdev_stats *st, struct clusterdev_totals *t)
+{
+	int cpu;
+
+	memset(t, 0, sizeof(*t));
+	if (!st)
+		return;
+	for_each_possible_cpu(cpu) {
+		const struct clusterdev_pcpu_drops *d = per_cpu_ptr(st->drops, cpu);
+		u64 not_owned, invalid, established;
+		unsigned int start;
+
+		do {
+			start = u64_stats_fetch_begin(&d->syncp);
+			not_owned = u64_stats_read(&d->not_owned);
+			invalid = u64_stats_read(&d->invalid);
+			established = u64_stats_read(&d->not_owned_established);
+		} while (u64_stats_fetch_retry(&d->syncp, start));
+		t->not_owned += not_owned;
+		t->invalid += invalid;
+		t->not_owned_established += established;
+	}
+}
+
+static int clusterdev_put_counters(struct sk_buff *msg, int type, const struct clusterdev_stats *st,
+				   u64_stats_t __percpu *counters, u32 n)
 {
 	struct nlattr *nla;
 	u64 *vals;
+	int cpu;
 	u32 i;
 
 	nla = nla_reserve_64bit(msg, type, n * sizeof(u64), CLUSTERDEV_A_PAD);
 	if (!nla)
 		return -EMSGSIZE;
 	vals = nla_data(nla);
-	for (i = 0; i < n; i++)
-		vals[i] = atomic64_read(&counters[i]);
+	memset(vals, 0, n * sizeof(u64));
+	if (!st)
+		return 0;
+	for_each_possible_cpu(cpu) {
+		const struct clusterdev_pcpu_drops *d = per_cpu_ptr(st->drops, cpu);
+		const u64_stats_t *c = per_cpu_ptr(counters, cpu);
+		unsigned int start;
+
+		for (i = 0; i < n; i++) {
+			u64 v;
+
+			do {
+				start = u64_stats_fetch_begin(&d->syncp);
+				v = u64_stats_read(&c[i]);
+			} while (u64_stats_fetch_retry(&d->syncp, start));
+			vals[i] += v;
+		}
+	}
 	return 0;
 }
 
 static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 {
 	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
+	/* Paired with smp_store_release in clusterdev_hook_net_enable. */
+	const struct clusterdev_stats *st = smp_load_acquire(&cn->stats);
+	struct clusterdev_totals t;
 	struct sk_buff *msg;
 	u32 buckets;
 	void *hdr;
@@ -181,16 +234,18 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	msg = genlmsg_new(NLMSG_DEFAULT_SIZE + 2 * buckets * sizeof(u64), GFP_KERNEL);
 	if (!msg)
 		return -ENOMEM;
+	clusterdev_sum_drops(st, &t);
 	hdr = genlmsg_put_reply(msg, info, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_GET_STATS);
 	if (!hdr ||
-	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_PACKETS, cn->packets, buckets) ||
-	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_CONNS, cn->conns, buckets) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
-			      atomic64_read(&cn->drop_not_owned), CLUSTERDEV_A_PAD) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
-			      atomic64_read(&cn->drop_invalid), CLUSTERDEV_A_PAD) ||
+	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_PACKETS, st,
+				    st ? st->packets : NULL, buckets) ||
+	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_CONNS, st,
+				    st ? st->conns : NULL, buckets) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED, t.not_owned,
+			      CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID, t.invalid, CLUSTERDEV_A_PAD) ||
 	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
-			      atomic64_read(&cn->drop_not_owned_established), CLUSTERDEV_A_PAD)) {
+			      t.not_owned_established, CLUSTERDEV_A_PAD)) {
 		nlmsg_free(msg);
 		return -EMSGSIZE;
 	}
@@ -198,20 +253,27 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	return genlmsg_reply(msg, info);
 }
 
+/*
+ * Every command needs CAP_NET_ADMIN in the user namespace that owns the
+ * network namespace: the configuration holds the hash seed and the
+ * ownership bitmap, enough to aim connections at one node, and the
+ * counters tell which buckets a node serves.
+ */
 static const struct genl_small_ops clusterdev_genl_ops[] = {
 	{
 		.cmd = CLUSTERDEV_CMD_SET_CONFIG,
 		.doit = clusterdev_set_config,
-		/* CAP_NET_ADMIN in the user namespace owning this netns. */
 		.flags = GENL_UNS_ADMIN_PERM,
 	},
 	{
 		.cmd = CLUSTERDEV_CMD_GET_CONFIG,
 		.doit = clusterdev_get_config,
+		.flags = GENL_UNS_ADMIN_PERM,
 	},
 	{
 		.cmd = CLUSTERDEV_CMD_GET_STATS,
 		.doit = clusterdev_get_stats,
+		.flags = GENL_UNS_ADMIN_PERM,
 	},
 };
 
