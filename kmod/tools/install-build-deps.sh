@@ -5,7 +5,9 @@
 #  - build-essential and the kernel headers of both targets: Debian bookworm's
 #    6.1 and bookworm-backports' 6.12 (newer than CLUSTERIP's removal in 6.3);
 #  - the matching kernel images, booted as guests (this host cannot load modules);
-#  - qemu-system-x86 and virtme-ng (in kmod/.venv, so the agent's venv stays clean).
+#  - qemu-system-x86 and virtme-ng (in kmod/.venv, so the agent's venv stays clean);
+#  - the newest kernel of trixie-backports (install-newest-headers.sh: unpacked
+#    from the mirror, no apt source added), skipped if the mirror has none.
 set -euo pipefail
 
 KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,4 +59,6 @@ if [ ! -x "$VENV/bin/vng" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q virtme-ng
 fi
+"$KMOD_DIR/tools/install-newest-headers.sh" ||
+    echo "install-build-deps: the newest backports kernel could not be unpacked: only the bookworm targets" >&2
 echo "install-build-deps: ok (${packages[*]}, virtme-ng in $VENV)"
