@@ -29,11 +29,16 @@ struct clusterdev_cfg {
 	DECLARE_BITMAP(owned, CLUSTERDEV_MAX_BUCKETS);
 };
 
+enum clusterdev_drop_reason {
+	CLUSTERDEV_DROP_NOT_OWNED,		/* NEW in a bucket not owned */
+	CLUSTERDEV_DROP_INVALID,
+	CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED,	/* known, bucket not owned */
+	CLUSTERDEV_DROP_REASONS,
+};
+
 /* Counters of one CPU: each CPU counts alone, GET_STATS adds them up. */
 struct clusterdev_pcpu_drops {
-	u64_stats_t not_owned;			/* NEW in a bucket not owned */
-	u64_stats_t invalid;
-	u64_stats_t not_owned_established;	/* known, bucket not owned */
+	u64_stats_t count[CLUSTERDEV_DROP_REASONS];
 	struct u64_stats_sync syncp;		/* also covers the bucket arrays */
 };
 

@@ -85,7 +85,8 @@ static int clusterdev_set_config(struct sk_buff *skb, struct genl_info *info)
 			goto out;
 		}
 		bitmap_zero(cfg->owned, CLUSTERDEV_MAX_BUCKETS);
-		for (i = 0; i < CLUSTERDEV_MAX_BUCKETS && i / 8 < nla_len(tb[CLUSTERDEV_A_OWNED]); i++) {
+		for (i = 0; i < CLUSTERDEV_MAX_BUCKETS && i / 8 < nla_len(tb[CLUSTERDEV_A_OWNED]);
+		     i++) {
 			if (!(bytes[i / 8] & BIT(i % 8)))
 				continue;
 			if (i >= cfg->buckets) {
@@ -153,33 +154,26 @@ nla_failure:
 }
 
 /* The sums over every CPU; all zero before the namespace's first link. */
-struct clusterdev_totals {
-	u64 not_owned;
-	u64 invalid;
-	u64 not_owned_established;
-};
-
-static void clusterdev_sum_drops(const struct clusterdev_stats *st, struct clusterdev_totals *t)
+static void clusterdev_sum_drops(const struct clusterdev_stats *st,
+				 u64 sum[CLUSTERDEV_DROP_REASONS])
 {
-	int cpu;
+	u64 v[CLUSTERDEV_DROP_REASONS];
+	unsigned int start;
+	int cpu, r;
 
-	memset(t, 0, sizeof(*t));
+	memset(sum, 0, CLUSTERDEV_DROP_REASONS * sizeof(u64));
 	if (!st)
 		return;
 	for_each_possible_cpu(cpu) {
 		const struct clusterdev_pcpu_drops *d = per_cpu_ptr(st->drops, cpu);
-		u64 not_owned, invalid, established;
-		unsigned int start;
 
 		do {
 			start = u64_stats_fetch_begin(&d->syncp);
-			not_owned = u64_stats_read(&d->not_owned);
-			invalid = u64_stats_read(&d->invalid);
-			established = u64_stats_read(&d->not_owned_established);
+			for (r = 0; r < CLUSTERDEV_DROP_REASONS; r++)
+				v[r] = u64_stats_read(&d->count[r]);
 		} while (u64_stats_fetch_retry(&d->syncp, start));
-		t->not_owned += not_owned;
-		t->invalid += invalid;
-		t->not_owned_established += established;
+		for (r = 0; r < CLUSTERDEV_DROP_REASONS; r++)
+			sum[r] += v[r];
 	}
 }
 
@@ -221,7 +215,7 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
 	/* Paired with smp_store_release in clusterdev_hook_net_enable. */
 	const struct clusterdev_stats *st = smp_load_acquire(&cn->stats);
-	struct clusterdev_totals t;
+	u64 drops[CLUSTERDEV_DROP_REASONS];
 	struct sk_buff *msg;
 	u32 buckets;
 	void *hdr;
@@ -234,18 +228,19 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	msg = genlmsg_new(NLMSG_DEFAULT_SIZE + 2 * buckets * sizeof(u64), GFP_KERNEL);
 	if (!msg)
 		return -ENOMEM;
-	clusterdev_sum_drops(st, &t);
+	clusterdev_sum_drops(st, drops);
 	hdr = genlmsg_put_reply(msg, info, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_GET_STATS);
 	if (!hdr ||
 	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_PACKETS, st,
 				    st ? st->packets : NULL, buckets) ||
 	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_CONNS, st,
 				    st ? st->conns : NULL, buckets) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED, t.not_owned,
-			      CLUSTERDEV_A_PAD) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID, t.invalid, CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
+			      drops[CLUSTERDEV_DROP_NOT_OWNED], CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
+			      drops[CLUSTERDEV_DROP_INVALID], CLUSTERDEV_A_PAD) ||
 	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
-			      t.not_owned_established, CLUSTERDEV_A_PAD)) {
+			      drops[CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED], CLUSTERDEV_A_PAD)) {
 		nlmsg_free(msg);
 		return -EMSGSIZE;
 	}

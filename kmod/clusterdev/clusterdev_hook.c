@@ -112,17 +112,16 @@ static void clusterdev_count_bucket(const struct clusterdev_stats *st, u32 bucke
 	u64_stats_update_end(&d->syncp);
 }
 
-static unsigned int clusterdev_drop(const struct clusterdev_stats *st, u64_stats_t *counter)
+static unsigned int clusterdev_drop(const struct clusterdev_stats *st,
+				    enum clusterdev_drop_reason reason)
 {
 	struct clusterdev_pcpu_drops *d = this_cpu_ptr(st->drops);
 
 	u64_stats_update_begin(&d->syncp);
-	u64_stats_inc(counter);
+	u64_stats_inc(&d->count[reason]);
 	u64_stats_update_end(&d->syncp);
 	return NF_DROP;
 }
-
-#define CLUSTERDEV_DROP(st, field) clusterdev_drop(st, &this_cpu_ptr((st)->drops)->field)
 
 /*
  * Untracked link-level control every node must see: multicast and
@@ -154,12 +153,12 @@ static unsigned int clusterdev_untracked(struct sk_buff *skb, const struct nf_ho
 	u32 bucket;
 
 	if (!nf_ct_get_tuplepr(skb, skb_network_offset(skb), state->pf, state->net, &tuple))
-		return CLUSTERDEV_DROP(st, invalid);
+		return clusterdev_drop(st, CLUSTERDEV_DROP_INVALID);
 	if (clusterdev_every_node(&tuple))
 		return NF_ACCEPT;
 	bucket = clusterdev_bucket(&tuple, cfg);
 	if (!test_bit(bucket, cfg->owned))
-		return CLUSTERDEV_DROP(st, not_owned);
+		return clusterdev_drop(st, CLUSTERDEV_DROP_NOT_OWNED);
 	clusterdev_count_bucket(st, bucket, false);
 	return NF_ACCEPT;
 }
@@ -186,7 +185,7 @@ static unsigned int clusterdev_hook(void *priv, struct sk_buff *skb,
 	if (!ct) {
 		if (ctinfo == IP_CT_UNTRACKED)
 			return clusterdev_untracked(skb, state, cfg, st);
-		return CLUSTERDEV_DROP(st, invalid);
+		return clusterdev_drop(st, CLUSTERDEV_DROP_INVALID);
 	}
 
 	mark = READ_ONCE(ct->mark);
@@ -204,7 +203,7 @@ static unsigned int clusterdev_hook(void *priv, struct sk_buff *skb,
 		if (!stored)
 			return NF_ACCEPT;
 		if (stored > cfg->buckets || !test_bit(stored - 1, cfg->owned))
-			return CLUSTERDEV_DROP(st, not_owned_established);
+			return clusterdev_drop(st, CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED);
 		clusterdev_count_bucket(st, stored - 1, false);
 		return NF_ACCEPT;
 	}
@@ -216,7 +215,7 @@ static unsigned int clusterdev_hook(void *priv, struct sk_buff *skb,
 		bucket = clusterdev_bucket(&ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple, cfg);
 
 	if (!test_bit(bucket, cfg->owned))
-		return CLUSTERDEV_DROP(st, not_owned);
+		return clusterdev_drop(st, CLUSTERDEV_DROP_NOT_OWNED);
 
 	if (stored != bucket + 1) {
 		WRITE_ONCE(ct->mark, (mark & ~cfg->mark_mask) |

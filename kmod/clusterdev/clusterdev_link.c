@@ -9,8 +9,9 @@
  *
  * Receive path: an rx_handler on the lower device (as macvlan does), which
  * moves to cl0 the frames sent to the cluster MAC, the ARP requests for
- * cl0's addresses and the IPv6 neighbour solicitations for them; everything else stays on the lower device, so the node's
- * own address and the cluster sync traffic there are not filtered. The
+ * cl0's addresses and the IPv6 neighbour solicitations for them; everything
+ * else stays on the lower device, so the node's own address and the cluster
+ * sync traffic there are not filtered. The
  * price: one clusterdev per lower device, and the lower device cannot be a
  * bridge port or macvlan lower at the same time (one rx_handler per device).
  *
@@ -196,7 +197,8 @@ static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 	*pskb = skb;
 	if (to_cluster_mac && clusterdev_ip_multicast(skb))
 		return RX_HANDLER_PASS;
-	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) && !clusterdev_ns_for_us(skb, dev)) {
+	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) &&
+	    !clusterdev_ns_for_us(skb, dev)) {
 		if (clusterdev_is_mld_query(skb))
 			clusterdev_copy_to_upper(skb, dev);
 		return RX_HANDLER_PASS;
@@ -514,7 +516,8 @@ static int clusterdev_newlink(struct net *src_net, struct net_device *dev,
 		goto err_unregister;
 	err = netdev_rx_handler_register(lower, clusterdev_handle_frame, priv);
 	if (err) {
-		NL_SET_ERR_MSG(extack, "lower device already has a receive handler (bridge port, macvlan, clusterdev?)");
+		NL_SET_ERR_MSG(extack,
+			       "lower device already has a receive handler (bridge port, macvlan, clusterdev?)");
 		goto err_unlink;
 	}
 	netif_stacked_transfer_operstate(lower, dev);

@@ -21,6 +21,7 @@ enum clusterdev_cmd {
 	CLUSTERDEV_CMD_GET_STATS,	/* reply: counters */
 	__CLUSTERDEV_CMD_MAX,
 };
+
 #define CLUSTERDEV_CMD_MAX (__CLUSTERDEV_CMD_MAX - 1)
 
 enum clusterdev_hash_fields {
@@ -28,6 +29,7 @@ enum clusterdev_hash_fields {
 	CLUSTERDEV_HASH_ADDRESSES_PORTS,	/* addresses, ports (ICMP id), protocol */
 	__CLUSTERDEV_HASH_MAX,
 };
+
 #define CLUSTERDEV_HASH_MAX (__CLUSTERDEV_HASH_MAX - 1)
 
 enum clusterdev_attr {
@@ -36,17 +38,20 @@ enum clusterdev_attr {
 	CLUSTERDEV_A_SEED,		/* u32 */
 	CLUSTERDEV_A_HASH_FIELDS,	/* u8, enum clusterdev_hash_fields */
 	CLUSTERDEV_A_MARK_MASK,		/* u32, contiguous, holds buckets + 1 */
-	CLUSTERDEV_A_OWNED,		/* binary: bit b (byte b/8, bit b%8) = bucket b
-					 * owned; exactly ceil(buckets/8) bytes */
+	/* binary: bit b (byte b/8, bit b%8) = bucket b owned; exactly
+	 * ceil(buckets/8) bytes
+	 */
+	CLUSTERDEV_A_OWNED,
 	CLUSTERDEV_A_STATS_PACKETS,	/* binary: u64 per bucket, host order */
 	CLUSTERDEV_A_STATS_CONNS,	/* binary: u64 per bucket, host order */
 	CLUSTERDEV_A_STATS_DROP_NOT_OWNED,	/* u64: NEW in a bucket we do not own */
 	CLUSTERDEV_A_STATS_DROP_INVALID,	/* u64: conntrack said invalid */
 	CLUSTERDEV_A_PAD,
-	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,	/* u64: known connection
-							 * of a bucket we do not own */
+	/* u64: known connection of a bucket we do not own */
+	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
 	__CLUSTERDEV_A_MAX,
 };
+
 #define CLUSTERDEV_A_MAX (__CLUSTERDEV_A_MAX - 1)
 
 #endif /* _UAPI_LINUX_CLUSTERDEV_H */
