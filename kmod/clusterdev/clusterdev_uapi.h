@@ -18,7 +18,8 @@ enum clusterdev_cmd {
 	CLUSTERDEV_CMD_UNSPEC,
 	CLUSTERDEV_CMD_SET_CONFIG,	/* any subset of the config attributes */
 	CLUSTERDEV_CMD_GET_CONFIG,	/* reply: every config attribute */
-	CLUSTERDEV_CMD_GET_STATS,	/* reply: counters */
+	/* reply: counters (doit: whole arrays; dump: nested per bucket) */
+	CLUSTERDEV_CMD_GET_STATS,
 	__CLUSTERDEV_CMD_MAX,
 };
 
@@ -49,9 +50,25 @@ enum clusterdev_attr {
 	CLUSTERDEV_A_PAD,
 	/* u64: known connection of a bucket we do not own */
 	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
+	/* nested (enum clusterdev_bucket_attr), GET_STATS dumps only: one per
+	 * bucket with a counter above 0; the dump's first message carries
+	 * BUCKETS and the three drop counters instead
+	 */
+	CLUSTERDEV_A_STATS_BUCKET,
 	__CLUSTERDEV_A_MAX,
 };
 
 #define CLUSTERDEV_A_MAX (__CLUSTERDEV_A_MAX - 1)
+
+enum clusterdev_bucket_attr {
+	CLUSTERDEV_BUCKET_A_UNSPEC,
+	CLUSTERDEV_BUCKET_A_INDEX,	/* u32: the bucket */
+	CLUSTERDEV_BUCKET_A_PACKETS,	/* u64: packets passed */
+	CLUSTERDEV_BUCKET_A_CONNS,	/* u64: NEW connections accepted */
+	CLUSTERDEV_BUCKET_A_PAD,
+	__CLUSTERDEV_BUCKET_A_MAX,
+};
+
+#define CLUSTERDEV_BUCKET_A_MAX (__CLUSTERDEV_BUCKET_A_MAX - 1)
 
 #endif /* _UAPI_LINUX_CLUSTERDEV_H */
