@@ -19,6 +19,9 @@ Each function returns None when the behaviour holds, else what is wrong.
                  (by its bucket's owner), not once per node
   packet_tap     a packet socket on the lower device (as tcpdump) while
                  traffic flows through cl0: traffic intact, frames seen
+  churn          while UDP floods through the cluster: 20 SET_CONFIGs per
+                 node; a namespace with a clusterdev link deleted while its
+                 lower device is flooded from outside (dmesg checks the rest)
   mld_snooping   a snooping bridge with an MLD querier: neighbour discovery
                  for a cluster IPv6 address still works after the bridge's
                  membership interval (cl0 answers MLD queries)
@@ -27,6 +30,7 @@ Each function returns None when the behaviour holds, else what is wrong.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -36,7 +40,9 @@ import select
 import socket
 import struct
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 
 from availability_manager.dataplane import clusterdev_genl as genl
 from availability_manager.dataplane.clusterdev import GenlChannel
@@ -350,6 +356,82 @@ def t_packet_tap(node: str, lower: str, roundtrip: object) -> str | None:
     if not to_cluster:
         return f"the tap on {lower} saw no frame to the cluster MAC"
     print(f"  tap on {lower}: {to_cluster} frames to the cluster MAC; traffic intact")
+    return None
+
+
+# -- changes while traffic flows ----------------------------------------------
+
+FLOOD_LIMIT = 200_000  # datagrams
+FLOOD_SECONDS = 20.0
+
+
+@contextlib.contextmanager
+def flood(ns: str, address: str, port: int) -> Iterator[list[int]]:
+    """UDP datagrams from `ns` to address:port from a thread while the body
+    runs, bounded in count and time; yields [datagrams sent]."""
+    with netns(ns):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setblocking(False)
+    stop = threading.Event()
+    sent = [0]
+
+    def run() -> None:
+        deadline = time.monotonic() + FLOOD_SECONDS
+        while (
+            not stop.is_set() and sent[0] < FLOOD_LIMIT and time.monotonic() < deadline
+        ):
+            try:
+                tx.sendto(b"flood", (address, port))
+                sent[0] += 1
+            except OSError:  # a full queue, a device going away: keep trying
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # traffic is flowing before the body starts
+        yield sent
+    finally:
+        stop.set()
+        thread.join(timeout=FLOOD_SECONDS + 5)
+        tx.close()
+
+
+def t_churn(owned: dict[str, frozenset[int]], buckets: int) -> str | None:
+    with flood("cli", SERVER_IP, 7778) as sent:
+        for node in NODES:
+            chan = channel(node)
+            try:
+                for i in range(20):  # give every bucket away and back
+                    chan.set_config(
+                        buckets=buckets, owned=frozenset() if i % 2 else owned[node]
+                    )
+                if chan.get_config().owned != owned[node]:
+                    return f"{node}: ownership not restored after 20 changes"
+            finally:
+                chan.close()
+    if sent[0] == 0:
+        return "the flood sent nothing"
+    print(f"  60 SET_CONFIGs while {sent[0]} datagrams flowed")
+    sh("ip", "netns", "add", "td3")
+    sh("ip", "netns", "add", "td4")
+    try:
+        _batch("td4", ["link set lo up", "link add peer type veth peer name low netns td3",
+                       "addr add 192.0.2.50/24 dev peer", "link set peer up",
+                       f"neigh add 192.0.2.1 lladdr {CLIENT_MAC} dev peer nud permanent"])  # fmt: skip
+        _batch("td3", ["link set lo up", "link set low up",
+                       f"link add cl0 link low address {CLIENT_MAC} type clusterdev",
+                       "addr add 192.0.2.1/24 dev cl0", "link set cl0 up"])  # fmt: skip
+        with flood("td4", "192.0.2.1", 7779) as sent:
+            time.sleep(1)
+            sh("ip", "netns", "del", "td3")
+        if "low" in nsrun("td4", "ip", "-o", "link", "show", check=False):
+            return "td3's veth end survived the namespace"
+    finally:
+        sh("ip", "netns", "del", "td3", check=False)
+        sh("ip", "netns", "del", "td4", check=False)
+    time.sleep(2)  # namespace cleanup runs in a worker; dmesg tells the rest
+    print(f"  namespace with cl0 deleted under a flood of {sent[0]} datagrams")
     return None
 
 

@@ -30,12 +30,14 @@ lab the earlier ones built):
                 drops its packets; with no owner the connection stalls
                 although two nodes hold its entry; the new owner resumes it
   unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, untracked,
-  packet_tap    the link as a stacked device and what reaches it
+  packet_tap, churn
+                the link as a stacked device and what reaches it
                 (guest_netdev.py): least privilege, cl0's groups in the lower
                 device's filter, MTU and offloads of the lower device, VLAN
                 frames nobody claims and real IPv4 multicast left on the lower
                 device, untracked packets forwarded once, a packet socket on
-                the lower device while traffic flows
+                the lower device while traffic flows, config changes and a
+                namespace deletion while UDP floods
   malformed     malformed netlink requests are refused, config unchanged
   big_config    4096 buckets all owned: the largest messages round-trip
   mld_snooping  a snooping bridge with an MLD querier keeps sending neighbour
@@ -723,6 +725,9 @@ class GuestTests:
 
         return guest_netdev().t_packet_tap("fw1", "ethc", roundtrips)
 
+    def t_churn(self) -> str | None:
+        return guest_netdev().t_churn(self.owned, BUCKETS)
+
     def t_mld_snooping(self) -> str | None:
         return guest_netdev().t_mld_snooping()
 
@@ -784,7 +789,8 @@ class GuestTests:
         self.clients.clear()
         if self.server:
             self.server.close()
-        sh("rmmod", "clusterdev")
+        with guest_netdev().flood("cli", SERVER_IP, 7778):
+            sh("rmmod", "clusterdev")
         for node in NODES:
             left = nsrun(node, "ip", "-o", "link", "show")
             if "cdc" in left or "cds" in left:
@@ -850,6 +856,7 @@ class GuestTests:
                     self.run("ip_multicast", self.t_ip_multicast)
                     self.run("untracked", self.t_untracked)
                     self.run("packet_tap", self.t_packet_tap)
+                    self.run("churn", self.t_churn)
                 self.run("malformed", self.t_malformed)
                 self.run("big_config", self.t_big_config)
                 self.run("mld_snooping", self.t_mld_snooping)
