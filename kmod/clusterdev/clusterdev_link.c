@@ -422,7 +422,7 @@ static void clusterdev_setup(struct net_device *dev)
 	/* Lockless transmit: the lower device takes its own lock. The
 	 * per-netns conntrack reference taken in newlink must stay in its netns.
 	 */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+#if defined(CLUSTERDEV_NETNS_IMMUTABLE)	/* see Kbuild */
 	dev->lltx = true;
 	dev->netns_immutable = true;
 #elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
