@@ -11,9 +11,9 @@
  * moves to cl0 the frames sent to the cluster MAC, the ARP requests for
  * cl0's addresses and the IPv6 neighbour solicitations for them; everything
  * else stays on the lower device, so the node's own address and the cluster
- * sync traffic there are not filtered. The
- * price: one clusterdev per lower device, and the lower device cannot be a
- * bridge port or macvlan lower at the same time (one rx_handler per device).
+ * sync traffic there are not filtered. The price: one clusterdev per lower
+ * device, and the lower device cannot be a bridge port or macvlan lower at
+ * the same time (one rx_handler per device).
  *
  * Transmit path: frames leave through the lower device with the lower
  * device's unicast MAC as Ethernet source.
