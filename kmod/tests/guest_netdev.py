@@ -402,9 +402,9 @@ def t_churn(owned: dict[str, frozenset[int]], buckets: int) -> str | None:
         for node in NODES:
             chan = channel(node)
             try:
-                for i in range(20):  # give every bucket away and back
+                for i in range(20):  # give every bucket away and back, ending owned
                     chan.set_config(
-                        buckets=buckets, owned=frozenset() if i % 2 else owned[node]
+                        buckets=buckets, owned=owned[node] if i % 2 else frozenset()
                     )
                 if chan.get_config().owned != owned[node]:
                     return f"{node}: ownership not restored after 20 changes"
