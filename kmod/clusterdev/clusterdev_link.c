@@ -223,6 +223,7 @@ static netdev_tx_t clusterdev_xmit(struct sk_buff *skb, struct net_device *dev)
 {
 	struct clusterdev_priv *priv = netdev_priv(dev);
 	unsigned int len = skb->len;
+	int ret;
 
 	/*
 	 * The header was built with cl0's address, the multicast MAC, as
@@ -237,8 +238,11 @@ static netdev_tx_t clusterdev_xmit(struct sk_buff *skb, struct net_device *dev)
 	}
 	ether_addr_copy(((struct ethhdr *)skb->data)->h_source, priv->lower->dev_addr);
 	skb->dev = priv->lower;
-	/* Congestion (NET_XMIT_CN) still sent this packet: not a drop. */
-	if (net_xmit_eval(dev_queue_xmit(skb)) == NET_XMIT_SUCCESS) {
+	ret = dev_queue_xmit(skb);
+	/* Congestion (NET_XMIT_CN) still sent this packet: not a drop.
+	 * (net_xmit_eval() is a macro that evaluates its argument twice.)
+	 */
+	if (ret == NET_XMIT_SUCCESS || ret == NET_XMIT_CN) {
 		DEV_STATS_INC(dev, tx_packets);
 		DEV_STATS_ADD(dev, tx_bytes, len);
 	} else {
