@@ -1,9 +1,11 @@
 #!/bin/bash
 # The kernel module's whole test run (the Makefile's test-kmod target):
 # install build dependencies, build clusterdev for every Debian target kernel
-# (6.1 and bookworm-backports 6.12) with -Werror, then boot each kernel once
+# (bookworm's 6.1, bookworm-backports' 6.12 and trixie-backports' newest, see
+# tools/install-newest-headers.sh) with -Werror, then boot each kernel once
 # as a TCG guest and run the functional tests in it.
-# Also builds it through DKMS (dkms.conf) for each target.
+# Also builds it through DKMS (dkms.conf, no -Werror) for each target whose
+# compiler is installed.
 # Last line: "kmod: N passed, M failed" (each build and each DKMS build counts
 # as one test per kernel, plus every guest test on every kernel).
 set -uo pipefail

@@ -33,6 +33,9 @@ def test_numbers_match_the_kernel_header() -> None:
     for name, value in attrs.items():
         if name.startswith("CLUSTERDEV_A_") and name != "CLUSTERDEV_A_UNSPEC":
             assert getattr(genl, name.removeprefix("CLUSTERDEV_")) == value, name
+    for name, value in _enum(text, "clusterdev_bucket_attr").items():
+        if name.startswith("CLUSTERDEV_BUCKET_A_") and name != "CLUSTERDEV_BUCKET_A_UNSPEC":
+            assert getattr(genl, name.removeprefix("CLUSTERDEV_")) == value, name
     assert hashes["CLUSTERDEV_HASH_ADDRESSES"] == genl.HASH_ADDRESSES
     assert hashes["CLUSTERDEV_HASH_ADDRESSES_PORTS"] == genl.HASH_ADDRESSES_PORTS
     assert f'"{genl.FAMILY_NAME}"' in text
@@ -129,6 +132,57 @@ def test_parse_stats() -> None:
     )
     stats = genl.parse_stats(_reply(30, genl.CMD_GET_STATS, attrs), 30)
     assert stats == genl.Stats((5, 0, 9), (1, 0, 2), 4, 3, 11)
+
+
+def _bucket_nest(index: int, packets: int, conns: int) -> bytes:
+    return genl.attr(
+        genl.A_STATS_BUCKET | 0x8000,  # NLA_F_NESTED, as the kernel sets it
+        genl.attr(genl.BUCKET_A_INDEX, struct.pack("=I", index))
+        + genl.attr(genl.BUCKET_A_PACKETS, struct.pack("=Q", packets))
+        + genl.attr(genl.BUCKET_A_CONNS, struct.pack("=Q", conns)),
+    )
+
+
+def _dump_head(buckets: int) -> bytes:
+    return (
+        genl.attr(genl.A_BUCKETS, struct.pack("=I", buckets))
+        + genl.attr(genl.A_STATS_DROP_NOT_OWNED, struct.pack("=Q", 4))
+        + genl.attr(genl.A_STATS_DROP_INVALID, struct.pack("=Q", 3))
+        + genl.attr(genl.A_STATS_DROP_NOT_OWNED_ESTABLISHED, struct.pack("=Q", 11))
+    )
+
+
+def _done(err: int = 0) -> genl.Message:
+    return genl.Message(genl.NLMSG_DONE, 0x2, 1, struct.pack("=i", err))
+
+
+def test_parse_stats_dump_spreads_nests_over_messages() -> None:
+    msgs = [
+        _reply(30, genl.CMD_GET_STATS, _dump_head(8) + _bucket_nest(1, 5, 1)),
+        _reply(30, genl.CMD_GET_STATS, _bucket_nest(6, 9, 2) + _bucket_nest(7, 1, 0)),
+        _done(),
+    ]
+    stats = genl.parse_stats_dump(msgs, 30)
+    assert stats == genl.Stats((0, 5, 0, 0, 0, 0, 9, 1), (0, 1, 0, 0, 0, 0, 2, 0), 4, 3, 11)
+
+
+def test_parse_stats_dump_refuses_a_bucket_beyond_the_count() -> None:
+    msgs = [_reply(30, genl.CMD_GET_STATS, _dump_head(4) + _bucket_nest(4, 1, 1)), _done()]
+    with pytest.raises(genl.GenlError) as e:
+        genl.parse_stats_dump(msgs, 30)
+    assert e.value.reason == "bad_bucket_index"
+
+
+def test_parse_stats_dump_raises_the_errno_of_a_failed_dump() -> None:
+    with pytest.raises(genl.KernelError) as e:
+        genl.parse_stats_dump([_reply(30, genl.CMD_GET_STATS, _dump_head(4)), _done(-12)], 30)
+    assert e.value.errno == 12
+
+
+def test_stats_dump_request_asks_for_a_dump() -> None:
+    msg = genl.parse_messages(genl.get_stats_dump_request(30, 9))[0]
+    assert msg.flags & genl.NLM_F_DUMP == genl.NLM_F_DUMP
+    assert msg.payload[0] == genl.CMD_GET_STATS
 
 
 def test_parse_stats_needs_the_established_drop_counter() -> None:

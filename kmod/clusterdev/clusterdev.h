@@ -3,10 +3,11 @@
 #ifndef _CLUSTERDEV_H
 #define _CLUSTERDEV_H
 
-#include <linux/atomic.h>
 #include <linux/bitmap.h>
 #include <linux/mutex.h>
+#include <linux/percpu.h>
 #include <linux/rcupdate.h>
+#include <linux/u64_stats_sync.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 #include <net/rtnetlink.h>
@@ -28,14 +29,37 @@ struct clusterdev_cfg {
 	DECLARE_BITMAP(owned, CLUSTERDEV_MAX_BUCKETS);
 };
 
+enum clusterdev_drop_reason {
+	CLUSTERDEV_DROP_NOT_OWNED,		/* NEW in a bucket not owned */
+	CLUSTERDEV_DROP_INVALID,
+	CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED,	/* known, bucket not owned */
+	CLUSTERDEV_DROP_REASONS,
+};
+
+/* Counters of one CPU: each CPU counts alone, GET_STATS adds them up. */
+struct clusterdev_pcpu_drops {
+	u64_stats_t count[CLUSTERDEV_DROP_REASONS];
+	struct u64_stats_sync syncp;		/* also covers the bucket arrays */
+};
+
+/*
+ * The packet path's counters of a namespace, allocated with its first
+ * clusterdev link (a namespace without one pays nothing) and freed with the
+ * namespace. The per-bucket arrays are two allocations: one per-CPU object
+ * may not exceed 32 KiB.
+ */
+struct clusterdev_stats {
+	struct clusterdev_pcpu_drops __percpu *drops;
+	u64_stats_t __percpu *packets;		/* [CLUSTERDEV_MAX_BUCKETS] */
+	u64_stats_t __percpu *conns;		/* [CLUSTERDEV_MAX_BUCKETS] */
+};
+
 struct clusterdev_net {
 	struct clusterdev_cfg __rcu *cfg;
 	struct mutex cfg_lock;		/* serialises writers of cfg */
-	atomic64_t *packets;		/* [CLUSTERDEV_MAX_BUCKETS] */
-	atomic64_t *conns;		/* [CLUSTERDEV_MAX_BUCKETS] */
-	atomic64_t drop_not_owned;		/* NEW in a bucket not owned */
-	atomic64_t drop_invalid;
-	atomic64_t drop_not_owned_established;	/* known, bucket not owned */
+	/* Set once (under RTNL) with the first link, before the hooks. */
+	struct clusterdev_stats *stats;
+	bool hooks_registered;		/* under RTNL */
 };
 
 extern unsigned int clusterdev_net_id;
@@ -48,7 +72,7 @@ static inline struct clusterdev_net *clusterdev_pernet(const struct net *net)
 
 int clusterdev_link_init(void);
 void clusterdev_link_exit(void);
-int clusterdev_hook_net_init(struct net *net);
+int clusterdev_hook_net_enable(struct net *net);
 void clusterdev_hook_net_exit(struct net *net);
 int clusterdev_genl_init(void);
 void clusterdev_genl_exit(void);

@@ -8,8 +8,10 @@
  * swap (RCU), so packets see the old bucket set or the new one.
  */
 #include <linux/bitops.h>
+#include <linux/percpu.h>
 #include <linux/slab.h>
 #include <net/genetlink.h>
+#include <net/sock.h>
 
 #include "clusterdev.h"
 
@@ -26,6 +28,7 @@ static const struct nla_policy clusterdev_policy[CLUSTERDEV_A_MAX + 1] = {
 	[CLUSTERDEV_A_STATS_DROP_INVALID] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_PAD] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_STATS_BUCKET] = { .type = NLA_REJECT },
 };
 
 static struct genl_family clusterdev_genl_family;
@@ -84,7 +87,8 @@ static int clusterdev_set_config(struct sk_buff *skb, struct genl_info *info)
 			goto out;
 		}
 		bitmap_zero(cfg->owned, CLUSTERDEV_MAX_BUCKETS);
-		for (i = 0; i < CLUSTERDEV_MAX_BUCKETS && i / 8 < nla_len(tb[CLUSTERDEV_A_OWNED]); i++) {
+		for (i = 0; i < CLUSTERDEV_MAX_BUCKETS && i / 8 < nla_len(tb[CLUSTERDEV_A_OWNED]);
+		     i++) {
 			if (!(bytes[i / 8] & BIT(i % 8)))
 				continue;
 			if (i >= cfg->buckets) {
@@ -151,46 +155,117 @@ nla_failure:
 	return -EMSGSIZE;
 }
 
-static int clusterdev_put_counters(struct sk_buff *msg, int type, atomic64_t *counters, u32 n)
+/* The sums over every CPU; all zero before the namespace's first link. */
+static void clusterdev_sum_drops(const struct clusterdev_stats *st,
+				 u64 sum[CLUSTERDEV_DROP_REASONS])
 {
-	struct nlattr *nla;
-	u64 *vals;
+	u64 v[CLUSTERDEV_DROP_REASONS];
+	unsigned int start;
+	int cpu, r;
+
+	memset(sum, 0, CLUSTERDEV_DROP_REASONS * sizeof(u64));
+	if (!st)
+		return;
+	for_each_possible_cpu(cpu) {
+		const struct clusterdev_pcpu_drops *d = per_cpu_ptr(st->drops, cpu);
+
+		do {
+			start = u64_stats_fetch_begin(&d->syncp);
+			for (r = 0; r < CLUSTERDEV_DROP_REASONS; r++)
+				v[r] = u64_stats_read(&d->count[r]);
+		} while (u64_stats_fetch_retry(&d->syncp, start));
+		for (r = 0; r < CLUSTERDEV_DROP_REASONS; r++)
+			sum[r] += v[r];
+	}
+}
+
+/* One bucket's counters summed over every CPU. */
+static void clusterdev_sum_bucket(const struct clusterdev_stats *st, u32 bucket,
+				  u64 *packets, u64 *conns)
+{
+	unsigned int start;
+	u64 p, c;
+	int cpu;
+
+	*packets = 0;
+	*conns = 0;
+	if (!st)
+		return;
+	for_each_possible_cpu(cpu) {
+		const struct clusterdev_pcpu_drops *d = per_cpu_ptr(st->drops, cpu);
+
+		do {
+			start = u64_stats_fetch_begin(&d->syncp);
+			p = u64_stats_read(per_cpu_ptr(st->packets, cpu) + bucket);
+			c = u64_stats_read(per_cpu_ptr(st->conns, cpu) + bucket);
+		} while (u64_stats_fetch_retry(&d->syncp, start));
+		*packets += p;
+		*conns += c;
+	}
+}
+
+/* The doit reply's arrays: u64 per bucket, host order. */
+static int clusterdev_put_arrays(struct sk_buff *msg, const struct clusterdev_stats *st, u32 n)
+{
+	struct nlattr *pkts, *conns;
+	u64 *p, *c;
 	u32 i;
 
-	nla = nla_reserve_64bit(msg, type, n * sizeof(u64), CLUSTERDEV_A_PAD);
-	if (!nla)
+	pkts = nla_reserve_64bit(msg, CLUSTERDEV_A_STATS_PACKETS, n * sizeof(u64),
+				 CLUSTERDEV_A_PAD);
+	conns = nla_reserve_64bit(msg, CLUSTERDEV_A_STATS_CONNS, n * sizeof(u64),
+				  CLUSTERDEV_A_PAD);
+	if (!pkts || !conns)
 		return -EMSGSIZE;
-	vals = nla_data(nla);
+	p = nla_data(pkts);
+	c = nla_data(conns);
 	for (i = 0; i < n; i++)
-		vals[i] = atomic64_read(&counters[i]);
+		clusterdev_sum_bucket(st, i, &p[i], &c[i]);
 	return 0;
+}
+
+static int clusterdev_put_drops(struct sk_buff *msg, const struct clusterdev_stats *st)
+{
+	u64 drops[CLUSTERDEV_DROP_REASONS];
+
+	clusterdev_sum_drops(st, drops);
+	if (nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
+			      drops[CLUSTERDEV_DROP_NOT_OWNED], CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
+			      drops[CLUSTERDEV_DROP_INVALID], CLUSTERDEV_A_PAD) ||
+	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
+			      drops[CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED], CLUSTERDEV_A_PAD))
+		return -EMSGSIZE;
+	return 0;
+}
+
+static u32 clusterdev_buckets(struct clusterdev_net *cn)
+{
+	u32 buckets;
+
+	mutex_lock(&cn->cfg_lock);
+	buckets = rcu_dereference_protected(cn->cfg, lockdep_is_held(&cn->cfg_lock))->buckets;
+	mutex_unlock(&cn->cfg_lock);
+	return buckets;
 }
 
 static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 {
 	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
+	/* Paired with smp_store_release in clusterdev_hook_net_enable. */
+	const struct clusterdev_stats *st = smp_load_acquire(&cn->stats);
+	u32 buckets = clusterdev_buckets(cn);
 	struct sk_buff *msg;
-	u32 buckets;
 	void *hdr;
 
-	mutex_lock(&cn->cfg_lock);
-	buckets = rcu_dereference_protected(cn->cfg, lockdep_is_held(&cn->cfg_lock))->buckets;
-	mutex_unlock(&cn->cfg_lock);
-
-	/* Two u64 arrays of at most 32 KiB each: within one attribute's u16 length. */
+	/* Two u64 arrays of at most 32 KiB each: within one attribute's u16
+	 * length, but a large allocation; the dump below needs none.
+	 */
 	msg = genlmsg_new(NLMSG_DEFAULT_SIZE + 2 * buckets * sizeof(u64), GFP_KERNEL);
 	if (!msg)
 		return -ENOMEM;
 	hdr = genlmsg_put_reply(msg, info, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_GET_STATS);
-	if (!hdr ||
-	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_PACKETS, cn->packets, buckets) ||
-	    clusterdev_put_counters(msg, CLUSTERDEV_A_STATS_CONNS, cn->conns, buckets) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED,
-			      atomic64_read(&cn->drop_not_owned), CLUSTERDEV_A_PAD) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_INVALID,
-			      atomic64_read(&cn->drop_invalid), CLUSTERDEV_A_PAD) ||
-	    nla_put_u64_64bit(msg, CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
-			      atomic64_read(&cn->drop_not_owned_established), CLUSTERDEV_A_PAD)) {
+	if (!hdr || clusterdev_put_arrays(msg, st, buckets) || clusterdev_put_drops(msg, st)) {
 		nlmsg_free(msg);
 		return -EMSGSIZE;
 	}
@@ -198,20 +273,81 @@ static int clusterdev_get_stats(struct sk_buff *skb, struct genl_info *info)
 	return genlmsg_reply(msg, info);
 }
 
+/*
+ * GET_STATS as a dump, in pages of the socket's size: first the bucket count
+ * and the drop counters, then one nested attribute per bucket whose counters
+ * are not both 0 (a node serves a third of the buckets or so; the rest
+ * would be zeros). cb->args[0]: next bucket; cb->args[1]: first part sent.
+ */
+static int clusterdev_dump_stats(struct sk_buff *skb, struct netlink_callback *cb)
+{
+	struct clusterdev_net *cn = clusterdev_pernet(sock_net(skb->sk));
+	/* Paired with smp_store_release in clusterdev_hook_net_enable. */
+	const struct clusterdev_stats *st = smp_load_acquire(&cn->stats);
+	u32 buckets = clusterdev_buckets(cn);
+	u32 bucket = cb->args[0];
+	u64 packets, conns;
+	struct nlattr *nest;
+	void *hdr;
+
+	if (cb->args[1] && bucket >= buckets)
+		return 0;
+	hdr = genlmsg_put(skb, NETLINK_CB(cb->skb).portid, cb->nlh->nlmsg_seq,
+			  &clusterdev_genl_family, NLM_F_MULTI, CLUSTERDEV_CMD_GET_STATS);
+	if (!hdr)
+		return -EMSGSIZE;
+	if (!cb->args[1]) {
+		if (nla_put_u32(skb, CLUSTERDEV_A_BUCKETS, buckets) ||
+		    clusterdev_put_drops(skb, st)) {
+			genlmsg_cancel(skb, hdr);
+			return -EMSGSIZE;
+		}
+		cb->args[1] = 1;
+	}
+	for (; bucket < buckets; bucket++) {
+		clusterdev_sum_bucket(st, bucket, &packets, &conns);
+		if (!packets && !conns)
+			continue;
+		nest = nla_nest_start(skb, CLUSTERDEV_A_STATS_BUCKET);
+		if (!nest)
+			break;
+		if (nla_put_u32(skb, CLUSTERDEV_BUCKET_A_INDEX, bucket) ||
+		    nla_put_u64_64bit(skb, CLUSTERDEV_BUCKET_A_PACKETS, packets,
+				      CLUSTERDEV_BUCKET_A_PAD) ||
+		    nla_put_u64_64bit(skb, CLUSTERDEV_BUCKET_A_CONNS, conns,
+				      CLUSTERDEV_BUCKET_A_PAD)) {
+			nla_nest_cancel(skb, nest);
+			break;
+		}
+		nla_nest_end(skb, nest);
+	}
+	cb->args[0] = bucket;
+	genlmsg_end(skb, hdr);
+	return skb->len;
+}
+
+/*
+ * Every command needs CAP_NET_ADMIN in the user namespace that owns the
+ * network namespace: the configuration holds the hash seed and the
+ * ownership bitmap, enough to aim connections at one node, and the
+ * counters tell which buckets a node serves.
+ */
 static const struct genl_small_ops clusterdev_genl_ops[] = {
 	{
 		.cmd = CLUSTERDEV_CMD_SET_CONFIG,
 		.doit = clusterdev_set_config,
-		/* CAP_NET_ADMIN in the user namespace owning this netns. */
 		.flags = GENL_UNS_ADMIN_PERM,
 	},
 	{
 		.cmd = CLUSTERDEV_CMD_GET_CONFIG,
 		.doit = clusterdev_get_config,
+		.flags = GENL_UNS_ADMIN_PERM,
 	},
 	{
 		.cmd = CLUSTERDEV_CMD_GET_STATS,
 		.doit = clusterdev_get_stats,
+		.dumpit = clusterdev_dump_stats,
+		.flags = GENL_UNS_ADMIN_PERM,
 	},
 };
 

@@ -9,20 +9,28 @@
  *
  * Receive path: an rx_handler on the lower device (as macvlan does), which
  * moves to cl0 the frames sent to the cluster MAC, the ARP requests for
- * cl0's addresses and the IPv6 neighbour solicitations for them; everything else stays on the lower device, so the node's
- * own address and the cluster sync traffic there are not filtered. The
- * price: one clusterdev per lower device, and the lower device cannot be a
- * bridge port or macvlan lower at the same time (one rx_handler per device).
+ * cl0's addresses and the IPv6 neighbour solicitations for them; everything
+ * else stays on the lower device, so the node's own address and the cluster
+ * sync traffic there are not filtered. The price: one clusterdev per lower
+ * device, and the lower device cannot be a bridge port or macvlan lower at
+ * the same time (one rx_handler per device).
  *
  * Transmit path: frames leave through the lower device with the lower
  * device's unicast MAC as Ethernet source.
+ *
+ * As a stacked device (like macvlan and ipvlan) cl0 passes its address
+ * lists (e.g. the IPv6 solicited-node groups of the cluster addresses) to
+ * the lower device's hardware filter, inherits its offloads and GSO limits,
+ * and keeps its MTU within and in step with the lower device's.
  */
 #include <linux/etherdevice.h>
 #include <linux/if_arp.h>
+#include <linux/if_vlan.h>
 #include <linux/inetdevice.h>
 #include <linux/netdevice.h>
 #include <linux/version.h>
 #include <net/addrconf.h>
+#include <net/ipv6.h>
 #include <net/ndisc.h>
 #include <net/netfilter/nf_conntrack.h>
 
@@ -31,7 +39,13 @@
 struct clusterdev_priv {
 	struct net_device *dev;
 	struct net_device *lower;
+	netdevice_tracker lower_tracker;
 };
+
+/* What cl0 may take over from its lower device (the rest stays off). */
+#define CLUSTERDEV_FEATURES \
+	(NETIF_F_SG | NETIF_F_CSUM_MASK | NETIF_F_FRAGLIST | NETIF_F_GSO_SOFTWARE | \
+	 NETIF_F_GSO_ROBUST | NETIF_F_RXCSUM)
 
 /* An ARP request (still on the lower device) asking for one of cl0's addresses. */
 static bool clusterdev_arp_for_us(struct sk_buff *skb, struct net_device *dev)
@@ -91,6 +105,69 @@ static bool clusterdev_ns_for_us(struct sk_buff *skb, struct net_device *dev)
 #endif
 }
 
+/*
+ * An MLD query (general, or for one of cl0's groups) on the lower device.
+ * cl0 must answer it for the groups it joined (the solicited-node groups of
+ * the cluster IPv6 addresses), or a snooping switch forgets them and stops
+ * sending neighbour solicitations for the cluster addresses to this node.
+ * MLD messages carry a hop-by-hop header (router alert) before ICMPv6.
+ */
+static bool clusterdev_is_mld_query(struct sk_buff *skb)
+{
+#if IS_ENABLED(CONFIG_IPV6)
+	const struct ipv6_opt_hdr *hop;
+	const struct icmp6hdr *icmp;
+	unsigned int off = sizeof(struct ipv6hdr);
+
+	if (skb->protocol != htons(ETH_P_IPV6) || skb->pkt_type != PACKET_MULTICAST ||
+	    !pskb_may_pull(skb, off + sizeof(*hop)) || ipv6_hdr(skb)->nexthdr != NEXTHDR_HOP)
+		return false;
+	hop = (const struct ipv6_opt_hdr *)(skb->data + off);
+	if (hop->nexthdr != IPPROTO_ICMPV6)
+		return false;
+	off += ipv6_optlen(hop);
+	if (!pskb_may_pull(skb, off + sizeof(*icmp)))
+		return false;
+	icmp = (const struct icmp6hdr *)(skb->data + off);
+	return icmp->icmp6_type == ICMPV6_MGM_QUERY;
+#else
+	return false;
+#endif
+}
+
+/* A copy for cl0; the lower device keeps the original for its own groups. */
+static void clusterdev_copy_to_upper(struct sk_buff *skb, struct net_device *dev)
+{
+	struct sk_buff *nskb = skb_clone(skb, GFP_ATOMIC);
+
+	if (!nskb) {
+		DEV_STATS_INC(dev, rx_dropped);
+		return;
+	}
+	nskb->dev = dev;
+	DEV_STATS_INC(dev, rx_packets);
+	DEV_STATS_ADD(dev, rx_bytes, nskb->len);
+	netif_rx(nskb);
+}
+
+/*
+ * Real IP multicast whose group maps to the cluster MAC (e.g. 224.0.0.193
+ * for 01:00:5e:00:00:c1) is not cluster traffic: it stays on the lower
+ * device, as PACKET_MULTICAST. xt_cluster checks the address the same way.
+ */
+static bool clusterdev_ip_multicast(struct sk_buff *skb)
+{
+	if (skb->protocol == htons(ETH_P_IP))
+		return pskb_may_pull(skb, sizeof(struct iphdr)) &&
+		       ipv4_is_multicast(ip_hdr(skb)->daddr);
+#if IS_ENABLED(CONFIG_IPV6)
+	if (skb->protocol == htons(ETH_P_IPV6))
+		return pskb_may_pull(skb, sizeof(struct ipv6hdr)) &&
+		       ipv6_addr_is_multicast(&ipv6_hdr(skb)->daddr);
+#endif
+	return false;
+}
+
 static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 {
 	struct sk_buff *skb = *pskb;
@@ -100,20 +177,32 @@ static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 
 	if (!netif_running(dev) || skb->pkt_type == PACKET_LOOPBACK)
 		return RX_HANDLER_PASS;
+	/* A tag still here names a VLAN no VLAN device claimed (the core
+	 * offers tagged frames to VLAN devices before rx handlers): not ours.
+	 * Priority tags (VLAN 0) are ordinary frames.
+	 */
+	if (skb_vlan_tag_present(skb) && skb_vlan_tag_get_id(skb))
+		return RX_HANDLER_PASS;
 	to_cluster_mac = ether_addr_equal(eth_hdr(skb)->h_dest, dev->dev_addr);
 	if (!to_cluster_mac && skb->protocol != htons(ETH_P_ARP) &&
 	    (skb->protocol != htons(ETH_P_IPV6) || skb->pkt_type != PACKET_MULTICAST))
 		return RX_HANDLER_PASS;
 
-	/* Pulling the ARP header or changing the skb needs our own copy. */
+	/* Pulling headers or changing the skb needs our own copy. */
 	skb = skb_share_check(skb, GFP_ATOMIC);
 	if (!skb) {
 		DEV_STATS_INC(dev, rx_dropped);
 		return RX_HANDLER_CONSUMED;
 	}
 	*pskb = skb;
-	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) && !clusterdev_ns_for_us(skb, dev))
+	if (to_cluster_mac && clusterdev_ip_multicast(skb))
 		return RX_HANDLER_PASS;
+	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) &&
+	    !clusterdev_ns_for_us(skb, dev)) {
+		if (clusterdev_is_mld_query(skb))
+			clusterdev_copy_to_upper(skb, dev);
+		return RX_HANDLER_PASS;
+	}
 
 	/*
 	 * eth_type_trans() classed a frame to the cluster MAC as
@@ -134,6 +223,7 @@ static netdev_tx_t clusterdev_xmit(struct sk_buff *skb, struct net_device *dev)
 {
 	struct clusterdev_priv *priv = netdev_priv(dev);
 	unsigned int len = skb->len;
+	int ret;
 
 	/*
 	 * The header was built with cl0's address, the multicast MAC, as
@@ -148,7 +238,11 @@ static netdev_tx_t clusterdev_xmit(struct sk_buff *skb, struct net_device *dev)
 	}
 	ether_addr_copy(((struct ethhdr *)skb->data)->h_source, priv->lower->dev_addr);
 	skb->dev = priv->lower;
-	if (dev_queue_xmit(skb) == NET_XMIT_SUCCESS) {
+	ret = dev_queue_xmit(skb);
+	/* Congestion (NET_XMIT_CN) still sent this packet: not a drop.
+	 * (net_xmit_eval() is a macro that evaluates its argument twice.)
+	 */
+	if (ret == NET_XMIT_SUCCESS || ret == NET_XMIT_CN) {
 		DEV_STATS_INC(dev, tx_packets);
 		DEV_STATS_ADD(dev, tx_bytes, len);
 	} else {
@@ -161,16 +255,123 @@ static netdev_tx_t clusterdev_xmit(struct sk_buff *skb, struct net_device *dev)
 static int clusterdev_open(struct net_device *dev)
 {
 	struct clusterdev_priv *priv = netdev_priv(dev);
+	int err;
 
-	return dev_mc_add(priv->lower, dev->dev_addr);
+	err = dev_mc_add(priv->lower, dev->dev_addr);
+	if (err)
+		return err;
+	if (dev->flags & IFF_ALLMULTI) {
+		err = dev_set_allmulti(priv->lower, 1);
+		if (err)
+			goto err_mc;
+	}
+	if (dev->flags & IFF_PROMISC) {
+		err = dev_set_promiscuity(priv->lower, 1);
+		if (err)
+			goto err_allmulti;
+	}
+	return 0;
+
+err_allmulti:
+	if (dev->flags & IFF_ALLMULTI)
+		dev_set_allmulti(priv->lower, -1);
+err_mc:
+	dev_mc_del(priv->lower, dev->dev_addr);
+	return err;
 }
 
 static int clusterdev_stop(struct net_device *dev)
 {
 	struct clusterdev_priv *priv = netdev_priv(dev);
 
+	dev_uc_unsync(priv->lower, dev);
+	dev_mc_unsync(priv->lower, dev);
+	if (dev->flags & IFF_ALLMULTI)
+		dev_set_allmulti(priv->lower, -1);
+	if (dev->flags & IFF_PROMISC)
+		dev_set_promiscuity(priv->lower, -1);
 	dev_mc_del(priv->lower, dev->dev_addr);
 	return 0;
+}
+
+static void clusterdev_change_rx_flags(struct net_device *dev, int change)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+
+	if (!(dev->flags & IFF_UP))
+		return;
+	if (change & IFF_ALLMULTI)
+		dev_set_allmulti(priv->lower, dev->flags & IFF_ALLMULTI ? 1 : -1);
+	if (change & IFF_PROMISC)
+		dev_set_promiscuity(priv->lower, dev->flags & IFF_PROMISC ? 1 : -1);
+}
+
+/*
+ * cl0's own address lists (the IPv6 solicited-node groups of the cluster
+ * addresses, other groups joined on cl0) go into the lower device's: a real
+ * NIC filters in hardware what nobody asked for.
+ */
+static void clusterdev_set_rx_mode(struct net_device *dev)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+
+	dev_uc_sync(priv->lower, dev);
+	dev_mc_sync(priv->lower, dev);
+}
+
+static int clusterdev_change_mtu(struct net_device *dev, int new_mtu)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+
+	if (new_mtu > READ_ONCE(priv->lower->mtu))
+		return -EINVAL;
+	WRITE_ONCE(dev->mtu, new_mtu);
+	return 0;
+}
+
+/* Offloads, GSO limits and header room as the lower device has them. */
+static void clusterdev_inherit(struct net_device *dev, const struct net_device *lower)
+{
+	dev->hard_header_len = lower->hard_header_len;
+	dev->needed_headroom = lower->needed_headroom;
+	dev->needed_tailroom = lower->needed_tailroom;
+	netif_inherit_tso_max(dev, lower);
+	/* No bigger GSO packets than the lower device takes whole. */
+	WRITE_ONCE(dev->gso_max_size, READ_ONCE(lower->gso_max_size));
+	WRITE_ONCE(dev->gso_max_segs, READ_ONCE(lower->gso_max_segs));
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	WRITE_ONCE(dev->gso_ipv4_max_size, READ_ONCE(lower->gso_ipv4_max_size));
+#endif
+}
+
+static netdev_features_t clusterdev_fix_features(struct net_device *dev,
+						 netdev_features_t features)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+
+	/* Only what the lower device does itself; the rest is left as it is. */
+	return features & (priv->lower->features | ~CLUSTERDEV_FEATURES);
+}
+
+static int clusterdev_init(struct net_device *dev)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+	struct net_device *lower = priv->lower;
+
+	dev->features |= lower->features & CLUSTERDEV_FEATURES;
+	dev->hw_features |= CLUSTERDEV_FEATURES;
+	dev->vlan_features = lower->vlan_features & CLUSTERDEV_FEATURES;
+	dev->hw_enc_features |= dev->features;
+	clusterdev_inherit(dev, lower);
+	netdev_hold(lower, &priv->lower_tracker, GFP_KERNEL);
+	return 0;
+}
+
+static void clusterdev_uninit(struct net_device *dev)
+{
+	struct clusterdev_priv *priv = netdev_priv(dev);
+
+	netdev_put(priv->lower, &priv->lower_tracker);
 }
 
 static int clusterdev_set_mac_address(struct net_device *dev, void *p)
@@ -199,9 +400,15 @@ static int clusterdev_get_iflink(const struct net_device *dev)
 }
 
 static const struct net_device_ops clusterdev_netdev_ops = {
+	.ndo_init = clusterdev_init,
+	.ndo_uninit = clusterdev_uninit,
 	.ndo_open = clusterdev_open,
 	.ndo_stop = clusterdev_stop,
 	.ndo_start_xmit = clusterdev_xmit,
+	.ndo_change_rx_flags = clusterdev_change_rx_flags,
+	.ndo_set_rx_mode = clusterdev_set_rx_mode,
+	.ndo_change_mtu = clusterdev_change_mtu,
+	.ndo_fix_features = clusterdev_fix_features,
 	.ndo_set_mac_address = clusterdev_set_mac_address,
 	.ndo_get_iflink = clusterdev_get_iflink,
 	/* No ndo_validate_addr: a multicast hardware address is the point. */
@@ -214,11 +421,15 @@ static void clusterdev_setup(struct net_device *dev)
 	dev->needs_free_netdev = true;
 	dev->priv_flags |= IFF_NO_QUEUE;
 	dev->priv_flags &= ~IFF_TX_SKB_SHARING;
+	/* Bounded by the lower device's MTU (clusterdev_change_mtu). */
 	dev->max_mtu = ETH_MAX_MTU;
 	/* Lockless transmit: the lower device takes its own lock. The
 	 * per-netns conntrack reference taken in newlink must stay in its netns.
 	 */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+#if defined(CLUSTERDEV_NETNS_IMMUTABLE)	/* see Kbuild */
+	dev->lltx = true;
+	dev->netns_immutable = true;
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
 	dev->lltx = true;
 	dev->netns_local = true;
 #else
@@ -248,10 +459,19 @@ static int clusterdev_validate(struct nlattr *tb[], struct nlattr *data[],
 	return 0;
 }
 
+/* From 6.15 newlink takes its arguments in struct rtnl_newlink_params. */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+static int clusterdev_newlink(struct net_device *dev, struct rtnl_newlink_params *params,
+			      struct netlink_ext_ack *extack)
+{
+	struct net *src_net = rtnl_newlink_link_net(params);
+	struct nlattr **tb = params->tb;
+#else
 static int clusterdev_newlink(struct net *src_net, struct net_device *dev,
 			      struct nlattr *tb[], struct nlattr *data[],
 			      struct netlink_ext_ack *extack)
 {
+#endif
 	struct clusterdev_priv *priv = netdev_priv(dev);
 	struct net_device *lower;
 	int err;
@@ -277,8 +497,15 @@ static int clusterdev_newlink(struct net *src_net, struct net_device *dev,
 
 	priv->dev = dev;
 	priv->lower = lower;
-	dev->mtu = lower->mtu;
+	if (!tb[IFLA_MTU])
+		dev->mtu = lower->mtu;
+	else if (dev->mtu > lower->mtu)
+		return -EINVAL;
 
+	/* The namespace's first link brings its counters and hooks. */
+	err = clusterdev_hook_net_enable(dev_net(dev));
+	if (err)
+		return err;
 	/* The hook after conntrack needs conntrack running in this netns,
 	 * which it only is once something asks for it.
 	 */
@@ -293,7 +520,8 @@ static int clusterdev_newlink(struct net *src_net, struct net_device *dev,
 		goto err_unregister;
 	err = netdev_rx_handler_register(lower, clusterdev_handle_frame, priv);
 	if (err) {
-		NL_SET_ERR_MSG(extack, "lower device already has a receive handler (bridge port, macvlan, clusterdev?)");
+		NL_SET_ERR_MSG(extack,
+			       "lower device already has a receive handler (bridge port, macvlan, clusterdev?)");
 		goto err_unlink;
 	}
 	netif_stacked_transfer_operstate(lower, dev);
@@ -330,7 +558,7 @@ struct rtnl_link_ops clusterdev_link_ops __read_mostly = {
 	.dellink = clusterdev_dellink,
 };
 
-/* The lower device's state is cl0's; its removal removes cl0. */
+/* The lower device's state, MTU and offloads are cl0's; its removal removes cl0. */
 static int clusterdev_device_event(struct notifier_block *nb, unsigned long event, void *ptr)
 {
 	struct net_device *lower = netdev_notifier_info_to_dev(ptr);
@@ -347,6 +575,20 @@ static int clusterdev_device_event(struct notifier_block *nb, unsigned long even
 	case NETDEV_CHANGE:
 		netif_stacked_transfer_operstate(lower, priv->dev);
 		break;
+	case NETDEV_CHANGEMTU:
+		/* cl0 follows, down (bounded) and up (in step). */
+		if (priv->dev->mtu != lower->mtu)
+			dev_set_mtu(priv->dev, lower->mtu);
+		break;
+	case NETDEV_FEAT_CHANGE:
+		clusterdev_inherit(priv->dev, lower);
+		netdev_update_features(priv->dev);
+		break;
+	case NETDEV_PRE_TYPE_CHANGE:
+		/* cl0 is Ethernet on top of Ethernet (e.g. a bond turning
+		 * into an InfiniBand one): refuse.
+		 */
+		return notifier_from_errno(-EOPNOTSUPP);
 	case NETDEV_UNREGISTER:
 		/* Also on a move of the lower device to another namespace:
 		 * cl0 holds a conntrack reference in this one and cannot follow.

@@ -25,14 +25,15 @@ static int __net_init clusterdev_net_init(struct net *net)
 {
 	struct clusterdev_net *cn = clusterdev_pernet(net);
 	struct clusterdev_cfg *cfg;
-	int err = -ENOMEM;
 
+	/* Only the configuration (under 1 KiB): hooks and counters come with
+	 * the namespace's first clusterdev link (clusterdev_hook_net_enable),
+	 * so loading the module costs other namespaces nothing per packet.
+	 */
 	mutex_init(&cn->cfg_lock);
-	cn->packets = kvcalloc(CLUSTERDEV_MAX_BUCKETS, sizeof(*cn->packets), GFP_KERNEL);
-	cn->conns = kvcalloc(CLUSTERDEV_MAX_BUCKETS, sizeof(*cn->conns), GFP_KERNEL);
 	cfg = kzalloc(sizeof(*cfg), GFP_KERNEL);
-	if (!cn->packets || !cn->conns || !cfg)
-		goto err_free;
+	if (!cfg)
+		return -ENOMEM;
 
 	/* Until the agent says otherwise this node owns no bucket: accepting
 	 * everything would make every node forward the same connection.
@@ -41,29 +42,18 @@ static int __net_init clusterdev_net_init(struct net *net)
 	cfg->mark_mask = 0x0000ffff;
 	cfg->hash_fields = CLUSTERDEV_HASH_ADDRESSES_PORTS;
 	RCU_INIT_POINTER(cn->cfg, cfg);
-
-	err = clusterdev_hook_net_init(net);
-	if (err)
-		goto err_free;
 	return 0;
-
-err_free:
-	RCU_INIT_POINTER(cn->cfg, NULL);
-	kfree(cfg);
-	kvfree(cn->conns);
-	kvfree(cn->packets);
-	return err;
 }
 
 static void __net_exit clusterdev_net_exit(struct net *net)
 {
 	struct clusterdev_net *cn = clusterdev_pernet(net);
 
-	/* Unregistering the hooks waits for packets still inside them. */
+	/* Unregisters the hooks, waits for packets still inside them
+	 * (synchronize_net), frees the counters.
+	 */
 	clusterdev_hook_net_exit(net);
 	kfree(rcu_dereference_protected(cn->cfg, 1));
-	kvfree(cn->conns);
-	kvfree(cn->packets);
 }
 
 /*

@@ -18,9 +18,11 @@ enum clusterdev_cmd {
 	CLUSTERDEV_CMD_UNSPEC,
 	CLUSTERDEV_CMD_SET_CONFIG,	/* any subset of the config attributes */
 	CLUSTERDEV_CMD_GET_CONFIG,	/* reply: every config attribute */
-	CLUSTERDEV_CMD_GET_STATS,	/* reply: counters */
+	/* reply: counters (doit: whole arrays; dump: nested per bucket) */
+	CLUSTERDEV_CMD_GET_STATS,
 	__CLUSTERDEV_CMD_MAX,
 };
+
 #define CLUSTERDEV_CMD_MAX (__CLUSTERDEV_CMD_MAX - 1)
 
 enum clusterdev_hash_fields {
@@ -28,6 +30,7 @@ enum clusterdev_hash_fields {
 	CLUSTERDEV_HASH_ADDRESSES_PORTS,	/* addresses, ports (ICMP id), protocol */
 	__CLUSTERDEV_HASH_MAX,
 };
+
 #define CLUSTERDEV_HASH_MAX (__CLUSTERDEV_HASH_MAX - 1)
 
 enum clusterdev_attr {
@@ -36,17 +39,36 @@ enum clusterdev_attr {
 	CLUSTERDEV_A_SEED,		/* u32 */
 	CLUSTERDEV_A_HASH_FIELDS,	/* u8, enum clusterdev_hash_fields */
 	CLUSTERDEV_A_MARK_MASK,		/* u32, contiguous, holds buckets + 1 */
-	CLUSTERDEV_A_OWNED,		/* binary: bit b (byte b/8, bit b%8) = bucket b
-					 * owned; exactly ceil(buckets/8) bytes */
+	/* binary: bit b (byte b/8, bit b%8) = bucket b owned; exactly
+	 * ceil(buckets/8) bytes
+	 */
+	CLUSTERDEV_A_OWNED,
 	CLUSTERDEV_A_STATS_PACKETS,	/* binary: u64 per bucket, host order */
 	CLUSTERDEV_A_STATS_CONNS,	/* binary: u64 per bucket, host order */
 	CLUSTERDEV_A_STATS_DROP_NOT_OWNED,	/* u64: NEW in a bucket we do not own */
 	CLUSTERDEV_A_STATS_DROP_INVALID,	/* u64: conntrack said invalid */
 	CLUSTERDEV_A_PAD,
-	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,	/* u64: known connection
-							 * of a bucket we do not own */
+	/* u64: known connection of a bucket we do not own */
+	CLUSTERDEV_A_STATS_DROP_NOT_OWNED_ESTABLISHED,
+	/* nested (enum clusterdev_bucket_attr), GET_STATS dumps only: one per
+	 * bucket with a counter above 0; the dump's first message carries
+	 * BUCKETS and the three drop counters instead
+	 */
+	CLUSTERDEV_A_STATS_BUCKET,
 	__CLUSTERDEV_A_MAX,
 };
+
 #define CLUSTERDEV_A_MAX (__CLUSTERDEV_A_MAX - 1)
+
+enum clusterdev_bucket_attr {
+	CLUSTERDEV_BUCKET_A_UNSPEC,
+	CLUSTERDEV_BUCKET_A_INDEX,	/* u32: the bucket */
+	CLUSTERDEV_BUCKET_A_PACKETS,	/* u64: packets passed */
+	CLUSTERDEV_BUCKET_A_CONNS,	/* u64: NEW connections accepted */
+	CLUSTERDEV_BUCKET_A_PAD,
+	__CLUSTERDEV_BUCKET_A_MAX,
+};
+
+#define CLUSTERDEV_BUCKET_A_MAX (__CLUSTERDEV_BUCKET_A_MAX - 1)
 
 #endif /* _UAPI_LINUX_CLUSTERDEV_H */

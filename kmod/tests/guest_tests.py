@@ -29,12 +29,24 @@ lab the earlier ones built):
                 node holding an injected entry of a bucket it does not own
                 drops its packets; with no owner the connection stalls
                 although two nodes hold its entry; the new owner resumes it
+  unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, untracked,
+  packet_tap, churn
+                the link as a stacked device and what reaches it
+                (guest_netdev.py): least privilege, cl0's groups in the lower
+                device's filter, MTU and offloads of the lower device, VLAN
+                frames nobody claims and real IPv4 multicast left on the lower
+                device, untracked packets forwarded once, a packet socket on
+                the lower device while traffic flows, config changes and a
+                namespace deletion while UDP floods
   malformed     malformed netlink requests are refused, config unchanged
   big_config    4096 buckets all owned: the largest messages round-trip
+  mld_snooping  a snooping bridge with an MLD querier keeps sending neighbour
+                solicitations for a cluster IPv6 address (guest_netdev.py)
   teardown      a second clusterdev on one lower device and a unicast cluster
                 MAC are refused; removing the lower device removes cl0; a
                 namespace deleted with an up cl0 inside tears down cleanly
-  reload        rmmod with clusterdev links present removes them; insmod again
+  reload        rmmod with clusterdev links present (and UDP flowing through
+                them) removes them; insmod again
   agent_lab     the lab of lab/fwcluster_lab with an availability-manager on
                 each of 3 nodes, backend clusterdev (guest_agent_lab.py):
                 one owner per connection, a node killed under traffic with no
@@ -274,6 +286,13 @@ def tcp_bucket(sport: int) -> int:
         seed=SEED,
         hash_fields=HASH_FIELDS,
     )
+
+
+def guest_netdev():  # type: ignore[no-untyped-def]
+    """The stacked-device tests; imported late (the module imports this one)."""
+    import guest_netdev as module
+
+    return module
 
 
 # Tests that later ones stand on: always run, even with --only.
@@ -673,6 +692,45 @@ class GuestTests:
         print(f"  {len(ports)} IPv6 connections, each on its bucket's owner, marks = twin")
         return None
 
+    # -- the stacked device (guest_netdev.py) --------------------------------
+
+    def t_unprivileged(self) -> str | None:
+        return guest_netdev().t_unprivileged("fw1")
+
+    def t_rx_filter(self) -> str | None:
+        return guest_netdev().t_rx_filter("fw1", "ethc", CLIENT6_GW)
+
+    def t_mtu(self) -> str | None:
+        return guest_netdev().t_mtu("fw1", "cdc", "ethc")
+
+    def t_offloads(self) -> str | None:
+        return guest_netdev().t_offloads("fw1", "cdc", "ethc")
+
+    def t_vlan(self) -> str | None:
+        return guest_netdev().t_vlan("cli", "eth0", "fw1", "cdc")
+
+    def t_ip_multicast(self) -> str | None:
+        return guest_netdev().t_ip_multicast("cli", "eth0", "fw1", "ethc")
+
+    def t_untracked(self) -> str | None:
+        return guest_netdev().t_untracked("cli", "srv")
+
+    def t_packet_tap(self) -> str | None:
+        if not self.clients:
+            return "no connections (traffic failed)"
+        clients = self.clients
+
+        def roundtrips() -> bool:
+            return all(roundtrip(s, f"tap {i}\n".encode()) for i, s in enumerate(clients))
+
+        return guest_netdev().t_packet_tap("fw1", "ethc", roundtrips)
+
+    def t_churn(self) -> str | None:
+        return guest_netdev().t_churn(self.owned, BUCKETS)
+
+    def t_mld_snooping(self) -> str | None:
+        return guest_netdev().t_mld_snooping()
+
     def t_big_config(self) -> str | None:
         """4096 buckets, all owned: the largest bitmap and counter replies."""
         sh("ip", "netns", "add", "big")
@@ -731,7 +789,8 @@ class GuestTests:
         self.clients.clear()
         if self.server:
             self.server.close()
-        sh("rmmod", "clusterdev")
+        with guest_netdev().flood("cli", SERVER_IP, 7778):
+            sh("rmmod", "clusterdev")
         for node in NODES:
             left = nsrun(node, "ip", "-o", "link", "show")
             if "cdc" in left or "cds" in left:
@@ -789,8 +848,18 @@ class GuestTests:
                     self.run("failover", self.t_failover)
                     self.run("ipv6", self.t_ipv6)
                     self.run("known_not_owned", self.t_known_not_owned)
+                    self.run("unprivileged", self.t_unprivileged)
+                    self.run("rx_filter", self.t_rx_filter)
+                    self.run("mtu", self.t_mtu)
+                    self.run("offloads", self.t_offloads)
+                    self.run("vlan", self.t_vlan)
+                    self.run("ip_multicast", self.t_ip_multicast)
+                    self.run("untracked", self.t_untracked)
+                    self.run("packet_tap", self.t_packet_tap)
+                    self.run("churn", self.t_churn)
                 self.run("malformed", self.t_malformed)
                 self.run("big_config", self.t_big_config)
+                self.run("mld_snooping", self.t_mld_snooping)
                 self.run("teardown", self.t_teardown)
                 self.run("reload", self.t_reload)
                 self.run("agent_lab", self.t_agent_lab)

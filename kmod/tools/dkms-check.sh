@@ -15,6 +15,14 @@ cp "$KMOD_DIR"/clusterdev/{*.c,*.h,Kbuild,Makefile,dkms.conf} "$work/src/cluster
 status=0
 for d in /usr/src/linux-headers-*-amd64; do
     kver=${d#/usr/src/linux-headers-}
+    if [ "${KMOD_NEWEST:-0}" != 1 ] && ! dpkg-query -S "$d" >/dev/null 2>&1; then
+        continue  # unpacked by install-newest-headers.sh: only with KMOD_NEWEST=1
+    fi
+    if [ -n "$("$KMOD_DIR/tools/gcc-compat.sh" --make-args "$kver")" ]; then
+        # DKMS builds with the kernel's own compiler, which this host lacks.
+        echo "dkms: $kver skipped (its compiler is not installed here; build.sh covers it)"
+        continue
+    fi
     if dkms build --sourcetree "$work/src" --dkmstree "$work/tree" \
         -m clusterdev -v "$VERSION" -k "$kver" >"$work/log" 2>&1 &&
         ls "$work/tree/clusterdev/$VERSION/$kver/x86_64/module/"clusterdev.ko* >/dev/null 2>&1; then

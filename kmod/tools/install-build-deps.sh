@@ -5,7 +5,10 @@
 #  - build-essential and the kernel headers of both targets: Debian bookworm's
 #    6.1 and bookworm-backports' 6.12 (newer than CLUSTERIP's removal in 6.3);
 #  - the matching kernel images, booted as guests (this host cannot load modules);
-#  - qemu-system-x86 and virtme-ng (in kmod/.venv, so the agent's venv stays clean).
+#  - qemu-system-x86 and virtme-ng (in kmod/.venv, so the agent's venv stays clean);
+#  - with KMOD_NEWEST=1, the newest kernel of trixie-backports
+#    (install-newest-headers.sh: unpacked from the mirror, no apt source
+#    added), skipped if the mirror has none.
 set -euo pipefail
 
 KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,4 +69,10 @@ commands_check kmod "$VENV/bin" || {
     echo "install-build-deps: some commands are still missing (above)" >&2
     exit 1
 }
+# The newest backports kernel (trixie's, unpacked without an apt source) is a
+# third target only on request: it downloads ~130 MB and adds a guest run.
+if [ "${KMOD_NEWEST:-0}" = 1 ]; then
+    "$KMOD_DIR/tools/install-newest-headers.sh" ||
+        echo "install-build-deps: the newest backports kernel could not be unpacked: only the bookworm targets" >&2
+fi
 echo "install-build-deps: ok (${packages[*]}, virtme-ng in $VENV)"

@@ -131,10 +131,18 @@ class GenlChannel:
         return genl.parse_config(replies[0], self.family)
 
     def get_stats(self) -> genl.Stats:
-        replies = self._request(lambda seq: genl.get_stats_request(self.family, seq))
-        if not replies:
-            raise genl.GenlError("no_reply")
-        return genl.parse_stats(replies[0], self.family)
+        """The counters as a dump (no 72 KiB single reply); a module from
+        before the dump (EOPNOTSUPP) answers the single request."""
+        try:
+            replies = self._request(lambda seq: genl.get_stats_dump_request(self.family, seq))
+        except genl.KernelError as e:
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            replies = self._request(lambda seq: genl.get_stats_request(self.family, seq))
+            if not replies:
+                raise genl.GenlError("no_reply") from e
+            return genl.parse_stats(replies[0], self.family)
+        return genl.parse_stats_dump(replies, self.family)
 
 
 def device_name(index: int, zone: Zone) -> str:

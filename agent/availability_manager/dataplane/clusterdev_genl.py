@@ -20,6 +20,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
@@ -45,6 +46,11 @@ A_STATS_DROP_NOT_OWNED = 8
 A_STATS_DROP_INVALID = 9
 A_PAD = 10
 A_STATS_DROP_NOT_OWNED_ESTABLISHED = 11
+A_STATS_BUCKET = 12  # nested, GET_STATS dumps only
+BUCKET_A_INDEX = 1
+BUCKET_A_PACKETS = 2
+BUCKET_A_CONNS = 3
+BUCKET_A_PAD = 4
 
 HASH_FIELDS_CODES = {"addresses": HASH_ADDRESSES, "addresses+ports": HASH_ADDRESSES_PORTS}
 
@@ -169,6 +175,12 @@ def get_stats_request(family: int, seq: int) -> bytes:
     return genlmsg(family, CMD_GET_STATS, seq, b"")
 
 
+def get_stats_dump_request(family: int, seq: int) -> bytes:
+    """GET_STATS as a dump: small messages, one nested attribute per busy bucket."""
+    payload = _GENLMSGHDR.pack(CMD_GET_STATS, FAMILY_VERSION, 0)
+    return nlmsg(family, NLM_F_REQUEST | NLM_F_DUMP, seq, payload)
+
+
 def parse_messages(data: bytes) -> list[Message]:
     """Split one datagram from a netlink socket into messages."""
     out = []
@@ -197,15 +209,7 @@ def check_error(msg: Message) -> None:
 
 def parse_attrs(data: bytes) -> dict[int, bytes]:
     """Attributes of a flat attribute stream; later duplicates win, as in the kernel."""
-    attrs: dict[int, bytes] = {}
-    off = 0
-    while off + _NLATTR.size <= len(data):
-        length, atype = _NLATTR.unpack_from(data, off)
-        if length < _NLATTR.size or off + length > len(data):
-            raise GenlError("bad_attr_length", f"nla_len {length} at {off}")
-        attrs[atype & 0x3FFF] = bytes(data[off + _NLATTR.size : off + length])
-        off += _align4(length)
-    return attrs
+    return dict(_attr_list(data))
 
 
 def _genl_attrs(msg: Message, family: int, cmd: int) -> dict[int, bytes]:
@@ -276,4 +280,54 @@ def parse_stats(msg: Message, family: int) -> Stats:
         drop_not_owned=_u(attrs, A_STATS_DROP_NOT_OWNED, "=Q"),
         drop_invalid=_u(attrs, A_STATS_DROP_INVALID, "=Q"),
         drop_not_owned_established=_u(attrs, A_STATS_DROP_NOT_OWNED_ESTABLISHED, "=Q"),
+    )
+
+
+def _attr_list(data: bytes) -> list[tuple[int, bytes]]:
+    """Every attribute of a stream in order, repeated types kept (nests repeat)."""
+    out = []
+    off = 0
+    while off + _NLATTR.size <= len(data):
+        length, atype = _NLATTR.unpack_from(data, off)
+        if length < _NLATTR.size or off + length > len(data):
+            raise GenlError("bad_attr_length", f"nla_len {length} at {off}")
+        out.append((atype & 0x3FFF, bytes(data[off + _NLATTR.size : off + length])))
+        off += _align4(length)
+    return out
+
+
+def parse_stats_dump(msgs: list[Message], family: int) -> Stats:
+    """The messages of a GET_STATS dump (NLMSG_DONE left out or included):
+    the first carries the bucket count and the drop counters, every
+    A_STATS_BUCKET nest one bucket's counters; buckets not named are 0."""
+    parts = [m for m in msgs if m.type != NLMSG_DONE]
+    for m in msgs:
+        if m.type == NLMSG_DONE and len(m.payload) >= 4:
+            (err,) = struct.unpack_from("=i", m.payload)
+            if err < 0:
+                raise KernelError(-err)
+    if not parts:
+        raise GenlError("no_reply")
+    head = _genl_attrs(parts[0], family, CMD_GET_STATS)
+    buckets = _u(head, A_BUCKETS, "=I")
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise GenlError("bad_buckets", str(buckets))
+    packets, conns = [0] * buckets, [0] * buckets
+    for msg in parts:
+        _genl_attrs(msg, family, CMD_GET_STATS)  # type, command, error checks
+        for atype, value in _attr_list(msg.payload[_GENLMSGHDR.size :]):
+            if atype != A_STATS_BUCKET:
+                continue
+            nest = parse_attrs(value)
+            index = _u(nest, BUCKET_A_INDEX, "=I")
+            if index >= buckets:
+                raise GenlError("bad_bucket_index", f"{index} of {buckets}")
+            packets[index] = _u(nest, BUCKET_A_PACKETS, "=Q")
+            conns[index] = _u(nest, BUCKET_A_CONNS, "=Q")
+    return Stats(
+        packets=tuple(packets),
+        conns=tuple(conns),
+        drop_not_owned=_u(head, A_STATS_DROP_NOT_OWNED, "=Q"),
+        drop_invalid=_u(head, A_STATS_DROP_INVALID, "=Q"),
+        drop_not_owned_established=_u(head, A_STATS_DROP_NOT_OWNED_ESTABLISHED, "=Q"),
     )
