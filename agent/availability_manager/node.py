@@ -276,8 +276,8 @@ class Node:
             self._counters["range_state_deferred"] += 1
         else:
             self._deferred_claims.pop(source, None)
-            self._ranges.receive(msg, source, now)
-            self._active_dirty = True
+            if self._ranges.receive(msg, source, now):
+                self._active_dirty = True  # a repeated claim changes no owner
 
     # -- host inputs ---------------------------------------------------------------
 
@@ -397,13 +397,13 @@ class Node:
         control = [m for m in rb_out if not isinstance(m, RbData)]
         data = [m for m in rb_out if isinstance(m, RbData)]
         out: list[tuple[bytes, Destination]] = []
+        state = [wire.encode_message(m) for m in unreliable]
         if self.config.zone_heartbeats and any(isinstance(m, Heartbeat) for m in unreliable):
-            zone = [wire.encode_message(m) for m in unreliable]
             out.extend(
                 (self._encryption.seal(p), Destination.ZONES)
-                for p in pack(zone, self._encryption.max_plaintext)
+                for p in pack(state, self._encryption.max_plaintext)
             )
-        encoded = [wire.encode_message(m) for m in (*unreliable, *control, *data)]
+        encoded = [*state, *(wire.encode_message(m) for m in (*control, *data))]
         out.extend(
             (self._encryption.seal(p), Destination.SYNC)
             for p in pack(encoded, self._encryption.max_plaintext)
@@ -436,8 +436,9 @@ class Node:
         for peer in sorted(self._deferred_claims):
             if peer not in self._up:
                 del self._deferred_claims[peer]
-            elif not self._claim_must_wait(peer):
-                self._ranges.receive(self._deferred_claims.pop(peer), peer, now)
+            elif not self._claim_must_wait(peer) and self._ranges.receive(
+                self._deferred_claims.pop(peer), peer, now
+            ):
                 self._active_dirty = True
 
     # -- events out ------------------------------------------------------------------

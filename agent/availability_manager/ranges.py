@@ -128,6 +128,7 @@ RangeEvent = Claim | Release | Stable | Unstable
 @dataclasses.dataclass(frozen=True, slots=True)
 class _PeerClaim:
     owned: frozenset[int]
+    bitmap: bytes  # owned as received: a repeated claim is recognised without decoding it
     digest: int
     received: float
     view: int  # our membership change counter when it arrived
@@ -161,6 +162,7 @@ class RangeDistribution:
         self._peers: dict[NodeId, _PeerClaim] = {}
         self._events: deque[RangeEvent] = deque()
         self._send_due: float | None = None
+        self._claim_message: RangeState | None = None  # ours, until owned or digest change
         self._stable = False
         self.stats: Counter[str] = Counter()
 
@@ -198,27 +200,41 @@ class RangeDistribution:
         else:
             self._update_stability()
 
-    def receive(self, msg: object, source: NodeId, now: float) -> None:
+    def receive(self, msg: object, source: NodeId, now: float) -> bool:
         """A RangeState from `source`: record its claim, release what it claims
-        and aims for. Malformed or foreign input is counted and ignored."""
+        and aims for. Malformed or foreign input is counted and ignored.
+        Returns whether anything changed: False for a repeat of the claim
+        already recorded in this view (most of them: every heartbeat carries
+        one), which can release nothing new since our own claim only grows
+        with a new view."""
         if not isinstance(msg, RangeState):
             self.stats["dropped_not_range_state"] += 1
-            return
+            return False
         if source == self.node_id:
             self.stats["dropped_own_message"] += 1
-            return
+            return False
         if not 0 <= source <= MAX_NODE_ID:
             self.stats["dropped_bad_source"] += 1
-            return
+            return False
         if msg.buckets != self.buckets:
             self.stats["dropped_bucket_count_mismatch"] += 1
-            return
+            return False
         self.stats["rx"] += 1
-        self._peers[source] = _PeerClaim(msg.owned(), msg.digest, now, self._view)
         if msg.digest != self._digest:
             self.stats["rx_other_view"] += 1
+        old = self._peers.get(source)
+        if (
+            old is not None
+            and old.view == self._view
+            and old.digest == msg.digest
+            and old.bitmap == msg.bitmap
+        ):
+            self.stats["rx_repeated"] += 1
+            return False
+        self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
         self._on_claim(source, now)
         self._update_stability()
+        return True
 
     def handle_timer(self, now: float) -> None:
         """Nothing expires here: the timer only asks the driver to send now."""
@@ -239,7 +255,10 @@ class RangeDistribution:
         """This node's current claim; one on every call (each heartbeat tick)."""
         self._send_due = None
         self.stats["tx"] += 1
-        return [RangeState.of(self._owned, self.buckets, self._digest)]
+        claim = self._claim_message
+        if claim is None or claim.digest != self._digest:
+            claim = self._claim_message = RangeState.of(self._owned, self.buckets, self._digest)
+        return [claim]
 
     def next_timer(self) -> float | None:
         """When a changed claim must be sent (now), else None: periodic sends
@@ -295,6 +314,7 @@ class RangeDistribution:
         new = self._aimed - self._owned
         if new:
             self._owned |= new
+            self._claim_message = None
             self.stats["claimed_buckets"] += len(new)
             self._events.append(Claim(frozenset(new)))
 
@@ -316,6 +336,7 @@ class RangeDistribution:
     def _release(self, buckets: frozenset[int] | set[int], now: float) -> None:
         if buckets:
             self._owned -= buckets
+            self._claim_message = None
             self.stats["released_buckets"] += len(buckets)
             self._events.append(Release(frozenset(buckets)))
             if self._send_due is None:

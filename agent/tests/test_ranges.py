@@ -520,3 +520,29 @@ def test_random_histories_never_leave_a_hole_and_converge(
     aim = aimed_assignment(members, BUCKETS, SEED)
     for n, rd in cluster.nodes.items():
         assert rd.owned() == buckets_of(aim, n)
+
+
+def test_a_repeated_claim_changes_nothing_but_the_same_claim_in_a_new_view_counts() -> None:
+    """Every heartbeat repeats the sender's claim: a repeat within one view is
+    recognised (receive returns False, nothing recomputed); after our view
+    changes, the same bytes are a fresh claim again and may release buckets."""
+    cluster = Cluster()
+    for n in (A, B):
+        cluster.start(n)
+        cluster.set_members(n, equal(A))
+    cluster.converge()
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    assert a.owned() == frozenset(range(BUCKETS))
+    (claim,) = a.messages_to_send(cluster.now)
+    assert b.receive(claim, A, cluster.now) is False  # the round above delivered it
+    assert b.stats["rx_repeated"] == 1
+    both = equal(A, B)
+    cluster.set_members(B, both)  # B claims its aim, A still holds everything
+    (b_claim,) = b.messages_to_send(cluster.now)
+    cluster.set_members(A, both)
+    assert a.receive(b_claim, B, cluster.now) is True  # fresh in A's new view: releases
+    cluster.after(A)
+    assert a.owned() == a.aimed()
+    assert a.receive(b_claim, B, cluster.now) is False
+    (again,) = a.messages_to_send(cluster.now)
+    assert again.owned() == a.owned()  # the cached message followed the release
