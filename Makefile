@@ -6,6 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 SEEDS ?= 2000
+# seeds of the 16- and 32-node membership scenarios in test-sim (about 2.5 and
+# 20 CPU-s per seed: together under a minute of wall time on 2 cores)
+SEEDS16 ?= 12
+SEEDS32 ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -44,6 +48,8 @@ test-unit: bootstrap
 test-sim: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m sim
 	$(PY) -m availability_manager.sim --seeds $(SEEDS) --jobs 2
+	$(PY) -m availability_manager.sim --seeds $(SEEDS16) --scenario membership16 --jobs 2
+	$(PY) -m availability_manager.sim --seeds $(SEEDS32) --scenario membership32 --jobs 2
 
 # Real kernels: network namespaces, nftables, conntrack. Needs root. Serial:
 # the lab uses fixed namespace names.
