@@ -385,9 +385,9 @@ class Node:
         if not self._awaiting_table:
             range_due = self._ranges.next_timer()
             if (
-                unreliable
-                or self._range_state_pending
+                self._range_state_pending
                 or (range_due is not None and range_due <= now)
+                or (unreliable and self._ranges.claim_rides_on_heartbeat())
             ):
                 unreliable.extend(self._ranges.messages_to_send(now))
                 self._range_state_pending = False

@@ -20,9 +20,12 @@ The rule, from the seed, with the release condition made strict:
 A bucket is only released after another node has claimed it, so ownership is
 doubled in transit and never missing. A node that is not a member (draining,
 leaving) aims for nothing and keeps its buckets until their new owners claim
-them. Range state is idempotent: the whole claim is sent on every heartbeat
-tick (unreliable broadcast), and at once after a change, so a lost RangeState
-is repaired by the next one.
+them. Range state is idempotent: the whole claim is sent (unreliable
+broadcast, with a heartbeat) at once after a change, on the next heartbeat
+after a peer's claim changed (so a peer that adopted a new membership after
+we sent ours hears our claim in its new view), and unchanged on every
+`REPEAT_EVERY`-th heartbeat, which repairs a lost one. An idle cluster thus
+sends and judges a claim per node every half second, not every heartbeat.
 
 Transitions of the stability flag (events in brackets):
 
@@ -45,6 +48,10 @@ from collections.abc import Mapping
 from . import assignment
 from .types import MAX_NODE_ID, NodeId
 from .wire import Kind, MsgType, attr, message
+
+# Heartbeat ticks between two sends of an unchanged claim: how late a lost
+# RangeState is repaired (10 x 50 ms). Changes never wait for it.
+REPEAT_EVERY = 10
 
 
 def bitmap_size(buckets: int) -> int:
@@ -163,6 +170,8 @@ class RangeDistribution:
         self._events: deque[RangeEvent] = deque()
         self._send_due: float | None = None
         self._claim_message: RangeState | None = None  # ours, until owned or digest change
+        self._ticks_unsent = 0  # heartbeat ticks since our claim last went out
+        self._answer_due = False  # a peer's claim changed: send ours with the next heartbeat
         self._stable = False
         self.stats: Counter[str] = Counter()
 
@@ -232,6 +241,7 @@ class RangeDistribution:
             self.stats["rx_repeated"] += 1
             return False
         self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
+        self._answer_due = True
         self._on_claim(source, now)
         self._update_stability()
         return True
@@ -251,9 +261,18 @@ class RangeDistribution:
 
     # -- outputs --------------------------------------------------------------
 
+    def claim_rides_on_heartbeat(self) -> bool:
+        """Called once per heartbeat the driver sends: whether our claim goes
+        with it (a peer's claim changed since we last sent, or REPEAT_EVERY
+        ticks passed). Changes of our own are due at once (`next_timer`)."""
+        self._ticks_unsent += 1
+        return self._answer_due or self._ticks_unsent >= REPEAT_EVERY
+
     def messages_to_send(self, now: float) -> list[RangeState]:
-        """This node's current claim; one on every call (each heartbeat tick)."""
+        """This node's current claim; one on every call."""
         self._send_due = None
+        self._answer_due = False
+        self._ticks_unsent = 0
         self.stats["tx"] += 1
         claim = self._claim_message
         if claim is None or claim.digest != self._digest:
@@ -261,8 +280,8 @@ class RangeDistribution:
         return [claim]
 
     def next_timer(self) -> float | None:
-        """When a changed claim must be sent (now), else None: periodic sends
-        follow the heartbeat tick of the caller."""
+        """When a changed claim must be sent (now), else None: the other sends
+        follow the caller's heartbeats (`claim_rides_on_heartbeat`)."""
         return self._send_due
 
     def next_event(self) -> RangeEvent | None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from availability_manager.assignment import aimed_assignment, buckets_of, membership_digest
 from availability_manager.ranges import (
+    REPEAT_EVERY,
     Claim,
     RangeDistribution,
     RangeEvent,
@@ -546,3 +547,25 @@ def test_a_repeated_claim_changes_nothing_but_the_same_claim_in_a_new_view_count
     assert a.receive(b_claim, B, cluster.now) is False
     (again,) = a.messages_to_send(cluster.now)
     assert again.owned() == a.owned()  # the cached message followed the release
+
+
+def test_an_unchanged_claim_rides_every_nth_heartbeat_a_changed_one_at_once() -> None:
+    """Idle: our claim goes out with every REPEAT_EVERY-th heartbeat (repairs
+    a loss). A change of ours is due at once (next_timer); a changed claim
+    from a peer makes ours ride on the very next heartbeat, so a peer that
+    adopted the new membership after we sent ours hears it in its view."""
+    cluster = converged(A, B)
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    a.messages_to_send(cluster.now)
+    rides = [a.claim_rides_on_heartbeat() for _ in range(REPEAT_EVERY)]
+    assert rides == [False] * (REPEAT_EVERY - 1) + [True]
+    a.messages_to_send(cluster.now)
+    assert a.claim_rides_on_heartbeat() is False
+    (same,) = b.messages_to_send(cluster.now)
+    a.receive(same, B, cluster.now)  # a repeat: no answer owed
+    assert a.claim_rides_on_heartbeat() is False
+    cluster.set_members(B, equal(B))  # B drops A: B claims everything, at once
+    assert b.next_timer() == cluster.now
+    (changed,) = b.messages_to_send(cluster.now)
+    assert a.receive(changed, B, cluster.now) is True
+    assert a.claim_rides_on_heartbeat() is True  # A answers with the next heartbeat
