@@ -13,7 +13,7 @@ SEEDS32 ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo demo-lab demo-sim test test-lint test-unit test-sim test-lab test-ansible \
+.PHONY: bootstrap demo demo-lab demo-sim test test-lint test-unit test-sim test-lab test-lab16 test-ansible \
 	test-kmod test-kmod-role test-bench-smoke bench bench-compare clean
 
 bootstrap:
@@ -56,6 +56,11 @@ test-sim: bootstrap
 test-lab: bootstrap
 	$(PYTEST) -q agent/tests/lab -m lab
 	cd lab && ../$(PYTEST) -q tests
+
+# Sixteen real agents on this machine (issue 19): settle, kill, revive, drain
+# under light traffic. Minutes on 2 cores, so not part of test-lab. Needs root.
+test-lab16: bootstrap
+	cd lab && FWCLUSTER_LAB16=1 ../$(PYTEST) -q tests/test_lab16.py
 
 test-ansible: bootstrap
 	./tools/ansible-tests.sh
