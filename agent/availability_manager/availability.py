@@ -334,8 +334,10 @@ class Availability:
         return self._next_send if earliest is None else min(self._next_send, earliest)
 
     def _earliest(self) -> float | None:
-        """The first peer deadline (cached: deadlines only move later, so the
-        minimum changes only when its own peer is heard, comes or goes)."""
+        """A lower bound of the first peer deadline, exact when computed: kept
+        while peers are heard (deadlines only move later), recomputed when a
+        peer comes or goes or the bound is reached (in `_expire`), so that a
+        heartbeat in does not cost a pass over every peer."""
         if self._earliest_deadline is None and self._peers:
             self._earliest_deadline = min(p.deadline for p in self._peers.values())
         return self._earliest_deadline
@@ -416,8 +418,8 @@ class Availability:
         if peer.wire_version != hb.wire_version:
             peer.wire_version = hb.wire_version
             self._wire_version_low = None
-        if self._earliest_deadline is not None and peer.deadline <= self._earliest_deadline:
-            self._earliest_deadline = None  # this peer held the first deadline
+        # A deadline only moves later: the cached first deadline stays a lower
+        # bound (at worst one early timer, after which _expire recomputes it).
         peer.deadline = now + self.timeout
         if not peer.admitted and hb.cluster_size == self.cluster_size():
             peer.admitted = True
@@ -438,6 +440,7 @@ class Availability:
         if earliest is None or now < earliest:
             return
         dead = sorted(node for node, p in self._peers.items() if now >= p.deadline)
+        self._earliest_deadline = None  # the bound was reached: the next one, exact
         if dead:
             self._peers_changed()
         for node in dead:

@@ -394,6 +394,8 @@ class Node:
         else:
             self._range_state_pending = True
         rb_out = self._broadcast.messages_to_send(now)
+        if not unreliable and not rb_out:
+            return []  # most calls: the driver asks after every datagram in
         control = [m for m in rb_out if not isinstance(m, RbData)]
         data = [m for m in rb_out if isinstance(m, RbData)]
         out: list[tuple[bytes, Destination]] = []

@@ -32,18 +32,18 @@ class Scenario:
     rate: float = 30.0  # new connections per second (the batch scenario uses fewer: speed)
     # the same schedule for any cluster size (`--nodes N`); None: a fixed-size story
     sized: Callable[[Cluster, random.Random, int], float] | None = None
+    min_nodes: int = 3  # the smallest size its schedule works with
 
     def with_nodes(self, nodes: int) -> Scenario:
         """This scenario at `nodes` nodes. Raises ValueError if it has a fixed size."""
         if self.sized is None:
             raise ValueError(f"scenario {self.name} has a fixed size: --nodes does not apply")
-        if not MIN_NODES <= nodes <= MAX_NODES:
-            raise ValueError(f"--nodes must be {MIN_NODES}..{MAX_NODES}, got {nodes}")
+        if not self.min_nodes <= nodes <= MAX_NODES:
+            raise ValueError(f"--nodes must be {self.min_nodes}..{MAX_NODES}, got {nodes}")
         sized = self.sized
         return dataclasses.replace(self, build=lambda cluster, rng: sized(cluster, rng, nodes))
 
 
-MIN_NODES = 3  # a fault must leave two nodes to take over
 MAX_NODES = 64  # node names and run time: 64 nodes run about 30 s of wall time per second
 
 
@@ -273,6 +273,7 @@ def _membership_at(nodes: int) -> Scenario:
         partial(membership, nodes=nodes),
         rate=20.0,
         sized=membership,
+        min_nodes=5,  # four distinct victims, and two nodes left to take over
     )
 
 
