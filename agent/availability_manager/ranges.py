@@ -21,11 +21,13 @@ A bucket is only released after another node has claimed it, so ownership is
 doubled in transit and never missing. A node that is not a member (draining,
 leaving) aims for nothing and keeps its buckets until their new owners claim
 them. Range state is idempotent: the whole claim is sent (unreliable
-broadcast, with a heartbeat) at once after a change, on the next heartbeat
-after a peer's claim changed (so a peer that adopted a new membership after
-we sent ours hears our claim in its new view), and unchanged on every
-`REPEAT_EVERY`-th heartbeat, which repairs a lost one. An idle cluster thus
-sends and judges a claim per node every half second, not every heartbeat.
+broadcast, with a heartbeat) at once after a change, and on the next
+`CHANGE_REPEATS` heartbeats after a change of ours or of a peer's claim (so a
+peer that adopted a new membership after we sent ours hears our claim in its
+new view, and a claim lost or overtaken on the way is repaired within a
+heartbeat while the cluster settles), and unchanged on every `REPEAT_EVERY`-th
+heartbeat, which repairs a loss at any other time. An idle cluster thus sends
+and judges a claim per node every half second, not every heartbeat.
 
 Transitions of the stability flag (events in brackets):
 
@@ -52,6 +54,9 @@ from .wire import Kind, MsgType, attr, message
 # Heartbeat ticks between two sends of an unchanged claim: how late a lost
 # RangeState is repaired (10 x 50 ms). Changes never wait for it.
 REPEAT_EVERY = 10
+# Heartbeats that carry our claim after a change (ours or a peer's): while a
+# membership change settles, claims go out as often as they always did.
+CHANGE_REPEATS = 3
 
 
 def bitmap_size(buckets: int) -> int:
@@ -171,7 +176,7 @@ class RangeDistribution:
         self._send_due: float | None = None
         self._claim_message: RangeState | None = None  # ours, until owned or digest change
         self._ticks_unsent = 0  # heartbeat ticks since our claim last went out
-        self._answer_due = False  # a peer's claim changed: send ours with the next heartbeat
+        self._repeats_due = 0  # heartbeats that still carry our claim after a change
         self._stable = False
         self.stats: Counter[str] = Counter()
 
@@ -195,6 +200,7 @@ class RangeDistribution:
         self._claim_aim()
         self._on_new_view(now)
         self._send_due = now  # peers must learn our digest (and claim) at once
+        self._repeats_due = CHANGE_REPEATS
         self._update_stability()
 
     def peer_down(self, node: NodeId, now: float) -> None:
@@ -241,7 +247,7 @@ class RangeDistribution:
             self.stats["rx_repeated"] += 1
             return False
         self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
-        self._answer_due = True
+        self._repeats_due = CHANGE_REPEATS  # answer: the sender may lack ours in its view
         self._on_claim(source, now)
         self._update_stability()
         return True
@@ -263,15 +269,18 @@ class RangeDistribution:
 
     def claim_rides_on_heartbeat(self) -> bool:
         """Called once per heartbeat the driver sends: whether our claim goes
-        with it (a peer's claim changed since we last sent, or REPEAT_EVERY
-        ticks passed). Changes of our own are due at once (`next_timer`)."""
+        with it (within CHANGE_REPEATS heartbeats of a change, ours or a
+        peer's, or REPEAT_EVERY ticks passed). Changes of our own are also
+        due at once (`next_timer`)."""
         self._ticks_unsent += 1
-        return self._answer_due or self._ticks_unsent >= REPEAT_EVERY
+        if self._repeats_due > 0:
+            self._repeats_due -= 1
+            return True
+        return self._ticks_unsent >= REPEAT_EVERY
 
     def messages_to_send(self, now: float) -> list[RangeState]:
         """This node's current claim; one on every call."""
         self._send_due = None
-        self._answer_due = False
         self._ticks_unsent = 0
         self.stats["tx"] += 1
         claim = self._claim_message
@@ -334,6 +343,7 @@ class RangeDistribution:
         if new:
             self._owned |= new
             self._claim_message = None
+            self._repeats_due = CHANGE_REPEATS
             self.stats["claimed_buckets"] += len(new)
             self._events.append(Claim(frozenset(new)))
 
@@ -356,6 +366,7 @@ class RangeDistribution:
         if buckets:
             self._owned -= buckets
             self._claim_message = None
+            self._repeats_due = CHANGE_REPEATS
             self.stats["released_buckets"] += len(buckets)
             self._events.append(Release(frozenset(buckets)))
             if self._send_due is None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from availability_manager.assignment import aimed_assignment, buckets_of, membership_digest
 from availability_manager.ranges import (
+    CHANGE_REPEATS,
     REPEAT_EVERY,
     Claim,
     RangeDistribution,
@@ -551,11 +552,14 @@ def test_a_repeated_claim_changes_nothing_but_the_same_claim_in_a_new_view_count
 
 def test_an_unchanged_claim_rides_every_nth_heartbeat_a_changed_one_at_once() -> None:
     """Idle: our claim goes out with every REPEAT_EVERY-th heartbeat (repairs
-    a loss). A change of ours is due at once (next_timer); a changed claim
-    from a peer makes ours ride on the very next heartbeat, so a peer that
-    adopted the new membership after we sent ours hears it in its view."""
+    a loss). A change of ours is due at once (next_timer) and rides on the
+    next CHANGE_REPEATS heartbeats; a changed claim from a peer makes ours
+    ride on the next CHANGE_REPEATS heartbeats, so a peer that adopted the new
+    membership after we sent ours hears it in its view, even if one is lost."""
     cluster = converged(A, B)
     a, b = cluster.nodes[A], cluster.nodes[B]
+    for _ in range(CHANGE_REPEATS):  # the repeats of the convergence
+        a.claim_rides_on_heartbeat()
     a.messages_to_send(cluster.now)
     rides = [a.claim_rides_on_heartbeat() for _ in range(REPEAT_EVERY)]
     assert rides == [False] * (REPEAT_EVERY - 1) + [True]
@@ -566,6 +570,11 @@ def test_an_unchanged_claim_rides_every_nth_heartbeat_a_changed_one_at_once() ->
     assert a.claim_rides_on_heartbeat() is False
     cluster.set_members(B, equal(B))  # B drops A: B claims everything, at once
     assert b.next_timer() == cluster.now
+    assert [b.claim_rides_on_heartbeat() for _ in range(CHANGE_REPEATS + 1)] == [
+        *([True] * CHANGE_REPEATS),
+        False,
+    ]
     (changed,) = b.messages_to_send(cluster.now)
     assert a.receive(changed, B, cluster.now) is True
-    assert a.claim_rides_on_heartbeat() is True  # A answers with the next heartbeat
+    answers = [a.claim_rides_on_heartbeat() for _ in range(CHANGE_REPEATS + 1)]
+    assert answers == [True] * CHANGE_REPEATS + [False]
