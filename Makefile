@@ -6,8 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 SEEDS ?= 2000
-# seeds of the 16- and 32-node membership scenarios in test-sim (about 2.5 and
-# 20 CPU-s per seed: together under a minute of wall time on 2 cores)
+# seeds of the 16- and 32-node membership scenarios in test-sim (about 2 and
+# 11 CPU-s per seed: about 30 s of wall time on 2 idle cores)
 SEEDS16 ?= 12
 SEEDS32 ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
