@@ -13,7 +13,7 @@ settled; the agents' CPU (utime + stime from /proc/<pid>/stat) over
 until `lab wait` would say settled (every living agent stable, sees exactly
 the living nodes, all buckets owned), polled every 50 ms over the control
 sockets (the figures include up to one poll round: 16 status requests). The
-lab is taken down at the end, also on failure.
+lab (prefix fwz-) is taken down at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ sys.path[:0] = [str(ROOT / "lab"), str(ROOT / "agent")]
 
 from availability_manager.cli.clusterctl import request
 from fwcluster_lab import agent, build, cluster, faults
-from fwcluster_lab.state import LabState, prefix_from_env, run_dir_from_env
+from fwcluster_lab.state import LabState
 
+# Our own prefix and run directory: never the operator's lab (fwl-), the
+# tests' labs or the other benchmarks' (fwr-, fwk-, fwm-).
+PREFIX = "fwz-"
+RUN_DIR = Path("/run/fwcluster-lab-scale")
 SETTLE_TIMEOUT = 120.0
 POLL = 0.05
 
@@ -73,8 +77,8 @@ def control(state: LabState, node: str, command: str) -> Any:
 
 
 def measure(nodes: int, idle_seconds: float) -> dict[str, float]:
-    run_dir, prefix = run_dir_from_env(), prefix_from_env()
-    build.down(run_dir, prefix)
+    run_dir, prefix = RUN_DIR, PREFIX
+    build.down(run_dir, prefix)  # a leftover of an earlier, crashed run
     out: dict[str, float] = {"nodes": nodes}
     try:
         started = time.monotonic()
