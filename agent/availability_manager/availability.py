@@ -238,6 +238,11 @@ class Availability:
         # late heartbeat of a previous life is still recognised as stale.
         self._incarnations: dict[NodeId, int] = {}
         self._refused: dict[NodeId, set[str]] = {}  # reasons already reported
+        # Derived from the peers, asked for after every input: kept until a
+        # peer comes, goes or changes them (None: compute again), so an idle
+        # node's cost per heartbeat does not grow with the cluster.
+        self._wire_version_low: int | None = None
+        self._earliest_deadline: float | None = None
         self._events: collections.deque[AvailabilityEvent] = collections.deque()
 
     # -- inputs ---------------------------------------------------------------
@@ -295,6 +300,7 @@ class Availability:
             if source not in self._peers:
                 self._next_send = min(self._next_send, now)  # our announced size grew
             peer = self._peers[source] = _Peer(hb)
+            self._peers_changed()
         if self._refused:
             self._refused.pop(source, None)  # report a later refusal again
         self._incarnations[source] = hb.incarnation
@@ -324,8 +330,21 @@ class Availability:
         ]
 
     def next_timer(self) -> float:
-        deadlines = [p.deadline for p in self._peers.values()]
-        return min(self._next_send, *deadlines) if deadlines else self._next_send
+        earliest = self._earliest()
+        return self._next_send if earliest is None else min(self._next_send, earliest)
+
+    def _earliest(self) -> float | None:
+        """A lower bound of the first peer deadline, exact when computed: kept
+        while peers are heard (deadlines only move later), recomputed when a
+        peer comes or goes or the bound is reached (in `_expire`), so that a
+        heartbeat in does not cost a pass over every peer."""
+        if self._earliest_deadline is None and self._peers:
+            self._earliest_deadline = min(p.deadline for p in self._peers.values())
+        return self._earliest_deadline
+
+    def _peers_changed(self) -> None:
+        self._wire_version_low = None
+        self._earliest_deadline = None
 
     def next_event(self) -> AvailabilityEvent | None:
         return self._events.popleft() if self._events else None
@@ -352,7 +371,11 @@ class Availability:
 
     def cluster_wire_version(self) -> int:
         """The wire version to send: the lowest any node heard announces, ours included."""
-        return min([self.wire_version, *(p.wire_version for p in self._peers.values())])
+        if self._wire_version_low is None:
+            self._wire_version_low = min(
+                [self.wire_version, *(p.wire_version for p in self._peers.values())]
+            )
+        return self._wire_version_low
 
     def settled(self) -> bool:
         """Every peer heard is admitted: the membership is not about to grow."""
@@ -392,7 +415,11 @@ class Availability:
         peer.weight = hb.weight
         peer.rb_next_seq = hb.rb_next_seq
         peer.own_up = bool(hb.own_status)
-        peer.wire_version = hb.wire_version
+        if peer.wire_version != hb.wire_version:
+            peer.wire_version = hb.wire_version
+            self._wire_version_low = None
+        # A deadline only moves later: the cached first deadline stays a lower
+        # bound (at worst one early timer, after which _expire recomputes it).
         peer.deadline = now + self.timeout
         if not peer.admitted and hb.cluster_size == self.cluster_size():
             peer.admitted = True
@@ -409,7 +436,13 @@ class Availability:
             self._events.append(NodeStateChanged(source, peer.state, peer.weight))
 
     def _expire(self, now: float) -> None:
+        earliest = self._earliest()
+        if earliest is None or now < earliest:
+            return
         dead = sorted(node for node, p in self._peers.items() if now >= p.deadline)
+        self._earliest_deadline = None  # the bound was reached: the next one, exact
+        if dead:
+            self._peers_changed()
         for node in dead:
             peer = self._peers.pop(node)
             if peer.up:

@@ -20,9 +20,14 @@ The rule, from the seed, with the release condition made strict:
 A bucket is only released after another node has claimed it, so ownership is
 doubled in transit and never missing. A node that is not a member (draining,
 leaving) aims for nothing and keeps its buckets until their new owners claim
-them. Range state is idempotent: the whole claim is sent on every heartbeat
-tick (unreliable broadcast), and at once after a change, so a lost RangeState
-is repaired by the next one.
+them. Range state is idempotent: the whole claim is sent (unreliable
+broadcast, with a heartbeat) at once after a change, and on the next
+`CHANGE_REPEATS` heartbeats after a change of ours or of a peer's claim (so a
+peer that adopted a new membership after we sent ours hears our claim in its
+new view, and a claim lost or overtaken on the way is repaired within a
+heartbeat while the cluster settles), and unchanged on every `REPEAT_EVERY`-th
+heartbeat, which repairs a loss at any other time. An idle cluster thus sends
+and judges a claim per node every half second, not every heartbeat.
 
 Transitions of the stability flag (events in brackets):
 
@@ -45,6 +50,13 @@ from collections.abc import Mapping
 from . import assignment
 from .types import MAX_NODE_ID, NodeId
 from .wire import Kind, MsgType, attr, message
+
+# Heartbeat ticks between two sends of an unchanged claim: how late a lost
+# RangeState is repaired (10 x 50 ms). Changes never wait for it.
+REPEAT_EVERY = 10
+# Heartbeats that carry our claim after a change (ours or a peer's): while a
+# membership change settles, claims go out as often as they always did.
+CHANGE_REPEATS = 3
 
 
 def bitmap_size(buckets: int) -> int:
@@ -128,6 +140,7 @@ RangeEvent = Claim | Release | Stable | Unstable
 @dataclasses.dataclass(frozen=True, slots=True)
 class _PeerClaim:
     owned: frozenset[int]
+    bitmap: bytes  # owned as received: a repeated claim is recognised without decoding it
     digest: int
     received: float
     view: int  # our membership change counter when it arrived
@@ -161,6 +174,9 @@ class RangeDistribution:
         self._peers: dict[NodeId, _PeerClaim] = {}
         self._events: deque[RangeEvent] = deque()
         self._send_due: float | None = None
+        self._claim_message: RangeState | None = None  # ours, until owned or digest change
+        self._ticks_unsent = 0  # heartbeat ticks since our claim last went out
+        self._repeats_due = 0  # heartbeats that still carry our claim after a change
         self._stable = False
         self.stats: Counter[str] = Counter()
 
@@ -184,6 +200,7 @@ class RangeDistribution:
         self._claim_aim()
         self._on_new_view(now)
         self._send_due = now  # peers must learn our digest (and claim) at once
+        self._repeats_due = CHANGE_REPEATS
         self._update_stability()
 
     def peer_down(self, node: NodeId, now: float) -> None:
@@ -198,27 +215,42 @@ class RangeDistribution:
         else:
             self._update_stability()
 
-    def receive(self, msg: object, source: NodeId, now: float) -> None:
+    def receive(self, msg: object, source: NodeId, now: float) -> bool:
         """A RangeState from `source`: record its claim, release what it claims
-        and aims for. Malformed or foreign input is counted and ignored."""
+        and aims for. Malformed or foreign input is counted and ignored.
+        Returns whether anything changed: False for a repeat of the claim
+        already recorded in this view (most of them: every heartbeat carries
+        one), which can release nothing new since our own claim only grows
+        with a new view."""
         if not isinstance(msg, RangeState):
             self.stats["dropped_not_range_state"] += 1
-            return
+            return False
         if source == self.node_id:
             self.stats["dropped_own_message"] += 1
-            return
+            return False
         if not 0 <= source <= MAX_NODE_ID:
             self.stats["dropped_bad_source"] += 1
-            return
+            return False
         if msg.buckets != self.buckets:
             self.stats["dropped_bucket_count_mismatch"] += 1
-            return
+            return False
         self.stats["rx"] += 1
-        self._peers[source] = _PeerClaim(msg.owned(), msg.digest, now, self._view)
         if msg.digest != self._digest:
             self.stats["rx_other_view"] += 1
+        old = self._peers.get(source)
+        if (
+            old is not None
+            and old.view == self._view
+            and old.digest == msg.digest
+            and old.bitmap == msg.bitmap
+        ):
+            self.stats["rx_repeated"] += 1
+            return False
+        self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
+        self._repeats_due = CHANGE_REPEATS  # answer: the sender may lack ours in its view
         self._on_claim(source, now)
         self._update_stability()
+        return True
 
     def handle_timer(self, now: float) -> None:
         """Nothing expires here: the timer only asks the driver to send now."""
@@ -235,15 +267,30 @@ class RangeDistribution:
 
     # -- outputs --------------------------------------------------------------
 
+    def claim_rides_on_heartbeat(self) -> bool:
+        """Called once per heartbeat the driver sends: whether our claim goes
+        with it (within CHANGE_REPEATS heartbeats of a change, ours or a
+        peer's, or REPEAT_EVERY ticks passed). Changes of our own are also
+        due at once (`next_timer`)."""
+        self._ticks_unsent += 1
+        if self._repeats_due > 0:
+            self._repeats_due -= 1
+            return True
+        return self._ticks_unsent >= REPEAT_EVERY
+
     def messages_to_send(self, now: float) -> list[RangeState]:
-        """This node's current claim; one on every call (each heartbeat tick)."""
+        """This node's current claim; one on every call."""
         self._send_due = None
+        self._ticks_unsent = 0
         self.stats["tx"] += 1
-        return [RangeState.of(self._owned, self.buckets, self._digest)]
+        claim = self._claim_message
+        if claim is None or claim.digest != self._digest:
+            claim = self._claim_message = RangeState.of(self._owned, self.buckets, self._digest)
+        return [claim]
 
     def next_timer(self) -> float | None:
-        """When a changed claim must be sent (now), else None: periodic sends
-        follow the heartbeat tick of the caller."""
+        """When a changed claim must be sent (now), else None: the other sends
+        follow the caller's heartbeats (`claim_rides_on_heartbeat`)."""
         return self._send_due
 
     def next_event(self) -> RangeEvent | None:
@@ -295,6 +342,8 @@ class RangeDistribution:
         new = self._aimed - self._owned
         if new:
             self._owned |= new
+            self._claim_message = None
+            self._repeats_due = CHANGE_REPEATS
             self.stats["claimed_buckets"] += len(new)
             self._events.append(Claim(frozenset(new)))
 
@@ -316,6 +365,8 @@ class RangeDistribution:
     def _release(self, buckets: frozenset[int] | set[int], now: float) -> None:
         if buckets:
             self._owned -= buckets
+            self._claim_message = None
+            self._repeats_due = CHANGE_REPEATS
             self.stats["released_buckets"] += len(buckets)
             self._events.append(Release(frozenset(buckets)))
             if self._send_due is None:

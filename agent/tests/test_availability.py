@@ -517,3 +517,42 @@ def test_stats_count_heartbeats() -> None:
     assert b.stats["heartbeats_received"] == a.stats["heartbeats_sent"]
     # 20 intervals in a second, plus the immediate heartbeat when the peer appeared
     assert 20 <= a.stats["heartbeats_sent"] <= 22
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=2, max_value=6), st.floats(min_value=0.0, max_value=0.2)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_cached_first_deadline_never_lets_a_peer_outlive_its_timeout(
+    arrivals: list[tuple[int, float]],
+) -> None:
+    """The first peer deadline is cached as a lower bound (not recomputed per
+    heartbeat): the timer may fire early, never late, and a peer is declared
+    down exactly when its own deadline passes, as without the cache."""
+    av = make(1)
+    now = 0.0
+    heard: dict[int, float] = {}  # reference: last heartbeat per live peer
+    for peer, gap in arrivals:
+        target = now + gap
+        # fire every timer due before the next heartbeat, as a driver would
+        while (deadline := av.next_timer()) <= target:
+            now = max(now, deadline)
+            av.handle_timer(now)
+            av.messages_to_send(now)  # the send timer moves on
+            for p, t in list(heard.items()):
+                if now >= t + av.timeout:
+                    del heard[p]
+            assert set(heard) == set(av._peers)
+        now = target
+        av.receive(hb(cluster_size=2), peer, now)
+        for p, t in list(heard.items()):
+            if p != peer and now >= t + av.timeout:
+                del heard[p]
+        heard[peer] = now
+        assert set(heard) == set(av._peers)
+        first = min(t + av.timeout for t in heard.values())
+        assert av.next_timer() <= first

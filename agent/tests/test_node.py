@@ -365,7 +365,10 @@ def test_datagrams_fit_and_put_the_heartbeat_first(three: Cluster) -> None:
     assert first is not None
     msgs = wire.decode_messages(first[1])
     assert type(msgs[0]).__name__ == "Heartbeat"
-    assert type(msgs[1]).__name__ == "RangeState"
+    # the claim, when it rides on this heartbeat, right after it; then the data
+    names = [type(m).__name__ for m in msgs]
+    assert names[1] in ("RangeState", "RbData")
+    assert "RangeState" not in names[2:]
 
 
 def _destinations_and_types(node: Node, peer: Node, now: float) -> list[tuple[str, list[str]]]:
@@ -390,7 +393,9 @@ def test_zone_copies_of_the_heartbeat_only_when_zone_heartbeats_are_configured()
     peer = Node(config(9), random.Random(9), 0.0)  # a fresh replay window: same counters
     sent = _destinations_and_types(zoned, peer, 0.0)
     zone = [types for where, types in sent if where == "zones"]
-    assert zone == [["Heartbeat", "RangeState"]]  # no stream data on the zone links
+    # no stream data on the zone links: the heartbeat, and the claim when it rides
+    assert len(zone) == 1 and zone[0][0] == "Heartbeat"
+    assert set(zone[0]) <= {"Heartbeat", "RangeState"}
     assert [where for where, _ in sent].count("sync") >= 1
     # no heartbeat due: no zone copy
     assert all(w is Destination.SYNC for _, w in zoned.datagrams_to_send(0.001))
@@ -525,3 +530,26 @@ def test_zone_heartbeats_keep_a_peer_alive_without_the_sync_network() -> None:
             n.datagrams_to_send(now)
             n.handle_timer(now)
     assert nid(2) not in nodes[0].members()
+
+
+def test_a_zone_copy_after_its_sync_copy_is_dropped_unopened_alone_it_counts() -> None:
+    """While the sync network works, a zone copy (sealed just before its sync
+    copy, sent just after) reaches a peer stale and is dropped before the
+    AEAD; when the sync copy is lost, the zone copy is what keeps us alive."""
+    a = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
+    b = Node(config(2), random.Random(2), 0.0)
+    sent = a.datagrams_to_send(0.0)
+    assert [where for _, where in sent] == [Destination.SYNC, Destination.ZONES]
+    (sync, _), (zone, _) = sent
+    b.receive_datagram(sync, 0.0)
+    assert b.stats()["heartbeats_received"] == 1
+    b.receive_datagram(zone, 0.0, Destination.ZONES)
+    assert b.stats()["heartbeats_received"] == 1
+    assert b.stats()["drop_zone-copy-stale"] == 1
+    # the next heartbeat: its sync copy is lost, the zone copy is heard
+    later = a.datagrams_to_send(0.06)
+    zone_only = [d for d, where in later if where is Destination.ZONES]
+    assert len(zone_only) == 1
+    b.receive_datagram(zone_only[0], 0.06, Destination.ZONES)
+    assert b.stats()["heartbeats_received"] == 2
+    assert b.stats()["drop_zone-copy-stale"] == 1

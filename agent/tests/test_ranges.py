@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from availability_manager.assignment import aimed_assignment, buckets_of, membership_digest
 from availability_manager.ranges import (
+    CHANGE_REPEATS,
+    REPEAT_EVERY,
     Claim,
     RangeDistribution,
     RangeEvent,
@@ -520,3 +522,59 @@ def test_random_histories_never_leave_a_hole_and_converge(
     aim = aimed_assignment(members, BUCKETS, SEED)
     for n, rd in cluster.nodes.items():
         assert rd.owned() == buckets_of(aim, n)
+
+
+def test_a_repeated_claim_changes_nothing_but_the_same_claim_in_a_new_view_counts() -> None:
+    """Every heartbeat repeats the sender's claim: a repeat within one view is
+    recognised (receive returns False, nothing recomputed); after our view
+    changes, the same bytes are a fresh claim again and may release buckets."""
+    cluster = Cluster()
+    for n in (A, B):
+        cluster.start(n)
+        cluster.set_members(n, equal(A))
+    cluster.converge()
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    assert a.owned() == frozenset(range(BUCKETS))
+    (claim,) = a.messages_to_send(cluster.now)
+    assert b.receive(claim, A, cluster.now) is False  # the round above delivered it
+    assert b.stats["rx_repeated"] == 1
+    both = equal(A, B)
+    cluster.set_members(B, both)  # B claims its aim, A still holds everything
+    (b_claim,) = b.messages_to_send(cluster.now)
+    cluster.set_members(A, both)
+    assert a.receive(b_claim, B, cluster.now) is True  # fresh in A's new view: releases
+    cluster.after(A)
+    assert a.owned() == a.aimed()
+    assert a.receive(b_claim, B, cluster.now) is False
+    (again,) = a.messages_to_send(cluster.now)
+    assert again.owned() == a.owned()  # the cached message followed the release
+
+
+def test_an_unchanged_claim_rides_every_nth_heartbeat_a_changed_one_at_once() -> None:
+    """Idle: our claim goes out with every REPEAT_EVERY-th heartbeat (repairs
+    a loss). A change of ours is due at once (next_timer) and rides on the
+    next CHANGE_REPEATS heartbeats; a changed claim from a peer makes ours
+    ride on the next CHANGE_REPEATS heartbeats, so a peer that adopted the new
+    membership after we sent ours hears it in its view, even if one is lost."""
+    cluster = converged(A, B)
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    for _ in range(CHANGE_REPEATS):  # the repeats of the convergence
+        a.claim_rides_on_heartbeat()
+    a.messages_to_send(cluster.now)
+    rides = [a.claim_rides_on_heartbeat() for _ in range(REPEAT_EVERY)]
+    assert rides == [False] * (REPEAT_EVERY - 1) + [True]
+    a.messages_to_send(cluster.now)
+    assert a.claim_rides_on_heartbeat() is False
+    (same,) = b.messages_to_send(cluster.now)
+    a.receive(same, B, cluster.now)  # a repeat: no answer owed
+    assert a.claim_rides_on_heartbeat() is False
+    cluster.set_members(B, equal(B))  # B drops A: B claims everything, at once
+    assert b.next_timer() == cluster.now
+    assert [b.claim_rides_on_heartbeat() for _ in range(CHANGE_REPEATS + 1)] == [
+        *([True] * CHANGE_REPEATS),
+        False,
+    ]
+    (changed,) = b.messages_to_send(cluster.now)
+    assert a.receive(changed, B, cluster.now) is True
+    answers = [a.claim_rides_on_heartbeat() for _ in range(CHANGE_REPEATS + 1)]
+    assert answers == [True] * CHANGE_REPEATS + [False]

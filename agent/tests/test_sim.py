@@ -11,6 +11,7 @@ from availability_manager.connection import PROTO_TCP, Connection, make_tuple
 from availability_manager.sim.__main__ import main
 from availability_manager.sim.clock import Scheduler
 from availability_manager.sim.invariants import Invariants
+from availability_manager.sim.names import node_address, node_name
 from availability_manager.sim.network import LinkProfile, Network
 from availability_manager.sim.run import run_scenario
 from availability_manager.sim.runner import SimOptions
@@ -31,6 +32,7 @@ NAMED = [
     "leave",
     "isolate",
     "link-down",
+    "membership8",
 ]
 
 
@@ -126,6 +128,41 @@ def test_cli_lists_the_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
     for name in [*NAMED, "mixed"]:
         assert name in out
     assert set(SCENARIOS) >= set(NAMED)
+
+
+def test_sixteen_nodes_settle_every_membership_change_within_a_few_heartbeats() -> None:
+    """Crash, join, drain, undrain, leave and restart at N = 16: every change
+    is measured (virtual time, deterministic) and none takes a repair round,
+    a resync round or a join timeout (seconds) to settle."""
+    result = run_scenario("membership16", 0)
+    assert result.ok, result.describe_failure()
+    settles = result.report.settle_times
+    assert len(settles) >= 6  # boot, crash, join, drain, undrain, leave, restart
+    assert max(settles) < 0.5  # detection (3 heartbeats) plus a claim/release round
+    assert result.counters["workload_lost"] == 0
+
+
+def test_a_sized_scenario_runs_at_any_cluster_size() -> None:
+    result = run_scenario("mixed", 1, nodes=8)
+    assert result.ok, result.describe_failure()
+    assert "--nodes 8" in result.replay_command()
+    assert result.report.assignment_checks >= 1
+    with pytest.raises(ValueError, match="fixed size"):
+        SCENARIOS["failover3"].with_nodes(8)
+    with pytest.raises(ValueError, match="--nodes must be"):
+        SCENARIOS["mixed"].with_nodes(2)
+
+
+def test_cli_refuses_nodes_for_a_fixed_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--seeds", "1", "--scenario", "drain", "--nodes", "8"])
+    assert "fixed size" in capsys.readouterr().err
+
+
+def test_node_names_stay_distinct_beyond_26_nodes() -> None:
+    names = {node_name(node_address(i)) for i in range(40)}
+    assert len(names) == 40
+    assert node_name(node_address(0)) == "A" and node_name(node_address(26)) == "N27"
 
 
 def test_cli_replay_prints_a_trace(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 --seeds N [--jobs J]            seeds 0..N-1 of the mixed scenario; ends with
                                 exactly "sim: seeds=<N> violations=<V>"
 --seed S --scenario NAME [--trace]   one run, optionally traced step by step
+--nodes N                       run a sized scenario (mixed, membershipN) at N nodes
 --list                          the scenarios
 """
 
@@ -20,21 +21,21 @@ from .run import RunResult, run_scenario
 from .scenarios import SCENARIOS
 
 
-def _batch(seeds: int, jobs: int, scenario: str) -> int:
+def _batch(seeds: int, jobs: int, scenario: str, nodes: int | None) -> int:
     started = time.monotonic()
     violations = 0
     failed = 0
     results: list[RunResult] = []
     if jobs > 1:
         with multiprocessing.Pool(jobs) as pool:
-            work = partial(run_scenario, scenario)
+            work = partial(_run_seed, scenario, nodes)
             for result in pool.imap(work, range(seeds), chunksize=8):
                 results.append(result)
                 if not result.ok:
                     print(result.describe_failure(), flush=True)
     else:
         for seed in range(seeds):
-            result = run_scenario(scenario, seed)
+            result = _run_seed(scenario, nodes, seed)
             results.append(result)
             if not result.ok:
                 print(result.describe_failure(), flush=True)
@@ -44,18 +45,34 @@ def _batch(seeds: int, jobs: int, scenario: str) -> int:
     lost = sum(r.counters.get("workload_lost", 0) for r in results)
     unsynced = sum(r.report.unsynced_at_crash for r in results)
     gap = max((r.report.max_gap for r in results), default=0.0)
+    settles = sorted(t for r in results for t in r.report.settle_times)
     elapsed = time.monotonic() - started
     print(
         f"sim: {scenario}: {failed} failing seeds; connections lost {lost}, "
         f"unsynced at crash {unsynced}, longest failover gap {gap * 1000:.0f} ms; "
-        f"{elapsed:.1f} s wall"
+        f"{_settle_summary(settles)}; {elapsed:.1f} s wall"
     )
     print(f"sim: seeds={seeds} violations={violations}")
     return 1 if violations else 0
 
 
-def _replay(seed: int, scenario: str, trace: bool) -> int:
-    result = run_scenario(scenario, seed, trace=print if trace else None)
+def _run_seed(scenario: str, nodes: int | None, seed: int) -> RunResult:
+    return run_scenario(scenario, seed, nodes=nodes)
+
+
+def _settle_summary(settles: list[float]) -> str:
+    """Membership changes until every live node was stable again (virtual time)."""
+    if not settles:
+        return "no settle measured"
+    median = settles[len(settles) // 2]
+    return (
+        f"settles {len(settles)}: median {median * 1000:.0f} ms, "
+        f"longest {settles[-1] * 1000:.0f} ms"
+    )
+
+
+def _replay(seed: int, scenario: str, trace: bool, nodes: int | None) -> int:
+    result = run_scenario(scenario, seed, trace=print if trace else None, nodes=nodes)
     r = result.report
     c = result.counters
     print(
@@ -73,6 +90,7 @@ def _replay(seed: int, scenario: str, trace: bool) -> int:
         f"{r.assignment_checks}, caches {r.cache_checks}; double forwarding "
         f"{r.double_forwarding}"
     )
+    print(f"  {_settle_summary(sorted(r.settle_times))}")
     if not result.ok:
         print(result.describe_failure())
         return 1
@@ -87,17 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", default="mixed", choices=sorted(SCENARIOS))
     parser.add_argument("--trace", action="store_true", help="print every step of a replay")
     parser.add_argument("--list", action="store_true", help="list the scenarios")
+    parser.add_argument("--nodes", type=int, help="cluster size of a sized scenario")
     args = parser.parse_args(argv)
+    if args.nodes is not None:
+        try:
+            SCENARIOS[args.scenario].with_nodes(args.nodes)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.list:
         for s in SCENARIOS.values():
             print(f"{s.name:<20} {s.description}")
         return 0
     if args.seed is not None:
-        return _replay(args.seed, args.scenario, args.trace)
+        return _replay(args.seed, args.scenario, args.trace, args.nodes)
     if args.seeds is not None:
         if args.seeds < 0 or args.jobs < 1:
             parser.error("--seeds must be >= 0 and --jobs >= 1")
-        return _batch(args.seeds, args.jobs, args.scenario)
+        return _batch(args.seeds, args.jobs, args.scenario, args.nodes)
     parser.error("give --seeds N, --seed S or --list")
     return 2
 

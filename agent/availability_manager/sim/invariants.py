@@ -66,6 +66,10 @@ class Report:
     assignment_checks: int = 0
     cache_checks: int = 0
     zone_guard_checks: int = 0  # peer timeouts judged against the zone links
+    # virtual seconds from a membership change (start, crash, drain, undrain,
+    # leave) until every live node was stable with the aimed buckets
+    # programmed; changes overlapped by another fault are not counted
+    settle_times: list[float] = dataclasses.field(default_factory=list)
 
 
 class Invariants:

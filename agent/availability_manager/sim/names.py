@@ -11,5 +11,7 @@ def node_address(index: int) -> NodeId:
 
 
 def node_name(node: NodeId) -> str:
-    """A, B, C, ... for 192.0.2.1, .2, .3: short names for traces and reports."""
-    return chr(ord("A") + (node & 0xFF) - 1)
+    """A, B, C, ... Z for 192.0.2.1 .. .26, then N27, N28, ...: short names
+    for traces and reports."""
+    index = (node & 0xFF) - 1
+    return chr(ord("A") + index) if 0 <= index < 26 else f"N{index + 1}"

@@ -29,15 +29,17 @@ class RunResult:
     report: Report
     counters: dict[str, int]
     end_time: float
+    nodes: int | None = None  # the --nodes of the run, if given
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def replay_command(self) -> str:
+        nodes = f" --nodes {self.nodes}" if self.nodes is not None else ""
         return (
             f"python -m availability_manager.sim --seed {self.seed} "
-            f"--scenario {self.scenario} --trace"
+            f"--scenario {self.scenario}{nodes} --trace"
         )
 
     def describe_failure(self) -> str:
@@ -52,8 +54,12 @@ def run_scenario(
     seed: int,
     trace: Callable[[str], None] | None = None,
     options: SimOptions | None = None,
+    nodes: int | None = None,
 ) -> RunResult:
+    """One run; `nodes` resizes a sized scenario (Scenario.with_nodes)."""
     scenario = SCENARIOS[name]
+    if nodes is not None:
+        scenario = scenario.with_nodes(nodes)
     cluster = Cluster(seed, options, trace, WorkloadProfile(rate=scenario.rate))
     # The scenario draws from its own stream so the cluster's draws do not
     # depend on how many faults the schedule has.
@@ -76,4 +82,5 @@ def run_scenario(
         report=cluster.invariants.report,
         counters=cluster.counters(),
         end_time=cluster.now,
+        nodes=nodes,
     )

@@ -139,6 +139,7 @@ class Cluster:
         self.zone_links = False  # see add_zone_links
         self.nodes: dict[NodeId, SimNode] = {}
         self.last_disturbance = 0.0
+        self._settle_since: float | None = None  # a membership change not settled yet
         self._quiet_checked_at = -1.0
         self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
 
@@ -154,9 +155,13 @@ class Cluster:
             text = _ADDRESS.sub(lambda m: node_name(node_address(int(m.group(1)) - 1)), text)
             self._trace(f"{self.now * 1000:9.1f}ms  {who:<3} {text}")
 
-    def disturb(self, what: str) -> None:
-        """A fault or membership change: convergence checks wait QUIET_PERIOD from now."""
+    def disturb(self, what: str, membership: bool | None = False) -> None:
+        """A fault or membership change: convergence checks wait QUIET_PERIOD from now.
+        A membership change starts a settle measurement, any other fault voids
+        it; None (the end of a change already counted) leaves it running."""
         self.last_disturbance = self.now
+        if membership is not None:
+            self._settle_since = self.now if membership else None
         self.log("sim", what)
 
     def add_zone_links(self) -> None:
@@ -211,7 +216,7 @@ class Cluster:
         self.network.attach(node_id)
         self.zone_network.attach(node_id)
         sim.online_since = self.now
-        self.disturb(f"start {sim.name} (incarnation {sim.incarnation})")
+        self.disturb(f"start {sim.name} (incarnation {sim.incarnation})", membership=True)
         self._service(sim)
         return sim
 
@@ -220,7 +225,7 @@ class Cluster:
         sim = self.nodes[node_address(index)]
         if not sim.alive:
             return
-        self.disturb(f"crash {sim.name}")
+        self.disturb(f"crash {sim.name}", membership=True)
         self._count_unsynced(sim)
         self._detach(sim)
         if not sim.offline:
@@ -235,7 +240,7 @@ class Cluster:
         if sim.node is None:
             return
         sim.leaving = True
-        self.disturb(f"leave {sim.name}")
+        self.disturb(f"leave {sim.name}", membership=True)
         sim.node.leave(self.now)
         self._service(sim)
 
@@ -244,7 +249,7 @@ class Cluster:
         if sim.node is None:
             return
         sim.draining = True
-        self.disturb(f"drain {sim.name}")
+        self.disturb(f"drain {sim.name}", membership=True)
         sim.node.drain(self.now)
         self._service(sim)
 
@@ -253,14 +258,14 @@ class Cluster:
         if sim.node is None:
             return
         sim.draining = False
-        self.disturb(f"undrain {sim.name}")
+        self.disturb(f"undrain {sim.name}", membership=True)
         sim.node.undrain(self.now)
         self._service(sim)
 
     def _stop_after_leave(self, sim: SimNode) -> None:
         if sim.node is None:
             return
-        self.disturb(f"stop {sim.name} after its leave")
+        self.disturb(f"stop {sim.name} after its leave", membership=None)
         self._detach(sim)
         if not sim.offline:
             self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=True)
@@ -429,6 +434,8 @@ class Cluster:
                         self.zone_network.broadcast(sim.node_id, datagram)
                 case _:
                     assert_never(destination)
+        if self._settle_since is not None:
+            self._check_settled()
         if sim.stop_requested:
             self._stop_after_leave(sim)  # after its last datagrams went out
             return
@@ -530,6 +537,26 @@ class Cluster:
             self._quiet_checked_at = self.now
             self.check_assignment()
         self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
+
+    def _check_settled(self) -> None:
+        """Record the settle time once every live node is stable, forwards all
+        it owns, and the programmed buckets are exactly the aimed ones."""
+        assert self._settle_since is not None
+        live = [s for s in self.nodes.values() if s.node is not None and not s.offline]
+        if not live or self.network.faulty():
+            return
+        for s in live:
+            assert s.node is not None
+            if not s.node.stable or s.node.active_buckets() != s.node.owned_buckets():
+                return
+        aimed = aimed_buckets(self.active_members(), self.settings)
+        for s in live:
+            mine = {b for b, owner in aimed.items() if owner == s.node_id}
+            if s.kernel.owned != mine:
+                return
+        self.invariants.report.settle_times.append(self.now - self._settle_since)
+        self.log("sim", f"settled {(self.now - self._settle_since) * 1000:.0f} ms after the change")
+        self._settle_since = None
 
     def check_assignment(self) -> None:
         aimed = aimed_buckets(self.active_members(), self.settings)

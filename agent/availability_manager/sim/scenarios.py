@@ -30,6 +30,21 @@ class Scenario:
     description: str
     build: Callable[[Cluster, random.Random], float]
     rate: float = 30.0  # new connections per second (the batch scenario uses fewer: speed)
+    # the same schedule for any cluster size (`--nodes N`); None: a fixed-size story
+    sized: Callable[[Cluster, random.Random, int], float] | None = None
+    min_nodes: int = 3  # the smallest size its schedule works with
+
+    def with_nodes(self, nodes: int) -> Scenario:
+        """This scenario at `nodes` nodes. Raises ValueError if it has a fixed size."""
+        if self.sized is None:
+            raise ValueError(f"scenario {self.name} has a fixed size: --nodes does not apply")
+        if not self.min_nodes <= nodes <= MAX_NODES:
+            raise ValueError(f"--nodes must be {self.min_nodes}..{MAX_NODES}, got {nodes}")
+        sized = self.sized
+        return dataclasses.replace(self, build=lambda cluster, rng: sized(cluster, rng, nodes))
+
+
+MAX_NODES = 64  # node names and run time: 64 nodes run about 30 s of wall time per second
 
 
 def _boot(cluster: Cluster, rng: random.Random, count: int) -> None:
@@ -138,9 +153,12 @@ def link_down(cluster: Cluster, rng: random.Random) -> float:
 # -- the mixed random scenario --------------------------------------------------------
 
 
-def mixed(cluster: Cluster, rng: random.Random) -> float:
-    """3-5 nodes, then 1-3 faults drawn at random, each on a running cluster."""
+def mixed(cluster: Cluster, rng: random.Random, nodes: int | None = None) -> float:
+    """3-5 nodes (or `nodes`), then 1-3 faults drawn at random, each on a running cluster."""
     count = rng.choice((3, 3, 3, 4, 4, 5))  # mostly small: 2000 seeds must stay fast
+    if nodes is not None:
+        count = nodes
+    spare = max(6, count + 3)  # node indexes a join may use
     _boot(cluster, rng, count)
     running = set(range(count))  # indexes expected to be alive when the fault fires
     stopped: set[int] = set()
@@ -172,8 +190,8 @@ def mixed(cluster: Cluster, rng: random.Random) -> float:
             t += 0.1 + rng.random() * 0.6
             _at(cluster, t, partial(cluster.start_node, victim))
         elif kind == "join":
-            fresh = next((i for i in range(6) if i not in running and i not in stopped), 6)
-            if fresh >= 6:
+            fresh = next((i for i in range(spare) if i not in running and i not in stopped), spare)
+            if fresh >= spare:
                 continue
             running.add(fresh)
             _at(cluster, t, partial(cluster.start_node, fresh))
@@ -211,6 +229,54 @@ def mixed(cluster: Cluster, rng: random.Random) -> float:
     return t + 0.3
 
 
+def membership(cluster: Cluster, rng: random.Random, nodes: int) -> float:
+    """`nodes` nodes, then one membership change after another, each on a
+    settled cluster: a crash, a join of a fresh node, a drain and undrain, a
+    graceful leave, a restart. Each acts on a different node; the order is
+    drawn, so every seed tests another sequence."""
+    _boot(cluster, rng, nodes)
+    victims = rng.sample(range(nodes), 4)
+    steps: list[tuple[str, int]] = [
+        ("crash", victims[0]),
+        ("join", nodes),
+        ("drain", victims[1]),
+        ("leave", victims[2]),
+        ("restart", victims[3]),
+    ]
+    rng.shuffle(steps)
+    t = 1.0 + nodes * 0.02  # a larger cluster boots a little longer
+    for kind, index in steps:
+        t += 0.6 + rng.random() * 0.4  # settled (well under 0.5 s) before the next
+        if kind == "crash":
+            _at(cluster, t, partial(cluster.crash, index))
+        elif kind == "join":
+            _at(cluster, t, partial(cluster.start_node, index))
+        elif kind == "drain":
+            _at(cluster, t, partial(cluster.drain, index))
+            t += 0.5
+            _at(cluster, t, partial(cluster.undrain, index))
+        elif kind == "leave":
+            _at(cluster, t, partial(cluster.leave, index))
+        else:
+            _at(cluster, t, partial(cluster.crash, index))
+            t += 0.3
+            _at(cluster, t, partial(cluster.start_node, index))
+    if rng.random() < ZONE_LINKS_SHARE:
+        cluster.add_zone_links()
+    return t + 0.6
+
+
+def _membership_at(nodes: int) -> Scenario:
+    return Scenario(
+        f"membership{nodes}",
+        f"{nodes} nodes: crash, join, drain, leave, restart one after another",
+        partial(membership, nodes=nodes),
+        rate=20.0,
+        sized=membership,
+        min_nodes=5,  # four distinct victims, and two nodes left to take over
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -231,6 +297,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("leave", "C leaves gracefully and stops", leave),
         Scenario("isolate", "C cut from both networks, then back", isolate),
         Scenario("link-down", "B's data-plane links down, then up", link_down),
-        Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0),
+        Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0, sized=mixed),
+        _membership_at(8),
+        _membership_at(16),
+        _membership_at(32),
     )
 }
