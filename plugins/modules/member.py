@@ -26,7 +26,7 @@ options:
       - V(joined) the node owns its share of buckets (undoes a drain).
       - V(drained) the node owns no bucket; the others hold all of them. Refused (the task
         fails, saying why) when no other member is active, so nobody could take the node's
-        buckets, or when some buckets have no owner (holes: a member is down or joining), which
+        buckets, or when some buckets have no owner (a member is down or joining, a hole), which
         a drain would only make worse. A node already drained is left as it is.
       - V(absent) the node has left the cluster and its agent has stopped.
     type: str

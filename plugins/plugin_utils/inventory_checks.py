@@ -245,7 +245,10 @@ def inventory_problems(hostvars, hosts):
         if sync is None:
             problems.append("%s: availability_manager_sync_address must be an IP address, got %s" % (host, raw or "(not set)"))
         elif network is None:
-            problems.append("%s: availability_manager_sync_network must be address/prefix, got %s" % (host, _get(node_vars, "availability_manager_sync_network", "(not set)")))
+            problems.append(
+                "%s: availability_manager_sync_network must be address/prefix, got %s"
+                % (host, _get(node_vars, "availability_manager_sync_network", "(not set)"))
+            )
         elif sync not in network:
             problems.append("%s: availability_manager_sync_address %s is outside availability_manager_sync_network %s" % (host, sync, network))
         if sync is not None:

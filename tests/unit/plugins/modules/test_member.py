@@ -163,3 +163,10 @@ def test_an_already_drained_node_is_left_as_it_is() -> None:
     result, calls = run_module(member.main, {"state": "drained"}, [(0, status, "")])
     assert result["changed"] is False and not result["failed"]
     assert len(calls) == 1
+
+
+def test_documentation_parses() -> None:
+    import yaml
+
+    for text in (member.DOCUMENTATION, member.EXAMPLES, member.RETURN):
+        assert yaml.safe_load(text)
