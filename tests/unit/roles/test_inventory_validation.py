@@ -180,6 +180,14 @@ CASES = {
         ),
         ["dataplane_nat_slot 100", "65535"],
     ),
+    "forward rule with an unknown action": (
+        broken(dataplane_forward_allow=[{"from": "inside", "to": "outside", "action": "permit"}]),
+        ["dataplane_forward_allow[0]", "permit"],
+    ),
+    "input rule naming an unknown set": (
+        broken(dataplane_input_allow=[{"proto": "tcp", "dports": [22], "saddr": "@admins"}]),
+        ["dataplane_input_allow[0]", "admins"],
+    ),
     "forward rule with an unknown zone": (
         broken(dataplane_forward_allow=[{"from": "dmz", "to": "outside"}]),
         ["dataplane_forward_allow[0]", "dmz"],
