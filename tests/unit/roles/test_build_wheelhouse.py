@@ -53,8 +53,14 @@ def test_dependencies_are_wheels_for_the_nodes_python(tmp_path: Path) -> None:
 
 
 def test_pinned_hashed_dependencies_from_the_roles_list(tmp_path: Path) -> None:
-    rc, output, packed = build(tmp_path, fake_agent(tmp_path, ["pyyaml>=6", "cryptography>=41"]))
+    source = fake_agent(tmp_path, ["pyyaml>=6", "cryptography>=41"])
+    rc, output, packed = build(tmp_path, source)
     assert rc == 0, output
+    tar = (tmp_path / "wheelhouse.tar").read_bytes()
+    # A second build reports no change and packs the same bytes (nothing restarts).
+    rc, output, _packed = build(tmp_path, source)
+    assert rc == 0 and "changed=0" in output, output
+    assert (tmp_path / "wheelhouse.tar").read_bytes() == tar
     pins = [line.split()[0] for line in LOCK.read_text().splitlines() if line and not line.startswith("#")]
     for pin in pins:
         name, version = pin.split("==")
