@@ -126,6 +126,15 @@ def _node_id(value, sync_address, network):
     return node_id, None
 
 
+def _claim(owners, value, host, problems, message):
+    """Record `host` as the owner of `value`; when another host owns it
+    already, add `message` (formatted with host and other) to `problems`."""
+    if value in owners:
+        problems.append(message % {"host": host, "other": owners[value]})
+    else:
+        owners[value] = host
+
+
 def _zone_names(zones):
     if not isinstance(zones, list):
         return []
@@ -188,13 +197,8 @@ def _nat_slot_problems(hosts, node_vars_of):
                 "%s: dataplane_nat_slot %s (ports %s + (%s - 1) x %s) must end at or below port 65535 "
                 "(dataplane_nat_port_base >= 1024)" % (host, raw, base, slot, per_node)
             )
-        if slot in owners:
-            problems.append(
-                "%s: dataplane_nat_slot %d is also %s's: two nodes would translate to the same ports"
-                % (host, slot, owners[slot])
-            )
-        else:
-            owners[slot] = host
+        _claim(owners, slot, host, problems,
+               "%%(host)s: dataplane_nat_slot %d is also %%(other)s's: two nodes would translate to the same ports" % slot)
     return problems
 
 
@@ -252,23 +256,17 @@ def inventory_problems(hostvars, hosts):
         elif sync not in network:
             problems.append("%s: availability_manager_sync_address %s is outside availability_manager_sync_network %s" % (host, sync, network))
         if sync is not None:
-            if sync in sync_owner:
-                problems.append(
-                    "%s: availability_manager_sync_address %s is also %s's: every node needs its own sync address"
-                    % (host, sync, sync_owner[sync])
-                )
-            else:
-                sync_owner[sync] = host
-        node_id, problem = _node_id(_get(node_vars, "availability_manager_node_id"), raw, network)
+            _claim(sync_owner, sync, host, problems,
+                   "%%(host)s: availability_manager_sync_address %s is also %%(other)s's: every node needs its own sync address" % sync)
+        explicit_id = _get(node_vars, "availability_manager_node_id")
+        node_id, problem = _node_id(explicit_id, raw, network)
         if problem:
             problems.append("%s: %s" % (host, problem))
-        elif node_id in id_owner and _get(node_vars, "availability_manager_node_id") is not MISSING:
-            problems.append(
-                "%s: availability_manager_node_id %s is also %s's: node ids must be unique"
-                % (host, _get(node_vars, "availability_manager_node_id", raw), id_owner[node_id])
-            )
-        elif node_id is not None:
-            id_owner[node_id] = host
+        elif explicit_id is MISSING:  # the sync address: a clash is reported above
+            id_owner.setdefault(node_id, host)
+        else:
+            _claim(id_owner, node_id, host, problems,
+                   "%%(host)s: availability_manager_node_id %s is also %%(other)s's: node ids must be unique" % explicit_id)
 
         weight_raw = _get(node_vars, "availability_manager_weight", 1)
         weight = _integer(weight_raw)

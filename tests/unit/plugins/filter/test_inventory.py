@@ -40,6 +40,19 @@ def cluster(**per_host: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return hosts
 
 
+def ipv6_cluster(**extra: Any) -> dict[str, dict[str, Any]]:
+    """Three nodes on an IPv6 sync network, with `extra` on every node."""
+    return {
+        host: {
+            **vars_,
+            "availability_manager_sync_network": "2001:db8:77::/64",
+            "availability_manager_sync_address": f"2001:db8:77::{n}",
+            **extra,
+        }
+        for n, (host, vars_) in enumerate(sorted(cluster().items()), 1)
+    }
+
+
 def problems(
     hosts: dict[str, dict[str, Any]], only: list[str] | None = None
 ) -> list[str]:
@@ -62,13 +75,9 @@ def test_masquerading_nodes_with_their_own_slots_pass() -> None:
 
 
 def test_ipv6_sync_network_with_integer_node_ids_passes() -> None:
-    hosts = cluster()
+    hosts = ipv6_cluster()
     for n, host in enumerate(sorted(hosts), 1):
-        hosts[host].update(
-            availability_manager_sync_network="2001:db8:77::/64",
-            availability_manager_sync_address=f"2001:db8:77::{n}",
-            availability_manager_node_id=n,
-        )
+        hosts[host]["availability_manager_node_id"] = n
     assert problems(hosts) == []
 
 
@@ -113,14 +122,7 @@ CASES: dict[str, tuple[dict[str, dict[str, Any]], list[str]]] = {
         ],
     ),
     "IPv6 sync network without node id": (
-        {
-            host: {
-                **vars_,
-                "availability_manager_sync_network": "2001:db8:77::/64",
-                "availability_manager_sync_address": f"2001:db8:77::{n}",
-            }
-            for n, (host, vars_) in enumerate(sorted(cluster().items()), 1)
-        },
+        ipv6_cluster(),
         ["fw1: availability_manager_node_id is required with an IPv6 sync network"],
     ),
     "IPv6 node id": (
@@ -137,15 +139,7 @@ CASES: dict[str, tuple[dict[str, dict[str, Any]], list[str]]] = {
         ],
     ),
     "two nodes with one integer node id": (
-        {
-            host: {
-                **vars_,
-                "availability_manager_sync_network": "2001:db8:77::/64",
-                "availability_manager_sync_address": f"2001:db8:77::{n}",
-                "availability_manager_node_id": 7,
-            }
-            for n, (host, vars_) in enumerate(sorted(cluster().items()), 1)
-        },
+        ipv6_cluster(availability_manager_node_id=7),
         ["fw2: availability_manager_node_id 7 is also fw1's"],
     ),
     "DNAT naming an unknown zone": (
