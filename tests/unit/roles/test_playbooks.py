@@ -64,3 +64,19 @@ def test_remove_with_confirm_yes_goes_to_the_node(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert "PLAY [Remove a firewall node from the cluster]" in output, output
     assert "unreachable=1" in output, output
+
+
+@pytest.mark.parametrize(
+    "name", ["is_multicast_mac", "is_ip_interface", "in_network", "first_ipv4", "inventory_problems"]
+)
+def test_filters_are_documented(name: str) -> None:
+    import subprocess
+    import sys
+
+    doc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-doc"), "-t", "filter", "--json", f"fwcluster.cluster.{name}"],
+        capture_output=True, text=True, check=False, cwd=REPO, timeout=120,
+    )
+    assert doc.returncode == 0, doc.stderr
+    entry = json.loads(doc.stdout)[f"fwcluster.cluster.{name}"]
+    assert entry["doc"]["short_description"] and entry["examples"]
