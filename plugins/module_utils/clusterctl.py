@@ -27,10 +27,14 @@ class AgentUnreachable(ClusterctlError):
     pass
 
 
+class NotInstalled(AgentUnreachable):
+    """No clusterctl on the node: the agent was never installed, so it does not run."""
+
+
 def _base(module):
     binary = module.params.get("clusterctl") or module.get_bin_path("clusterctl")
     if not binary:
-        raise ClusterctlError(
+        raise NotInstalled(
             "clusterctl not found on the node: is the availability_manager role applied?"
         )
     cmd = [binary]

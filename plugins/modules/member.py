@@ -24,7 +24,10 @@ options:
   state:
     description:
       - V(joined) the node owns its share of buckets (undoes a drain).
-      - V(drained) the node owns no bucket; the others hold all of them.
+      - V(drained) the node owns no bucket; the others hold all of them. Refused (the task
+        fails, saying why) when no other member is active, so nobody could take the node's
+        buckets, or when some buckets have no owner (a member is down or joining, a hole), which
+        a drain would only make worse. A node already drained is left as it is.
       - V(absent) the node has left the cluster and its agent has stopped.
     type: str
     choices: [joined, drained, absent]
@@ -100,6 +103,27 @@ def is_in_state(st, state):
     return st["state"] == "member" and bool(st["owned"]) and bool(st["stable"])
 
 
+def drain_refusal(st):
+    """Why draining this node now would leave buckets unserved, or None."""
+    me = st["node_id"]
+    others = [m for m in st["members"] if m.get("node") != me]
+    active = [m["node"] for m in others if m.get("state") == "active"]
+    if not active:
+        return (
+            "refusing to drain %s: it is the last active member (other members: %s), so nobody "
+            "could take its buckets; join another node first"
+            % (me, ", ".join("%s %s" % (m.get("node"), m.get("state")) for m in others) or "none")
+        )
+    holes = sum(1 for owners in st["owners"] if not owners)
+    if holes:
+        return (
+            "refusing to drain %s: %d buckets have no owner (a member is down or still joining); "
+            "draining now would leave this node's buckets unserved too; wait until "
+            "`clusterctl status` shows no hole" % (me, holes)
+        )
+    return None
+
+
 def predicted(st, state):
     after = ctl.summary(st)
     if state == "absent":
@@ -133,6 +157,10 @@ def main():
         before = ctl.summary(before_status)
         if is_in_state(before_status, state):
             module.exit_json(changed=False, before=before, after=before)
+        if state == "drained":
+            refusal = drain_refusal(before_status)
+            if refusal:
+                module.fail_json(msg=refusal, before=before)
         if module.check_mode:
             after = predicted(before_status, state)
             module.exit_json(changed=True, before=before, after=after,

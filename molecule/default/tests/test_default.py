@@ -44,3 +44,22 @@ def test_every_bucket_owned(statuses: list[dict[str, Any]]) -> None:
         assert st["stable"], st["node_id"]
         assert len(st["members"]) == len(NODES), st["members"]
         assert st["owned"], f"{st['node_id']} owns no bucket"
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_policy_loaded_at_boot_without_flushing_the_agent(name: str) -> None:
+    """Issue 15.5: nftables.service enabled, /etc/nftables.conf includes the
+    policy and has no `flush ruleset`, and `systemctl restart nftables`
+    leaves the agent's table in place and the policy loaded."""
+    host = node(name)
+    assert host.service("nftables").is_enabled
+    conf = host.file("/etc/nftables.conf").content_string
+    assert "flush ruleset" not in conf
+    assert 'include "/etc/nftables.d/fwcluster-policy.nft"' in conf
+    before = host.check_output("nft list table inet fwcluster | wc -l")
+    restart = host.run("systemctl restart nftables")
+    assert restart.rc == 0, restart.stderr
+    assert host.run("nft list table inet fwcluster").rc == 0, "restart removed the agent's table"
+    assert host.check_output("nft list table inet fwcluster | wc -l") == before
+    assert host.run("nft list table inet fwpolicy").rc == 0, "policy not loaded again"
+    assert status(host)["stable"]

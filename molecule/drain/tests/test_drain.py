@@ -1,5 +1,5 @@
 """drain: fw2 drained under traffic carried nothing and no connection was
-lost (nor delivered twice); after join-node.yml it owns buckets again."""
+lost (nor delivered twice); after join_node.yml it owns buckets again."""
 
 from __future__ import annotations
 
@@ -27,4 +27,4 @@ def test_joined_again() -> None:
     assert owned_union(statuses) == set(range(statuses[0]["buckets"]))
     fw2 = statuses[1]
     assert fw2["state"] == "member"
-    assert fw2["owned"], "fw2 owns no bucket after join-node.yml"
+    assert fw2["owned"], "fw2 owns no bucket after join_node.yml"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ GOOD: dict[str, Any] = {
         },
     ],
     "dataplane_forward_allow": [{"from": "inside", "to": "outside"}],
+    "dataplane_nat_slot": 1,
 }
 
 
@@ -54,16 +56,26 @@ def ansible_playbook(*args: str) -> subprocess.CompletedProcess[str]:
     )
     argv = [str(BIN / "ansible-playbook"), *args]
     return subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+        argv,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def failure_text(output: str) -> str:
     """The lines of a run's output that carry its failure message."""
-    return "\n".join(line for line in output.splitlines() if "FAILED" in line or '"msg"' in line)
+    return "\n".join(
+        line for line in output.splitlines() if "FAILED" in line or '"msg"' in line
+    )
 
 
-def run_validation(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def run_validation(
+    tmp_path: Path, variables: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps(variables))
     return ansible_playbook(
@@ -125,7 +137,9 @@ CASES = {
         ["availability_manager_zones[0]", "cluster_mac", "01:00:5e:7f:00"],
     ),
     "unicast MAC": (
-        broken(availability_manager_zones=zones_with(1, cluster_mac="02:00:5e:7f:00:02")),
+        broken(
+            availability_manager_zones=zones_with(1, cluster_mac="02:00:5e:7f:00:02")
+        ),
         ["availability_manager_zones[1]", "cluster_mac", "multicast"],
     ),
     "node id not in the sync network": (
@@ -166,6 +180,14 @@ CASES = {
         ),
         ["dataplane_nat_slot 100", "65535"],
     ),
+    "forward rule with an unknown action": (
+        broken(dataplane_forward_allow=[{"from": "inside", "to": "outside", "action": "permit"}]),
+        ["dataplane_forward_allow[0]", "permit"],
+    ),
+    "input rule naming an unknown set": (
+        broken(dataplane_input_allow=[{"proto": "tcp", "dports": [22], "saddr": "@admins"}]),
+        ["dataplane_input_allow[0]", "admins"],
+    ),
     "forward rule with an unknown zone": (
         broken(dataplane_forward_allow=[{"from": "dmz", "to": "outside"}]),
         ["dataplane_forward_allow[0]", "dmz"],
@@ -195,7 +217,9 @@ SITE_CASES = (
 )
 
 
-def run_site(tmp_path: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def run_site(
+    tmp_path: Path, variables: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
     # The node's address is a closed loopback port: were the rollout play ever
     # reached, the run would end unreachable instead of failing in validation.
     host = {"ansible_host": "127.0.0.1", "ansible_port": 9, **variables}
@@ -216,3 +240,160 @@ def test_site_yml_stops_before_touching_a_node(tmp_path: Path, case: str) -> Non
     failure = failure_text(output)
     for word in expected:
         assert word in failure, f"{case}: {word!r} not in the failure\n{failure}"
+
+
+# The issue's whole-cluster wrong inputs, on a three-node inventory through
+# site.yml (and once with --limit): the check play stops the run, the failure
+# names the variable and the host, and no node is ever contacted.
+def three_nodes(**per_host: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    hosts: dict[str, dict[str, Any]] = {}
+    for n in (1, 2, 3):
+        host = {k: v for k, v in GOOD.items() if k != "dataplane_nat_slot"}
+        host.update(
+            availability_manager_sync_address=f"198.51.100.1{n}",
+            dataplane_nat_slot=n,
+            ansible_host="127.0.0.1",
+            ansible_port=9,
+        )
+        host.update(per_host.get(f"fw{n}", {}))
+        hosts[f"fw{n}"] = host
+    return hosts
+
+
+def run_site_hosts(
+    tmp_path: Path, hosts: dict[str, dict[str, Any]], *args: str
+) -> subprocess.CompletedProcess[str]:
+    inventory = {"all": {"children": {"firewalls": {"hosts": hosts}}}}
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(inventory))
+    return ansible_playbook(
+        "-i", str(path), *args, str(REPO / "playbooks" / "site.yml")
+    )
+
+
+CLUSTER_CASES: dict[str, tuple[dict[str, dict[str, Any]], list[str]]] = {
+    "three nodes with one sync address": (
+        three_nodes(
+            fw2={"availability_manager_sync_address": "198.51.100.11"},
+            fw3={"availability_manager_sync_address": "198.51.100.11"},
+        ),
+        ["fw2: availability_manager_sync_address 198.51.100.11 is also fw1's"],
+    ),
+    "weight of 5000": (
+        three_nodes(fw3={"availability_manager_weight": 5000}),
+        ["availability_manager_weight (5000)", "fw3"],
+    ),
+    "DNAT naming an unknown zone": (
+        three_nodes(
+            fw2={
+                "dataplane_dnat": [
+                    {"zone": "dmz", "proto": "tcp", "dport": 443, "to": "203.0.113.10"}
+                ]
+            }
+        ),
+        ["dataplane_dnat[0]", "dmz", "fw2"],
+    ),
+    "IPv6 sync network without node ids": (
+        {
+            h: {
+                **v,
+                "availability_manager_sync_network": "2001:db8:77::/64",
+                "availability_manager_sync_address": f"2001:db8:77::{n}",
+            }
+            for n, (h, v) in enumerate(sorted(three_nodes().items()), 1)
+        },
+        ["availability_manager_node_id", "IPv6 sync network"],
+    ),
+}
+
+
+def test_a_good_three_node_inventory_passes_the_check_play(tmp_path: Path) -> None:
+    """The check play passes and the rollout play is reached (the nodes are
+    closed ports, so it ends unreachable there, after the checks)."""
+    proc = run_site_hosts(tmp_path, three_nodes())
+    output = proc.stdout + proc.stderr
+    assert "PLAY [Roll out fwcluster firewall nodes]" in output, output
+
+
+@pytest.mark.parametrize("case", sorted(CLUSTER_CASES))
+def test_site_yml_refuses_a_wrong_cluster_before_any_node(
+    tmp_path: Path, case: str
+) -> None:
+    hosts, expected = CLUSTER_CASES[case]
+    proc = run_site_hosts(tmp_path, hosts)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case}: site.yml accepted it\n{output}"
+    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert "unreachable=0" in output and "unreachable=1" not in output, output
+    failure = failure_text(output)
+    for word in expected:
+        assert word in failure, f"{case}: {word!r} not in the failure\n{failure}"
+
+
+def test_limit_cannot_hide_a_conflict_with_a_node_left_out(tmp_path: Path) -> None:
+    """--limit fw3: fw3's slot equals fw1's, and fw1 is not in the play."""
+    masq = {"dataplane_masquerade": [{"from": "inside", "to": "outside"}]}
+    hosts = three_nodes(
+        fw1={**masq, "dataplane_nat_slot": 1},
+        fw2={**masq, "dataplane_nat_slot": 2},
+        fw3={**masq, "dataplane_nat_slot": 1},
+    )
+    proc = run_site_hosts(tmp_path, hosts, "--limit", "fw3")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert "fw3: dataplane_nat_slot 1 is also fw1's" in failure_text(output)
+
+
+EXAMPLE = REPO / "inventories" / "example"
+
+
+def test_the_example_inventory_passes_the_check_play() -> None:
+    """As shipped, with the vault example standing in for the encrypted vault file."""
+    proc = ansible_playbook(
+        "-i",
+        str(EXAMPLE),
+        "-e",
+        f"@{EXAMPLE / 'vault.yml.example'}",
+        str(REPO / "playbooks" / "check_inventory.yml"),
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for host in ("fw1", "fw2", "fw3"):
+        assert re.search(rf"^{host}\s+: ok=[1-9][0-9]* .*failed=0", output, re.MULTILINE), (
+            output
+        )
+
+
+def test_the_example_inventory_without_its_vault_names_the_key() -> None:
+    proc = ansible_playbook(
+        "-i", str(EXAMPLE), str(REPO / "playbooks" / "check_inventory.yml")
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "availability_manager_key" in failure_text(output), output
+
+
+def test_example_management_addresses_are_outside_every_zone() -> None:
+    import ipaddress
+
+    import yaml
+
+    hosts = yaml.safe_load((EXAMPLE / "hosts.yml").read_text())["all"]["children"][
+        "firewalls"
+    ]["hosts"]
+    group = yaml.safe_load(
+        (EXAMPLE / "group_vars" / "firewalls" / "main.yml").read_text()
+    )
+    networks = [
+        ipaddress.ip_interface(ip).network
+        for zone in group["availability_manager_zones"]
+        for ip in zone["cluster_ips"]
+    ] + [ipaddress.ip_network(group["availability_manager_sync_network"])]
+    slots = [h["dataplane_nat_slot"] for h in hosts.values()]
+    assert len(set(slots)) == len(hosts)
+    for name, host in hosts.items():
+        mgmt = ipaddress.ip_address(host["ansible_host"])
+        assert not any(mgmt in net for net in networks), (
+            f"{name}: {mgmt} inside a cluster network"
+        )

@@ -19,7 +19,9 @@ from .test_inventory_validation import GOOD, REPO, ansible_playbook, failure_tex
 
 PLAYBOOK = Path(__file__).with_name("render_policy_playbook.yml")
 NAT: dict[str, Any] = {
-    **GOOD,
+    **{
+        k: v for k, v in GOOD.items() if k != "dataplane_nat_slot"
+    },  # slots are per host here
     "dataplane_masquerade": [{"from": "inside", "to": "outside"}],
     "dataplane_dnat": [
         {"zone": "outside", "proto": "udp", "dport": 5353, "to": "203.0.113.10:53"},
@@ -28,24 +30,33 @@ NAT: dict[str, Any] = {
 }
 
 
-def render(tmp_path: Path, hosts: dict[str, dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+def render(
+    tmp_path: Path, hosts: dict[str, dict[str, Any]], *args: str
+) -> subprocess.CompletedProcess[str]:
     inventory = {
         "all": {
             "vars": {**NAT, "ansible_python_interpreter": sys.executable},
-            "hosts": hosts,
+            "children": {"firewalls": {"hosts": hosts}},
         }
     }
     path = tmp_path / "hosts.json"
     path.write_text(json.dumps(inventory))
     return ansible_playbook(
-        "-i", str(path), "-e", f"policy_out_dir={tmp_path}", str(PLAYBOOK)
+        "-i", str(path), "-e", f"policy_out_dir={tmp_path}", *args, str(PLAYBOOK)
     )
 
 
 def test_each_node_masquerades_to_the_cluster_address_from_its_own_range(
     tmp_path: Path,
 ) -> None:
-    proc = render(tmp_path, {"fw1": {}, "fw2": {}, "fw3": {}})
+    proc = render(
+        tmp_path,
+        {
+            "fw1": {"dataplane_nat_slot": 1},
+            "fw2": {"dataplane_nat_slot": 2},
+            "fw3": {"dataplane_nat_slot": 3},
+        },
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranges = {}
     for host in ("fw1", "fw2", "fw3"):
@@ -59,16 +70,39 @@ def test_each_node_masquerades_to_the_cluster_address_from_its_own_range(
 
 
 def test_two_nodes_with_one_slot_are_refused(tmp_path: Path) -> None:
-    proc = render(tmp_path, {"fw1": {"dataplane_nat_slot": 2}, "fw2": {"dataplane_nat_slot": 2}})
+    proc = render(
+        tmp_path, {"fw1": {"dataplane_nat_slot": 2}, "fw2": {"dataplane_nat_slot": 2}}
+    )
     assert proc.returncode != 0
-    assert "unique among the nodes" in failure_text(proc.stdout + proc.stderr)
+    assert "fw2: dataplane_nat_slot 2 is also fw1's" in failure_text(
+        proc.stdout + proc.stderr
+    )
+
+
+def test_a_masquerading_node_without_slot_is_refused(tmp_path: Path) -> None:
+    proc = render(tmp_path, {"fw1": {"dataplane_nat_slot": 1}, "fw2": {}})
+    assert proc.returncode != 0
+    assert "fw2: dataplane_nat_slot is not set" in failure_text(
+        proc.stdout + proc.stderr
+    )
+
+
+def test_a_limited_run_sees_the_slot_of_a_node_left_out(tmp_path: Path) -> None:
+    """--limit fw3 used to give fw3 the slot of fw1 (its position in the play)."""
+    hosts = {"fw1": {"dataplane_nat_slot": 1}, "fw3": {"dataplane_nat_slot": 1}}
+    proc = render(tmp_path, hosts, "--limit", "fw3")
+    assert proc.returncode != 0
+    assert "fw3: dataplane_nat_slot 1 is also fw1's" in failure_text(
+        proc.stdout + proc.stderr
+    )
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("nft") is None, reason="nft -c needs root and nftables"
+    os.geteuid() != 0 or shutil.which("nft") is None,
+    reason="nft -c needs root and nftables",
 )
 def test_nftables_accepts_the_rendered_policy(tmp_path: Path) -> None:
-    assert render(tmp_path, {"fw1": {}}).returncode == 0
+    assert render(tmp_path, {"fw1": {"dataplane_nat_slot": 1}}).returncode == 0
     check = subprocess.run(
         ["unshare", "--net", "nft", "-c", "-f", str(tmp_path / "fw1.nft")],
         capture_output=True,
@@ -77,3 +111,74 @@ def test_nftables_accepts_the_rendered_policy(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert check.returncode == 0, check.stderr
+
+
+RICH: dict[str, Any] = {
+    "dataplane_sets": [
+        {"name": "admins", "type": "ipv4_addr", "elements": ["198.51.100.0/28", "192.0.2.10"]},
+        {"name": "admins6", "type": "ipv6_addr", "elements": ["2001:db8::/64"]},
+    ],
+    "dataplane_input_allow": [
+        {"proto": "tcp", "dports": [22], "saddr": "@admins"},
+        {"proto": "tcp", "dports": [22], "saddr": "@admins6"},
+        {"proto": "tcp", "dports": [9100], "action": "reject", "log": True},
+    ],
+    "dataplane_forward_allow": [
+        {"from": "outside", "to": "inside", "daddr": "203.0.113.10", "proto": "tcp", "dports": [443]},
+        {"from": "outside", "to": "inside", "saddr": ["192.0.2.66", "192.0.2.67"], "action": "drop", "log": True},
+        {"from": "inside", "to": "outside", "daddr": "2001:db8:1::/48", "action": "reject"},
+    ],
+    "dataplane_raw_rules": {"forward": ["meta l4proto ipv6-icmp accept"], "input": ["meta l4proto ipv6-icmp accept"]},
+}
+
+
+def rendered_rules(tmp_path: Path, extra: dict[str, Any]) -> str:
+    inventory_vars = {**NAT, **extra}
+    path = tmp_path / "hosts.json"
+    path.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "vars": {**inventory_vars, "ansible_python_interpreter": sys.executable},
+                    "children": {"firewalls": {"hosts": {"fw1": {"dataplane_nat_slot": 1}}}},
+                }
+            }
+        )
+    )
+    proc = ansible_playbook("-i", str(path), "-e", f"policy_out_dir={tmp_path}", str(PLAYBOOK))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return (tmp_path / "fw1.nft").read_text()
+
+
+def test_port_forwards_answer_only_for_their_address(tmp_path: Path) -> None:
+    """Issue 15.8: a DNAT without a destination match captured transit traffic."""
+    text = rendered_rules(tmp_path, {})
+    dnat = [x.strip() for x in text.splitlines() if "dnat ip to" in x]
+    assert dnat == [
+        'iifname "out0" ip daddr 192.0.2.1 udp dport 5353 dnat ip to 203.0.113.10:53',
+        'iifname "out0" ip daddr 192.0.2.1 tcp dport 8443 dnat ip to 203.0.113.10:443',
+    ]
+
+
+def test_sets_addresses_log_and_reject(tmp_path: Path) -> None:
+    lines = [x.strip() for x in rendered_rules(tmp_path, RICH).splitlines()]
+    assert "ip saddr @admins tcp dport { 22 } accept" in lines
+    assert "ip6 saddr @admins6 tcp dport { 22 } accept" in lines
+    assert 'tcp dport { 9100 } log prefix "fwpolicy " reject' in lines
+    assert 'iifname "out0" oifname "in0" ip daddr { 203.0.113.10 } meta l4proto tcp th dport { 443 } accept' in lines
+    assert 'iifname "out0" oifname "in0" ip saddr { 192.0.2.66, 192.0.2.67 } log prefix "fwpolicy " drop' in lines
+    assert 'iifname "in0" oifname "out0" ip6 daddr { 2001:db8:1::/48 } reject' in lines
+    assert lines.count("meta l4proto ipv6-icmp accept") == 2
+    assert "flags interval;" in lines
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None, reason="nft -c needs root and nftables"
+)
+def test_nftables_accepts_the_rich_policy(tmp_path: Path) -> None:
+    rendered_rules(tmp_path, RICH)
+    check = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", str(tmp_path / "fw1.nft")],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )
+    assert check.returncode == 0, check.stderr + (tmp_path / "fw1.nft").read_text()

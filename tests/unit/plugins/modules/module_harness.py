@@ -59,7 +59,9 @@ def run_module(
     args: dict[str, Any],
     answers: list[tuple[int, str, str]],
     check_mode: bool = False,
+    clusterctl: str | None = "/usr/bin/clusterctl",
 ) -> tuple[dict[str, Any], list[list[str]]]:
+    """clusterctl=None: a node without clusterctl (never found on PATH)."""
     calls: list[list[str]] = []
     queue = list(answers)
 
@@ -69,7 +71,9 @@ def run_module(
             pytest.fail(f"unexpected extra clusterctl call: {cmd}")
         return queue.pop(0)
 
-    full = dict(args, clusterctl="/usr/bin/clusterctl", _ansible_check_mode=check_mode)
+    full = dict(args, _ansible_check_mode=check_mode)
+    if clusterctl:
+        full["clusterctl"] = clusterctl
     with (
         patch_module_args(full),
         mock.patch.multiple(
@@ -77,6 +81,7 @@ def run_module(
             exit_json=_exit_json,
             fail_json=_fail_json,
             run_command=fake_run_command,
+            get_bin_path=lambda self, *a, **k: None,
         ),
         pytest.raises(ModuleExit) as done,
     ):

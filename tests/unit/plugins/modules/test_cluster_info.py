@@ -33,3 +33,11 @@ def test_garbage_fails_with_message() -> None:
 def test_clusterctl_error_exit_is_reported() -> None:
     result, _calls = run_module(cluster_info.main, {}, [(2, "", "usage: clusterctl ...")])
     assert result["failed"] and "status --json failed (exit 2): usage" in result["msg"]
+
+
+def test_node_without_the_agent_installed_is_not_running() -> None:
+    """A fresh node (no clusterctl at all) is read as "agent not running", so
+    playbooks can read any node before the rollout."""
+    result, calls = run_module(cluster_info.main, {}, [], clusterctl=None)
+    assert result["failed"] is False and result["cluster"] == {"running": False}
+    assert calls == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.fwcluster.cluster.plugins.modules import member
 
 from .module_harness import run_module, status_json
@@ -101,3 +103,70 @@ def test_incomplete_status_is_a_clear_failure() -> None:
 def test_nonpositive_timeout_refused_before_any_call() -> None:
     result, calls = run_module(member.main, {"state": "drained", "timeout": 0}, [])
     assert result["failed"] and "timeout must be a positive" in result["msg"] and calls == []
+
+
+def cluster_json(members: list[tuple[str, str, int]], holes: int = 0) -> str:
+    """A status of 198.51.100.11 in a cluster of `members` (node, state, owned)."""
+    owners: list[list[str]] = []
+    for node, _state, owned in members:
+        owners += [[node]] * owned
+    owners += [[]] * holes
+    me = members[0]
+    return json.dumps(
+        {
+            "node_id": me[0],
+            "state": "member" if me[1] == "active" else me[1],
+            "buckets": len(owners),
+            "stable": holes == 0,
+            "owned": list(range(me[2])),
+            "members": [{"node": n, "state": s, "weight": 1, "owned": o} for n, s, o in members],
+            "owners": owners,
+        }
+    )
+
+
+def test_drain_of_the_last_active_member_is_refused_saying_why() -> None:
+    status = cluster_json([("198.51.100.11", "active", 4), ("198.51.100.12", "draining", 0)])
+    result, calls = run_module(member.main, {"state": "drained"}, [(0, status, "")])
+    assert result["failed"]
+    assert "refusing to drain 198.51.100.11: it is the last active member" in result["msg"]
+    assert "198.51.100.12 draining" in result["msg"]
+    assert len(calls) == 1  # only the status read: no drain was asked
+
+
+def test_drain_of_the_only_node_is_refused() -> None:
+    status = cluster_json([("198.51.100.11", "active", 4)])
+    result, calls = run_module(member.main, {"state": "drained"}, [(0, status, "")])
+    assert result["failed"] and "last active member (other members: none)" in result["msg"]
+    assert len(calls) == 1
+
+
+def test_drain_with_holes_is_refused_saying_why() -> None:
+    status = cluster_json(
+        [("198.51.100.11", "active", 2), ("198.51.100.12", "active", 1)], holes=1
+    )
+    result, calls = run_module(member.main, {"state": "drained"}, [(0, status, "")])
+    assert result["failed"] and "1 buckets have no owner" in result["msg"]
+    assert len(calls) == 1
+
+
+def test_refusal_also_in_check_mode() -> None:
+    status = cluster_json([("198.51.100.11", "active", 4)])
+    result, _calls = run_module(
+        member.main, {"state": "drained"}, [(0, status, "")], check_mode=True
+    )
+    assert result["failed"] and "last active member" in result["msg"]
+
+
+def test_an_already_drained_node_is_left_as_it_is() -> None:
+    status = cluster_json([("198.51.100.11", "draining", 0), ("198.51.100.12", "active", 4)])
+    result, calls = run_module(member.main, {"state": "drained"}, [(0, status, "")])
+    assert result["changed"] is False and not result["failed"]
+    assert len(calls) == 1
+
+
+def test_documentation_parses() -> None:
+    import yaml
+
+    for text in (member.DOCUMENTATION, member.EXAMPLES, member.RETURN):
+        assert yaml.safe_load(text)
