@@ -4,7 +4,6 @@ survivors' journal is reduced to the takeover."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
