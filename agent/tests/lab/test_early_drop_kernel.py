@@ -38,6 +38,7 @@ from test_nftables_backend import (  # the same lab, addresses and config
     Lab,
     _config,
     conntrack_entries,
+    source_ports_received,
 )
 
 from availability_manager.dataplane.bucket import bucket_of
@@ -343,27 +344,8 @@ def test_an_owner_forwards_exactly_what_the_cluster_chain_alone_forwards(
     }
     assert 0 < len(expected) < len(ports)
     dp = data_plane(lab, True, owned)
-    with inside(dst_ns):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.bind((dst, 5000))
-        rx.setblocking(False)
-    got: set[int] = set()
-
-    def received_expected() -> bool:
-        while True:
-            try:
-                got.add(rx.recvfrom(16)[1][1])
-            except BlockingIOError:
-                return got >= expected
-
     before = counters(lab, dp)
-    try:
-        udp_flows(src_ns, src, dst, ports)
-        wait_until(received_expected)
-        time.sleep(0.1)
-        received_expected()
-    finally:
-        rx.close()
+    got = source_ports_received(dst_ns, dst, lambda: udp_flows(src_ns, src, dst, ports), expected)
     assert got == expected
     c = {k: v - before[k] for k, v in counters(lab, dp).items()}
     assert c["early_not_owned"] == len(ports) - len(expected)

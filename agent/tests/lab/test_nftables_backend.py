@@ -53,6 +53,35 @@ def ipv6_groups(macs: set[str]) -> set[str]:
     return {m for m in macs if m.startswith("33:33:")}
 
 
+def source_ports_received(
+    ns: str, addr: str, send: Callable[[], None], expected: set[int]
+) -> set[int]:
+    """The source ports of the UDP datagrams that reach addr:5000 in `ns`
+    while `send` runs: waits until every expected one is in, then a little
+    longer for a straggler that should not have passed."""
+    with inside(ns):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((addr, 5000))
+        rx.setblocking(False)
+    got: set[int] = set()
+
+    def received_expected() -> bool:
+        while True:
+            try:
+                got.add(rx.recvfrom(16)[1][1])
+            except BlockingIOError:
+                return got >= expected
+
+    try:
+        send()
+        wait_until(received_expected)
+        time.sleep(0.1)
+        received_expected()
+    finally:
+        rx.close()
+    return got
+
+
 def _config(settings: ClusterSettings, tcp_loose: bool = False) -> DataPlaneConfig:
     ip = ipaddress.ip_interface
     return DataPlaneConfig(
@@ -278,26 +307,9 @@ def test_only_flows_in_owned_buckets_pass(lab: Lab) -> None:
         dp.install()
         dp.set_owned_buckets(owned)
         assert dp.programmed_owned() == sorted(owned)
-    with inside(lab.server):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.bind((SERVER, 5000))
-        rx.setblocking(False)
-    got: set[int] = set()
-
-    def received_expected() -> bool:
-        while True:
-            try:
-                got.add(rx.recvfrom(16)[1][1])
-            except BlockingIOError:
-                return got >= expected
-
-    try:
-        udp_flows(lab.client, CLIENT, SERVER, ports)
-        wait_until(received_expected)
-        time.sleep(0.1)  # a straggler that should not have passed would arrive by now
-        received_expected()
-    finally:
-        rx.close()
+    got = source_ports_received(
+        lab.server, SERVER, lambda: udp_flows(lab.client, CLIENT, SERVER, ports), expected
+    )
     assert got == expected
     with inside(lab.fw):
         status = dp.status()
