@@ -431,11 +431,15 @@ class Expectation:
 class CtExpect:
     """An expectation the sender's kernel holds (wire version 2, optional)."""
 
+    # The master: the connection whose helper created the expectation (its
+    # original direction); the receiver must hold it before it can inject this.
     master_proto: int = attr(1, Kind.U8)
     master_src: bytes = attr(2, Kind.ADDR)
     master_dst: bytes = attr(3, Kind.ADDR)
     master_sport: int = attr(4, Kind.U16)
     master_dport: int = attr(5, Kind.U16)
+    # The expected tuple, with the mask of what is still unknown (the source
+    # of a data connection, often its port).
     proto: int = attr(6, Kind.U8)
     src: bytes = attr(7, Kind.ADDR)
     dst: bytes = attr(8, Kind.ADDR)

@@ -40,6 +40,7 @@ from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
+from .own_status import OwnStatus
 from .state_dir import StateDir, StateDirError
 from .systemd import Notifier
 from .transport import SyncSocket
@@ -158,6 +159,8 @@ class Runtime:
         self._stopped: asyncio.Future[str] = self.loop.create_future()
         self._leaving = False
         self._links_up: bool | None = None
+        self.own_status = OwnStatus()
+        self._own_status_told: bool | None = None  # what the Node was told last
         self._own_datagrams_seen = 0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
@@ -321,17 +324,25 @@ class Runtime:
         self._pump()
 
     def _check_links(self) -> None:
-        if self.links is None:
-            up = True
-        else:
-            down = self.links.down()
-            up = not down
-            if not up and self._links_up is not False:
-                log.warning("own status down: interfaces %s", ", ".join(down))
-        if up != self._links_up:
-            if up and self._links_up is False:
-                log.info("own status up: all interfaces up")
-            self._links_up = up
+        down = [] if self.links is None else self.links.down()
+        self._links_up = not down
+        self.set_fault("links", f"interfaces down: {', '.join(down)}" if down else None)
+
+    def set_fault(self, watcher: str, fault: str | None) -> None:
+        """A watcher's verdict on this node's fitness to forward (None: fit).
+        The Node hears only the combined bit, and only when it changes."""
+        before = self.own_status.faults().get(watcher)
+        self.own_status.set(watcher, fault)
+        if fault != before:
+            if fault is not None:
+                log.warning("own status: %s: %s", watcher, fault)
+            elif before is not None:
+                log.info("own status: %s content again", watcher)
+        up = self.own_status.up
+        if up != self._own_status_told:
+            if up and self._own_status_told is False:
+                log.info("own status up: every watcher content")
+            self._own_status_told = up
             self.node.set_link_status(up, self.loop.time())
 
     def _periodic(self) -> None:
@@ -471,6 +482,7 @@ class Runtime:
         stats["zone_send_errors"] = sum(zs.send_errors for zs in self.zone_sockets)
         stats["zone_filtered"] = sum(sum(zs.filtered.values()) for zs in self.zone_sockets)
         stats["links_up"] = bool(self._links_up)
+        stats["own_status_up"] = self.own_status.up
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
@@ -508,6 +520,7 @@ class Runtime:
             "owners": [sorted(format_node_id(n) for n in o) for o in owners],
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
             "dataplane": self.dataplane.status(),
+            "faults": self.own_status.faults(),
         }
 
     def _control_handlers(self) -> dict[str, Any]:
