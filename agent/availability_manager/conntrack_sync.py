@@ -213,6 +213,8 @@ class ConntrackSyncStats:
     unknown_deletes: int
     stale_dropped: int
     local_ignored: int  # kernel events for irrelevant or unknown entries
+    held_back: int  # entries younger than the sync delay, not announced yet
+    died_before_sync: int  # entries that ended while held back (never sent)
 
 
 Role = Literal["sender", "receiver"]
@@ -233,6 +235,7 @@ class ConntrackSync:
         pace_interval: float = 0.01,
         status_mask: int = IPS_SYNC_MASK,
         wire_version: int = WIRE_VERSION,
+        sync_delay: float = 0.0,
         rng: random.Random,
         now: float,
     ) -> None:
@@ -240,6 +243,8 @@ class ConntrackSync:
             raise ValueError(f"buckets must be 1..65536, got {buckets}")
         if not 1 <= groups <= MAX_GROUPS:
             raise ValueError(f"groups must be 1..{MAX_GROUPS}, got {groups}")
+        if not 0 <= sync_delay <= 3600:
+            raise ValueError(f"sync_delay must be 0..3600 s, got {sync_delay}")
         if check_interval <= 0 or pace_interval < 0 or max_messages_per_call < 1:
             raise ValueError("check_interval > 0, pace_interval >= 0, max_messages_per_call >= 1")
         self.node_id = node_id
@@ -283,17 +288,59 @@ class ConntrackSync:
         self._unknown_deletes = 0
         self._stale_dropped = 0
         self._local_ignored = 0
+        # The sync delay (FortiGate's session-sync delay, conntrackd has none):
+        # entries younger than `sync_delay` are held here, key -> (due, latest
+        # state), and announced only if still alive when due. Short-lived
+        # connections (DNS, most HTTP) then cost no sync at all, at the price
+        # of being lost if their owner fails in their first `sync_delay`
+        # seconds. Insertion order is due order (one delay for all).
+        self.sync_delay = sync_delay
+        self._young: dict[bytes, tuple[float, Connection]] = {}
+        self._died_young = 0
 
     # -- local side: the kernel's table of this node ---------------------------
 
     def local_new(self, conn: Connection, now: float) -> None:
         """A kernel NEW event. Idempotent: an entry we already announced
         unchanged (e.g. one we injected via `adopt`) is not announced again."""
-        self._local_upsert(conn)
+        if not self._held_back(conn, now):
+            self._local_upsert(conn)
 
     def local_update(self, conn: Connection, now: float) -> None:
         """A kernel UPDATE event; only changes of state, status or mark are sent."""
-        self._local_upsert(conn)
+        if not self._held_back(conn, now):
+            self._local_upsert(conn)
+
+    def _held_back(self, conn: Connection, now: float) -> bool:
+        """With a sync delay: keep an entry not announced yet back until it is
+        old enough (its latest state replaces the held one). True if held."""
+        if not self.sync_delay:
+            return False
+        key = conn.key
+        young = self._young.get(key)
+        if young is not None:
+            self._young[key] = (young[0], conn)
+            return True
+        if self._mirror.get(key) is not None or not self._is_relevant(conn):
+            return False  # announced already, or ignored by _local_upsert
+        self._young[key] = (now + self.sync_delay, conn)
+        return True
+
+    def announce_held(self) -> None:
+        """Announce every held entry now, whatever its age: before this node
+        hands its buckets over (drain, leave), its peers must know them all."""
+        held, self._young = self._young, {}
+        for _, conn in held.values():
+            self._local_upsert(conn)
+
+    def _release_due(self, now: float) -> None:
+        """Announce the held entries whose delay is over."""
+        while self._young:
+            key, (due, conn) = next(iter(self._young.items()))
+            if due > now:
+                return
+            del self._young[key]
+            self._local_upsert(conn)
 
     def local_amend(self, conn: Connection, now: float) -> None:
         """A kernel UPDATE event without the TCP state: the kernel sends the
@@ -301,7 +348,12 @@ class ConntrackSync:
         another change (a NAT helper's sequence offsets, a mark) would read
         as state NONE. The state stays the mirrored one; an entry not mirrored
         yet waits for an event that says its state."""
-        old = self._mirror.get(conn.key)
+        key = conn.key
+        young = self._young.get(key)
+        if young is not None:
+            self._young[key] = (young[0], conn.with_state(young[1].state, conn.status))
+            return
+        old = self._mirror.get(key)
         if old is None:
             self._local_ignored += 1
             return
@@ -309,6 +361,9 @@ class ConntrackSync:
 
     def local_destroy(self, conn: Connection, now: float) -> None:
         key = conn.key
+        if self._young.pop(key, None) is not None:
+            self._died_young += 1  # ended before anyone needed to know
+            return
         if self._mirror.remove(key) is None:
             self._local_ignored += 1
             return
@@ -318,9 +373,15 @@ class ConntrackSync:
         """The whole kernel table, re-read after lost events: announce the difference."""
         seen: set[bytes] = set()
         for conn in conns:
+            if self._held_back(conn, now):
+                seen.add(conn.key)
+                continue
             key = self._local_upsert(conn)
             if key is not None:
                 seen.add(key)
+        for key in [k for k in self._young if k not in seen]:
+            del self._young[key]  # ended while its events were lost
+            self._died_young += 1
         for key in [k for k in self._mirror.entries if k not in seen]:
             self._mirror.remove(key)
             self._queue.append(CtDelete(key))
@@ -329,6 +390,7 @@ class ConntrackSync:
         """Entries the Node injected into the kernel after a takeover are ours
         now: mirror them and announce them so every cache follows the new owner."""
         for conn in conns:
+            self._young.pop(conn.key, None)  # ours now: announced at once
             self._local_upsert(conn)
 
     def _local_upsert(self, conn: Connection) -> bytes | None:
@@ -704,11 +766,15 @@ class ConntrackSync:
     def next_timer(self) -> float | None:
         if self._queue:
             return self._last_pull  # due already: pull again
+        due = self._check_at
         if self._round is not None:
-            return min(self._check_at, self._round_due)
-        return self._check_at
+            due = min(due, self._round_due)
+        if self._young:
+            due = min(due, next(iter(self._young.values()))[0])
+        return due
 
     def handle_timer(self, now: float) -> None:
+        self._release_due(now)
         # A round's pacing deadline needs no action: the caller pulls messages_to_send next.
         if now < self._check_at:
             return
@@ -787,4 +853,6 @@ class ConntrackSync:
             unknown_deletes=self._unknown_deletes,
             stale_dropped=self._stale_dropped,
             local_ignored=self._local_ignored,
+            held_back=len(self._young),
+            died_before_sync=self._died_young,
         )

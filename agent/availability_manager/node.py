@@ -169,6 +169,7 @@ class Node:
             settings.buckets,
             is_relevant=config.relevance(),
             wire_version=config.max_wire_version,
+            sync_delay=config.sync_delay,
             rng=rng,
             now=now,
         )
@@ -330,6 +331,7 @@ class Node:
         if self._leaving:
             return
         self._draining = True
+        self._sync.announce_held()  # the sync delay ends where the handover begins
         self._availability.set_state(NodeState.DRAINING, now)
         self._update_membership(now)  # our own state raises no availability event
         self._pump(now)
@@ -345,6 +347,7 @@ class Node:
     def leave(self, now: float) -> None:
         """Hand every bucket over, then LeaveComplete (the driver stops the node)."""
         self._leaving = True
+        self._sync.announce_held()
         self._availability.set_state(NodeState.LEAVING, now)
         self._update_membership(now)
         self._pump(now)

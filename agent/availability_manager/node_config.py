@@ -8,7 +8,7 @@ from collections.abc import Callable
 from . import wire
 from .connection import Connection
 from .crypto import Keyring
-from .relevance import SYNCED_PROTOCOLS, synced_connections
+from .relevance import SYNCED_PROTOCOLS, SyncFilter, synced_connections
 from .types import MAX_NODE_ID, ClusterSettings, NodeId
 
 JOIN_TIMEOUT = 3.0  # seconds: join anyway if a peer's table never arrives
@@ -39,6 +39,10 @@ class NodeConfig:
     # (Destination.ZONES): costs a second AEAD operation per heartbeat, so
     # only when the driver has zone links to send it on.
     zone_heartbeats: bool = False
+    # What the operator chose not to sync (relevance.py), and how old an entry
+    # must be before it is synced (conntrack_sync.py; 0: at once).
+    sync_filter: SyncFilter = dataclasses.field(default_factory=SyncFilter)
+    sync_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -59,6 +63,8 @@ class NodeConfig:
             raise ValueError("protocols must be a non-empty set of IP protocol numbers")
         if not 0 <= self.mark_mask <= 0xFFFFFFFF:
             raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
+        if not 0 <= self.sync_delay <= 3600:
+            raise ValueError(f"sync_delay must be 0..3600 s, got {self.sync_delay}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
@@ -69,4 +75,4 @@ class NodeConfig:
 
     def relevance(self) -> Callable[[Connection], bool]:
         """Which local entries this node syncs (relevance.py decides)."""
-        return synced_connections(self.protocols, self.mark_mask)
+        return synced_connections(self.protocols, self.mark_mask, self.sync_filter)

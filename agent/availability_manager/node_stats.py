@@ -59,6 +59,8 @@ def layer_stats(
     for reason, count in ct.rejected.items():
         out[f"drop_ct-{reason}"] = count
     out["local_entries"] = ct.local_entries
+    out["sync_held_back"] = ct.held_back
+    out["sync_died_before_sync"] = ct.died_before_sync
     out["cache_entries"] = sum(ct.cache_sizes.values())
     out["cached_peers"] = len(ct.cache_sizes)
     out["wire_version"] = sync.wire_version

@@ -91,6 +91,12 @@ def test_minimal_config_gets_defaults() -> None:
         ("mark_mask", 0x0F, "mark_mask: expected contiguous bits wide enough"),
         ("weight", 0, "weight: expected an integer from 1 to 1000"),
         ("colour", "blue", "colour: unknown key"),
+        ("sync_filter.delay_ms", -1, "sync_filter.delay_ms: expected an integer from 0"),
+        ("sync_filter.tcp_states", ["open"], "sync_filter.tcp_states[0]: expected one of"),
+        ("sync_filter.tcp_states", [], "sync_filter.tcp_states: expected a list"),
+        ("sync_filter.ignore", ["10.0.0.1/8"], "sync_filter.ignore[0]: expected a network"),
+        ("sync_filter.ignore", "10.0.0.0/8", "sync_filter.ignore: expected a list"),
+        ("sync_filter.drop", True, "sync_filter.drop: unknown key"),
     ],
 )
 def test_each_mistake_names_its_key(path: str, value: Any, names: str) -> None:
@@ -138,3 +144,8 @@ def test_file_round_trip_and_reload_rules(tmp_path: Path) -> None:
     assert reload_incompatible(old, load_config(f)) == []
     f.write_text(yaml.safe_dump(with_change("cluster.buckets", 512)))
     assert reload_incompatible(old, load_config(f)) == ["cluster"]
+    # what the Node is built with cannot change under it: a restart applies it
+    f.write_text(yaml.safe_dump(with_change("sync_filter", {"delay_ms": 1000})))
+    assert reload_incompatible(old, load_config(f)) == ["sync_delay_s"]
+    f.write_text(yaml.safe_dump(with_change("protocols", ["tcp"])))
+    assert reload_incompatible(old, load_config(f)) == ["protocols"]

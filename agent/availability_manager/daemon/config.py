@@ -23,6 +23,7 @@ import yaml
 from ..connection import PROTO_NAMES
 from ..dataplane.base import Zone
 from ..dataplane.early_drop import EarlyDrop, parse_slow_path
+from ..relevance import SyncFilter
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
 from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
 
@@ -74,6 +75,8 @@ class AgentConfig:
     mark_mask: int = 0x0000FFFF
     tcp_loose: bool = False
     early_drop: EarlyDrop = dataclasses.field(default_factory=EarlyDrop)
+    sync_filter: SyncFilter = dataclasses.field(default_factory=SyncFilter)
+    sync_delay_s: float = 0.0
     leave_timeout_s: float = 30.0
     state_dir: Path = Path("/var/lib/availability-manager")
     realtime: bool = True
@@ -86,7 +89,8 @@ def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys whose change a SIGHUP cannot apply (they need a drained restart)."""
     fixed = (
         "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
-        "early_drop",
+        "early_drop", "protocols", "sync_filter", "sync_delay_s", "heartbeat", "tcp_loose",
+        "max_wire_version",
     )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
 
@@ -201,7 +205,14 @@ _TOP_KEYS = {
     "leave_timeout_s",
     "state_dir",
     "realtime",
+    "sync_filter",
 }
+
+# conntrack's TCP states by the names `conntrack -L` prints (lower case)
+TCP_STATE_NAMES = {
+    "syn_sent": 1, "syn_recv": 2, "established": 3, "fin_wait": 4, "close_wait": 5,
+    "last_ack": 6, "time_wait": 7, "close": 8, "syn_sent2": 9,
+}  # fmt: skip
 
 
 def parse_config(data: object, path: Path) -> AgentConfig:
@@ -261,6 +272,10 @@ def parse_config(data: object, path: Path) -> AgentConfig:
     if early_drop.enabled and cluster.backend != "nftables":
         raise r.fail("early_drop.enabled", "only the nftables backend has the early chain")
 
+    sync_filter, sync_delay_s = _parse_sync_filter(
+        r, r.get(top, "sync_filter", "", lambda v, k: r.mapping(v, k), {})
+    )
+
     return AgentConfig(
         path=path,
         node_id=node_id,
@@ -278,6 +293,8 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         mark_mask=mark_mask,
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
         early_drop=early_drop,
+        sync_filter=sync_filter,
+        sync_delay_s=sync_delay_s,
         leave_timeout_s=float(r.get(top, "leave_timeout_s", "", r.integer(1, 3600), 30)),
         state_dir=r.get(top, "state_dir", "", r.abspath, Path("/var/lib/availability-manager")),
         realtime=r.get(top, "realtime", "", r.boolean, True),
@@ -365,6 +382,36 @@ def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
     except ValueError as exc:
         raise r.fail("early_drop", str(exc)) from None
     return EarlyDrop(r.get(m, "enabled", "early_drop", r.boolean, False), slow_path)
+
+
+def _parse_sync_filter(r: _Reader, m: Mapping[str, Any]) -> tuple[SyncFilter, float]:
+    """`sync_filter`: what is not synced (relevance.py) and the sync delay
+    (conntrack_sync.py). Every key optional; none narrows anything."""
+    r.check_keys(m, "sync_filter", {"delay_ms", "tcp_states", "ignore"})
+    delay_ms = r.get(m, "delay_ms", "sync_filter", r.integer(0, 3_600_000), 0)
+    states: frozenset[int] | None = None
+    if "tcp_states" in m:
+        raw = m["tcp_states"]
+        if not isinstance(raw, list) or not raw:
+            raise r.fail("sync_filter.tcp_states", f"a list of {', '.join(TCP_STATE_NAMES)}", raw)
+        for i, name in enumerate(raw):
+            if name not in TCP_STATE_NAMES:
+                raise r.fail(
+                    f"sync_filter.tcp_states[{i}]", f"one of {', '.join(TCP_STATE_NAMES)}", name
+                )
+        states = frozenset(TCP_STATE_NAMES[name] for name in raw)
+    raw_nets = m.get("ignore", [])
+    if not isinstance(raw_nets, list):
+        raise r.fail("sync_filter.ignore", "a list of networks (CIDR)", raw_nets)
+    nets = []
+    for i, net in enumerate(raw_nets):
+        try:
+            nets.append(ipaddress.ip_network(str(net), strict=True))
+        except ValueError as exc:
+            raise r.fail(
+                f"sync_filter.ignore[{i}]", f"a network in CIDR form ({exc})", net
+            ) from None
+    return SyncFilter(tcp_states=states, ignore=tuple(nets)), delay_ms / 1000.0
 
 
 def _parse_cluster(r: _Reader, m: Mapping[str, Any]) -> ClusterSettings:

@@ -95,8 +95,9 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
     runtime = Runtime(
         cfg,
         dataplane_for(cfg),
-        # only_marked=True (the kernel event filter) once the lab has run it here
-        ConntrackSocket(mark_mask=cfg.mark_mask),
+        # The kernel drops events of unclassified entries (the node's own
+        # traffic) before they are queued: dataplane/ct_event_filter.py.
+        ConntrackSocket(mark_mask=cfg.mark_mask, only_marked=True),
         sync,
         LinkMonitor(interfaces),
         Notifier(),

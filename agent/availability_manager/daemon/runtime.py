@@ -97,6 +97,8 @@ def node_config(
         mark_mask=cfg.mark_mask,  # synced: entries the data plane classified (relevance.py)
         max_wire_version=cfg.max_wire_version,
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
+        sync_filter=cfg.sync_filter,
+        sync_delay=cfg.sync_delay_s,
     )
 
 
