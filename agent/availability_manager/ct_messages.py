@@ -118,7 +118,10 @@ def _check_u32(name: str, value: int) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Entry:
-    """One connection: the body shared by CT_NEW and CT_NEW_RESYNC."""
+    """One connection: the body shared by CT_NEW and CT_NEW_RESYNC.
+
+    Tags 1-13 are wire version 1's; a decoder skips the later ones it does
+    not know, so a version-1 peer still reads every version-2 record."""
 
     proto: int = attr(1, Kind.U8)
     orig_src: bytes = attr(2, Kind.ADDR)
