@@ -309,6 +309,22 @@ class Availability:
     def handle_timer(self, now: float) -> None:
         self._expire(now)
 
+    def host_stalled(self, since: float, now: float) -> None:
+        """The host did not run this layer from `since` to `now` (its event
+        loop or CPU was taken): the peers' silence in that time proves
+        nothing, as their heartbeats wait unread. Every peer deadline still
+        ahead at `since` moves on by the stall, so the first heartbeat read
+        afterwards does not find all of them expired at once (a starved node
+        would otherwise declare every peer dead, claim every bucket and
+        starve further)."""
+        if now <= since:
+            return
+        self.stats["host_stalls"] += 1
+        for peer in self._peers.values():
+            if peer.deadline > since:
+                peer.deadline += now - since
+        self._earliest_deadline = None  # recomputed from the moved deadlines
+
     # -- outputs --------------------------------------------------------------
 
     def messages_to_send(self, now: float) -> list[Heartbeat]:

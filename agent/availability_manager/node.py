@@ -302,6 +302,12 @@ class Node:
         self._availability.set_own_status(up, now)
         self._pump(now)
 
+    def host_stalled(self, since: float, now: float) -> None:
+        """The host did not run the Node from `since` to `now` (a stalled
+        event loop): peers are not judged by that time (Availability)."""
+        self._availability.host_stalled(since, now)
+        self._pump(now)
+
     def connection_new(self, conn: Connection, now: float) -> None:
         self._sync.local_new(conn, now)
 

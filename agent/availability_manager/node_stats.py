@@ -35,6 +35,7 @@ def layer_stats(
     out["heartbeats_received"] = av.get("heartbeats_received", 0)
     out["heartbeats_stale"] = av.get("stale", 0)
     out["peers_refused"] = av.get("refused", 0)
+    out["host_stalls"] = av.get("host_stalls", 0)
     rb = broadcast.stats
     out["rb_data_sent"] = rb.data_sent
     out["rb_retransmitted"] = rb.retransmitted

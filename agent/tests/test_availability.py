@@ -556,3 +556,30 @@ def test_cached_first_deadline_never_lets_a_peer_outlive_its_timeout(
         assert set(heard) == set(av._peers)
         first = min(t + av.timeout for t in heard.values())
         assert av.next_timer() <= first
+
+
+@pytest.mark.parametrize("stalled", [False, True])
+def test_a_stalled_host_does_not_judge_its_peers_by_the_stall(stalled: bool) -> None:
+    """A node whose own loop stood still for 1 s reads its peers' queued
+    heartbeats afterwards: told of the stall, it keeps them; not told, the
+    first heartbeat read finds every peer expired (what starved 16-node labs)."""
+    a = make(1, interval=INTERVAL)
+    for peer in (2, 3, 2, 3):  # twice: admitted once the sizes agree
+        a.receive(hb(cluster_size=3), peer, 0.0)
+    a.handle_timer(0.0)
+    drain(a)
+    assert set(a.members()) == {1, 2, 3}
+    if stalled:
+        a.host_stalled(0.05, 1.05)
+    a.receive(hb(cluster_size=3), 2, 1.05)  # the first of the queued heartbeats
+    a.receive(hb(cluster_size=3), 3, 1.05)
+    downs = [e for e in drain(a) if isinstance(e, NodeDown)]
+    assert (downs == []) is stalled
+    if stalled:
+        assert set(a.members()) == {1, 2, 3} and a.stats["host_stalls"] == 1
+        # the stall is forgiven once, not forever: a peer silent after it dies
+        t = 1.05
+        while t < 1.5:
+            t += INTERVAL
+            a.receive(hb(cluster_size=3), 2, t)
+        assert [e.node for e in drain(a) if isinstance(e, NodeDown)] == [3]

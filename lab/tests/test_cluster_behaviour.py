@@ -186,6 +186,36 @@ def test_sync_partition_alone_causes_no_takeover(lab: LabState) -> None:
     cluster.wait_settled(lab, timeout=30)
 
 
+def test_a_stalled_agent_does_not_judge_its_peers_by_its_own_stall(lab: LabState) -> None:
+    """fw1's agent stops for 1 s (SIGSTOP: what CPU starvation does to it).
+    Its peers take its buckets (it fell silent), but fw1, reading their queued
+    heartbeats afterwards, declares none of them dead (it would otherwise claim
+    every bucket: the 16-node lab's churn); it joins again, nothing is lost."""
+    proc = lab.procs["agent:fw1"]
+    log = agent.log_path(lab.run_dir, "fw1")
+    seen = log.stat().st_size
+    traffic_control.start(lab, TRAFFIC)
+    try:
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        cluster.wait_settled(lab, timeout=30)
+        time.sleep(1.0)
+    finally:
+        s = traffic_control.stop_background(lab)
+    with log.open("rb") as f:
+        f.seek(seen)
+        text = f.read().decode(errors="replace")
+    assert "event loop stalled" in text
+    assert [line for line in text.splitlines() if " down (" in line] == []
+    assert status(lab, "fw1")["sync"]["host_stalls"] >= 1
+    assert_nothing_lost(s, packets_lost_per_flow=15)
+    assert all(len(status(lab, n)["owned"]) in (85, 86) for n in ("fw1", "fw2", "fw3"))
+
+
 def test_bad_config_is_named_and_bad_reload_keeps_running(lab: LabState) -> None:
     path = agent.config_path(lab.run_dir, "fw1")
     good = path.read_text()

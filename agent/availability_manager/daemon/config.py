@@ -77,6 +77,7 @@ class AgentConfig:
     early_drop: EarlyDrop = dataclasses.field(default_factory=EarlyDrop)
     sync_filter: SyncFilter = dataclasses.field(default_factory=SyncFilter)
     sync_delay_s: float = 0.0
+    fence: bool = True  # the data plane's dead man's switch (dataplane/fence.py)
     leave_timeout_s: float = 30.0
     state_dir: Path = Path("/var/lib/availability-manager")
     realtime: bool = True
@@ -89,7 +90,7 @@ def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys whose change a SIGHUP cannot apply (they need a drained restart)."""
     fixed = (
         "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
-        "early_drop", "protocols", "sync_filter", "sync_delay_s", "heartbeat", "tcp_loose",
+        "early_drop", "fence", "protocols", "sync_filter", "sync_delay_s", "heartbeat", "tcp_loose",
         "max_wire_version",
     )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
@@ -206,6 +207,7 @@ _TOP_KEYS = {
     "state_dir",
     "realtime",
     "sync_filter",
+    "fence",
 }
 
 # conntrack's TCP states by the names `conntrack -L` prints (lower case)
@@ -295,6 +297,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         early_drop=early_drop,
         sync_filter=sync_filter,
         sync_delay_s=sync_delay_s,
+        fence=r.get(top, "fence", "", r.boolean, True),
         leave_timeout_s=float(r.get(top, "leave_timeout_s", "", r.integer(1, 3600), 30)),
         state_dir=r.get(top, "state_dir", "", r.abspath, Path("/var/lib/availability-manager")),
         realtime=r.get(top, "realtime", "", r.boolean, True),
@@ -382,6 +385,14 @@ def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
     except ValueError as exc:
         raise r.fail("early_drop", str(exc)) from None
     return EarlyDrop(r.get(m, "enabled", "early_drop", r.boolean, False), slow_path)
+
+
+def fence_timeout(cfg: AgentConfig) -> float:
+    """How long the data plane forwards after the agent last ran: the missed
+    heartbeats after which the peers declare this node dead, without their
+    tolerance (availability.py), so that the node falls silent just before
+    they take its buckets."""
+    return cfg.heartbeat.misses * cfg.heartbeat.interval_ms / 1000.0
 
 
 def _parse_sync_filter(r: _Reader, m: Mapping[str, Any]) -> tuple[SyncFilter, float]:

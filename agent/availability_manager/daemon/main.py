@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..dataplane.base import DataPlane, DataPlaneConfig
 from ..types import format_node_id
-from .config import DEFAULT_PATH, AgentConfig, ConfigError, load_config
+from .config import DEFAULT_PATH, AgentConfig, ConfigError, fence_timeout, load_config
 from .control import ControlSetupError
 from .keyfile import KeyFileError, load_keys
 from .state_dir import StateDir, StateDirError
@@ -36,6 +36,8 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
         mark_mask=cfg.mark_mask,
         tcp_loose=cfg.tcp_loose,
         early_drop=cfg.early_drop,
+        # the node falls silent when its peers' timeout takes its buckets
+        fence_timeout_s=fence_timeout(cfg) if cfg.fence else None,
     )
     if cfg.cluster.backend == "clusterdev":
         from ..dataplane.clusterdev import ClusterdevDataPlane

@@ -55,6 +55,9 @@ LINK_RECHECK_S = 1.0
 # themselves (docs/benchmarks.md, sync throughput). A connection created in
 # the last 2 ms before its owner dies was not synced either way.
 CONNTRACK_FLUSH_DELAY_S = 0.002
+# Heartbeat intervals without any input (a timer is due every interval) after
+# which the runtime takes the gap for its own event loop's stall.
+STALL_HEARTBEATS = 2
 # Python's cyclic garbage collector walks every tracked object in a full
 # collection: with the peers' caches (three objects per connection) that
 # stops the loop for hundreds of milliseconds, long enough to miss heartbeats
@@ -164,6 +167,11 @@ class Runtime:
         self.own_status = OwnStatus()
         self._own_status_told: bool | None = None  # what the Node was told last
         self._own_datagrams_seen = 0
+        # A gap longer than this between two inputs is the loop's own stall.
+        self._stall_after = STALL_HEARTBEATS * cfg.heartbeat.interval_ms / 1000.0
+        self._last_ran = self.loop.time()
+        self._keep_alive_every = cfg.heartbeat.interval_ms / 2000.0
+        self._kept_alive_at = -1.0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
@@ -172,6 +180,7 @@ class Runtime:
     async def run(self) -> str:
         """Run until a leave completes or a fatal error; returns why it stopped."""
         self.dataplane.install()
+        self._last_ran = self.loop.time()  # installing is not a stall
         self.loop.add_reader(self.sync.fileno(), self._on_sync, self.sync)
         for zs in self.zone_sockets:
             self.loop.add_reader(zs.fileno(), self._on_sync, zs)
@@ -272,15 +281,30 @@ class Runtime:
 
     # -- inputs -----------------------------------------------------------------
 
-    def _on_sync(self, sock: SyncSocket) -> None:
+    def _clock(self) -> float:
+        """The loop's time for an input; first tells the Node if the loop
+        itself did not run for a while (a timer is due at least every
+        heartbeat interval, so a longer gap is the host's stall, not the
+        peers' silence: Availability.host_stalled)."""
         now = self.loop.time()
+        if now - self._last_ran > self._stall_after:
+            self.counters["loop_stalls"] += 1
+            log.warning(
+                "event loop stalled %.0f ms: peers not judged by it", (now - self._last_ran) * 1e3
+            )
+            self.node.host_stalled(self._last_ran, now)
+        self._last_ran = now
+        return now
+
+    def _on_sync(self, sock: SyncSocket) -> None:
+        now = self._clock()
         via = Destination.ZONES if sock.link_only else Destination.SYNC
         for datagram in sock.receive_all():
             self.node.receive_datagram(datagram, now, via)
         self._pump()
 
     def _on_conntrack(self) -> None:
-        now = self.loop.time()
+        now = self._clock()
         try:
             events = self.conntrack.read_events()
         except EventsLost:  # the table is the truth: read it again
@@ -392,13 +416,16 @@ class Runtime:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.node.handle_timer(self.loop.time())
+        self.node.handle_timer(self._clock())
         self._pump()
 
     # -- outputs ----------------------------------------------------------------
 
     def _pump(self) -> None:
         now = self.loop.time()
+        if now - self._kept_alive_at >= self._keep_alive_every:
+            self._kept_alive_at = now  # the data plane's fence (dataplane/fence.py)
+            self.dataplane.keep_alive()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
         for datagram, destination in self.node.datagrams_to_send(now):

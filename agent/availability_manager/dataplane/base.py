@@ -59,6 +59,10 @@ class DataPlaneConfig:
     early_drop: EarlyDrop = dataclasses.field(
         default_factory=EarlyDrop
     )  # foreign packets dropped before conntrack (nftables)
+    # The dead man's switch (fence.py): the node stops forwarding this long
+    # after its agent last ran, when its peers' timeout takes the buckets
+    # over. None: no fence (the clusterdev backend has none yet).
+    fence_timeout_s: float | None = None
 
 
 class DataPlane(Protocol):
@@ -77,3 +81,8 @@ class DataPlane(Protocol):
 
     def status(self) -> dict[str, object]:
         """Backend name, owned buckets as programmed, counters if available."""
+
+    def keep_alive(self) -> None:
+        """The agent runs: keep the data plane's fence from expiring (called
+        from the event loop at least every heartbeat interval; cheap, never
+        blocking). A no-op for a backend without one."""

@@ -280,6 +280,9 @@ class ClusterdevDataPlane:
         self._saved_sysctls.clear()
         self._owned = frozenset()
 
+    def keep_alive(self) -> None:
+        """No fence in the module yet (docs/failures.md: agent stalls)."""
+
     def status(self) -> dict[str, object]:
         """The nftables backend's fields (backend, installed, owned, counters
         under the same names) plus what only the module knows."""

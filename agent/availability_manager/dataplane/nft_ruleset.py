@@ -39,12 +39,15 @@ from collections.abc import Iterable, Mapping
 from .base import DataPlaneConfig
 from .bucket import mask_shift
 from .early_drop import PRIORITY as EARLY_PRIORITY
+from .fence import FENCE_SET
 from .nd_mangle import render_nd_rules
 
 TABLE = "fwcluster"
 OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
-COUNTERS = ("accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener")
+COUNTERS = (
+    "accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener", "fenced",
+)  # fmt: skip
 # The early chain's (only with early_drop.enabled): dropped as foreign before
 # conntrack; passed on because a slow_path entry matched, or because the
 # packet is of no class the early chain decides (local destination, no pair
@@ -266,6 +269,9 @@ def render_ruleset(
     if marks:
         out.append(f"    elements = {{ {marks} }}")
     out.append("  }")
+    if config.fence_timeout_s is not None:
+        # fence.py: refreshed by the running agent, empty once it stops
+        out.append(f"  set {FENCE_SET} {{ type nf_proto; flags timeout; }}")
     out.append("  chain prerouting {")
     out.append("    type filter hook prerouting priority -150; policy accept;")
     out.append(f"    ether daddr {_macs(config)} goto cluster_traffic")
@@ -274,6 +280,8 @@ def render_ruleset(
     out.append("    meta pkttype set host")
     mask = f"{config.mark_mask:#010x}"
     out.append(f"    ct state established,related ct mark and {mask} == 0 accept")
+    if config.fence_timeout_s is not None:
+        out.append(f'    meta nfproto != @{FENCE_SET} counter name "fenced" drop')
     out.append(f"    ct state established,related ct mark and {mask} @{OWNED_MARKS_SET} accept")
     out.append('    ct state established,related counter name "not_owned_established" drop')
     out.append('    ct state invalid counter name "invalid" drop')

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DataPlaneConfig, Zone
+from .fence import Fence
 from .nft_ruleset import (
     COUNTERS,
     EARLY_COUNTERS,
@@ -120,6 +121,7 @@ class NftablesDataPlane:
         self.added_maddrs: list[tuple[str, str]] = []
         self.installed = False
         self.owned: frozenset[int] = frozenset()
+        self.fence: Fence | None = None
 
     # --- DataPlane -----------------------------------------------------------------
 
@@ -128,6 +130,10 @@ class NftablesDataPlane:
         script = render_ruleset(self.config, self.owned, macs)
         nft_apply(script)  # first: it fails early if a zone interface is missing
         self.installed = True
+        if self.config.fence_timeout_s is not None:
+            if self.fence is None:
+                self.fence = Fence(TABLE, self.config.fence_timeout_s)
+            self.fence.refresh()  # the new table's set starts empty
         has_v6 = False
         for zone in self.config.zones:
             self._add_maddr(zone)
@@ -173,6 +179,9 @@ class NftablesDataPlane:
             errors.append(str(e))
         self.installed = False
         self.owned = frozenset()
+        if self.fence is not None:
+            self.fence.close()
+            self.fence = None
         if errors:
             raise DataPlaneError("uninstall incomplete: " + "; ".join(errors))
 
@@ -182,7 +191,13 @@ class NftablesDataPlane:
             return result
         result["owned"] = self.programmed_owned()
         result["counters"] = read_counters()
+        if self.fence is not None:
+            result["fence"] = {"refreshes": self.fence.refreshes, "errors": dict(self.fence.errors)}
         return result
+
+    def keep_alive(self) -> None:
+        if self.fence is not None:
+            self.fence.refresh()
 
     # --- helpers -------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ owned get through.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -428,3 +429,42 @@ def test_input_guard_alone_drops_what_the_nftables_backend_drops(lab: Lab) -> No
         guard.uninstall()
         guard.uninstall()  # nothing left: still fine
     assert "fwcluster" not in sh("nft", "list", "tables", ns=lab.fw)
+
+
+def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab) -> None:
+    """The dead man's switch (dataplane/fence.py): owning every bucket, the
+    node forwards while keep_alive() comes, drops everything classified once
+    it has not come for the fence timeout, and forwards again after it."""
+    settings = ClusterSettings(buckets=16)
+    config = dataclasses.replace(_config(settings), fence_timeout_s=0.2)
+    dp = NftablesDataPlane(config)
+
+    def forwarded(ports: range, expect: bool = True) -> set[int]:
+        def send() -> None:
+            udp_flows(lab.client, CLIENT, SERVER, ports)
+
+        return source_ports_received(lab.server, SERVER, send, set(ports) if expect else set())
+
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(frozenset(range(16)))
+    try:
+        alive = range(31000, 31010)
+        with inside(lab.fw):
+            dp.keep_alive()
+        assert forwarded(alive) == set(alive)
+        time.sleep(0.4)  # no keep_alive: the agent "hangs"
+        hung = range(31100, 31110)
+        assert forwarded(hung, expect=False) == set()
+        with inside(lab.fw):
+            fenced = dp.status()["counters"]
+            dp.keep_alive()
+        assert isinstance(fenced, dict) and fenced["fenced"] >= len(hung)
+        back = range(31200, 31210)
+        assert forwarded(back) == set(back)
+        with inside(lab.fw):
+            fence = dp.status()["fence"]
+        assert isinstance(fence, dict) and fence["errors"] == {} and fence["refreshes"] >= 3
+    finally:
+        with inside(lab.fw):
+            dp.uninstall()
