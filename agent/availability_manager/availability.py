@@ -56,6 +56,12 @@ from . import wire
 from .types import MAX_NODE_ID, NodeId
 
 FINGERPRINT_SIZE = 8
+# Largest step up of a peer's incarnation while it is heard (incarnations are
+# milliseconds of wall clock: about 49 days), and at most one step per
+# timeout. Any key holder can speak for any node, so a single heartbeat with
+# incarnation 2**64 - 1 would otherwise make the real node's heartbeats stale
+# for good; with the bound that takes billions of steps of one timeout each.
+MAX_INCARNATION_JUMP = 1 << 32
 MAX_WEIGHT = 1000
 # A heartbeat arriving exactly `misses * interval` after the last one must not
 # kill: the peer is declared dead this fraction of an interval later.
@@ -238,6 +244,7 @@ class Availability:
         # late heartbeat of a previous life is still recognised as stale.
         self._incarnations: dict[NodeId, int] = {}
         self._refused: dict[NodeId, set[str]] = {}  # reasons already reported
+        self._restarted_at: dict[NodeId, float] = {}  # last higher incarnation accepted
         # Derived from the peers, asked for after every input: kept until a
         # peer comes, goes or changes them (None: compute again), so an idle
         # node's cost per heartbeat does not grow with the cluster.
@@ -293,6 +300,8 @@ class Availability:
             return
         peer = self._peers.get(source)
         if peer is not None and hb.incarnation > peer.incarnation:
+            if not self._incarnation_step_allowed(source, peer, hb.incarnation, now):
+                return
             if peer.up:
                 self._events.append(NodeDown(source, "restarted"))
             peer = None
@@ -401,6 +410,22 @@ class Availability:
         return dict(sorted(out.items()))
 
     # -- internals ------------------------------------------------------------
+
+    def _incarnation_step_allowed(
+        self, source: NodeId, peer: _Peer, incarnation: int, now: float
+    ) -> bool:
+        """A higher incarnation of a peer we hear: a restart, bounded in size
+        and to one per timeout (MAX_INCARNATION_JUMP says why). A peer not
+        heard for a timeout (unknown again) may come back with any higher one."""
+        if incarnation - peer.incarnation > MAX_INCARNATION_JUMP:
+            self.stats["incarnation_jump"] += 1
+            return False
+        last = self._restarted_at.get(source)
+        if last is not None and now - last < self.timeout:
+            self.stats["incarnation_too_soon"] += 1
+            return False
+        self._restarted_at[source] = now
+        return True
 
     def _refuse(self, source: NodeId, reason: str) -> None:
         self.stats["refused"] += 1

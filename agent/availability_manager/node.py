@@ -150,7 +150,13 @@ class Node:
         self.node_id = config.node_id
         settings = config.settings
         self._buckets = settings.buckets
-        self._encryption = Encryption(config.node_id, config.keyring, config.initial_counter)
+        self._encryption = Encryption(
+            config.node_id,
+            config.keyring,
+            config.initial_counter,
+            allowed_senders=config.members,
+            max_senders=config.max_peers,
+        )
         self._encryption.version = config.max_wire_version
         self._availability = Availability(
             config.node_id,
@@ -169,6 +175,7 @@ class Node:
             settings.buckets,
             is_relevant=config.relevance(),
             wire_version=config.max_wire_version,
+            max_cache_entries=config.max_cache_entries,
             rng=rng,
             now=now,
         )
