@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import struct
 from collections.abc import Iterator
 from enum import IntEnum
 from typing import ClassVar
@@ -62,6 +63,9 @@ FINGERPRINT_SIZE = 8
 # incarnation 2**64 - 1 would otherwise make the real node's heartbeats stale
 # for good; with the bound that takes billions of steps of one timeout each.
 MAX_INCARNATION_JUMP = 1 << 32
+# The echo (see `Heartbeat.echo`): 8 bytes per node heard, at most this many.
+ECHO_ENTRY = struct.Struct("!II")
+MAX_ECHO = 128
 MAX_WEIGHT = 1000
 # A heartbeat arriving exactly `misses * interval` after the last one must not
 # kill: the peer is declared dead this fraction of an interval later.
@@ -87,6 +91,14 @@ class Heartbeat:
     weight: int = wire.attr(6, wire.Kind.U16)
     rb_next_seq: int = wire.attr(7, wire.Kind.U32)
     own_status: int = wire.attr(8, wire.Kind.U8)
+    # Freshness proof (issue 18.4): zero or one value, the (node id, low 32
+    # bits of its incarnation) of the sender itself and of every node it
+    # hears. A receiver starts to count a peer's life only from a heartbeat
+    # that echoes the receiver's own current life, which no recording of an
+    # earlier one can. Empty from releases before it (decoders skip it).
+    echo: tuple[bytes, ...] = wire.attr(
+        9, wire.Kind.BYTES, repeated=True, max_len=MAX_ECHO * ECHO_ENTRY.size
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.incarnation <= 2**64 - 1:
@@ -105,6 +117,20 @@ class Heartbeat:
             raise ValueError(f"rb_next_seq {self.rb_next_seq} is not a u32")
         if self.own_status not in (0, 1):
             raise ValueError(f"own_status {self.own_status} is not 0 or 1")
+        if len(self.echo) > 1 or any(len(e) % ECHO_ENTRY.size for e in self.echo):
+            raise ValueError("echo is at most one value of 8-byte entries")
+
+    def echoes(self, node: NodeId, incarnation: int) -> bool:
+        """Whether the sender heard `node` in life `incarnation` (its echo)."""
+        if not self.echo:
+            return False
+        entry = ECHO_ENTRY.pack(node, incarnation & 0xFFFFFFFF)
+        data = self.echo[0]
+        return any(data[i : i + 8] == entry for i in range(0, len(data), 8))
+
+
+def echo_entry(node: NodeId, incarnation: int) -> bytes:
+    return ECHO_ENTRY.pack(node, incarnation & 0xFFFFFFFF)
 
 
 _STATES = frozenset(int(s) for s in NodeState)
@@ -245,6 +271,10 @@ class Availability:
         self._incarnations: dict[NodeId, int] = {}
         self._refused: dict[NodeId, set[str]] = {}  # reasons already reported
         self._restarted_at: dict[NodeId, float] = {}  # last higher incarnation accepted
+        # Heard but not yet proven fresh (their echo lacks our life): echoed
+        # in our next heartbeat so that theirs can prove it.
+        self._unproven: dict[NodeId, int] = {}
+        self._echo_cache: bytes | None = None
         # Derived from the peers, asked for after every input: kept until a
         # peer comes, goes or changes them (None: compute again), so an idle
         # node's cost per heartbeat does not grow with the cluster.
@@ -300,12 +330,16 @@ class Availability:
             return
         peer = self._peers.get(source)
         if peer is not None and hb.incarnation > peer.incarnation:
+            if not self._proves_freshness(hb, source, now):
+                return
             if not self._incarnation_step_allowed(source, peer, hb.incarnation, now):
                 return
             if peer.up:
                 self._events.append(NodeDown(source, "restarted"))
             peer = None
         if peer is None:
+            if not self._proves_freshness(hb, source, now):
+                return
             if source not in self._peers:
                 self._next_send = min(self._next_send, now)  # our announced size grew
             peer = self._peers[source] = _Peer(hb)
@@ -335,6 +369,7 @@ class Availability:
                 weight=self._weight,
                 rb_next_seq=self._rb_next_seq,
                 own_status=int(self._own_up),
+                echo=self._echo(),
             )
         ]
 
@@ -354,6 +389,7 @@ class Availability:
     def _peers_changed(self) -> None:
         self._wire_version_low = None
         self._earliest_deadline = None
+        self._echo_cache = None
 
     def next_event(self) -> AvailabilityEvent | None:
         return self._events.popleft() if self._events else None
@@ -410,6 +446,34 @@ class Availability:
         return dict(sorted(out.items()))
 
     # -- internals ------------------------------------------------------------
+
+    def _proves_freshness(self, hb: Heartbeat, source: NodeId, now: float) -> bool:
+        """A peer's life is counted from a heartbeat that echoes ours: sent
+        after it heard this life of ours, so not a recording replayed to a
+        restarted receiver (whose replay windows start empty). Until then we
+        make sure it hears us at once. Heartbeats without any echo come from
+        a release before it and are taken as they always were."""
+        if not hb.echo or hb.echoes(self.node_id, self.incarnation):
+            if self._unproven.pop(source, None) is not None:
+                self._echo_cache = None
+            return True
+        self.stats["unproven"] += 1
+        if source not in self._unproven:
+            if len(self._unproven) >= MAX_ECHO * 8:
+                self._unproven.clear()  # bounded: only a hint to answer at once
+            self._unproven[source] = hb.incarnation
+            self._echo_cache = None
+            self._next_send = min(self._next_send, now)  # echo it: it learns we are here
+        return False
+
+    def _echo(self) -> tuple[bytes, ...]:
+        """Our echo: ourselves, then every peer heard (cached per peer set)."""
+        if self._echo_cache is None:
+            entries = [echo_entry(self.node_id, self.incarnation)]
+            entries += [echo_entry(n, p.incarnation) for n, p in self._peers.items()]
+            entries += [echo_entry(n, inc) for n, inc in self._unproven.items()]
+            self._echo_cache = b"".join(entries[:MAX_ECHO])
+        return (self._echo_cache,)
 
     def _incarnation_step_allowed(
         self, source: NodeId, peer: _Peer, incarnation: int, now: float

@@ -34,6 +34,7 @@ def layer_stats(
     out["heartbeats_sent"] = av.get("heartbeats_sent", 0)
     out["heartbeats_received"] = av.get("heartbeats_received", 0)
     out["heartbeats_stale"] = av.get("stale", 0)
+    out["heartbeats_unproven"] = av.get("unproven", 0)  # no echo of our life yet
     out["peers_refused"] = av.get("refused", 0)
     out["drop_incarnation-jump"] = av.get("incarnation_jump", 0)
     out["drop_incarnation-too-soon"] = av.get("incarnation_too_soon", 0)

@@ -97,6 +97,9 @@ def node_config(
         mark_mask=cfg.mark_mask,  # synced: entries the data plane classified (relevance.py)
         max_wire_version=cfg.max_wire_version,
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
+        members=cfg.members,
+        max_peers=cfg.limits.max_peers,
+        max_cache_entries=cfg.limits.max_cache_entries,
     )
 
 
