@@ -286,6 +286,7 @@ class ConntrackSync:
         self._held_causes: dict[NodeId, str] = {}
         self._requests_held = 0
         self._merged_starts = 0  # round starts that added nothing to the pending one
+        self._owed_after_skip: set[NodeId] = set()  # peers whose stream we skipped
         # Peers with a cache but no full round received yet, and since when.
         self._unsynced_since: dict[NodeId, float] = {}
         self._events: collections.deque[ConntrackSyncEvent] = collections.deque()
@@ -478,6 +479,7 @@ class ConntrackSync:
         self._forced_at.pop(peer, None)
 
     def forget_peer(self, peer: NodeId) -> None:
+        self._owed_after_skip.discard(peer)
         self._caches.pop(peer, None)
         self._dead.discard(peer)
         self._collected.pop(peer, None)
@@ -498,6 +500,17 @@ class ConntrackSync:
         else:
             raise ValueError(f"role must be 'sender' or 'receiver', got {role!r}")
 
+    def stream_skipped(self, peer: NodeId, now: float) -> None:
+        """The reliable broadcast skipped part of `peer`'s stream (lost beyond
+        repair): ask for its table, as `out_of_sync`. And what we skipped may
+        hold its requests to us (a long outage loses both directions), so we
+        owe it our table once its stream flows again. (A round of its that
+        was broken by the skip may prune entries whose NEW_RESYNC we skipped;
+        the round we asked for, or the one it owes us after skipping ours,
+        is whole and brings them back.)"""
+        self.out_of_sync(peer, "receiver", now)
+        self._owed_after_skip.add(peer)
+
     # -- peer side -------------------------------------------------------------
 
     def receive(self, msg: object, source: NodeId, now: float) -> None:
@@ -506,6 +519,9 @@ class ConntrackSync:
         if source == self.node_id:
             self._rejected["own-message"] += 1
             return
+        if self._owed_after_skip and source in self._owed_after_skip:
+            self._owed_after_skip.discard(source)
+            self._start_round(self._all_groups, "peer-stream-skipped")
         if type(msg) is EntryRecord:  # the peer's fast path (peer_cache.py)
             self._received[msg.type_name] += 1
             self._receive_record(msg, source, now)
@@ -713,7 +729,7 @@ class ConntrackSync:
             return False
         if force:
             forced = self._forced_at.get(peer)
-            if forced is not None and now - forced < self.request_holdoff:
+            if forced is not None and now < forced + self.request_holdoff:
                 held = self._held_requests.get(peer)
                 if held is None:
                     self._held_requests[peer] = groups
@@ -732,7 +748,9 @@ class ConntrackSync:
 
     def _send_held_requests(self, now: float) -> None:
         for peer, scope in list(self._held_requests.items()):
-            if now - self._forced_at[peer] >= self.request_holdoff:
+            # the same sum as next_timer's: a float difference could stay
+            # below the holdoff at the very deadline and spin the timer
+            if now >= self._forced_at[peer] + self.request_holdoff:
                 del self._held_requests[peer]
                 self._request(peer, scope, self._held_causes.pop(peer), now, force=True)
 

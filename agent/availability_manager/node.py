@@ -19,7 +19,8 @@ Glue, per layer event (docs/architecture.md):
                                  is kept for the takeover), Ranges.peer_down(p)
     RB Delivered(p, payload)  -> CT messages decoded -> ConntrackSync.receive; an entry
                                  in a bucket we own that we lack is injected at once
-    RB OutOfSync(p, role)     -> ConntrackSync.out_of_sync (a resync follows)
+    RB OutOfSync(p, role)     -> ConntrackSync.out_of_sync (sender: a round to all) or
+                                 .stream_skipped (receiver: ask p, and owe p a round)
     CT messages to send       -> packed into RB payloads -> RB.send
     Ranges Claim(B)           -> InjectConnections(cached entries of B we lack), then
                                  OwnedBucketsChanged; the injected entries are adopted
@@ -168,7 +169,9 @@ class Node:
             wire_version=config.max_wire_version,
             now=now,
         )
-        self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
+        self._broadcast = ReliableBroadcast(
+            config.node_id, rng, buffer_size=config.rb_buffer_size, now=now
+        )
         self._ranges = self._new_ranges(config, now)
         self._sync = ConntrackSync(
             config.node_id,
@@ -665,7 +668,10 @@ class Node:
             case Delivered():
                 self._on_delivered(event, now)
             case RbOutOfSync():
-                self._sync.out_of_sync(event.peer, event.role, now)
+                if event.role == "receiver":
+                    self._sync.stream_skipped(event.peer, now)
+                else:
+                    self._sync.out_of_sync(event.peer, event.role, now)
                 self._events.append(ev.OutOfSync(peer=event.peer))
             case _:
                 assert_never(event)

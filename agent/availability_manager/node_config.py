@@ -48,6 +48,10 @@ class NodeConfig:
     # peer: what one key holder inventing ids or entries can make us hold.
     max_peers: int = MAX_SENDERS
     max_cache_entries: int = MAX_CACHE_ENTRIES
+    # Payloads of our own stream kept for repairs (a cluster-wide setting: a
+    # receiver further behind than this skips and resyncs). Smaller only in
+    # the simulator, so that a short partition outruns it.
+    rb_buffer_size: int = 16384
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -74,6 +78,8 @@ class NodeConfig:
             self.node_id not in self.members or not all(0 <= m <= MAX_NODE_ID for m in self.members)
         ):
             raise ValueError("members must be node ids and include this node's own id")
+        if not 1 <= self.rb_buffer_size <= 1 << 20:
+            raise ValueError(f"rb_buffer_size must be 1..{1 << 20}, got {self.rb_buffer_size}")
         if not 1 <= self.max_peers <= 1 << 20 or self.max_cache_entries < 1:
             raise ValueError("max_peers must be 1..1048576 and max_cache_entries at least 1")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:

@@ -172,3 +172,21 @@ def _expectations_sent(s: ConntrackSync, now: float) -> int:
     while out := s.messages_to_send(now):
         count += sum(isinstance(m, CtExpect) for m in out)
     return count
+
+
+def test_a_skipped_stream_owes_its_sender_our_table_once_it_flows_again() -> None:
+    """A long outage loses both directions: the peer's requests to us were in
+    what we skipped, and nothing else would ever answer them (the caches
+    stayed apart after the heal in the long-sync-partition scenario)."""
+    s = _sync()
+    s.peer_up(1, 0.0)
+    _expectations_sent(s, 0.0)
+    for t in range(1, 30):
+        s.messages_to_send(t * 0.01)  # the peer-up round ends
+    rounds = sum(s.stats.resyncs.values())
+    s.stream_skipped(1, 1.0)
+    assert _requests(s, 1.0) == [CtResyncRequest(1, ())]
+    assert sum(s.stats.resyncs.values()) == rounds  # nothing yet: it cannot hear us
+    s.receive(CtNew.from_connection(conn(1)), 1, 1.5)  # its stream flows again
+    s.receive(CtNew.from_connection(conn(2)), 1, 1.5)
+    assert s.stats.resyncs["peer-stream-skipped"] == 1

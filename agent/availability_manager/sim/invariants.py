@@ -24,6 +24,11 @@ zone-guard  where zone links are simulated, no node declares a peer down for a
             links up, not isolated) for longer than the timeout: a sync-only
             partition must not make two nodes own the same buckets (the
             split-brain guard of zone heartbeats).
+liveness    where a scenario watches it (after a long sync partition heals),
+            in every simulated second no live node's datagrams sent, resync
+            rounds started or OutOfSync events exceed the scenario's limits:
+            healing must not start a storm (issue 18.1). The simulator has no
+            CPU model; these counts are what the CPU time follows.
 
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
@@ -66,6 +71,9 @@ class Report:
     assignment_checks: int = 0
     cache_checks: int = 0
     zone_guard_checks: int = 0  # peer timeouts judged against the zone links
+    load_checks: int = 0  # (node, counter, second) judged by the liveness rule
+    # the highest per-second growth seen of each watched counter, any node
+    load_peaks: dict[str, int] = dataclasses.field(default_factory=dict)
     # virtual seconds from a membership change (start, crash, drain, undrain,
     # leave) until every live node was stable with the aimed buckets
     # programmed; changes overlapped by another fault are not counted
@@ -203,6 +211,20 @@ class Invariants:
             )
 
     # -- quiet-period checks -----------------------------------------------------------------
+
+    def load_checked(
+        self, node: NodeId, counter: str, grew: int, limit: int, second: int, now: float
+    ) -> None:
+        self.report.load_checks += 1
+        peaks = self.report.load_peaks
+        peaks[counter] = max(peaks.get(counter, 0), grew)
+        if grew > limit:
+            self.fail(
+                now,
+                "liveness",
+                f"{n(node)}: {counter} grew by {grew} in second {second} after the heal "
+                f"(limit {limit})",
+            )
 
     def check_assignment(
         self, programmed: Mapping[NodeId, frozenset[int]], aimed: Mapping[int, NodeId], now: float

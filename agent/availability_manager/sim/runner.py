@@ -19,7 +19,8 @@ import dataclasses
 import hashlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import assert_never
 
 from ..assignment import aimed_assignment
@@ -68,6 +69,10 @@ class SimOptions:
     # Where a scenario adds zone links: do the nodes send their heartbeats
     # there too? False is the known-bad variant (the zone-guard breaks).
     zone_heartbeats: bool = True
+    # Payloads each node keeps for repairs (NodeConfig.rb_buffer_size): the
+    # long-partition scenario makes it small so that a partition of seconds
+    # outruns it, as one of minutes does with the real size.
+    rb_buffer_size: int = 16384
 
 
 @dataclasses.dataclass
@@ -173,6 +178,41 @@ class Cluster:
             raise RuntimeError("zone links must be added before the first node starts")
         self.zone_links = True
 
+    def set_stream_buffer(self, payloads: int) -> None:
+        """Before any node starts: the repair buffer of every node's stream."""
+        if self.nodes:
+            raise RuntimeError("the stream buffer must be set before the first node starts")
+        self.options = dataclasses.replace(self.options, rb_buffer_size=payloads)
+
+    def watch_load(self, start: float, seconds: int, limits: Mapping[str, int]) -> None:
+        """The liveness rule after a heal (invariants.py): from `start`, in
+        every simulated second, no live node's counters in `limits` grow by
+        more than the limit (datagrams sent, resync rounds started...)."""
+        before: dict[NodeId, dict[str, int]] = {}
+
+        def snapshot() -> dict[NodeId, dict[str, int]]:
+            return {s.node_id: s.node.stats() for s in self.nodes.values() if s.node is not None}
+
+        def check(second: int) -> None:
+            now = snapshot()
+            for node_id, stats in now.items():
+                old = before.get(node_id)
+                if old is None:
+                    continue
+                for name, limit in limits.items():
+                    grew = stats.get(name, 0) - old.get(name, 0)
+                    self.invariants.load_checked(node_id, name, grew, limit, second, self.now)
+            before.clear()
+            before.update(now)
+            if second < seconds:
+                self.scheduler.at(self.now + 1.0, partial(check, second + 1))
+
+        def first() -> None:
+            before.update(snapshot())
+            self.scheduler.at(self.now + 1.0, partial(check, 1))
+
+        self.scheduler.at(start, first)
+
     # -- membership operations -----------------------------------------------------------
 
     def start_node(self, index: int, weight: int = 1) -> SimNode:
@@ -202,6 +242,7 @@ class Cluster:
             heartbeat_misses=self.options.heartbeat_misses,
             weight=weight,
             zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
+            rb_buffer_size=self.options.rb_buffer_size,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
         sim.node = ObservedNode(
