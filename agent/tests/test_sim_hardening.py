@@ -24,3 +24,13 @@ def test_a_long_sync_partition_heals_without_a_storm_and_the_caches_converge(see
     # and the skips were answered by rounds owed to the skipped senders
     assert result.counters["node_out_of_sync"] >= 2
     assert result.counters["node_resync_requests"] >= 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_member_claiming_every_bucket_stops_no_owner_forwarding(seed: int) -> None:
+    """Before: every honest node stopped forwarding every bucket D claimed
+    (forwarding: bucket 0 forwarded by nobody, all seeds)."""
+    result = run_scenario("hostile-claims", seed)
+    assert result.ok, result.describe_failure()
+    assert result.report.assignment_checks >= 1
+    assert result.counters["node_ranges_buckets_not_honoured"] > 0

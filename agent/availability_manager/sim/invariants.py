@@ -17,6 +17,10 @@ injection   when a node's data plane starts owning a bucket, every connection
 assignment  after 2 s without faults or membership change, every bucket has
             exactly one live owner and the ownership is aimed_assignment of
             the live active members;
+forwarding  at the same check, every bucket is forwarded (active in the data
+            plane) by exactly that owner: a claim nobody honours in a stable
+            cluster, such as a hostile member claiming every bucket, must not
+            stop an owner forwarding (issue 18.2);
 caches      after a quiet period with no new traffic, every node's cache of
             each live peer equals that peer's kernel table;
 zone-guard  where zone links are simulated, no node declares a peer down for a
@@ -231,15 +235,31 @@ class Invariants:
     ) -> None:
         """`programmed`: live data-plane nodes' bucket sets; `aimed`: bucket -> node."""
         self.report.assignment_checks += 1
+        self._one_holder_each("assignment", "owned", programmed, aimed, now)
+
+    def check_forwarding(
+        self, active: Mapping[NodeId, frozenset[int]], aimed: Mapping[int, NodeId], now: float
+    ) -> None:
+        """`active`: what each live data-plane node forwards."""
+        self._one_holder_each("forwarding", "forwarded", active, aimed, now)
+
+    def _one_holder_each(
+        self,
+        rule: str,
+        verb: str,
+        holdings: Mapping[NodeId, frozenset[int]],
+        aimed: Mapping[int, NodeId],
+        now: float,
+    ) -> None:
         for bucket in range(self.buckets):
-            holders = sorted(node for node, owned in programmed.items() if bucket in owned)
+            holders = sorted(node for node, buckets in holdings.items() if bucket in buckets)
             want = aimed.get(bucket)
             if holders != [want]:
                 names = "".join(n(h) for h in holders) or "nobody"
                 self.fail(
                     now,
-                    "assignment",
-                    f"after a quiet period bucket {bucket} is owned by {names}, "
+                    rule,
+                    f"after a quiet period bucket {bucket} is {verb} by {names}, "
                     f"aimed {n(want) if want is not None else 'nobody'}",
                 )
                 return  # one line is enough to replay it

@@ -213,6 +213,20 @@ class Cluster:
 
         self.scheduler.at(start, first)
 
+    def hostile_claims(self, index: int, start: float, until: float, every: float) -> None:
+        """From `start` to `until`, node `index` also broadcasts a claim of
+        every bucket on the sync network every `every` seconds (a member
+        with the key gone bad; not a disturbance: the checks run under it)."""
+
+        def send() -> None:
+            sim = self.nodes.get(node_address(index))
+            if sim is not None and sim.node is not None:
+                self.network.broadcast(sim.node_id, sim.node.forge_claim_of_everything())
+            if self.now + every <= until:
+                self.scheduler.after(every, send)
+
+        self.scheduler.at(start, send)
+
     # -- membership operations -----------------------------------------------------------
 
     def start_node(self, index: int, weight: int = 1) -> SimNode:
@@ -607,6 +621,12 @@ class Cluster:
             if s.node is not None and not s.offline
         }
         self.invariants.check_assignment(programmed, aimed, self.now)
+        active = {
+            s.node_id: s.kernel.active
+            for s in self.nodes.values()
+            if s.node is not None and not s.offline
+        }
+        self.invariants.check_forwarding(active, aimed, self.now)
 
     def check_caches(self) -> None:
         live = [s for s in self.nodes.values() if s.node is not None and not s.offline]

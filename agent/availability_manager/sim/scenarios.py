@@ -127,6 +127,18 @@ def long_sync_partition(cluster: Cluster, rng: random.Random) -> float:
     return heal_at + 3.1
 
 
+def hostile_claims(cluster: Cluster, rng: random.Random) -> float:
+    """D, a member with the key, claims every bucket every heartbeat from
+    1 s on, through a crash of B and the settle phase. Only the buckets it
+    aims for (or held before) count as its own, so every honest owner keeps
+    forwarding its aim (the forwarding rule) and the takeover of B's buckets
+    goes to their aimed owners."""
+    _boot(cluster, rng, 4)
+    cluster.hostile_claims(3, 1.0, 9.0, 0.05)
+    _at(cluster, 2.0 + rng.random() * 0.3, lambda: cluster.crash(1))
+    return 3.0
+
+
 def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
     """D joins and is being resynced when B crashes."""
     _boot(cluster, rng, 3)
@@ -320,6 +332,11 @@ SCENARIOS: dict[str, Scenario] = {
             "sync network split for seconds with zone links up, then healed: no storm",
             long_sync_partition,
             rate=100.0,
+        ),
+        Scenario(
+            "hostile-claims",
+            "member D claims every bucket every heartbeat, B crashes: owners keep forwarding",
+            hostile_claims,
         ),
         Scenario(
             "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync
