@@ -34,3 +34,14 @@ def test_a_member_claiming_every_bucket_stops_no_owner_forwarding(seed: int) -> 
     assert result.ok, result.describe_failure()
     assert result.report.assignment_checks >= 1
     assert result.counters["node_ranges_buckets_not_honoured"] > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_restarts_after_clock_steps_reuse_no_nonce_and_rejoin(seed: int) -> None:
+    """With counters from the clock alone (before state_dir.py), B's restart
+    after its clock stepped back fails the nonce rule, and the cluster does
+    not settle (assignment, forwarding)."""
+    result = run_scenario("clock-step", seed)
+    assert result.ok, result.describe_failure()
+    assert result.report.assignment_checks >= 1
+    assert len(result.report.settle_times) >= 3  # both restarts settled

@@ -17,6 +17,8 @@ injection   when a node's data plane starts owning a bucket, every connection
 assignment  after 2 s without faults or membership change, every bucket has
             exactly one live owner and the ownership is aimed_assignment of
             the live active members;
+nonce       a node's new life starts its nonce counter above every counter an
+            earlier life of it sealed, whatever its clock did (issue 18.3);
 forwarding  at the same check, every bucket is forwarded (active in the data
             plane) by exactly that owner: a claim nobody honours in a stable
             cluster, such as a hostile member claiming every bucket, must not
@@ -228,6 +230,15 @@ class Invariants:
                 "liveness",
                 f"{n(node)}: {counter} grew by {grew} in second {second} after the heal "
                 f"(limit {limit})",
+            )
+
+    def life_started(self, node: NodeId, first_counter: int, used_before: int, now: float) -> None:
+        if first_counter < used_before:
+            self.fail(
+                now,
+                "nonce",
+                f"{n(node)} starts its counter at {first_counter}, below {used_before} "
+                "sealed by an earlier life: nonces repeat under the key",
             )
 
     def check_assignment(

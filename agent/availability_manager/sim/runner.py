@@ -26,6 +26,7 @@ from typing import assert_never
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
+from ..daemon.state_dir import NONCE_BLOCK
 from ..node import Destination
 from ..node_config import NodeConfig
 from ..node_events import (
@@ -93,6 +94,11 @@ class SimNode:
     timer_token: int = 0
     timer_at: float | None = None
     online_since: float | None = None  # on the zone links without a break since
+    clock_offset: float = 0.0  # its wall clock minus the simulated time (a stepped clock)
+    # What its state directory holds (daemon/state_dir.py): the end of the
+    # last nonce reservation; and the highest counter any life of it sealed.
+    nonce_reserved: int = 0
+    counter_used: int = 0
 
     @property
     def name(self) -> str:
@@ -213,6 +219,13 @@ class Cluster:
 
         self.scheduler.at(start, first)
 
+    def step_clock(self, index: int, seconds: float) -> None:
+        """Node `index`'s wall clock steps by `seconds` (NTP, a bad RTC): seen
+        at its next start (the protocol runs on monotonic time)."""
+        sim = self.nodes[node_address(index)]
+        sim.clock_offset += seconds
+        self.log("sim", f"{sim.name}'s clock steps {seconds:+.0f} s")
+
     def hostile_claims(self, index: int, start: float, until: float, every: float) -> None:
         """From `start` to `until`, node `index` also broadcasts a claim of
         every bucket on the sync network every `every` seconds (a member
@@ -244,14 +257,19 @@ class Cluster:
         sim.incarnation += 1
         sim.isolated = sim.links_down = sim.draining = sim.leaving = False
         sim.ready = sim.stop_requested = False
-        # The counter starts at the boot time in microseconds, as in the daemon:
-        # a restarted node starts above anything its previous life sent.
+        # As the daemon does (state_dir.py): the counter starts above the last
+        # reservation, with the wall clock in microseconds as a floor, so a
+        # restart after the clock stepped back never reuses a nonce.
+        clock_us = max(int((self.now + sim.clock_offset) * 1_000_000) + 1, 0)
+        initial_counter = max(sim.nonce_reserved, clock_us)
+        sim.nonce_reserved = initial_counter + NONCE_BLOCK
+        self.invariants.life_started(sim.node_id, initial_counter, sim.counter_used, self.now)
         config = NodeConfig(
             node_id=node_id,
             settings=self.settings,
             keyring=self.keyring,
             incarnation=sim.incarnation,
-            initial_counter=int(self.now * 1_000_000) + 1,
+            initial_counter=initial_counter,
             heartbeat_interval=self.options.heartbeat_interval,
             heartbeat_misses=self.options.heartbeat_misses,
             weight=weight,
@@ -278,8 +296,9 @@ class Cluster:
     def crash(self, index: int) -> None:
         """The machine dies: its Node, its kernel table and its in-flight datagrams vanish."""
         sim = self.nodes[node_address(index)]
-        if not sim.alive:
+        if sim.node is None:
             return
+        sim.counter_used = max(sim.counter_used, sim.node.send_counter)
         self.disturb(f"crash {sim.name}", membership=True)
         self._count_unsynced(sim)
         self._detach(sim)
@@ -324,6 +343,7 @@ class Cluster:
         self._detach(sim)
         if not sim.offline:
             self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=True)
+        sim.counter_used = max(sim.counter_used, sim.node.send_counter)
         sim.node = None
         sim.kernel = Kernel(sim.node_id)
         sim.timer_token += 1

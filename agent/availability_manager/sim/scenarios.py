@@ -139,6 +139,23 @@ def hostile_claims(cluster: Cluster, rng: random.Random) -> float:
     return 3.0
 
 
+def clock_step(cluster: Cluster, rng: random.Random) -> float:
+    """B's clock steps back a minute and B restarts; then A's steps forward
+    30 days and A restarts. Each new life starts its nonce counter above the
+    earlier ones (the nonce rule: the state directory's reservation, not the
+    clock) and the peers take it back (the assignment and forwarding rules:
+    neither its counter nor its incarnation is refused as too old or as a
+    jump)."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.step_clock(1, -60.0))
+    _at(cluster, 1.6 + rng.random() * 0.2, lambda: cluster.crash(1))
+    _at(cluster, 2.0 + rng.random() * 0.2, lambda: cluster.start_node(1))
+    _at(cluster, 3.0, lambda: cluster.step_clock(0, 30 * 86400.0))
+    _at(cluster, 3.1 + rng.random() * 0.2, lambda: cluster.crash(0))
+    _at(cluster, 3.5 + rng.random() * 0.2, lambda: cluster.start_node(0))
+    return 4.5
+
+
 def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
     """D joins and is being resynced when B crashes."""
     _boot(cluster, rng, 3)
@@ -337,6 +354,11 @@ SCENARIOS: dict[str, Scenario] = {
             "hostile-claims",
             "member D claims every bucket every heartbeat, B crashes: owners keep forwarding",
             hostile_claims,
+        ),
+        Scenario(
+            "clock-step",
+            "B restarts after a clock step back, A after one forward: no nonce reuse, rejoined",
+            clock_step,
         ),
         Scenario(
             "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync
