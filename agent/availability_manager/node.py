@@ -38,6 +38,8 @@ timer at `next_timer()` (a deadline in the past means "call handle_timer now").
 
 Node lifecycle (`phase()`):
 
+    (start)  --listen 1.5 heartbeat intervals, sending nothing--> joining
+             --own node id heard meanwhile--> duplicate (silent, never Ready)
     joining  --grace over, every up peer's table received (or join timeout)--> member
     member   --drain()--> draining  --undrain()--> member
     member|draining --leave()--> leaving --owns nothing, others hold all--> left
@@ -131,6 +133,7 @@ from .types import NodeId, format_node_id
 DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
 ZONE_MESSAGE_TYPES = (Heartbeat, RangeState)  # what a zone link may carry
+LISTEN_INTERVALS = 1.5  # heartbeat intervals a starting node listens before it sends
 
 
 class Destination(enum.Enum):
@@ -192,6 +195,12 @@ class Node:
         self._join_at = now + config.heartbeat_interval * (config.heartbeat_misses + 1)
         self._join_deadline = self._join_at + config.join_timeout
         self._join_timer = self._join_at  # then the deadline: tables are awaited by events
+        # Listen before talk: a node hearing its own id in this time is a
+        # duplicate (`_duplicate_heard`) and never speaks; a running node's
+        # heartbeat arrives within one interval, plus the tolerance.
+        self._listen_until = now + config.heartbeat_interval * LISTEN_INTERVALS
+        self._listened = False
+        self._duplicate = False
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
         # The state of the handover safety rules 1-3 (module docstring):
@@ -227,6 +236,8 @@ class Node:
             return
         opened = self._encryption.open(data)
         if opened is None:
+            if not self._listened and self._encryption.drops["own-datagram"]:
+                self._duplicate_heard()
             return  # Encryption counted the reason
         header, plaintext = opened
         try:
@@ -256,6 +267,16 @@ class Node:
         for msg in messages:
             self._dispatch(msg, source, now)
         self._pump(now)
+
+    def _duplicate_heard(self) -> None:
+        """Our own id heard while we listen before talking: another process
+        runs as this node. Refuse to become a member (no heartbeat, no claim,
+        never Ready), so the one already running is not displaced; the driver
+        raises the alarm (`own_datagrams`)."""
+        if not self._duplicate:
+            self._duplicate = True
+            self._counters["duplicate_node_id"] += 1
+            self._events.append(ev.PeerRefused(node=self.node_id, reason="duplicate-node-id"))
 
     def _zone_copy_stale(self, data: bytes) -> bool:
         """A zone datagram carries only state (heartbeat, claim); one sealed
@@ -380,7 +401,10 @@ class Node:
         if self._deferred_claims and self._deferred_ready():
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
         times = [t for t in deadlines if t is not None]
-        return min(times) if times else None
+        if not times:
+            return None
+        # While listening nothing is sent, so nothing is due before it ends.
+        return max(min(times), self._listen_until) if not self._listened else min(times)
 
     def handle_timer(self, now: float) -> None:
         self._availability.handle_timer(now)
@@ -405,6 +429,13 @@ class Node:
         heartbeat and range state first, then broadcast control, then data;
         with `zone_heartbeats`, the heartbeat (and range state) again for the
         zone links, sealed apart (a second copy would be a replay)."""
+        if not self._listened:
+            if now < self._listen_until:
+                return []  # listen before talk (module docstring)
+            self._listened = True
+        if self._duplicate:
+            self._drop_everything_due(now)
+            return []
         self._feed_broadcast(now)
         self._availability.set_rb_next_seq(self._broadcast.next_seq)
         unreliable: list[object] = list(self._availability.messages_to_send(now))
@@ -441,6 +472,16 @@ class Node:
         ]
         out.extend(zone)
         return out
+
+    def _drop_everything_due(self, now: float) -> None:
+        """A duplicate sends nothing: what the layers have due is dropped, so
+        their queues do not grow while the operator stops one of the two."""
+        self._feed_broadcast(now)
+        self._broadcast.messages_to_send(now)
+        self._availability.messages_to_send(now)
+        if self._ranges.next_timer() is not None:
+            self._ranges.messages_to_send(now)
+        self._counters["duplicate_datagrams_withheld"] += 1
 
     def _feed_broadcast(self, now: float) -> None:
         """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
@@ -502,6 +543,8 @@ class Node:
     def phase(self) -> str:
         """The lifecycle phase (module docstring): joining, member, draining,
         leaving or left."""
+        if self._duplicate:
+            return "duplicate"
         if self._left:
             return "left"
         if self._leaving:
@@ -798,7 +841,7 @@ class Node:
                     self._counters["peers_forgotten"] += 1
 
     def _maybe_join(self, now: float) -> None:
-        if self._joined or now < self._join_at:
+        if self._joined or now < self._join_at or self._duplicate:
             return
         self._join_timer = self._join_deadline
         settled = self._availability.settled() and not self._awaiting_table
