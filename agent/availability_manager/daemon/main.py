@@ -24,6 +24,7 @@ from .config import DEFAULT_PATH, AgentConfig, ConfigError, load_config
 from .control import ControlSetupError
 from .keyfile import KeyFileError, load_keys
 from .state_dir import StateDir, StateDirError
+from .transport import ZONE_HEARTBEAT_GROUP
 
 EXIT_USAGE = 2
 
@@ -36,6 +37,8 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
         mark_mask=cfg.mark_mask,
         tcp_loose=cfg.tcp_loose,
         early_drop=cfg.early_drop,
+        zone_heartbeat_port=cfg.sync.port + 1 if cfg.heartbeat.zone_heartbeats else None,
+        zone_heartbeat_group=str(ZONE_HEARTBEAT_GROUP),
     )
     if cfg.cluster.backend == "clusterdev":
         from ..dataplane.clusterdev import ClusterdevDataPlane
@@ -78,8 +81,6 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
     )
     zone_sockets = []
     if cfg.heartbeat.zone_heartbeats:
-        from .transport import ZONE_HEARTBEAT_GROUP
-
         zone_sockets = [
             SyncSocket(
                 z.interface,

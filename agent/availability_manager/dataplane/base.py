@@ -59,6 +59,10 @@ class DataPlaneConfig:
     early_drop: EarlyDrop = dataclasses.field(
         default_factory=EarlyDrop
     )  # foreign packets dropped before conntrack (nftables)
+    # The zone heartbeats' UDP port and group (None: no zone heartbeats): the
+    # nftables input chain lets only link-local heartbeats reach that socket.
+    zone_heartbeat_port: int | None = None
+    zone_heartbeat_group: str = "239.255.77.2"
 
 
 class DataPlane(Protocol):
