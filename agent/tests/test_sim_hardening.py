@@ -45,3 +45,13 @@ def test_restarts_after_clock_steps_reuse_no_nonce_and_rejoin(seed: int) -> None
     assert result.ok, result.describe_failure()
     assert result.report.assignment_checks >= 1
     assert len(result.report.settle_times) >= 3  # both restarts settled
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_second_process_with_a_running_node_id_stays_silent(seed: int) -> None:
+    """Without listen-before-talk the second process speaks at once (rule
+    'duplicate', every seed), with a higher incarnation than B's."""
+    result = run_scenario("duplicate-node-id", seed)
+    assert result.ok, result.describe_failure()
+    assert result.report.failover_gaps == 0  # B was never taken for gone
+    assert result.report.assignment_checks >= 1

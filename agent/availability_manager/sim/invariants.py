@@ -19,6 +19,8 @@ assignment  after 2 s without faults or membership change, every bucket has
             the live active members;
 nonce       a node's new life starts its nonce counter above every counter an
             earlier life of it sealed, whatever its clock did (issue 18.3);
+duplicate   a second process started with a running node's id never sends a
+            datagram, claims a bucket or becomes ready (issue 18.3);
 forwarding  at the same check, every bucket is forwarded (active in the data
             plane) by exactly that owner: a claim nobody honours in a stable
             cluster, such as a hostile member claiming every bucket, must not
@@ -231,6 +233,9 @@ class Invariants:
                 f"{n(node)}: {counter} grew by {grew} in second {second} after the heal "
                 f"(limit {limit})",
             )
+
+    def duplicate_acted(self, node: NodeId, what: str, now: float) -> None:
+        self.fail(now, "duplicate", f"a second process running as {n(node)}: {what}")
 
     def life_started(self, node: NodeId, first_counter: int, used_before: int, now: float) -> None:
         if first_counter < used_before:

@@ -57,6 +57,8 @@ _ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
 QUIET_PERIOD = 2.0  # seconds without faults or membership change before convergence is due
 QUIET_CHECK_EVERY = 0.25
 MAX_SPINS = 10_000
+TWIN_TICK = 0.005  # how often the simulated duplicate process looks at its timer
+SYNC_LATENCY = 0.0002  # what a duplicate process adds to hear a datagram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Cluster:
             self.scheduler, random.Random(master.getrandbits(64)), self._deliver_zone
         )
         self.zone_links = False  # see add_zone_links
+        self.twins: dict[NodeId, ObservedNode] = {}  # see start_twin
         self.nodes: dict[NodeId, SimNode] = {}
         self.last_disturbance = 0.0
         self._settle_since: float | None = None  # a membership change not settled yet
@@ -225,6 +228,61 @@ class Cluster:
         sim = self.nodes[node_address(index)]
         sim.clock_offset += seconds
         self.log("sim", f"{sim.name}'s clock steps {seconds:+.0f} s")
+
+    def start_twin(self, index: int, until: float) -> None:
+        """A second process configured as node `index` starts on another
+        machine (its own state directory: a higher incarnation, its own
+        counter) and runs until `until`. It hears the sync network; what it
+        sends would reach every other node. The rule 'duplicate' fails if it
+        ever sends, claims or becomes ready."""
+        node_id = node_address(index)
+        real = self.nodes[node_id]
+        config = NodeConfig(
+            node_id=node_id,
+            settings=self.settings,
+            keyring=self.keyring,
+            incarnation=real.incarnation + 1000,
+            initial_counter=int(self.now * 1_000_000) + 10**12,
+            heartbeat_interval=self.options.heartbeat_interval,
+            heartbeat_misses=self.options.heartbeat_misses,
+            rb_buffer_size=self.options.rb_buffer_size,
+        )
+        twin = ObservedNode(
+            config,
+            random.Random(self._node_rng_source.getrandbits(64)),
+            self.now,
+            invariants=Invariants(self.options.buckets),  # its view is not the cluster's
+            clock=lambda: self.now,
+        )
+        self.twins[node_id] = twin
+        self.log("sim", f"a second process starts as {real.name}")
+
+        def tick() -> None:
+            if node_id not in self.twins:
+                return
+            deadline = twin.next_timer()
+            if deadline is not None and deadline <= self.now:
+                twin.handle_timer(self.now)
+            self._twin_speaks(node_id, twin)
+            if self.now + TWIN_TICK <= until:
+                self.scheduler.after(TWIN_TICK, tick)
+            else:
+                del self.twins[node_id]
+
+        self.scheduler.after(0.0, tick)
+
+    def _twin_hears(self, node_id: NodeId, twin: ObservedNode, datagram: bytes) -> None:
+        if self.twins.get(node_id) is twin:
+            twin.receive_datagram(datagram, self.now)
+            self._twin_speaks(node_id, twin)
+
+    def _twin_speaks(self, node_id: NodeId, twin: ObservedNode) -> None:
+        while (event := twin.next_event()) is not None:
+            if isinstance(event, (Ready, OwnedBucketsChanged)):
+                self.invariants.duplicate_acted(node_id, type(event).__name__, self.now)
+        for datagram, _ in twin.datagrams_to_send(self.now):
+            self.invariants.duplicate_acted(node_id, "sent a datagram", self.now)
+            self.network.broadcast(node_id, datagram)
 
     def hostile_claims(self, index: int, start: float, until: float, every: float) -> None:
         """From `start` to `until`, node `index` also broadcasts a claim of
@@ -504,6 +562,10 @@ class Cluster:
             match destination:
                 case Destination.SYNC:
                     self.network.broadcast(sim.node_id, datagram)
+                    for twin_id, twin in self.twins.items():  # it hears every sender
+                        self.scheduler.after(
+                            SYNC_LATENCY, partial(self._twin_hears, twin_id, twin, datagram)
+                        )
                 case Destination.ZONES:
                     if not sim.offline:
                         self.zone_network.broadcast(sim.node_id, datagram)

@@ -156,6 +156,17 @@ def clock_step(cluster: Cluster, rng: random.Random) -> float:
     return 4.5
 
 
+def duplicate_node_id(cluster: Cluster, rng: random.Random) -> float:
+    """A second process configured as B starts elsewhere while B runs (with a
+    higher incarnation, as its own state directory gives it) and runs for
+    2 s. It hears B while it listens before talking and stays silent (the
+    duplicate rule); B is never taken for restarted, so nothing moves (the
+    assignment and forwarding checks, and no failover gap)."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5 + rng.random() * 0.2, lambda: cluster.start_twin(1, until=3.5))
+    return 4.0
+
+
 def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
     """D joins and is being resynced when B crashes."""
     _boot(cluster, rng, 3)
@@ -359,6 +370,11 @@ SCENARIOS: dict[str, Scenario] = {
             "clock-step",
             "B restarts after a clock step back, A after one forward: no nonce reuse, rejoined",
             clock_step,
+        ),
+        Scenario(
+            "duplicate-node-id",
+            "a second process starts as B while B runs: it stays silent, nothing moves",
+            duplicate_node_id,
         ),
         Scenario(
             "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync
