@@ -11,13 +11,15 @@ Per peer, as seen by this node (a row per input; events in brackets):
 
     state            input                                   next state
     ---------------  --------------------------------------  -------------------------------
+    unknown          heartbeat not echoing our life          unchanged (counted "unproven"; our
+                                                             next heartbeat, at once, echoes it)
     unknown          heartbeat, same fingerprint             known (announced size grows)
     known            heartbeat with cluster_size == ours     admitted; up if links up [NodeUp]
     admitted, up     heartbeat with own_status=0             admitted, not up [NodeDown links-down]
     admitted, not up heartbeat with own_status=1             up [NodeUp]
     up               heartbeat, other state or weight        up [NodeStateChanged]
-    any              higher incarnation                      known, re-checked
-                                                             [NodeDown restarted, if it was up]
+    any              higher incarnation (echoing our life,   known, re-checked
+                     <= 2**32 more, one per timeout)         [NodeDown restarted, if it was up]
     any              lower incarnation than ever seen        unchanged (counted "stale")
     any              no heartbeat for misses*interval+tol    unknown [NodeDown timeout, or
                                                              leaving if it announced LEAVING]

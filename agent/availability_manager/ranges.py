@@ -18,7 +18,15 @@ The rule, from the seed, with the release condition made strict:
                                   so the survivors' aims grow and they claim.
 
 A bucket is only released after another node has claimed it, so ownership is
-doubled in transit and never missing. A node that is not a member (draining,
+doubled in transit and never missing.
+
+What a peer's claim counts for (`owners`, `holes`, so the Node's active
+set): only the buckets the peer aims for under our membership, or held in a
+claim of it believed before (in transit to their new owner). A node only
+ever takes buckets it aims for, so an honest claim is all believed; a claim
+beyond that (a buggy or hostile member claiming every bucket) is counted
+(`buckets_not_honoured`) and would otherwise stop every other owner
+forwarding those buckets. A node that is not a member (draining,
 leaving) aims for nothing and keeps its buckets until their new owners claim
 them. Range state is idempotent: the whole claim is sent (unreliable
 broadcast, with a heartbeat) at once after a change, and on the next
