@@ -11,8 +11,8 @@ SEEDS ?= 2000
 SEEDS16 ?= 12
 SEEDS32 ?= 2
 # seeds of each issue-18 scenario (long partition, hostile claims, clock
-# step, duplicate node id) in test-sim: 0.2-0.3 CPU-s per seed, about 40 s
-# of wall time for the four on 2 idle cores
+# step, duplicate node id) in test-sim: 0.2-0.5 CPU-s per seed (300 seeds
+# each: 91, 60, 145, 82 CPU-s), about a minute for the four on 2 idle cores
 SEEDS_HARDEN ?= 100
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
