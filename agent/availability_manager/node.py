@@ -394,7 +394,7 @@ class Node:
                 deadlines.append(0.0)  # due at once: send the withheld claim
         else:
             deadlines.append(min(self._awaiting_table.values()))
-        if not self._joined:
+        if not self._joined and not self._duplicate:  # a duplicate never joins
             deadlines.append(self._join_timer)
         if self._down_since:
             deadlines.append(min(self._down_since.values()) + self.config.forget_after)

@@ -39,6 +39,11 @@ def test_a_second_process_with_a_running_node_id_never_speaks_or_joins() -> None
         heard_own = heard_own or twin.own_datagrams > 0
     assert heard_own
     assert twin.phase() == "duplicate"
+    # and its driver is not asked to spin: nothing of it is due any more
+    twin.handle_timer(c.now)
+    twin.datagrams_to_send(c.now)
+    timer = twin.next_timer()
+    assert timer is None or timer > c.now
     assert not twin.ready and twin.owned_buckets() == frozenset()
     assert twin.stats()["duplicate_node_id"] == 1
     refused = list(iter(twin.next_event, None))
