@@ -11,13 +11,15 @@ Per peer, as seen by this node (a row per input; events in brackets):
 
     state            input                                   next state
     ---------------  --------------------------------------  -------------------------------
+    unknown          heartbeat not echoing our life          unchanged (counted "unproven"; our
+                                                             next heartbeat, at once, echoes it)
     unknown          heartbeat, same fingerprint             known (announced size grows)
     known            heartbeat with cluster_size == ours     admitted; up if links up [NodeUp]
     admitted, up     heartbeat with own_status=0             admitted, not up [NodeDown links-down]
     admitted, not up heartbeat with own_status=1             up [NodeUp]
     up               heartbeat, other state or weight        up [NodeStateChanged]
-    any              higher incarnation                      known, re-checked
-                                                             [NodeDown restarted, if it was up]
+    any              higher incarnation (echoing our life,   known, re-checked
+                     <= 2**32 more, one per timeout)         [NodeDown restarted, if it was up]
     any              lower incarnation than ever seen        unchanged (counted "stale")
     any              no heartbeat for misses*interval+tol    unknown [NodeDown timeout, or
                                                              leaving if it announced LEAVING]
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import struct
 from collections.abc import Iterator
 from enum import IntEnum
 from typing import ClassVar
@@ -56,6 +59,15 @@ from . import wire
 from .types import MAX_NODE_ID, NodeId
 
 FINGERPRINT_SIZE = 8
+# Largest step up of a peer's incarnation while it is heard (incarnations are
+# milliseconds of wall clock: about 49 days), and at most one step per
+# timeout. Any key holder can speak for any node, so a single heartbeat with
+# incarnation 2**64 - 1 would otherwise make the real node's heartbeats stale
+# for good; with the bound that takes billions of steps of one timeout each.
+MAX_INCARNATION_JUMP = 1 << 32
+# The echo (see `Heartbeat.echo`): 8 bytes per node heard, at most this many.
+ECHO_ENTRY = struct.Struct("!II")
+MAX_ECHO = 128
 MAX_WEIGHT = 1000
 # A heartbeat arriving exactly `misses * interval` after the last one must not
 # kill: the peer is declared dead this fraction of an interval later.
@@ -81,6 +93,14 @@ class Heartbeat:
     weight: int = wire.attr(6, wire.Kind.U16)
     rb_next_seq: int = wire.attr(7, wire.Kind.U32)
     own_status: int = wire.attr(8, wire.Kind.U8)
+    # Freshness proof (issue 18.4): zero or one value, the (node id, low 32
+    # bits of its incarnation) of the sender itself and of every node it
+    # hears. A receiver starts to count a peer's life only from a heartbeat
+    # that echoes the receiver's own current life, which no recording of an
+    # earlier one can. Empty from releases before it (decoders skip it).
+    echo: tuple[bytes, ...] = wire.attr(
+        9, wire.Kind.BYTES, repeated=True, max_len=MAX_ECHO * ECHO_ENTRY.size
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.incarnation <= 2**64 - 1:
@@ -99,6 +119,20 @@ class Heartbeat:
             raise ValueError(f"rb_next_seq {self.rb_next_seq} is not a u32")
         if self.own_status not in (0, 1):
             raise ValueError(f"own_status {self.own_status} is not 0 or 1")
+        if len(self.echo) > 1 or any(len(e) % ECHO_ENTRY.size for e in self.echo):
+            raise ValueError("echo is at most one value of 8-byte entries")
+
+    def echoes(self, node: NodeId, incarnation: int) -> bool:
+        """Whether the sender heard `node` in life `incarnation` (its echo)."""
+        if not self.echo:
+            return False
+        entry = ECHO_ENTRY.pack(node, incarnation & 0xFFFFFFFF)
+        data = self.echo[0]
+        return any(data[i : i + 8] == entry for i in range(0, len(data), 8))
+
+
+def echo_entry(node: NodeId, incarnation: int) -> bytes:
+    return ECHO_ENTRY.pack(node, incarnation & 0xFFFFFFFF)
 
 
 _STATES = frozenset(int(s) for s in NodeState)
@@ -238,6 +272,11 @@ class Availability:
         # late heartbeat of a previous life is still recognised as stale.
         self._incarnations: dict[NodeId, int] = {}
         self._refused: dict[NodeId, set[str]] = {}  # reasons already reported
+        self._restarted_at: dict[NodeId, float] = {}  # last higher incarnation accepted
+        # Heard but not yet proven fresh (their echo lacks our life): echoed
+        # in our next heartbeat so that theirs can prove it.
+        self._unproven: dict[NodeId, int] = {}
+        self._echo_cache: bytes | None = None
         # Derived from the peers, asked for after every input: kept until a
         # peer comes, goes or changes them (None: compute again), so an idle
         # node's cost per heartbeat does not grow with the cluster.
@@ -293,10 +332,16 @@ class Availability:
             return
         peer = self._peers.get(source)
         if peer is not None and hb.incarnation > peer.incarnation:
+            if not self._proves_freshness(hb, source, now):
+                return
+            if not self._incarnation_step_allowed(source, peer, hb.incarnation, now):
+                return
             if peer.up:
                 self._events.append(NodeDown(source, "restarted"))
             peer = None
         if peer is None:
+            if not self._proves_freshness(hb, source, now):
+                return
             if source not in self._peers:
                 self._next_send = min(self._next_send, now)  # our announced size grew
             peer = self._peers[source] = _Peer(hb)
@@ -342,6 +387,7 @@ class Availability:
                 weight=self._weight,
                 rb_next_seq=self._rb_next_seq,
                 own_status=int(self._own_up),
+                echo=self._echo(),
             )
         ]
 
@@ -361,6 +407,7 @@ class Availability:
     def _peers_changed(self) -> None:
         self._wire_version_low = None
         self._earliest_deadline = None
+        self._echo_cache = None
 
     def next_event(self) -> AvailabilityEvent | None:
         return self._events.popleft() if self._events else None
@@ -417,6 +464,50 @@ class Availability:
         return dict(sorted(out.items()))
 
     # -- internals ------------------------------------------------------------
+
+    def _proves_freshness(self, hb: Heartbeat, source: NodeId, now: float) -> bool:
+        """A peer's life is counted from a heartbeat that echoes ours: sent
+        after it heard this life of ours, so not a recording replayed to a
+        restarted receiver (whose replay windows start empty). Until then we
+        make sure it hears us at once. Heartbeats without any echo come from
+        a release before it and are taken as they always were."""
+        if not hb.echo or hb.echoes(self.node_id, self.incarnation):
+            if self._unproven.pop(source, None) is not None:
+                self._echo_cache = None
+            return True
+        self.stats["unproven"] += 1
+        if source not in self._unproven:
+            if len(self._unproven) >= MAX_ECHO * 8:
+                self._unproven.clear()  # bounded: only a hint to answer at once
+            self._unproven[source] = hb.incarnation
+            self._echo_cache = None
+            self._next_send = min(self._next_send, now)  # echo it: it learns we are here
+        return False
+
+    def _echo(self) -> tuple[bytes, ...]:
+        """Our echo: ourselves, then every peer heard (cached per peer set)."""
+        if self._echo_cache is None:
+            entries = [echo_entry(self.node_id, self.incarnation)]
+            entries += [echo_entry(n, p.incarnation) for n, p in self._peers.items()]
+            entries += [echo_entry(n, inc) for n, inc in self._unproven.items()]
+            self._echo_cache = b"".join(entries[:MAX_ECHO])
+        return (self._echo_cache,)
+
+    def _incarnation_step_allowed(
+        self, source: NodeId, peer: _Peer, incarnation: int, now: float
+    ) -> bool:
+        """A higher incarnation of a peer we hear: a restart, bounded in size
+        and to one per timeout (MAX_INCARNATION_JUMP says why). A peer not
+        heard for a timeout (unknown again) may come back with any higher one."""
+        if incarnation - peer.incarnation > MAX_INCARNATION_JUMP:
+            self.stats["incarnation_jump"] += 1
+            return False
+        last = self._restarted_at.get(source)
+        if last is not None and now - last < self.timeout:
+            self.stats["incarnation_too_soon"] += 1
+            return False
+        self._restarted_at[source] = now
+        return True
 
     def _refuse(self, source: NodeId, reason: str) -> None:
         self.stats["refused"] += 1

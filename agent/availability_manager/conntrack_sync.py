@@ -104,6 +104,11 @@ from .types import NodeId
 from .wire import WIRE_VERSION
 
 MAX_PENDING_EXPECTATIONS = 4096  # expectations whose master's NEW event is still to come
+# Entries cached per peer by default: far above any kernel table this agent
+# syncs (conntrack's default maximum is 262,144), low enough that one peer
+# (buggy or hostile) cannot take all of this node's memory.
+MAX_CACHE_ENTRIES = 1 << 22
+MAX_EXPECTATIONS_PER_PEER = 65536  # cached expectations per peer (they live seconds)
 
 
 # How far a connection has progressed; when several caches hold one key, the
@@ -208,6 +213,8 @@ class ConntrackSyncStats:
     dead_peers: frozenset[NodeId]
     resyncs: Mapping[str, int]  # rounds started by this node, by cause
     resync_requests: Mapping[str, int]  # requests sent, by cause
+    resync_requests_held: int  # forced requests held back by request_holdoff (merged)
+    resync_starts_merged: int  # round starts that added nothing to the pending round
     digest_mismatches: int
     unknown_updates: int
     unknown_deletes: int
@@ -236,6 +243,8 @@ class ConntrackSync:
         status_mask: int = IPS_SYNC_MASK,
         wire_version: int = WIRE_VERSION,
         sync_delay: float = 0.0,
+        max_cache_entries: int = MAX_CACHE_ENTRIES,
+        request_holdoff: float = 0.5,
         rng: random.Random,
         now: float,
     ) -> None:
@@ -247,6 +256,10 @@ class ConntrackSync:
             raise ValueError(f"sync_delay must be 0..3600 s, got {sync_delay}")
         if check_interval <= 0 or pace_interval < 0 or max_messages_per_call < 1:
             raise ValueError("check_interval > 0, pace_interval >= 0, max_messages_per_call >= 1")
+        if max_cache_entries < 1 or request_holdoff < 0:
+            raise ValueError("max_cache_entries >= 1, request_holdoff >= 0")
+        self.max_cache_entries = max_cache_entries
+        self.request_holdoff = request_holdoff
         self.node_id = node_id
         self.buckets = buckets
         self.groups = groups
@@ -271,6 +284,14 @@ class ConntrackSync:
         self._dead: set[NodeId] = set()
         self._collected: dict[NodeId, set[bytes]] = {}  # NEW_RESYNC keys since last DONE
         self._requested_at: dict[NodeId, float] = {}  # our outstanding resync requests
+        # Forced requests waiting out `request_holdoff`, per peer: merged scope
+        # (empty: all groups) and the cause to count it under.
+        self._held_requests: dict[NodeId, frozenset[int]] = {}
+        self._forced_at: dict[NodeId, float] = {}  # when a forced request last went out
+        self._held_causes: dict[NodeId, str] = {}
+        self._requests_held = 0
+        self._merged_starts = 0  # round starts that added nothing to the pending one
+        self._owed_after_skip: set[NodeId] = set()  # peers whose stream we skipped
         # Peers with a cache but no full round received yet, and since when.
         self._unsynced_since: dict[NodeId, float] = {}
         self._events: collections.deque[ConntrackSyncEvent] = collections.deque()
@@ -515,12 +536,19 @@ class ConntrackSync:
         if peer in self._caches:
             self._dead.add(peer)
         self._requested_at.pop(peer, None)
+        self._held_requests.pop(peer, None)
+        self._held_causes.pop(peer, None)
+        self._forced_at.pop(peer, None)
 
     def forget_peer(self, peer: NodeId) -> None:
+        self._owed_after_skip.discard(peer)
         self._caches.pop(peer, None)
         self._dead.discard(peer)
         self._collected.pop(peer, None)
         self._requested_at.pop(peer, None)
+        self._held_requests.pop(peer, None)
+        self._held_causes.pop(peer, None)
+        self._forced_at.pop(peer, None)
         self._unsynced_since.pop(peer, None)
         self._expect_caches.pop(peer, None)
 
@@ -534,6 +562,17 @@ class ConntrackSync:
         else:
             raise ValueError(f"role must be 'sender' or 'receiver', got {role!r}")
 
+    def stream_skipped(self, peer: NodeId, now: float) -> None:
+        """The reliable broadcast skipped part of `peer`'s stream (lost beyond
+        repair): ask for its table, as `out_of_sync`. And what we skipped may
+        hold its requests to us (a long outage loses both directions), so we
+        owe it our table once its stream flows again. (A round of its that
+        was broken by the skip may prune entries whose NEW_RESYNC we skipped;
+        the round we asked for, or the one it owes us after skipping ours,
+        is whole and brings them back.)"""
+        self.out_of_sync(peer, "receiver", now)
+        self._owed_after_skip.add(peer)
+
     # -- peer side -------------------------------------------------------------
 
     def receive(self, msg: object, source: NodeId, now: float) -> None:
@@ -542,6 +581,9 @@ class ConntrackSync:
         if source == self.node_id:
             self._rejected["own-message"] += 1
             return
+        if self._owed_after_skip and source in self._owed_after_skip:
+            self._owed_after_skip.discard(source)
+            self._start_round(self._all_groups, "peer-stream-skipped")
         if type(msg) is EntryRecord:  # the peer's fast path (peer_cache.py)
             self._received[msg.type_name] += 1
             self._receive_record(msg, source, now)
@@ -592,7 +634,10 @@ class ConntrackSync:
             self._rejected["bucket-out-of-range"] += 1
             return
         key = conn.key
-        self._cache(source, now).put(key, conn)  # a known key is replaced
+        table = self._cache(source, now)
+        if self._full(table, key):
+            return
+        table.put(key, conn)  # a known key is replaced
         if isinstance(msg, CtNewResync):
             self._collected.setdefault(source, set()).add(key)
 
@@ -602,7 +647,10 @@ class ConntrackSync:
         if rec.bucket >= self.buckets:
             self._rejected["bucket-out-of-range"] += 1
             return
-        self._cache(source, now).put_record(rec.key, rec.bucket, rec.hash, rec.record)
+        table = self._cache(source, now)
+        if self._full(table, rec.key):
+            return
+        table.put_record(rec.key, rec.bucket, rec.hash, rec.record)
         if rec.resync:
             self._collected.setdefault(source, set()).add(rec.key)
 
@@ -612,7 +660,19 @@ class ConntrackSync:
             self._rejected["bucket-out-of-range"] += 1
             return
         self._cache(source, now)  # the peer is known from here on, like for an entry
-        self._expect_caches.setdefault(source, {})[exp.key] = exp
+        exps = self._expect_caches.setdefault(source, {})
+        if exp.key not in exps and len(exps) >= MAX_EXPECTATIONS_PER_PEER:
+            self._rejected["expectations-full"] += 1
+            return
+        exps[exp.key] = exp
+
+    def _full(self, table: PeerCache, key: bytes) -> bool:
+        """A new key for a peer cache at its limit: counted and not cached (the
+        digest check then reports the difference, which is the alarm)."""
+        if len(table) < self.max_cache_entries or key in table:
+            return False
+        self._rejected["cache-full"] += 1
+        return True
 
     def _receive_update(self, msg: CtUpdate, source: NodeId) -> None:
         table = self._caches.get(source)
@@ -697,6 +757,16 @@ class ConntrackSync:
 
     def _start_round(self, scope: frozenset[int], cause: str) -> None:
         self._resyncs[cause] += 1
+        if self._round is not None:
+            # Merged: the pending round sends all of it when it begins; a
+            # burst of starts (one per lost datagram) costs nothing more.
+            if scope <= self._pending_scope:
+                self._merged_starts += 1
+            self._pending_scope |= scope
+            return
+        self._begin_round(scope)
+
+    def _begin_round(self, scope: frozenset[int]) -> None:
         if self.wire_version >= VERSION_HELPERS:
             # Few and short-lived: re-sent at once, not paced with the entries.
             self._queue.extend(
@@ -704,9 +774,6 @@ class ConntrackSync:
                 for e in self._expect_mirror.values()
                 if e.bucket % self.groups in scope
             )
-        if self._round is not None:
-            self._pending_scope |= scope
-            return
         self._round = _Round(scope, self._mirror.keys_in_groups(scope))
 
     def _request(
@@ -714,14 +781,40 @@ class ConntrackSync:
     ) -> bool:
         """Ask `peer` for a resync (all groups if `groups` is empty). Unless
         forced, not while a request of ours is unanswered: a digest that crossed
-        our request in flight would only ask again."""
+        our request in flight would only ask again. Forced (data was lost) at
+        most once per `request_holdoff`: a later one waits for the holdoff
+        and then goes out once, its scope merged with every one asked
+        meanwhile, so a burst of losses (a long outage healing) costs the
+        peer one round, not one per lost datagram."""
         asked = self._requested_at.get(peer)
         if not force and asked is not None and now - asked < 2 * self.check_interval:
             return False
+        if force:
+            forced = self._forced_at.get(peer)
+            if forced is not None and now < forced + self.request_holdoff:
+                held = self._held_requests.get(peer)
+                if held is None:
+                    self._held_requests[peer] = groups
+                elif held and groups:
+                    self._held_requests[peer] = held | groups
+                else:
+                    self._held_requests[peer] = frozenset()  # all groups
+                self._held_causes[peer] = cause
+                self._requests_held += 1
+                return False
+            self._forced_at[peer] = now
         self._requested_at[peer] = now
         self._requests[cause] += 1
         self._queue.append(CtResyncRequest(peer, tuple(sorted(groups))))
         return True
+
+    def _send_held_requests(self, now: float) -> None:
+        for peer, scope in list(self._held_requests.items()):
+            # the same sum as next_timer's: a float difference could stay
+            # below the holdoff at the very deadline and spin the timer
+            if now >= self._forced_at[peer] + self.request_holdoff:
+                del self._held_requests[peer]
+                self._request(peer, scope, self._held_causes.pop(peer), now, force=True)
 
     def _next_round_message(self) -> CtNewResync | CtResyncDone | None:
         r = self._round
@@ -737,7 +830,7 @@ class ConntrackSync:
         self._round = None
         if self._pending_scope:
             scope, self._pending_scope = self._pending_scope, frozenset()
-            self._round = _Round(scope, self._mirror.keys_in_groups(scope))
+            self._begin_round(scope)
         return done
 
     # -- sans-I/O surface ------------------------------------------------------
@@ -766,16 +859,20 @@ class ConntrackSync:
     def next_timer(self) -> float | None:
         if self._queue:
             return self._last_pull  # due already: pull again
-        due = self._check_at
+        at = self._check_at
         if self._round is not None:
-            due = min(due, self._round_due)
+            at = min(at, self._round_due)
         if self._young:
-            due = min(due, next(iter(self._young.values()))[0])
-        return due
+            at = min(at, next(iter(self._young.values()))[0])
+        for peer in self._held_requests:
+            at = min(at, self._forced_at[peer] + self.request_holdoff)
+        return at
 
     def handle_timer(self, now: float) -> None:
         self._release_due(now)
         # A round's pacing deadline needs no action: the caller pulls messages_to_send next.
+        if self._held_requests:
+            self._send_held_requests(now)
         if now < self._check_at:
             return
         self._check_at = now + self.check_interval * self._rng.uniform(0.9, 1.1)
@@ -848,6 +945,8 @@ class ConntrackSync:
             dead_peers=frozenset(self._dead),
             resyncs=dict(self._resyncs),
             resync_requests=dict(self._requests),
+            resync_requests_held=self._requests_held,
+            resync_starts_merged=self._merged_starts,
             digest_mismatches=self._digest_mismatches,
             unknown_updates=self._unknown_updates,
             unknown_deletes=self._unknown_deletes,

@@ -18,10 +18,13 @@ with a counted reason in `drops` (never an exception):
 
     header checks (wire.decode_header)  -> WireError.reason (bad-magic, ...)
     sender is this node                 -> "own-datagram"
+    sender not in the configured members-> "unknown-sender" (before any state)
     key id not in the keyring           -> "unknown-key"
     counter at/below window's lower end -> "too-old"
     counter already seen in the window  -> "replayed"
+    counter > MAX_COUNTER_JUMP ahead    -> "counter-jump"
     AEAD tag does not verify            -> "bad-tag"
+    a new sender beyond max_senders     -> "too-many-senders"
     accepted: the sender's window is updated (only now, so a forgery with a
     huge counter cannot push genuine traffic out of the window)
 
@@ -47,6 +50,16 @@ from . import wire
 
 KEY_SIZE = 32
 MAX_COUNTER = 2**64 - 1
+# How far ahead of the highest counter heard from a sender the next may be
+# (microseconds, since counters start at the clock: about 200 days of
+# downtime). Every key holder can seal under any node id; without this bound
+# one datagram with counter 2**64 - 1 would make the victim's real ones
+# "too-old" for good. With it, pushing a window to the end of the counter
+# space takes about a million datagrams, each of them counted.
+MAX_COUNTER_JUMP = 1 << 44
+# Replay windows kept by default: one per sender ever authenticated. Bounded
+# so that forged ids (any key holder can invent them) cannot grow the table.
+MAX_SENDERS = 1024
 _NONCE = struct.Struct("!IQ")
 
 
@@ -141,8 +154,21 @@ class Encryption:
     """Seals datagrams sent by `node_id` and opens datagrams from its peers."""
 
     def __init__(
-        self, node_id: int, keyring: Keyring, initial_counter: int, replay_window: int = 1024
+        self,
+        node_id: int,
+        keyring: Keyring,
+        initial_counter: int,
+        replay_window: int = 1024,
+        *,
+        allowed_senders: frozenset[int] | None = None,
+        max_senders: int = MAX_SENDERS,
     ) -> None:
+        """`allowed_senders`: the node ids of the cluster (None: any); a
+        datagram from another id is dropped before anything is kept of it.
+        `max_senders`: replay windows kept at most; a further sender is
+        dropped (its datagrams could not be replay-checked)."""
+        if not 1 <= max_senders <= 1 << 20:
+            raise ValueError(f"max_senders must be 1..{1 << 20}, got {max_senders}")
         if not 0 <= node_id <= 0xFFFFFFFF:
             raise ValueError(f"node_id must be a 32-bit unsigned integer, got {node_id}")
         if not 0 <= initial_counter <= MAX_COUNTER:
@@ -160,6 +186,8 @@ class Encryption:
         self.version = wire.WIRE_VERSION
         self._counter = initial_counter
         self._windows: dict[int, _ReplayWindow] = {}
+        self._allowed = allowed_senders
+        self._max_senders = max_senders
         self._keyring = keyring
         self._aeads: dict[int, ChaCha20Poly1305] = {}
         self.set_keyring(keyring)
@@ -225,6 +253,9 @@ class Encryption:
         if header.sender == self.node_id:
             self.drops["own-datagram"] += 1
             return None
+        if self._allowed is not None and header.sender not in self._allowed:
+            self.drops["unknown-sender"] += 1
+            return None
         aead = self._aeads.get(header.key_id)
         if aead is None:
             self.drops["unknown-key"] += 1
@@ -232,9 +263,14 @@ class Encryption:
         window = self._windows.get(header.sender)
         if window is not None:
             reason = window.check(header.counter, self.replay_window)
+            if reason is None and header.counter - window.highest > MAX_COUNTER_JUMP:
+                reason = "counter-jump"
             if reason is not None:
                 self.drops[reason] += 1
                 return None
+        elif len(self._windows) >= self._max_senders:
+            self.drops["too-many-senders"] += 1
+            return None
         view = memoryview(datagram)
         try:
             plaintext = aead.decrypt(

@@ -19,7 +19,8 @@ Glue, per layer event (docs/architecture.md):
                                  is kept for the takeover), Ranges.peer_down(p)
     RB Delivered(p, payload)  -> CT messages decoded -> ConntrackSync.receive; an entry
                                  in a bucket we own that we lack is injected at once
-    RB OutOfSync(p, role)     -> ConntrackSync.out_of_sync (a resync follows)
+    RB OutOfSync(p, role)     -> ConntrackSync.out_of_sync (sender: a round to all) or
+                                 .stream_skipped (receiver: ask p, and owe p a round)
     CT messages to send       -> packed into RB payloads -> RB.send
     Ranges Claim(B)           -> InjectConnections(cached entries of B we lack), then
                                  OwnedBucketsChanged; the injected entries are adopted
@@ -37,6 +38,8 @@ timer at `next_timer()` (a deadline in the past means "call handle_timer now").
 
 Node lifecycle (`phase()`):
 
+    (start)  --listen 1.5 heartbeat intervals, sending nothing--> joining
+             --own node id heard meanwhile--> duplicate (silent, never Ready)
     joining  --grace over, every up peer's table received (or join timeout)--> member
     member   --drain()--> draining  --undrain()--> member
     member|draining --leave()--> leaving --owns nothing, others hold all--> left
@@ -130,6 +133,7 @@ from .types import NodeId, format_node_id
 DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
 ZONE_MESSAGE_TYPES = (Heartbeat, RangeState)  # what a zone link may carry
+LISTEN_INTERVALS = 1.5  # heartbeat intervals a starting node listens before it sends
 
 
 class Destination(enum.Enum):
@@ -150,7 +154,13 @@ class Node:
         self.node_id = config.node_id
         settings = config.settings
         self._buckets = settings.buckets
-        self._encryption = Encryption(config.node_id, config.keyring, config.initial_counter)
+        self._encryption = Encryption(
+            config.node_id,
+            config.keyring,
+            config.initial_counter,
+            allowed_senders=config.members,
+            max_senders=config.max_peers,
+        )
         self._encryption.version = config.max_wire_version
         self._availability = Availability(
             config.node_id,
@@ -162,7 +172,9 @@ class Node:
             wire_version=config.max_wire_version,
             now=now,
         )
-        self._broadcast = ReliableBroadcast(config.node_id, rng, now=now)
+        self._broadcast = ReliableBroadcast(
+            config.node_id, rng, buffer_size=config.rb_buffer_size, now=now
+        )
         self._ranges = self._new_ranges(config, now)
         self._sync = ConntrackSync(
             config.node_id,
@@ -170,6 +182,7 @@ class Node:
             is_relevant=config.relevance(),
             wire_version=config.max_wire_version,
             sync_delay=config.sync_delay,
+            max_cache_entries=config.max_cache_entries,
             rng=rng,
             now=now,
         )
@@ -183,6 +196,12 @@ class Node:
         self._join_at = now + config.heartbeat_interval * (config.heartbeat_misses + 1)
         self._join_deadline = self._join_at + config.join_timeout
         self._join_timer = self._join_at  # then the deadline: tables are awaited by events
+        # Listen before talk: a node hearing its own id in this time is a
+        # duplicate (`_duplicate_heard`) and never speaks; a running node's
+        # heartbeat arrives within one interval, plus the tolerance.
+        self._listen_until = now + config.heartbeat_interval * LISTEN_INTERVALS
+        self._listened = False
+        self._duplicate = False
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
         # The state of the handover safety rules 1-3 (module docstring):
@@ -218,6 +237,8 @@ class Node:
             return
         opened = self._encryption.open(data)
         if opened is None:
+            if not self._listened and self._encryption.drops["own-datagram"]:
+                self._duplicate_heard()
             return  # Encryption counted the reason
         header, plaintext = opened
         try:
@@ -247,6 +268,16 @@ class Node:
         for msg in messages:
             self._dispatch(msg, source, now)
         self._pump(now)
+
+    def _duplicate_heard(self) -> None:
+        """Our own id heard while we listen before talking: another process
+        runs as this node. Refuse to become a member (no heartbeat, no claim,
+        never Ready), so the one already running is not displaced; the driver
+        raises the alarm (`own_datagrams`)."""
+        if not self._duplicate:
+            self._duplicate = True
+            self._counters["duplicate_node_id"] += 1
+            self._events.append(ev.PeerRefused(node=self.node_id, reason="duplicate-node-id"))
 
     def _zone_copy_stale(self, data: bytes) -> bool:
         """A zone datagram carries only state (heartbeat, claim); one sealed
@@ -372,14 +403,17 @@ class Node:
                 deadlines.append(0.0)  # due at once: send the withheld claim
         else:
             deadlines.append(min(self._awaiting_table.values()))
-        if not self._joined:
+        if not self._joined and not self._duplicate:  # a duplicate never joins
             deadlines.append(self._join_timer)
         if self._down_since:
             deadlines.append(min(self._down_since.values()) + self.config.forget_after)
         if self._deferred_claims and self._deferred_ready():
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
         times = [t for t in deadlines if t is not None]
-        return min(times) if times else None
+        if not times:
+            return None
+        # While listening nothing is sent, so nothing is due before it ends.
+        return max(min(times), self._listen_until) if not self._listened else min(times)
 
     def handle_timer(self, now: float) -> None:
         self._availability.handle_timer(now)
@@ -404,6 +438,13 @@ class Node:
         heartbeat and range state first, then broadcast control, then data;
         with `zone_heartbeats`, the heartbeat (and range state) again for the
         zone links, sealed apart (a second copy would be a replay)."""
+        if not self._listened:
+            if now < self._listen_until:
+                return []  # listen before talk (module docstring)
+            self._listened = True
+        if self._duplicate:
+            self._drop_everything_due(now)
+            return []
         self._feed_broadcast(now)
         self._availability.set_rb_next_seq(self._broadcast.next_seq)
         unreliable: list[object] = list(self._availability.messages_to_send(now))
@@ -440,6 +481,16 @@ class Node:
         ]
         out.extend(zone)
         return out
+
+    def _drop_everything_due(self, now: float) -> None:
+        """A duplicate sends nothing: what the layers have due is dropped, so
+        their queues do not grow while the operator stops one of the two."""
+        self._feed_broadcast(now)
+        self._broadcast.messages_to_send(now)
+        self._availability.messages_to_send(now)
+        if self._ranges.next_timer() is not None:
+            self._ranges.messages_to_send(now)
+        self._counters["duplicate_datagrams_withheld"] += 1
 
     def _feed_broadcast(self, now: float) -> None:
         """CT messages -> as few reliable-broadcast payloads as fit MAX_PAYLOAD."""
@@ -501,6 +552,8 @@ class Node:
     def phase(self) -> str:
         """The lifecycle phase (module docstring): joining, member, draining,
         leaving or left."""
+        if self._duplicate:
+            return "duplicate"
         if self._left:
             return "left"
         if self._leaving:
@@ -667,7 +720,10 @@ class Node:
             case Delivered():
                 self._on_delivered(event, now)
             case RbOutOfSync():
-                self._sync.out_of_sync(event.peer, event.role, now)
+                if event.role == "receiver":
+                    self._sync.stream_skipped(event.peer, now)
+                else:
+                    self._sync.out_of_sync(event.peer, event.role, now)
                 self._events.append(ev.OutOfSync(peer=event.peer))
             case _:
                 assert_never(event)
@@ -794,7 +850,7 @@ class Node:
                     self._counters["peers_forgotten"] += 1
 
     def _maybe_join(self, now: float) -> None:
-        if self._joined or now < self._join_at:
+        if self._joined or now < self._join_at or self._duplicate:
             return
         self._join_timer = self._join_deadline
         settled = self._availability.settled() and not self._awaiting_table

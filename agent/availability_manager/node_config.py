@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from . import wire
 from .connection import Connection
-from .crypto import Keyring
+from .conntrack_sync import MAX_CACHE_ENTRIES
+from .crypto import MAX_SENDERS, Keyring
 from .relevance import SYNCED_PROTOCOLS, SyncFilter, synced_connections
 from .types import MAX_NODE_ID, ClusterSettings, NodeId
 
@@ -43,6 +44,18 @@ class NodeConfig:
     # must be before it is synced (conntrack_sync.py; 0: at once).
     sync_filter: SyncFilter = dataclasses.field(default_factory=SyncFilter)
     sync_delay: float = 0.0
+    # The cluster's node ids (this one included), if configured: datagrams
+    # sealed under any other id are dropped before any state is kept.
+    members: frozenset[NodeId] | None = None
+    # Per-sender state kept at most (replay windows; every per-peer table
+    # above is keyed by senders that passed that gate), and entries cached per
+    # peer: what one key holder inventing ids or entries can make us hold.
+    max_peers: int = MAX_SENDERS
+    max_cache_entries: int = MAX_CACHE_ENTRIES
+    # Payloads of our own stream kept for repairs (a cluster-wide setting: a
+    # receiver further behind than this skips and resyncs). Smaller only in
+    # the simulator, so that a short partition outruns it.
+    rb_buffer_size: int = 16384
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -67,6 +80,14 @@ class NodeConfig:
             raise ValueError(f"sync_delay must be 0..3600 s, got {self.sync_delay}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
+        if self.members is not None and (
+            self.node_id not in self.members or not all(0 <= m <= MAX_NODE_ID for m in self.members)
+        ):
+            raise ValueError("members must be node ids and include this node's own id")
+        if not 1 <= self.rb_buffer_size <= 1 << 20:
+            raise ValueError(f"rb_buffer_size must be 1..{1 << 20}, got {self.rb_buffer_size}")
+        if not 1 <= self.max_peers <= 1 << 20 or self.max_cache_entries < 1:
+            raise ValueError("max_peers must be 1..1048576 and max_cache_entries at least 1")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:
             raise ValueError(
                 f"max_wire_version must be {wire.WIRE_VERSION_MIN}..{wire.WIRE_VERSION}, "

@@ -34,12 +34,16 @@ def layer_stats(
     out["heartbeats_sent"] = av.get("heartbeats_sent", 0)
     out["heartbeats_received"] = av.get("heartbeats_received", 0)
     out["heartbeats_stale"] = av.get("stale", 0)
+    out["heartbeats_unproven"] = av.get("unproven", 0)  # no echo of our life yet
     out["peers_refused"] = av.get("refused", 0)
     out["host_stalls"] = av.get("host_stalls", 0)
+    out["drop_incarnation-jump"] = av.get("incarnation_jump", 0)
+    out["drop_incarnation-too-soon"] = av.get("incarnation_too_soon", 0)
     rb = broadcast.stats
     out["rb_data_sent"] = rb.data_sent
     out["rb_retransmitted"] = rb.retransmitted
     out["rb_repairs_suppressed"] = rb.repairs_suppressed
+    out["rb_repairs_deferred"] = rb.repairs_deferred
     out["naks"] = rb.naks_sent
     out["naks_suppressed"] = rb.naks_suppressed
     out["rb_lost_sent"] = rb.lost_sent
@@ -53,6 +57,8 @@ def layer_stats(
     ct = sync.stats
     out["resyncs"] = sum(ct.resyncs.values())
     out["resync_requests"] = sum(ct.resync_requests.values())
+    out["resync_requests_held"] = ct.resync_requests_held
+    out["resync_starts_merged"] = ct.resync_starts_merged
     out["digest_mismatches"] = ct.digest_mismatches
     out["ct_unknown_updates"] = ct.unknown_updates
     out["ct_unknown_deletes"] = ct.unknown_deletes

@@ -18,7 +18,15 @@ The rule, from the seed, with the release condition made strict:
                                   so the survivors' aims grow and they claim.
 
 A bucket is only released after another node has claimed it, so ownership is
-doubled in transit and never missing. A node that is not a member (draining,
+doubled in transit and never missing.
+
+What a peer's claim counts for (`owners`, `holes`, so the Node's active
+set): only the buckets the peer aims for under our membership, or held in a
+claim of it believed before (in transit to their new owner). A node only
+ever takes buckets it aims for, so an honest claim is all believed; a claim
+beyond that (a buggy or hostile member claiming every bucket) is counted
+(`buckets_not_honoured`) and would otherwise stop every other owner
+forwarding those buckets. A node that is not a member (draining,
 leaving) aims for nothing and keeps its buckets until their new owners claim
 them. Range state is idempotent: the whole claim is sent (unreliable
 broadcast, with a heartbeat) at once after a change, and on the next
@@ -144,6 +152,9 @@ class _PeerClaim:
     digest: int
     received: float
     view: int  # our membership change counter when it arrived
+    # The part of `owned` this node believes (see `_honoured`): what the peer
+    # aims for under our membership, or held in a claim believed before.
+    honoured: frozenset[int]
 
 
 class RangeDistribution:
@@ -197,6 +208,10 @@ class RangeDistribution:
         self._aim = assignment.aimed_assignment(new, self.buckets, self.seed)
         self._member_aims = {n: assignment.buckets_of(self._aim, n) for n in new}
         self._aimed = self._member_aims.get(self.node_id, frozenset())
+        for peer, claim in self._peers.items():  # a claim made ahead of our view counts now
+            honoured = self._honoured(peer, claim.owned, claim.honoured)
+            if honoured != claim.honoured:
+                self._peers[peer] = dataclasses.replace(claim, honoured=honoured)
         self._claim_aim()
         self._on_new_view(now)
         self._send_due = now  # peers must learn our digest (and claim) at once
@@ -246,7 +261,12 @@ class RangeDistribution:
         ):
             self.stats["rx_repeated"] += 1
             return False
-        self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
+        owned = msg.owned()
+        honoured = self._honoured(source, owned, old.honoured if old is not None else frozenset())
+        if honoured != owned:
+            self.stats["claims_not_honoured"] += 1
+            self.stats["buckets_not_honoured"] += len(owned) - len(honoured)
+        self._peers[source] = _PeerClaim(owned, msg.bitmap, msg.digest, now, self._view, honoured)
         self._repeats_due = CHANGE_REPEATS  # answer: the sender may lack ours in its view
         self._on_claim(source, now)
         self._update_stability()
@@ -315,14 +335,14 @@ class RangeDistribution:
         return self._digest
 
     def owners(self) -> list[frozenset[NodeId]]:
-        """Per bucket, the nodes known to own it: this node plus the last claim
-        of every peer not reported down (members, and non-members such as a
-        draining node that still holds buckets)."""
+        """Per bucket, the nodes known to own it: this node plus the honoured
+        part of the last claim of every peer not reported down (members, and
+        non-members such as a draining node that still holds buckets)."""
         owners: list[set[NodeId]] = [set() for _ in range(self.buckets)]
         for b in self._owned:
             owners[b].add(self.node_id)
         for peer, claim in self._peers.items():
-            for b in claim.owned:
+            for b in claim.honoured:
                 owners[b].add(peer)
         return [frozenset(s) for s in owners]
 
@@ -330,7 +350,7 @@ class RangeDistribution:
         """Buckets nobody is known to own."""
         known = set(self._owned)
         for claim in self._peers.values():
-            known |= claim.owned
+            known |= claim.honoured
         return frozenset(range(self.buckets)) - known
 
     def is_stable(self) -> bool:
@@ -361,6 +381,20 @@ class RangeDistribution:
             ),
             now,
         )
+
+    def _honoured(
+        self, peer: NodeId, owned: frozenset[int], before: frozenset[int]
+    ) -> frozenset[int]:
+        """What of `peer`'s claim `owned` counts as owned by it: the buckets it
+        aims for under our membership, and those it held in a claim believed
+        before (in transit to their new owner; a node gives buckets away but
+        only ever takes the ones it aims for). A claim beyond that (a buggy or
+        hostile member claiming every bucket) would otherwise stop every
+        other owner forwarding (`owners` feeds the Node's active set)."""
+        aim = self._member_aims.get(peer, frozenset())
+        if owned <= aim:
+            return owned
+        return owned & (aim | before)
 
     def _release(self, buckets: frozenset[int] | set[int], now: float) -> None:
         if buckets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,25 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     else:
         cur[last] = value
     return data
+
+
+def test_members_and_limits_are_optional_and_validated() -> None:
+    assert parse(GOOD).members is None
+    cfg = parse({**GOOD, "members": ["198.51.100.11", "198.51.100.12", 7]})
+    assert cfg.members == frozenset({0xC633640B, 0xC633640C, 7})
+    assert parse({**GOOD, "limits": {"max_peers": 16}}).limits.max_peers == 16
+    for members, says in [
+        (["198.51.100.12"], "must include this node's own id (198.51.100.11)"),
+        (["198.51.100.11", "198.51.100.11"], "each node id once"),
+        ("198.51.100.11", "a non-empty list of node ids"),
+        (["198.51.100.11", "x"], "members[1]: expected an IPv4 address"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse({**GOOD, "members": members})
+    with pytest.raises(ConfigError, match=r"limits.max_peers: expected an integer"):
+        parse({**GOOD, "limits": {"max_peers": 0}})
+    with pytest.raises(ConfigError, match=r"limits.peers: unknown key"):
+        parse({**GOOD, "limits": {"peers": 3}})
 
 
 def test_minimal_config_gets_defaults() -> None:

@@ -286,6 +286,15 @@ def test_nft_accepts_the_early_chain(netns: str, hash_fields: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.lab
+def test_nft_accepts_the_zone_heartbeat_filter(netns: str) -> None:
+    cfg = dataclasses.replace(config(), zone_heartbeat_port=7789)
+    done = nft_check(netns, render_ruleset(cfg, range(0, 256, 2)))
+    assert done.returncode == 0, done.stderr
+    done = nft_check(netns, render_input_guard(cfg))
+    assert done.returncode == 0, done.stderr
+
+
 # --- IPv6 neighbour discovery mangling -------------------------------------------------
 
 
@@ -334,3 +343,26 @@ def test_nd_rules_only_for_ipv6_cluster_ips_with_known_interface_mac() -> None:
         f"@th,208,48 set 0x03fc00000001 @th,48,16 set {comp}",
     ]
     assert "nd_output" not in render_ruleset(cfg)  # no interface MACs: no ND rules
+
+
+def test_zone_heartbeats_are_taken_only_from_the_link() -> None:
+    """Issue 18.5: the zone heartbeat port on the customer-facing interfaces
+    takes IPv4 to the group, TTL 255, from the zones' subnets; the rest is
+    dropped and counted before it reaches the agent's socket."""
+    cfg = dataclasses.replace(config(), zone_heartbeat_port=7789)
+    inp = chain(render_ruleset(cfg), "input")
+    match = 'iifname { "in0", "dmz0", "out0" } udp dport 7789'
+    drop = 'counter name "zone_heartbeat_refused" drop'
+    assert inp[1:4] == [
+        f"{match} meta nfproto ipv6 {drop}",
+        f"{match} ip daddr != 239.255.77.2 {drop}",
+        f"{match} ip ttl != 255 {drop}",
+    ]
+    assert f'iifname "in0" udp dport 7789 ip saddr != {{ 192.0.2.0/24 }} {drop}' in inp
+    assert f'iifname "out0" udp dport 7789 ip saddr != {{ 198.51.100.0/24 }} {drop}' in inp
+    # before the no-listener rules, which would accept the heartbeat socket's traffic
+    assert inp.index(f"{match} ip ttl != 255 {drop}") < len(inp) - 2
+    guard = render_input_guard(cfg)
+    assert "counter zone_heartbeat_refused {}" in guard
+    assert chain(guard, "input") == inp
+    assert not any("7789" in r for r in chain(render_ruleset(config()), "input"))

@@ -34,6 +34,7 @@ BUCKETS = 32
 SETTINGS = ClusterSettings(buckets=BUCKETS, hash_seed=1234, backend="sim")
 KEYRING = Keyring.single(bytes(range(32)))
 STEP = 0.005
+TALK = 0.1  # a node started at 0 has listened long enough (LISTEN_INTERVALS) to send
 
 
 def nid(i: int) -> int:
@@ -366,8 +367,9 @@ def test_datagrams_fit_and_put_the_heartbeat_first(three: Cluster) -> None:
     msgs = wire.decode_messages(first[1])
     assert type(msgs[0]).__name__ == "Heartbeat"
     # the claim, when it rides on this heartbeat, right after it; then the data
+    # (if the first payload fits beside the heartbeat and its echo)
     names = [type(m).__name__ for m in msgs]
-    assert names[1] in ("RangeState", "RbData")
+    assert names[1:2] in (["RangeState"], ["RbData"], [])
     assert "RangeState" not in names[2:]
 
 
@@ -384,21 +386,21 @@ def test_zone_copies_of_the_heartbeat_only_when_zone_heartbeats_are_configured()
     peer = Node(config(9), random.Random(9), 0.0)
     plain = Node(config(1), random.Random(1), 0.0)
     plain.connection_new(conn_in_bucket(3), 0.0)
-    sent = _destinations_and_types(plain, peer, 0.0)
+    sent = _destinations_and_types(plain, peer, TALK)
     assert sent and {where for where, _ in sent} == {"sync"}
     assert plain.stats()["datagrams_sealed"] == len(sent)  # one AEAD operation each
 
     zoned = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
     zoned.connection_new(conn_in_bucket(3), 0.0)
     peer = Node(config(9), random.Random(9), 0.0)  # a fresh replay window: same counters
-    sent = _destinations_and_types(zoned, peer, 0.0)
+    sent = _destinations_and_types(zoned, peer, TALK)
     zone = [types for where, types in sent if where == "zones"]
     # no stream data on the zone links: the heartbeat, and the claim when it rides
     assert len(zone) == 1 and zone[0][0] == "Heartbeat"
     assert set(zone[0]) <= {"Heartbeat", "RangeState"}
     assert [where for where, _ in sent].count("sync") >= 1
     # no heartbeat due: no zone copy
-    assert all(w is Destination.SYNC for _, w in zoned.datagrams_to_send(0.001))
+    assert all(w is Destination.SYNC for _, w in zoned.datagrams_to_send(TALK + 0.001))
 
 
 def test_pack_keeps_order_and_limit() -> None:
@@ -538,18 +540,18 @@ def test_a_zone_copy_after_its_sync_copy_is_dropped_unopened_alone_it_counts() -
     AEAD; when the sync copy is lost, the zone copy is what keeps us alive."""
     a = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
     b = Node(config(2), random.Random(2), 0.0)
-    sent = a.datagrams_to_send(0.0)
+    sent = a.datagrams_to_send(TALK)
     assert [where for _, where in sent] == [Destination.SYNC, Destination.ZONES]
     (sync, _), (zone, _) = sent
-    b.receive_datagram(sync, 0.0)
+    b.receive_datagram(sync, TALK)
     assert b.stats()["heartbeats_received"] == 1
-    b.receive_datagram(zone, 0.0, Destination.ZONES)
+    b.receive_datagram(zone, TALK, Destination.ZONES)
     assert b.stats()["heartbeats_received"] == 1
     assert b.stats()["drop_zone-copy-stale"] == 1
     # the next heartbeat: its sync copy is lost, the zone copy is heard
-    later = a.datagrams_to_send(0.06)
+    later = a.datagrams_to_send(TALK + 0.06)
     zone_only = [d for d, where in later if where is Destination.ZONES]
     assert len(zone_only) == 1
-    b.receive_datagram(zone_only[0], 0.06, Destination.ZONES)
+    b.receive_datagram(zone_only[0], TALK + 0.06, Destination.ZONES)
     assert b.stats()["heartbeats_received"] == 2
     assert b.stats()["drop_zone-copy-stale"] == 1

@@ -53,12 +53,13 @@ def test_cluster_version_is_the_lowest_any_heard_node_announces() -> None:
     # the v1 node is upgraded: it comes back with a higher incarnation and v2
     av.receive(hb(2, incarnation=2), 2, 0.02)
     assert av.cluster_wire_version() == 2
-    # an old node rejoins: down again
-    av.receive(hb(1, incarnation=3), 2, 0.03)
+    # an old node rejoins (a timeout later: one restart per timeout): down again
+    t = 0.02 + av.timeout
+    av.receive(hb(1, incarnation=3), 2, t)
     assert av.cluster_wire_version() == 1
     # it goes silent (stopped for its upgrade): up once it timed out
-    av.receive(hb(2), 3, 0.1)
-    av.handle_timer(0.03 + av.timeout + 0.001)
+    av.receive(hb(2), 3, t + 0.07)
+    av.handle_timer(t + av.timeout + 0.001)
     assert 2 not in av.members()
     assert av.cluster_wire_version() == 2
 

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import yaml
 
 from ..connection import PROTO_NAMES
+from ..conntrack_sync import MAX_CACHE_ENTRIES
+from ..crypto import MAX_SENDERS
 from ..dataplane.base import Zone
 from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..relevance import SyncFilter
@@ -60,6 +62,17 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LimitsConfig:
+    """What one peer (buggy, or a key holder inventing ids and entries) can
+    make this node keep: peers with state (replay windows and every per-peer
+    table), and entries cached per peer. Hitting one is counted
+    (drop_too-many-senders, drop_ct-cache-full)."""
+
+    max_peers: int = MAX_SENDERS
+    max_cache_entries: int = MAX_CACHE_ENTRIES
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     path: Path
     node_id: int
@@ -84,6 +97,10 @@ class AgentConfig:
     # Below the build's wire version only to behave as an older release during
     # a rolling upgrade (and in its tests); see wire.py.
     max_wire_version: int = WIRE_VERSION
+    # The cluster's node ids, this one included (None: not configured, any id
+    # sealed with the key is heard). With it, other ids are dropped unopened.
+    members: frozenset[int] | None = None
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -91,7 +108,7 @@ def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     fixed = (
         "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
         "early_drop", "fence", "protocols", "sync_filter", "sync_delay_s", "heartbeat", "tcp_loose",
-        "max_wire_version",
+        "max_wire_version", "members", "limits",
     )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
 
@@ -208,6 +225,8 @@ _TOP_KEYS = {
     "realtime",
     "sync_filter",
     "fence",
+    "members",
+    "limits",
 }
 
 # conntrack's TCP states by the names `conntrack -L` prints (lower case)
@@ -268,6 +287,9 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             hex(mark_mask),
         )
 
+    members = _parse_members(r, r.get(top, "members", "", lambda v, k: v, None), node_id)
+    limits = _parse_limits(r, r.get(top, "limits", "", lambda v, k: r.mapping(v, k), {}))
+
     early_drop = _parse_early_drop(
         r, r.get(top, "early_drop", "", lambda v, k: r.mapping(v, k), {})
     )
@@ -307,6 +329,35 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             "",
             r.integer(WIRE_VERSION_MIN, WIRE_VERSION),
             WIRE_VERSION,
+        ),
+        members=members,
+        limits=limits,
+    )
+
+
+def _parse_members(r: _Reader, raw: object, node_id: int) -> frozenset[int] | None:
+    """`members`: every node's id (its IPv4 sync address or an integer)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise r.fail("members", "a non-empty list of node ids (IPv4 addresses or integers)", raw)
+    conv = _node_id(r)
+    ids = [conv(v, f"members[{i}]") for i, v in enumerate(raw)]
+    if len(set(ids)) != len(ids):
+        raise r.fail("members", "each node id once", raw)
+    if node_id not in ids:
+        raise r.fail(
+            "members", f"must include this node's own id ({ipaddress.IPv4Address(node_id)})"
+        )
+    return frozenset(ids)
+
+
+def _parse_limits(r: _Reader, m: Mapping[str, Any]) -> LimitsConfig:
+    r.check_keys(m, "limits", {"max_peers", "max_cache_entries"})
+    return LimitsConfig(
+        max_peers=r.get(m, "max_peers", "limits", r.integer(1, 1 << 20), MAX_SENDERS),
+        max_cache_entries=r.get(
+            m, "max_cache_entries", "limits", r.integer(1000, 1 << 30), MAX_CACHE_ENTRIES
         ),
     )
 

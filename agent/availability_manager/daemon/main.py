@@ -24,6 +24,7 @@ from .config import DEFAULT_PATH, AgentConfig, ConfigError, fence_timeout, load_
 from .control import ControlSetupError
 from .keyfile import KeyFileError, load_keys
 from .state_dir import StateDir, StateDirError
+from .transport import ZONE_HEARTBEAT_GROUP
 
 EXIT_USAGE = 2
 
@@ -38,6 +39,8 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
         early_drop=cfg.early_drop,
         # the node falls silent when its peers' timeout takes its buckets
         fence_timeout_s=fence_timeout(cfg) if cfg.fence else None,
+        zone_heartbeat_port=cfg.sync.port + 1 if cfg.heartbeat.zone_heartbeats else None,
+        zone_heartbeat_group=str(ZONE_HEARTBEAT_GROUP),
     )
     if cfg.cluster.backend == "clusterdev":
         from ..dataplane.clusterdev import ClusterdevDataPlane
@@ -80,8 +83,6 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
     )
     zone_sockets = []
     if cfg.heartbeat.zone_heartbeats:
-        from .transport import ZONE_HEARTBEAT_GROUP
-
         zone_sockets = [
             SyncSocket(
                 z.interface,

@@ -102,6 +102,9 @@ def node_config(
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
         sync_filter=cfg.sync_filter,
         sync_delay=cfg.sync_delay_s,
+        members=cfg.members,
+        max_peers=cfg.limits.max_peers,
+        max_cache_entries=cfg.limits.max_cache_entries,
     )
 
 

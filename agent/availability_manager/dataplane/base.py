@@ -63,6 +63,10 @@ class DataPlaneConfig:
     # after its agent last ran, when its peers' timeout takes the buckets
     # over. None: no fence (the clusterdev backend has none yet).
     fence_timeout_s: float | None = None
+    # The zone heartbeats' UDP port and group (None: no zone heartbeats): the
+    # nftables input chain lets only link-local heartbeats reach that socket.
+    zone_heartbeat_port: int | None = None
+    zone_heartbeat_group: str = "239.255.77.2"
 
 
 class DataPlane(Protocol):

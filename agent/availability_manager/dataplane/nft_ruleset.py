@@ -18,8 +18,9 @@ Packet path (prerouting, priority -150: after conntrack, before DNAT):
                      established/related, not classified (mark 0): accept;
                      established/related of an owned bucket: accept; other: drop;
                      invalid: drop; NEW: orient, then hash_fwd / hash_rev
-Input path (priority 0, after DNAT): a classified NEW connection to this
-node with no socket to take it is dropped (see _input_rules).
+Input path (priority 0, after DNAT): zone heartbeats that did not come from
+the link are dropped (_zone_heartbeat_rules); a classified NEW connection to
+this node with no socket to take it is dropped (see _input_rules).
     hash_*:          mark := bucket + 1 under mark_mask; owned: accept; drop
 
 Known connections are handled by the owner of their bucket, not by whoever
@@ -47,6 +48,7 @@ OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
 COUNTERS = (
     "accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener", "fenced",
+    "zone_heartbeat_refused",
 )  # fmt: skip
 # The early chain's (only with early_drop.enabled): dropped as foreign before
 # conntrack; passed on because a slow_path entry matched, or because the
@@ -230,9 +232,36 @@ def _input_rules(config: DataPlaneConfig) -> list[str]:
     mask = f"{config.mark_mask:#010x}"
     new = f"ct state new ct mark and {mask} != 0 meta l4proto {{ tcp, udp }}"
     return [
+        *_zone_heartbeat_rules(config),
         f"{new} socket wildcard {{ 0, 1 }} accept",
         f'{new} counter name "no_listener" drop',
     ]
+
+
+def _zone_heartbeat_rules(config: DataPlaneConfig) -> list[str]:
+    """The zone heartbeat port on the customer-facing zone interfaces takes
+    only what a peer on the link sends: IPv4 to the heartbeat group with TTL
+    255 (a router on the way would have lowered it) from an address of the
+    zone's IPv4 subnets. The socket checks group and TTL again
+    (transport.py); here the kernel drops the rest before it wakes the agent."""
+    port = config.zone_heartbeat_port
+    if port is None:
+        return []
+    ifaces = ", ".join(f'"{z.interface}"' for z in config.zones)
+    match = f"iifname {{ {ifaces} }} udp dport {port}"
+    drop = 'counter name "zone_heartbeat_refused" drop'
+    rules = [
+        f"{match} meta nfproto ipv6 {drop}",
+        f"{match} ip daddr != {config.zone_heartbeat_group} {drop}",
+        f"{match} ip ttl != 255 {drop}",
+    ]
+    for z in config.zones:
+        nets = ", ".join(sorted({str(ip.network) for ip in z.cluster_ips if ip.version == 4}))
+        if nets:
+            rules.append(
+                f'iifname "{z.interface}" udp dport {port} ip saddr != {{ {nets} }} {drop}'
+            )
+    return rules
 
 
 def _macs(config: DataPlaneConfig) -> str:
@@ -371,6 +400,7 @@ def render_input_guard(config: DataPlaneConfig) -> str:
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
         "  counter no_listener {}",
+        *(["  counter zone_heartbeat_refused {}"] if config.zone_heartbeat_port else []),
         "  chain input {",
         "    type filter hook input priority 0; policy accept;",
         *[f"    {r}" for r in _input_rules(config)],

@@ -17,6 +17,14 @@ injection   when a node's data plane starts owning a bucket, every connection
 assignment  after 2 s without faults or membership change, every bucket has
             exactly one live owner and the ownership is aimed_assignment of
             the live active members;
+nonce       a node's new life starts its nonce counter above every counter an
+            earlier life of it sealed, whatever its clock did (issue 18.3);
+duplicate   a second process started with a running node's id never sends a
+            datagram, claims a bucket or becomes ready (issue 18.3);
+forwarding  at the same check, every bucket is forwarded (active in the data
+            plane) by exactly that owner: a claim nobody honours in a stable
+            cluster, such as a hostile member claiming every bucket, must not
+            stop an owner forwarding (issue 18.2);
 caches      after a quiet period with no new traffic, every node's cache of
             each live peer equals that peer's kernel table;
 zone-guard  where zone links are simulated, no node declares a peer down for a
@@ -24,6 +32,11 @@ zone-guard  where zone links are simulated, no node declares a peer down for a
             links up, not isolated) for longer than the timeout: a sync-only
             partition must not make two nodes own the same buckets (the
             split-brain guard of zone heartbeats).
+liveness    where a scenario watches it (after a long sync partition heals),
+            in every simulated second no live node's datagrams sent, resync
+            rounds started or OutOfSync events exceed the scenario's limits:
+            healing must not start a storm (issue 18.1). The simulator has no
+            CPU model; these counts are what the CPU time follows.
 
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
@@ -66,6 +79,9 @@ class Report:
     assignment_checks: int = 0
     cache_checks: int = 0
     zone_guard_checks: int = 0  # peer timeouts judged against the zone links
+    load_checks: int = 0  # (node, counter, second) judged by the liveness rule
+    # the highest per-second growth seen of each watched counter, any node
+    load_peaks: dict[str, int] = dataclasses.field(default_factory=dict)
     # virtual seconds from a membership change (start, crash, drain, undrain,
     # leave) until every live node was stable with the aimed buckets
     # programmed; changes overlapped by another fault are not counted
@@ -204,20 +220,62 @@ class Invariants:
 
     # -- quiet-period checks -----------------------------------------------------------------
 
+    def load_checked(
+        self, node: NodeId, counter: str, grew: int, limit: int, second: int, now: float
+    ) -> None:
+        self.report.load_checks += 1
+        peaks = self.report.load_peaks
+        peaks[counter] = max(peaks.get(counter, 0), grew)
+        if grew > limit:
+            self.fail(
+                now,
+                "liveness",
+                f"{n(node)}: {counter} grew by {grew} in second {second} after the heal "
+                f"(limit {limit})",
+            )
+
+    def duplicate_acted(self, node: NodeId, what: str, now: float) -> None:
+        self.fail(now, "duplicate", f"a second process running as {n(node)}: {what}")
+
+    def life_started(self, node: NodeId, first_counter: int, used_before: int, now: float) -> None:
+        if first_counter < used_before:
+            self.fail(
+                now,
+                "nonce",
+                f"{n(node)} starts its counter at {first_counter}, below {used_before} "
+                "sealed by an earlier life: nonces repeat under the key",
+            )
+
     def check_assignment(
         self, programmed: Mapping[NodeId, frozenset[int]], aimed: Mapping[int, NodeId], now: float
     ) -> None:
         """`programmed`: live data-plane nodes' bucket sets; `aimed`: bucket -> node."""
         self.report.assignment_checks += 1
+        self._one_holder_each("assignment", "owned", programmed, aimed, now)
+
+    def check_forwarding(
+        self, active: Mapping[NodeId, frozenset[int]], aimed: Mapping[int, NodeId], now: float
+    ) -> None:
+        """`active`: what each live data-plane node forwards."""
+        self._one_holder_each("forwarding", "forwarded", active, aimed, now)
+
+    def _one_holder_each(
+        self,
+        rule: str,
+        verb: str,
+        holdings: Mapping[NodeId, frozenset[int]],
+        aimed: Mapping[int, NodeId],
+        now: float,
+    ) -> None:
         for bucket in range(self.buckets):
-            holders = sorted(node for node, owned in programmed.items() if bucket in owned)
+            holders = sorted(node for node, buckets in holdings.items() if bucket in buckets)
             want = aimed.get(bucket)
             if holders != [want]:
                 names = "".join(n(h) for h in holders) or "nobody"
                 self.fail(
                     now,
-                    "assignment",
-                    f"after a quiet period bucket {bucket} is owned by {names}, "
+                    rule,
+                    f"after a quiet period bucket {bucket} is {verb} by {names}, "
                     f"aimed {n(want) if want is not None else 'nobody'}",
                 )
                 return  # one line is enough to replay it

@@ -19,12 +19,14 @@ import dataclasses
 import hashlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import assert_never
 
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
+from ..daemon.state_dir import NONCE_BLOCK
 from ..node import Destination
 from ..node_config import NodeConfig
 from ..node_events import (
@@ -55,6 +57,8 @@ _ADDRESS = re.compile(r"\b192\.0\.2\.(\d{1,3})\b")
 QUIET_PERIOD = 2.0  # seconds without faults or membership change before convergence is due
 QUIET_CHECK_EVERY = 0.25
 MAX_SPINS = 10_000
+TWIN_TICK = 0.005  # how often the simulated duplicate process looks at its timer
+SYNC_LATENCY = 0.0002  # what a duplicate process adds to hear a datagram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,10 @@ class SimOptions:
     # Where a scenario adds zone links: do the nodes send their heartbeats
     # there too? False is the known-bad variant (the zone-guard breaks).
     zone_heartbeats: bool = True
+    # Payloads each node keeps for repairs (NodeConfig.rb_buffer_size): the
+    # long-partition scenario makes it small so that a partition of seconds
+    # outruns it, as one of minutes does with the real size.
+    rb_buffer_size: int = 16384
 
 
 @dataclasses.dataclass
@@ -88,6 +96,11 @@ class SimNode:
     timer_token: int = 0
     timer_at: float | None = None
     online_since: float | None = None  # on the zone links without a break since
+    clock_offset: float = 0.0  # its wall clock minus the simulated time (a stepped clock)
+    # What its state directory holds (daemon/state_dir.py): the end of the
+    # last nonce reservation; and the highest counter any life of it sealed.
+    nonce_reserved: int = 0
+    counter_used: int = 0
 
     @property
     def name(self) -> str:
@@ -137,6 +150,7 @@ class Cluster:
             self.scheduler, random.Random(master.getrandbits(64)), self._deliver_zone
         )
         self.zone_links = False  # see add_zone_links
+        self.twins: dict[NodeId, ObservedNode] = {}  # see start_twin
         self.nodes: dict[NodeId, SimNode] = {}
         self.last_disturbance = 0.0
         self._settle_since: float | None = None  # a membership change not settled yet
@@ -173,6 +187,117 @@ class Cluster:
             raise RuntimeError("zone links must be added before the first node starts")
         self.zone_links = True
 
+    def set_stream_buffer(self, payloads: int) -> None:
+        """Before any node starts: the repair buffer of every node's stream."""
+        if self.nodes:
+            raise RuntimeError("the stream buffer must be set before the first node starts")
+        self.options = dataclasses.replace(self.options, rb_buffer_size=payloads)
+
+    def watch_load(self, start: float, seconds: int, limits: Mapping[str, int]) -> None:
+        """The liveness rule after a heal (invariants.py): from `start`, in
+        every simulated second, no live node's counters in `limits` grow by
+        more than the limit (datagrams sent, resync rounds started...)."""
+        before: dict[NodeId, dict[str, int]] = {}
+
+        def snapshot() -> dict[NodeId, dict[str, int]]:
+            return {s.node_id: s.node.stats() for s in self.nodes.values() if s.node is not None}
+
+        def check(second: int) -> None:
+            now = snapshot()
+            for node_id, stats in now.items():
+                old = before.get(node_id)
+                if old is None:
+                    continue
+                for name, limit in limits.items():
+                    grew = stats.get(name, 0) - old.get(name, 0)
+                    self.invariants.load_checked(node_id, name, grew, limit, second, self.now)
+            before.clear()
+            before.update(now)
+            if second < seconds:
+                self.scheduler.at(self.now + 1.0, partial(check, second + 1))
+
+        def first() -> None:
+            before.update(snapshot())
+            self.scheduler.at(self.now + 1.0, partial(check, 1))
+
+        self.scheduler.at(start, first)
+
+    def step_clock(self, index: int, seconds: float) -> None:
+        """Node `index`'s wall clock steps by `seconds` (NTP, a bad RTC): seen
+        at its next start (the protocol runs on monotonic time)."""
+        sim = self.nodes[node_address(index)]
+        sim.clock_offset += seconds
+        self.log("sim", f"{sim.name}'s clock steps {seconds:+.0f} s")
+
+    def start_twin(self, index: int, until: float) -> None:
+        """A second process configured as node `index` starts on another
+        machine (its own state directory: a higher incarnation, its own
+        counter) and runs until `until`. It hears the sync network; what it
+        sends would reach every other node. The rule 'duplicate' fails if it
+        ever sends, claims or becomes ready."""
+        node_id = node_address(index)
+        real = self.nodes[node_id]
+        config = NodeConfig(
+            node_id=node_id,
+            settings=self.settings,
+            keyring=self.keyring,
+            incarnation=real.incarnation + 1000,
+            initial_counter=int(self.now * 1_000_000) + 10**12,
+            heartbeat_interval=self.options.heartbeat_interval,
+            heartbeat_misses=self.options.heartbeat_misses,
+            rb_buffer_size=self.options.rb_buffer_size,
+        )
+        twin = ObservedNode(
+            config,
+            random.Random(self._node_rng_source.getrandbits(64)),
+            self.now,
+            invariants=Invariants(self.options.buckets),  # its view is not the cluster's
+            clock=lambda: self.now,
+        )
+        self.twins[node_id] = twin
+        self.log("sim", f"a second process starts as {real.name}")
+
+        def tick() -> None:
+            if node_id not in self.twins:
+                return
+            deadline = twin.next_timer()
+            if deadline is not None and deadline <= self.now:
+                twin.handle_timer(self.now)
+            self._twin_speaks(node_id, twin)
+            if self.now + TWIN_TICK <= until:
+                self.scheduler.after(TWIN_TICK, tick)
+            else:
+                del self.twins[node_id]
+
+        self.scheduler.after(0.0, tick)
+
+    def _twin_hears(self, node_id: NodeId, twin: ObservedNode, datagram: bytes) -> None:
+        if self.twins.get(node_id) is twin:
+            twin.receive_datagram(datagram, self.now)
+            self._twin_speaks(node_id, twin)
+
+    def _twin_speaks(self, node_id: NodeId, twin: ObservedNode) -> None:
+        while (event := twin.next_event()) is not None:
+            if isinstance(event, (Ready, OwnedBucketsChanged)):
+                self.invariants.duplicate_acted(node_id, type(event).__name__, self.now)
+        for datagram, _ in twin.datagrams_to_send(self.now):
+            self.invariants.duplicate_acted(node_id, "sent a datagram", self.now)
+            self.network.broadcast(node_id, datagram)
+
+    def hostile_claims(self, index: int, start: float, until: float, every: float) -> None:
+        """From `start` to `until`, node `index` also broadcasts a claim of
+        every bucket on the sync network every `every` seconds (a member
+        with the key gone bad; not a disturbance: the checks run under it)."""
+
+        def send() -> None:
+            sim = self.nodes.get(node_address(index))
+            if sim is not None and sim.node is not None:
+                self.network.broadcast(sim.node_id, sim.node.forge_claim_of_everything())
+            if self.now + every <= until:
+                self.scheduler.after(every, send)
+
+        self.scheduler.at(start, send)
+
     # -- membership operations -----------------------------------------------------------
 
     def start_node(self, index: int, weight: int = 1) -> SimNode:
@@ -190,18 +315,24 @@ class Cluster:
         sim.incarnation += 1
         sim.isolated = sim.links_down = sim.draining = sim.leaving = False
         sim.ready = sim.stop_requested = False
-        # The counter starts at the boot time in microseconds, as in the daemon:
-        # a restarted node starts above anything its previous life sent.
+        # As the daemon does (state_dir.py): the counter starts above the last
+        # reservation, with the wall clock in microseconds as a floor, so a
+        # restart after the clock stepped back never reuses a nonce.
+        clock_us = max(int((self.now + sim.clock_offset) * 1_000_000) + 1, 0)
+        initial_counter = max(sim.nonce_reserved, clock_us)
+        sim.nonce_reserved = initial_counter + NONCE_BLOCK
+        self.invariants.life_started(sim.node_id, initial_counter, sim.counter_used, self.now)
         config = NodeConfig(
             node_id=node_id,
             settings=self.settings,
             keyring=self.keyring,
             incarnation=sim.incarnation,
-            initial_counter=int(self.now * 1_000_000) + 1,
+            initial_counter=initial_counter,
             heartbeat_interval=self.options.heartbeat_interval,
             heartbeat_misses=self.options.heartbeat_misses,
             weight=weight,
             zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
+            rb_buffer_size=self.options.rb_buffer_size,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
         sim.node = ObservedNode(
@@ -223,8 +354,9 @@ class Cluster:
     def crash(self, index: int) -> None:
         """The machine dies: its Node, its kernel table and its in-flight datagrams vanish."""
         sim = self.nodes[node_address(index)]
-        if not sim.alive:
+        if sim.node is None:
             return
+        sim.counter_used = max(sim.counter_used, sim.node.send_counter)
         self.disturb(f"crash {sim.name}", membership=True)
         self._count_unsynced(sim)
         self._detach(sim)
@@ -269,6 +401,7 @@ class Cluster:
         self._detach(sim)
         if not sim.offline:
             self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=True)
+        sim.counter_used = max(sim.counter_used, sim.node.send_counter)
         sim.node = None
         sim.kernel = Kernel(sim.node_id)
         sim.timer_token += 1
@@ -429,6 +562,10 @@ class Cluster:
             match destination:
                 case Destination.SYNC:
                     self.network.broadcast(sim.node_id, datagram)
+                    for twin_id, twin in self.twins.items():  # it hears every sender
+                        self.scheduler.after(
+                            SYNC_LATENCY, partial(self._twin_hears, twin_id, twin, datagram)
+                        )
                 case Destination.ZONES:
                     if not sim.offline:
                         self.zone_network.broadcast(sim.node_id, datagram)
@@ -566,6 +703,12 @@ class Cluster:
             if s.node is not None and not s.offline
         }
         self.invariants.check_assignment(programmed, aimed, self.now)
+        active = {
+            s.node_id: s.kernel.active
+            for s in self.nodes.values()
+            if s.node is not None and not s.offline
+        }
+        self.invariants.check_forwarding(active, aimed, self.now)
 
     def check_caches(self) -> None:
         live = [s for s in self.nodes.values() if s.node is not None and not s.offline]

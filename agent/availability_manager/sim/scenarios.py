@@ -101,6 +101,72 @@ def sync_partition_zones(cluster: Cluster, rng: random.Random) -> float:
     return 2.5 + rng.random() * 0.5
 
 
+# The long-partition scenario: a repair buffer of 64 payloads, outrun about
+# ten times over by two seconds of traffic (the issue's case: 25,000 payloads
+# ahead of a 16,384-payload buffer).
+LONG_PARTITION_BUFFER = 64
+# What a node may do per simulated second after the heal. The table is the
+# workload's (a few hundred entries): one full round per peer and direction
+# is a few dozen datagrams; a storm (a round per datagram past the window)
+# is thousands.
+HEAL_LIMITS = {"resyncs": 6, "out_of_sync": 8, "resync_requests": 4, "datagrams_sealed": 400}
+
+
+def long_sync_partition(cluster: Cluster, rng: random.Random) -> float:
+    """With zone links: the sync network splits (A | B C) for seconds while
+    the zone heartbeats keep A up, so A's stream runs far beyond what the
+    others can repair. After the heal each receiver skips once and asks for
+    one resync; the liveness rule bounds the work per simulated second."""
+    cluster.add_zone_links()
+    cluster.set_stream_buffer(LONG_PARTITION_BUFFER)
+    _boot(cluster, rng, 3)
+    heal_at = 3.5 + rng.random()
+    _at(cluster, 1.5, lambda: cluster.partition_sync([[0], [1, 2]]))
+    _at(cluster, heal_at, cluster.heal)
+    cluster.watch_load(heal_at, 3, HEAL_LIMITS)
+    return heal_at + 3.1
+
+
+def hostile_claims(cluster: Cluster, rng: random.Random) -> float:
+    """D, a member with the key, claims every bucket every heartbeat from
+    1 s on, through a crash of B and the settle phase. Only the buckets it
+    aims for (or held before) count as its own, so every honest owner keeps
+    forwarding its aim (the forwarding rule) and the takeover of B's buckets
+    goes to their aimed owners."""
+    _boot(cluster, rng, 4)
+    cluster.hostile_claims(3, 1.0, 9.0, 0.05)
+    _at(cluster, 2.0 + rng.random() * 0.3, lambda: cluster.crash(1))
+    return 3.0
+
+
+def clock_step(cluster: Cluster, rng: random.Random) -> float:
+    """B's clock steps back a minute and B restarts; then A's steps forward
+    30 days and A restarts. Each new life starts its nonce counter above the
+    earlier ones (the nonce rule: the state directory's reservation, not the
+    clock) and the peers take it back (the assignment and forwarding rules:
+    neither its counter nor its incarnation is refused as too old or as a
+    jump)."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.step_clock(1, -60.0))
+    _at(cluster, 1.6 + rng.random() * 0.2, lambda: cluster.crash(1))
+    _at(cluster, 2.0 + rng.random() * 0.2, lambda: cluster.start_node(1))
+    _at(cluster, 3.0, lambda: cluster.step_clock(0, 30 * 86400.0))
+    _at(cluster, 3.1 + rng.random() * 0.2, lambda: cluster.crash(0))
+    _at(cluster, 3.5 + rng.random() * 0.2, lambda: cluster.start_node(0))
+    return 4.5
+
+
+def duplicate_node_id(cluster: Cluster, rng: random.Random) -> float:
+    """A second process configured as B starts elsewhere while B runs (with a
+    higher incarnation, as its own state directory gives it) and runs for
+    2 s. It hears B while it listens before talking and stays silent (the
+    duplicate rule); B is never taken for restarted, so nothing moves (the
+    assignment and forwarding checks, and no failover gap)."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5 + rng.random() * 0.2, lambda: cluster.start_twin(1, until=3.5))
+    return 4.0
+
+
 def crash_during_resync(cluster: Cluster, rng: random.Random) -> float:
     """D joins and is being resynced when B crashes."""
     _boot(cluster, rng, 3)
@@ -288,6 +354,27 @@ SCENARIOS: dict[str, Scenario] = {
             "sync-partition-zones",
             "sync network split A | B C with the zone links up: nobody is taken for dead",
             sync_partition_zones,
+        ),
+        Scenario(
+            "long-sync-partition",
+            "sync network split for seconds with zone links up, then healed: no storm",
+            long_sync_partition,
+            rate=100.0,
+        ),
+        Scenario(
+            "hostile-claims",
+            "member D claims every bucket every heartbeat, B crashes: owners keep forwarding",
+            hostile_claims,
+        ),
+        Scenario(
+            "clock-step",
+            "B restarts after a clock step back, A after one forward: no nonce reuse, rejoined",
+            clock_step,
+        ),
+        Scenario(
+            "duplicate-node-id",
+            "a second process starts as B while B runs: it stays silent, nothing moves",
+            duplicate_node_id,
         ),
         Scenario(
             "crash-during-resync", "B crashes while joining D is resynced", crash_during_resync

@@ -2,7 +2,8 @@
 
 Owns the Node subclass the simulator runs (`ObservedNode`: its reliable-broadcast
 deliveries feed the FIFO invariant) and the known-bad variants the tests use to
-show that the invariants bite (`ImmediateRelease`).
+show that the invariants bite (`ImmediateRelease`), and what a hostile member
+can seal besides its honest traffic (`ObservedNode.forge_claim_of_everything`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from .. import wire
 from ..availability import NodeDown, NodeUp
 from ..broadcast import BroadcastEvent, Delivered, OutOfSync
 from ..node import Node
 from ..node_config import NodeConfig
-from ..ranges import RangeDistribution
+from ..ranges import RangeDistribution, RangeState
 from ..types import NodeId
 from .invariants import Invariants
 
@@ -68,3 +70,12 @@ class ObservedNode(Node):
         elif isinstance(event, OutOfSync) and event.role == "receiver":
             self._invariants.restart_stream(self.node_id, event.peer)
         super()._on_broadcast(event, now)
+
+    def forge_claim_of_everything(self) -> bytes:
+        """A datagram a buggy or hostile member can send: a claim of every
+        bucket in the current view (right digest), sealed with the cluster
+        key under this node's id and its own counter (so no replay window
+        refuses it)."""
+        buckets = self.config.settings.buckets
+        claim = RangeState.of(frozenset(range(buckets)), buckets, self._ranges.digest())
+        return self._encryption.seal(wire.encode_messages([claim]))
