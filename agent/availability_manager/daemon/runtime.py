@@ -40,6 +40,8 @@ from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
+from .notify_hooks import HookRunner, call_for_event, call_for_fault, call_for_phase
+from .ops_commands import OperatorCommands, kernel_listing
 from .own_status import OwnStatus
 from .state_dir import StateDir, StateDirError
 from .systemd import Notifier
@@ -163,6 +165,19 @@ class Runtime:
         self._own_status_told: bool | None = None  # what the Node was told last
         self._own_datagrams_seen = 0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.hooks = HookRunner(cfg.notify, format_node_id(cfg.node_id))
+        self._phase = self.node.phase()  # what the hooks were told last
+        self.ops = OperatorCommands(
+            self.node,
+            cfg.cluster.buckets,
+            cfg.mark_mask,
+            now=self.loop.time,
+            pump=self._pump,
+            reread_kernel=lambda: self._kernel.submit(self._redump),
+            kernel_dump=lambda: kernel_listing(self.cfg.mark_mask),
+            stats=self.stats,
+            kernel_refusals=lambda: getattr(self.conntrack, "request_errors", {}),
+        )
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
     # -- lifecycle --------------------------------------------------------------
@@ -213,7 +228,10 @@ class Runtime:
         if self._flush:
             self._flush.cancel()
         await self.control.close()
+        self.ops.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
+        self._pump_hooks()
+        await self.hooks.close(grace=max((h.timeout_s for h in self.cfg.notify), default=0))
         self.dataplane.uninstall()
         self.sync.close()
         self.conntrack.close()
@@ -263,6 +281,7 @@ class Runtime:
             self.counters["reload_failed"] += 1
             return
         self.node.set_keyring(keyring)
+        self.hooks.set_hooks(new.notify)
         self.cfg = dataclasses.replace(new)
         self.counters["reloads"] += 1
         log.info("configuration reloaded from %s", new.path)
@@ -333,6 +352,7 @@ class Runtime:
         The Node hears only the combined bit, and only when it changes."""
         before = self.own_status.faults().get(watcher)
         self.own_status.set(watcher, fault)
+        self.hooks.fire(call_for_fault(watcher, before, fault))
         if fault != before:
             if fault is not None:
                 log.warning("own status: %s: %s", watcher, fault)
@@ -399,6 +419,7 @@ class Runtime:
         now = self.loop.time()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
+        self._pump_hooks()
         for datagram, destination in self.node.datagrams_to_send(now):
             if destination is Destination.SYNC:
                 self.sync.send(datagram)
@@ -414,6 +435,13 @@ class Runtime:
         if deadline is not None:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
+    def _pump_hooks(self) -> None:
+        """A phase change (drain, join, leave) for the notify hooks."""
+        phase = self.node.phase()
+        if phase != self._phase:
+            self.hooks.fire(call_for_phase(self._phase, phase))
+            self._phase = phase
+
     def _perform(self, event: ev.NodeEvent) -> None:
         """Queue an event for the kernel worker; events keep their order.
 
@@ -423,6 +451,9 @@ class Runtime:
         Announcing the release before the kernel let go would let two nodes
         forward the same connections for a moment."""
         done = self._kernel.submit(self._perform_in_worker, event)
+        call = call_for_event(event)
+        if call is not None:  # told once the kernel carried it out
+            done.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.hooks.fire, call))
         if isinstance(event, ev.ActiveBucketsChanged) and event.removed:
             done.result()
 
@@ -487,6 +518,7 @@ class Runtime:
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
         stats["owned_buckets"] = len(self.node.owned_buckets())
+        stats.update(self.hooks.stats())
         return stats
 
     def status(self) -> dict[str, Any]:
@@ -551,4 +583,5 @@ class Runtime:
             "drain": drain,
             "join": join,
             "leave": leave,
+            **self.ops.handlers(),
         }
