@@ -209,6 +209,8 @@ class HookRunner:
         except asyncio.CancelledError:  # the agent stops: leave no hook behind
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.CancelledError):
+                await proc.wait()  # reaped while the loop still runs
             raise
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
