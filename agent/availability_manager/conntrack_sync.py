@@ -776,6 +776,11 @@ class ConntrackSync:
         source = self._mirror if table is None else self._caches.get(table)
         return [] if source is None else list(source.keys_in_buckets(buckets))
 
+    def listing_count(self, table: NodeId | None, buckets: Iterable[int]) -> int:
+        """How many entries `listing_keys` would give, without building the list."""
+        source = self._mirror if table is None else self._caches.get(table)
+        return 0 if source is None else source.count_in_buckets(buckets)
+
     def listing_get(self, table: NodeId | None, key: bytes) -> Connection | None:
         source = self._mirror if table is None else self._caches.get(table)
         return None if source is None else source.get(key)

@@ -229,3 +229,20 @@ def test_stats_groups_the_sync_counters(three: Cluster) -> None:
     assert st["kernel"]["refused"] == {"inject: File exists": 2}
     sent = commands(three, 1).sync_stats({})["messages"]["sent"]
     assert sent["CtNew"] == 4
+
+
+def test_a_cache_listing_gives_the_loop_its_turn_when_its_time_slice_is_over(
+    three: Cluster,
+) -> None:
+    with_connections(three, 1, 300)
+    ops = commands(three, 2)
+    ticks = iter(range(10**6))
+    ops.now = lambda: float(next(ticks))  # every reading a second later: each slice is over
+    parts = collect(ops.cache({"limit": 0}))
+    scanned = [p["scanned"] for p in parts]
+    steps = [b - a for a, b in zip([0, *scanned], scanned, strict=False)]
+    assert max(steps) == 64  # the clock is read every 64 entries
+    assert len(entries(parts)) == 300
+    # with a clock that stands still, only the entry count ends a turn
+    ops.now = lambda: 0.0
+    assert [p["scanned"] for p in collect(ops.cache({"limit": 0}))][:1] == [300]

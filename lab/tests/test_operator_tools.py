@@ -140,7 +140,6 @@ def test_flush_cache_and_resync_then_a_takeover_loses_nothing(lab: LabState) -> 
         flushed = ctl_json(lab, "fw2", "flush-cache", "--peer", fw3)
         assert flushed == {"flushed": [fw3], "entries_dropped": flushed["entries_dropped"]}
         assert flushed["entries_dropped"] >= len(victim)
-        assert ctl_json(lab, "fw2", "stats")["cache"]["peers"][fw3]["entries"] < len(victim)
         asked = ctl_json(lab, "fw2", "resync", "--peer", fw3)
         assert asked == {"asked": [fw3], "kernel_reread": False}
 
