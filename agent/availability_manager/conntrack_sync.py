@@ -930,6 +930,48 @@ class ConntrackSync:
         table = self._caches.get(peer)
         return table.digests() if table is not None else [(0, 0)] * self.groups
 
+    # -- the operator's view and commands (clusterctl cache, resync, flush-cache) --
+
+    def listing_keys(self, table: NodeId | None, buckets: Iterable[int]) -> list[bytes]:
+        """Keys in `buckets` of our mirror (`table` None) or of a peer's cache,
+        in bucket order: a snapshot a listing pages through with `listing_get`
+        (entries may go meanwhile; those read as None and are skipped)."""
+        source = self._mirror if table is None else self._caches.get(table)
+        return [] if source is None else list(source.keys_in_buckets(buckets))
+
+    def listing_count(self, table: NodeId | None, buckets: Iterable[int]) -> int:
+        """How many entries `listing_keys` would give, without building the list."""
+        source = self._mirror if table is None else self._caches.get(table)
+        return 0 if source is None else source.count_in_buckets(buckets)
+
+    def listing_get(self, table: NodeId | None, key: bytes) -> Connection | None:
+        source = self._mirror if table is None else self._caches.get(table)
+        return None if source is None else source.get(key)
+
+    def request_resync(self, peers: Iterable[NodeId], now: float) -> list[NodeId]:
+        """The operator asks `peers` to send their whole table again
+        (conntrackd -n). Each request is forced: an earlier one unanswered
+        does not hold it back. Returns the peers asked (alive ones with a cache)."""
+        asked = [p for p in sorted(set(peers)) if p in self._caches and p not in self._dead]
+        for peer in asked:
+            self._request(peer, frozenset(), "operator", now, force=True)
+        return asked
+
+    def flush_caches(self, peers: Iterable[NodeId]) -> int:
+        """The operator empties the caches of `peers` (conntrackd -f); returns
+        how many entries went. Until a resync refills a cache this node cannot
+        take over that peer's connections. A live peer's next digest shows the
+        difference and asks for one by itself (`_receive_digest`); a dead
+        peer's cache is not refilled."""
+        dropped = 0
+        for peer in set(peers):
+            table = self._caches.get(peer)
+            if table is not None:
+                dropped += len(table)
+                self._caches[peer] = PeerCache(self.groups)
+                self._expect_caches.pop(peer, None)
+        return dropped
+
     @property
     def resync_in_progress(self) -> bool:
         return self._round is not None

@@ -69,6 +69,7 @@ import collections
 import enum
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import assert_never
 
 from . import node_events as ev
@@ -608,6 +609,22 @@ class Node:
 
     def local_entries(self) -> dict[bytes, Connection]:
         return {c.key: c for c in self._sync.local_entries()}
+
+    # -- the operator's tools (daemon/ops_commands.py) -------------------------------
+
+    @property
+    def conntrack_sync(self) -> ConntrackSync:
+        """For reading only: listings and counters of our table and the peers'
+        caches. Changes go through `request_resync` and `flush_caches`."""
+        return self._sync
+
+    def request_resync(self, peers: Iterable[NodeId], now: float) -> list[NodeId]:
+        asked = self._sync.request_resync(peers, now)
+        self._pump(now)
+        return asked
+
+    def flush_caches(self, peers: Iterable[NodeId]) -> int:
+        return self._sync.flush_caches(peers)
 
     def stats(self) -> dict[str, int]:
         """A flat dict of counters and gauges for metrics (node_stats.py)."""

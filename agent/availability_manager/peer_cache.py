@@ -301,6 +301,9 @@ class GroupIndex:
         for bucket in sorted(buckets):
             yield from self._by_bucket.get(bucket, {})
 
+    def count_in_buckets(self, buckets: Iterable[int]) -> int:
+        return sum(len(self._by_bucket.get(b, ())) for b in buckets)
+
 
 class PeerCache(GroupIndex):
     """One peer's entries as records (see the module docstring). Same surface

@@ -1,7 +1,8 @@
 """clusterctl: talk to the local availability-manager over its control socket.
 
-Read commands (`status`, `ranges`, `connections`) print for people, or JSON
-with `--json` (what the Ansible modules parse). Change commands (`drain`,
+Read commands (`status`, `ranges`, `connections`, and conntrackd's: `cache`,
+`kernel`, `stats`) print for people, or JSON with `--json` (what the Ansible
+modules parse). `resync` and `flush-cache` act on the sync caches at once. Change commands (`drain`,
 `join`, `leave`) ask the agent, then wait until the cluster confirms or the
 timeout passes. Exit codes: 0 done, 1 the agent refused or the cluster did
 not confirm in time, 2 usage, 3 agent unreachable.
@@ -10,12 +11,18 @@ not confirm in time, 2 usage, 3 agent unreachable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ..conn_filter import FIELDS, ConnFilter, FilterError
+from . import ops_views
 
 DEFAULT_SOCKET = Path("/run/availability-manager/control.sock")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -43,35 +50,68 @@ class Refused(Exception):
     pass
 
 
-def request(path: Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
-    """One request/answer round trip; Unreachable or Refused on failure."""
+@contextlib.contextmanager
+def connected(
+    path: Path, timeout: float, cmd: str, args: dict[str, Any]
+) -> Iterator[socket.socket]:
+    """A socket to the agent with the request sent; OSErrors become Unreachable."""
     payload = json.dumps({"cmd": cmd, **args}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
             s.sendall(payload)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            yield s
     except FileNotFoundError:
         raise Unreachable(f"no agent socket at {path} (is availability-manager running?)") from None
     except PermissionError:
         raise Unreachable(f"permission denied on {path} (clusterctl must run as root)") from None
     except OSError as exc:
         raise Unreachable(f"cannot talk to the agent at {path}: {exc}") from None
+
+
+def answer_object(path: Path, line: bytes) -> dict[str, Any]:
+    """One answer line as an object; Refused when it says `"ok": false`."""
     try:
-        answer = json.loads(data)
+        answer = json.loads(line)
     except json.JSONDecodeError:
         raise Unreachable(f"the agent at {path} sent an answer that is not JSON") from None
-    if not isinstance(answer, dict) or "ok" not in answer:
+    if not isinstance(answer, dict):
         raise Unreachable(f"the agent at {path} sent a malformed answer")
-    if not answer["ok"]:
+    if answer.get("ok") is False:
         raise Refused(str(answer.get("error", "refused")))
+    return answer
+
+
+def request(path: Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
+    """One request/answer round trip; Unreachable or Refused on failure."""
+    with connected(path, timeout, cmd, args) as s:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = answer_object(path, data)
+    if "ok" not in answer:
+        raise Unreachable(f"the agent at {path} sent a malformed answer")
     return answer.get("result")
+
+
+def request_stream(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> Iterator[Any]:
+    """A request whose answer is streamed (control.Stream): yields its parts up
+    to and including the one with `"end"`. `timeout` bounds each wait for a
+    line (the agent sends one per chunk it examined, matches or not)."""
+    with connected(path, timeout, cmd, args) as s, s.makefile("rb") as lines:
+        header = answer_object(path, lines.readline() or b"{}")
+        if not header.get("stream"):
+            raise Unreachable(f"the agent at {path} did not stream its answer to {cmd}")
+        for line in lines:
+            part = answer_object(path, line)
+            yield part
+            if part.get("end"):
+                return
+    raise Unreachable(f"the agent at {path} closed the connection mid-answer")
 
 
 # -- presentation ----------------------------------------------------------------
@@ -188,6 +228,42 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (
+        ("cache", "entries this node announced and the peers' it holds (conntrackd -i/-e)"),
+        ("kernel", "this node's conntrack table with bucket and owner (conntrack -L)"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        if name == "cache":
+            sp.add_argument(
+                "--source",
+                default="all",
+                help="all (default), local (this node's own), peers, or one peer's node id",
+            )
+        for field in FIELDS:
+            sp.add_argument(
+                f"--{field}", action="append", metavar=FILTER_METAVARS[field],
+                help=FILTER_HELP[field],
+            )  # fmt: skip
+        sp.add_argument(
+            "--limit", type=int, default=1000,
+            help="entries to show (default 1000; 0 shows all, streamed); the rest are counted",
+        )  # fmt: skip
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = sub.add_parser("stats", help="sync counters (conntrackd -s)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (
+        ("resync", "ask the peers to send their tables again (conntrackd -n)"),
+        ("flush-cache", "empty the peers' caches (conntrackd -f): no takeover until a resync"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument(
+            "--peer", action="append", default=[], help="only this peer (node id); repeatable"
+        )
+        if name == "resync":
+            sp.add_argument(
+                "--kernel", action="store_true", help="also re-read this node's conntrack table"
+            )
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (
         ("drain", "hand this node's buckets to the others; keep forwarding its connections"),
         ("join", "take this node's share of buckets again (undo a drain)"),
         ("leave", "drain, then stop the agent"),
@@ -199,10 +275,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+FILTER_METAVARS = {
+    "src": "CIDR", "dst": "CIDR", "addr": "CIDR", "port": "N[-M]", "sport": "N[-M]",
+    "dport": "N[-M]", "proto": "NAME", "state": "STATE", "bucket": "N[-M]", "owner": "NODE",
+}  # fmt: skip
+FILTER_HELP = {
+    "src": "original source address or network; repeatable (any matches)",
+    "dst": "original destination address or network",
+    "addr": "any address of the connection, either direction (NAT included)",
+    "port": "source or destination port, or a range",
+    "sport": "original source port",
+    "dport": "original destination port",
+    "proto": "tcp, udp, icmp, icmpv6 or a number",
+    "state": "TCP state (established, syn_sent, time_wait, ...)",
+    "bucket": "bucket or range of buckets",
+    "owner": "node id owning the entry's bucket now ('none': nobody)",
+}
+
+
+def listing_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's arguments, checked here first so a typo is a usage error."""
+    raw = {f: getattr(args, f) for f in FIELDS if getattr(args, f)}
+    ConnFilter.from_request(raw)  # FilterError: the caller reports it
+    if args.limit < 0:
+        raise FilterError("--limit must be 0 (all) or more")
+    req: dict[str, Any] = {"filter": raw, "limit": args.limit}
+    if args.command == "cache":
+        req["source"] = args.source
+    return req
+
+
+def run_listing(path: Path, args: argparse.Namespace) -> int:
+    try:
+        req = listing_request(args)
+    except FilterError as exc:
+        print(f"clusterctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parts = request_stream(path, args.command, **req)
+    if args.json:
+        ops_views.write_listing_json(parts, sys.stdout)
+    else:
+        ops_views.print_listing(parts, args.command, sys.stdout)
+    return EXIT_OK
+
+
+def run_cache_command(path: Path, args: argparse.Namespace) -> int:
+    extra = {"kernel": True} if getattr(args, "kernel", False) else {}
+    result = request(path, args.command, peers=args.peer, **extra)
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    elif args.command == "resync":
+        print(ops_views.resync_text(result))
+    else:
+        print(ops_views.flush_text(result))
+    return EXIT_OK
+
+
+def run_command(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path: Path = args.socket
     try:
+        if args.command in ("cache", "kernel"):
+            return run_listing(path, args)
+        if args.command in ("resync", "flush-cache"):
+            return run_cache_command(path, args)
+        if args.command == "stats":
+            result = request(path, "stats")
+            print(json.dumps(result, indent=1, sort_keys=True) if args.json else "", end="")
+            if not args.json:
+                ops_views.print_stats(result, sys.stdout)
+            return EXIT_OK
         if args.command in ("status", "ranges"):
             st = request(path, "status")
             if args.json:
@@ -237,6 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as exc:
         print(f"clusterctl: the agent refused: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: `run_command`, quiet when the reader of a
+    long listing goes away (`clusterctl kernel | head`)."""
+    try:
+        return run_command(argv)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..relevance import SyncFilter
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
 from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
+from .notify_hooks import HOOK_EVENTS, NotifyHook, executable_problem
 
 DEFAULT_PATH = Path("/etc/availability-manager/config.yml")
 TRANSPORTS = ("multicast", "broadcast", "unicast")
@@ -101,6 +102,8 @@ class AgentConfig:
     # sealed with the key is heard). With it, other ids are dropped unopened.
     members: frozenset[int] | None = None
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    # commands run on state changes (notify_hooks.py); reloadable
+    notify: tuple[NotifyHook, ...] = ()
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -227,7 +230,9 @@ _TOP_KEYS = {
     "fence",
     "members",
     "limits",
+    "notify",
 }
+MAX_HOOKS = 16
 
 # conntrack's TCP states by the names `conntrack -L` prints (lower case)
 TCP_STATE_NAMES = {
@@ -299,9 +304,14 @@ def parse_config(data: object, path: Path) -> AgentConfig:
     sync_filter, sync_delay_s = _parse_sync_filter(
         r, r.get(top, "sync_filter", "", lambda v, k: r.mapping(v, k), {})
     )
+    notify_raw = r.get(top, "notify", "", lambda v, k: v, [])
+    if not isinstance(notify_raw, list) or len(notify_raw) > MAX_HOOKS:
+        raise r.fail("notify", f"a list of at most {MAX_HOOKS} hooks", notify_raw)
+    notify = tuple(_parse_hook(r, h, f"notify[{i}]") for i, h in enumerate(notify_raw))
 
     return AgentConfig(
         path=path,
+        notify=notify,
         node_id=node_id,
         sync=sync,
         zones=zones,
@@ -427,6 +437,40 @@ def _parse_zone(r: _Reader, value: object, key: str) -> Zone:
         )
     except ValueError as exc:
         raise r.fail(key, str(exc)) from None
+
+
+def _parse_hook(r: _Reader, value: object, key: str) -> NotifyHook:
+    m = r.mapping(value, key)
+    r.check_keys(m, key, {"command", "events", "timeout_s"})
+    raw = r.get(m, "command", key, lambda v, k: v)
+    argv = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(argv, list)
+        or not argv
+        or not all(isinstance(a, str) and a and "\0" not in a for a in argv)
+    ):
+        raise r.fail(f"{key}.command", "a path, or a list of a path and its arguments", raw)
+    exe = r.abspath(argv[0], f"{key}.command")
+    problem = executable_problem(exe)
+    if problem is not None:
+        raise r.fail(f"{key}.command", problem)
+    events_raw = r.get(m, "events", key, lambda v, k: v, list(HOOK_EVENTS))
+    if not isinstance(events_raw, list) or not events_raw:
+        raise r.fail(f"{key}.events", f"a non-empty list of {', '.join(HOOK_EVENTS)}", events_raw)
+    events = frozenset(
+        r.choice(HOOK_EVENTS)(e, f"{key}.events[{i}]") for i, e in enumerate(events_raw)
+    )
+    timeout = r.get(m, "timeout_s", key, _positive_seconds(r), 10.0)
+    return NotifyHook(command=tuple(argv), events=events, timeout_s=timeout)
+
+
+def _positive_seconds(r: _Reader) -> Callable[[Any, str], float]:
+    def conv(v: Any, key: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+            raise r.fail(key, "a number of seconds above 0, at most 3600", v)
+        return float(v)
+
+    return conv
 
 
 def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:

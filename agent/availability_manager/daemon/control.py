@@ -5,17 +5,25 @@ Root-only: the socket is created mode 0600 in a 0700 directory. Requests are
 `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The command
 table (`handlers`) maps names to callables of the runtime; this module only
 does framing and validation, so it is the same for every command.
+
+A listing can be far larger than one answer should be (a million conntrack
+entries are hundreds of MiB of JSON), so a handler may return a `Stream`:
+the answer is then `{"ok": true, "stream": true}` followed by one JSON object
+per line, the last one carrying `"end": true` (or an `{"ok": false, ...}`
+line if the listing fails midway). Each part is written and drained before
+the next is produced: a slow reader slows the listing, never fills memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,14 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 4096
 Handler = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A handler's answer sent as many lines (module docstring). The last part
+    must carry `"end": true`; the iterator is closed if the client goes away."""
+
+    parts: AsyncIterator[dict[str, Any]]
 
 
 class ControlError(Exception):
@@ -105,7 +121,11 @@ class ControlServer:
                     break
                 if not line:
                     break
-                await self._reply(writer, self.dispatch(line))
+                answer = self.dispatch(line)
+                if isinstance(answer, Stream):
+                    await self._stream(writer, answer)
+                else:
+                    await self._reply(writer, answer)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -115,7 +135,25 @@ class ControlServer:
         writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
         await writer.drain()
 
-    def dispatch(self, line: bytes) -> dict[str, Any]:
+    async def _stream(self, writer: asyncio.StreamWriter, stream: Stream) -> None:
+        parts = stream.parts
+        try:
+            await self._reply(writer, {"ok": True, "stream": True})
+            async for part in parts:
+                await self._reply(writer, part)
+        except ControlError as exc:
+            await self._reply(writer, {"ok": False, "error": str(exc)})
+        except (ConnectionError, OSError):
+            raise  # the client went away: _serve closes the connection
+        except Exception:  # a bug in a listing must not kill the agent
+            log.exception("control stream failed")
+            await self._reply(writer, {"ok": False, "error": "internal error; see the agent log"})
+        finally:
+            aclose = getattr(parts, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def dispatch(self, line: bytes) -> dict[str, Any] | Stream:
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -129,7 +167,8 @@ class ControlServer:
             known = ", ".join(sorted(self.handlers))
             return {"ok": False, "error": f"unknown command {request['cmd']!r} (known: {known})"}
         try:
-            return {"ok": True, "result": handler(request)}
+            result = handler(request)
+            return result if isinstance(result, Stream) else {"ok": True, "result": result}
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception:  # a bug must not kill the agent; it is logged in full

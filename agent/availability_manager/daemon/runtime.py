@@ -40,6 +40,8 @@ from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload
 from .control import ControlError, ControlServer
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
+from .notify_hooks import HookRunner, call_for_event, call_for_fault, call_for_phase
+from .ops_commands import OperatorCommands, kernel_listing
 from .own_status import OwnStatus
 from .state_dir import StateDir, StateDirError
 from .systemd import Notifier
@@ -184,6 +186,19 @@ class Runtime:
         self._fence_expires_after = fence_timeout(cfg)
         self._fence_held_until: float | None = None
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.hooks = HookRunner(cfg.notify, format_node_id(cfg.node_id))
+        self._phase = self.node.phase()  # what the hooks were told last
+        self.ops = OperatorCommands(
+            self.node,
+            cfg.cluster.buckets,
+            cfg.mark_mask,
+            now=self.loop.time,
+            pump=self._pump,
+            reread_kernel=lambda: self._kernel.submit(self._redump),
+            kernel_dump=lambda: kernel_listing(self.cfg.mark_mask),
+            stats=self.stats,
+            kernel_refusals=lambda: getattr(self.conntrack, "request_errors", {}),
+        )
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
     # -- lifecycle --------------------------------------------------------------
@@ -235,7 +250,10 @@ class Runtime:
         if self._flush:
             self._flush.cancel()
         await self.control.close()
+        self.ops.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
+        self._pump_hooks()
+        await self.hooks.close(grace=max((h.timeout_s for h in self.cfg.notify), default=0))
         self.dataplane.uninstall()
         self.sync.close()
         self.conntrack.close()
@@ -285,6 +303,7 @@ class Runtime:
             self.counters["reload_failed"] += 1
             return
         self.node.set_keyring(keyring)
+        self.hooks.set_hooks(new.notify)
         self.cfg = dataclasses.replace(new)
         self.counters["reloads"] += 1
         log.info("configuration reloaded from %s", new.path)
@@ -387,6 +406,7 @@ class Runtime:
         The Node hears only the combined bit, and only when it changes."""
         before = self.own_status.faults().get(watcher)
         self.own_status.set(watcher, fault)
+        self.hooks.fire(call_for_fault(watcher, before, fault))
         if fault != before:
             if fault is not None:
                 log.warning("own status: %s: %s", watcher, fault)
@@ -456,6 +476,7 @@ class Runtime:
             self.dataplane.keep_alive()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
+        self._pump_hooks()
         for datagram, destination in self.node.datagrams_to_send(now):
             if destination is Destination.SYNC:
                 self.sync.send(datagram)
@@ -471,6 +492,13 @@ class Runtime:
         if deadline is not None:
             self._timer = self.loop.call_at(max(deadline, now), self._on_timer)
 
+    def _pump_hooks(self) -> None:
+        """A phase change (drain, join, leave) for the notify hooks."""
+        phase = self.node.phase()
+        if phase != self._phase:
+            self.hooks.fire(call_for_phase(self._phase, phase))
+            self._phase = phase
+
     def _perform(self, event: ev.NodeEvent) -> None:
         """Queue an event for the kernel worker; events keep their order.
 
@@ -480,6 +508,9 @@ class Runtime:
         Announcing the release before the kernel let go would let two nodes
         forward the same connections for a moment."""
         done = self._kernel.submit(self._perform_in_worker, event)
+        call = call_for_event(event)
+        if call is not None:  # told once the kernel carried it out
+            done.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.hooks.fire, call))
         if isinstance(event, ev.ActiveBucketsChanged) and event.removed:
             done.result()
 
@@ -544,6 +575,7 @@ class Runtime:
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
         stats["owned_buckets"] = len(self.node.owned_buckets())
+        stats.update(self.hooks.stats())
         return stats
 
     def status(self) -> dict[str, Any]:
@@ -608,4 +640,5 @@ class Runtime:
             "drain": drain,
             "join": join,
             "leave": leave,
+            **self.ops.handlers(),
         }

@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
 
 from ..connection import (
@@ -802,13 +802,28 @@ class ConntrackSocket:
             lambda data, off, end: decode_conntrack(data, off, end, mask),
         )
 
+    def iter_dump(self) -> Iterator[Connection]:
+        """`dump`, one entry at a time as the kernel's answers arrive: a reader
+        of a large table (clusterctl kernel) holds one reply datagram, not the
+        table. Consume it to the end (or close it) before the next request."""
+        mask = self.mark_mask
+        return self._iter_dump(
+            IPCTNL_MSG_CT_GET,
+            NFNL_SUBSYS_CTNETLINK,
+            lambda data, off, end: decode_conntrack(data, off, end, mask),
+        )
+
     def _dump(
         self, msg: int, subsys: int, decode: Callable[[bytes, int, int], DumpItem]
     ) -> list[DumpItem]:
         """A dump request of `subsys`, each answer decoded (malformed ones counted)."""
+        return list(self._iter_dump(msg, subsys, decode))
+
+    def _iter_dump(
+        self, msg: int, subsys: int, decode: Callable[[bytes, int, int], DumpItem]
+    ) -> Iterator[DumpItem]:
         seq, req = self._request(msg, nl.NLM_F_DUMP, socket.AF_UNSPEC, b"", subsys)
         self._send(req)
-        out: list[DumpItem] = []
         while True:
             data = self._recv()
             try:
@@ -817,18 +832,20 @@ class ConntrackSocket:
                         self._count("stale-reply")
                         continue
                     if mtype == nl.NLMSG_DONE:
-                        return out
+                        return
                     if mtype == nl.NLMSG_ERROR:
                         code = self._error_code(data, off, end)
                         if code:
                             raise ConntrackError(f"dump failed: {os.strerror(-code)}")
                         continue
                     try:
-                        out.append(decode(data, off, end))
+                        item = decode(data, off, end)
                     except nl.Malformed as e:
                         self._count(e.reason)
                     except ValueError:
                         self._count("bad-value")
+                    else:
+                        yield item
             except nl.Malformed as e:
                 self._count(e.reason)
 
