@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test-ansible`: everything about the Ansible collection fwcluster.cluster,
 # cheapest first: lint, unit tests (modules, inventory validation, test-host
-# builder), the built collection tarball, ansible-test sanity, then the molecule
-# scenarios on systemd-nspawn test hosts (needs root). Each step is bounded in
+# builder), the changelog fragments (antsibull-changelog lint), the built
+# collection tarball, ansible-test sanity, then the molecule scenarios on
+# systemd-nspawn test hosts (needs root). Each step is bounded in
 # time; whatever happens, the test hosts are removed at the end.
 # Ends with: ansible: N passed, M failed
 #
@@ -75,6 +76,13 @@ lint() {
 
 unit() {
     pytest -q -p no:cacheprovider -n 2 tests/unit
+}
+
+# The changelog fragments (changelogs/fragments) in antsibull-changelog's
+# format: a misspelt section or a fragment that is not a list fails here,
+# not at release time.
+changelog() {
+    antsibull-changelog lint
 }
 
 # The built tarball: nothing development-only inside, the essentials there,
@@ -159,10 +167,11 @@ scenario() {
 }
 
 export REPO VENV LOGS SANITY_VENV TMP
-export -f lint unit build_and_install clone_layout sanity scenario
+export -f lint unit changelog build_and_install clone_layout sanity scenario
 ensure_tools >"$LOGS/tools.log" 2>&1 || echo "ansible-tests: installing tools failed, see $LOGS/tools.log"
 step lint 600 lint
 step unit 900 unit
+step changelog 120 changelog
 step build 300 build_and_install
 step sanity 1500 sanity
 for s in $SCENARIOS; do
