@@ -182,3 +182,61 @@ def test_nftables_accepts_the_rich_policy(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, cwd=REPO,
     )
     assert check.returncode == 0, check.stderr + (tmp_path / "fw1.nft").read_text()
+
+
+def test_input_drops_by_default_but_lets_management_and_the_agent_in(tmp_path: Path) -> None:
+    """Issue 15.8: the input chain defaulted to accept. Now drop, with the
+    management access first and the agent's zone heartbeats on every zone."""
+    lines = [x.strip() for x in rendered_rules(tmp_path, {}).splitlines()]
+    (policy,) = [x for x in lines if x.startswith("type filter hook input")]
+    assert policy.endswith("policy drop;")
+    # The default management access: SSH on Ansible's port, before any service.
+    assert "tcp dport { 22 } accept" in lines
+    assert 'iifname { "out0", "in0" } ip daddr 239.255.77.2 udp dport 7789 accept' in lines
+    assert 'iifname "sync0" udp dport 7788 accept' in lines
+
+
+def test_management_access_comes_before_the_services(tmp_path: Path) -> None:
+    lines = [
+        x.strip()
+        for x in rendered_rules(
+            tmp_path,
+            {
+                "dataplane_management_access": [
+                    {"proto": "tcp", "dports": [2222], "saddr": "198.18.10.0/24"}
+                ],
+                "dataplane_input_allow": [{"proto": "tcp", "dports": [9100], "action": "reject"}],
+            },
+        ).splitlines()
+    ]
+    ssh = lines.index("ip saddr { 198.18.10.0/24 } tcp dport { 2222 } accept")
+    assert ssh < lines.index("tcp dport { 9100 } reject")
+    assert "tcp dport { 22 } accept" not in lines
+
+
+def test_drop_without_management_access_is_refused(tmp_path: Path) -> None:
+    """An empty management access with the drop policy would lock Ansible out."""
+    inventory = {
+        "all": {
+            "vars": {**NAT, "dataplane_management_access": [], "ansible_python_interpreter": sys.executable},
+            "children": {"firewalls": {"hosts": {"fw1": {"dataplane_nat_slot": 1}}}},
+        }
+    }
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(inventory))
+    proc = ansible_playbook("-i", str(path), "-e", f"policy_out_dir={tmp_path}", str(PLAYBOOK))
+    assert proc.returncode != 0
+    assert "dataplane_management_access may not be empty" in failure_text(proc.stdout + proc.stderr)
+    assert not (tmp_path / "fw1.nft").exists()
+
+
+def test_the_zone_heartbeat_group_is_the_agents() -> None:
+    transport = REPO / "agent" / "availability_manager" / "daemon" / "transport.py"
+    if not transport.exists():
+        pytest.skip("not in a clone: the agent's source is not here")
+    import yaml
+
+    group = yaml.safe_load((REPO / "roles" / "dataplane" / "vars" / "main.yml").read_text())[
+        "__dataplane_zone_heartbeat_group"
+    ]
+    assert f'ZONE_HEARTBEAT_GROUP = ipaddress.IPv4Address("{group}")' in transport.read_text()
