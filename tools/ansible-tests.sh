@@ -128,7 +128,7 @@ build_and_install() {
 # dependencies from the collection alone.
 agent_from_tarball() {
     local inst=$1 wh=$TMP/wheelhouse-from-tarball
-    (cd "$TMP" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$inst" \
+    (unset ANSIBLE_CONFIG && cd "$TMP" && ANSIBLE_COLLECTIONS_PATH="$inst" \
         PIP_INDEX_URL=http://127.0.0.1:9/ PIP_NO_INDEX=1 \
         ansible localhost -i localhost, -c local -e "ansible_python_interpreter=$VENV/bin/python" \
         -e "availability_manager_wheelhouse=$wh" -m ansible.builtin.include_role \
