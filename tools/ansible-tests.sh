@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test-ansible`: everything about the Ansible collection fwcluster.cluster,
 # cheapest first: lint, unit tests (modules, inventory validation, test-host
-# builder), the built collection tarball, ansible-test sanity, then the molecule
-# scenarios on systemd-nspawn test hosts (needs root). Each step is bounded in
+# builder), the changelog fragments (antsibull-changelog lint), the built
+# collection tarball, ansible-test sanity, then the molecule scenarios on
+# systemd-nspawn test hosts (needs root). Each step is bounded in
 # time; whatever happens, the test hosts are removed at the end.
 # Ends with: ansible: N passed, M failed
 #
@@ -77,12 +78,20 @@ unit() {
     pytest -q -p no:cacheprovider -n 2 tests/unit
 }
 
+# The changelog fragments (changelogs/fragments) in antsibull-changelog's
+# format: a misspelt section or a fragment that is not a list fails here,
+# not at release time.
+changelog() {
+    antsibull-changelog lint
+}
+
 # The built tarball: nothing development-only inside, the essentials there,
 # and its modules and filters work once installed somewhere else.
 build_and_install() {
     local out=$TMP/build inst=$TMP/installed
-    mkdir -p "$out"
-    ansible-galaxy collection build --output-path "$out" . || return 1
+    tools/build-collection.sh "$out" || return 1
+    [ ! -e roles/availability_manager/files/agent-wheelhouse.tar ] ||
+        { echo "tools/build-collection.sh left the bundled wheelhouse in the clone"; return 1; }
     local tarball=("$out"/fwcluster-cluster-*.tar.gz)
     local listing
     listing=$(tar -tzf "${tarball[0]}") || return 1
@@ -90,7 +99,8 @@ build_and_install() {
         plugins/modules/member.py plugins/modules/cluster_info.py plugins/filter/network.py \
         plugins/module_utils/clusterctl.py plugins/module_utils/addresses.py \
         playbooks/site.yml playbooks/node-argument.yml meta/runtime.yml \
-        roles/clusterdev/tasks/main.yml kmod/clusterdev/dkms.conf kmod/clusterdev/clusterdev_hook.c; do
+        roles/clusterdev/tasks/main.yml kmod/clusterdev/dkms.conf kmod/clusterdev/clusterdev_hook.c \
+        roles/availability_manager/files/agent-wheelhouse.tar; do
         grep -qx "$must" <<<"$listing" || { echo "missing from the tarball: $must"; return 1; }
     done
     for never in .venv/ .cache/ .git/ lab/ agent/ kmod/tools/ kmod/tests/ kmod/build/ kmod/.venv/ \
@@ -108,7 +118,28 @@ build_and_install() {
         tee "$TMP/filter.out"
     grep -q '"msg": true' "$TMP/filter.out" || return 1
     ANSIBLE_COLLECTIONS_PATH=$inst ansible-doc fwcluster.cluster.member >/dev/null || return 1
+    agent_from_tarball "$inst" || return 1
     clone_layout
+}
+
+# The installed tarball carries the agent: the role's controller-side build,
+# run outside the clone (no ansible.cfg, no agent/ source) with the package
+# index unreachable, packs a wheelhouse with the agent and its pinned
+# dependencies from the collection alone.
+agent_from_tarball() {
+    local inst=$1 wh=$TMP/wheelhouse-from-tarball
+    (unset ANSIBLE_CONFIG && cd "$TMP" && ANSIBLE_COLLECTIONS_PATH="$inst" \
+        PIP_INDEX_URL=http://127.0.0.1:9/ PIP_NO_INDEX=1 \
+        ansible localhost -i localhost, -c local -e "ansible_python_interpreter=$VENV/bin/python" \
+        -e "availability_manager_wheelhouse=$wh" -m ansible.builtin.include_role \
+        -a "name=fwcluster.cluster.availability_manager tasks_from=build_wheelhouse") || return 1
+    local packed
+    packed=$(tar -tf "$wh.tar") || return 1
+    echo "$packed"
+    for must in availability_manager- cryptography- pyroute2- pyyaml- prometheus_client-; do
+        grep -q "^\./$must.*\.whl$" <<<"$packed" ||
+            { echo "the wheelhouse from the installed tarball lacks $must*.whl"; return 1; }
+    done
 }
 
 # The clone's top level: requirements.yml installs the collection from this
@@ -159,10 +190,11 @@ scenario() {
 }
 
 export REPO VENV LOGS SANITY_VENV TMP
-export -f lint unit build_and_install clone_layout sanity scenario
+export -f lint unit changelog build_and_install agent_from_tarball clone_layout sanity scenario
 ensure_tools >"$LOGS/tools.log" 2>&1 || echo "ansible-tests: installing tools failed, see $LOGS/tools.log"
 step lint 600 lint
 step unit 900 unit
+step changelog 120 changelog
 step build 300 build_and_install
 step sanity 1500 sanity
 for s in $SCENARIOS; do

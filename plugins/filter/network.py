@@ -10,14 +10,17 @@ __metaclass__ = type
 
 from ansible_collections.fwcluster.cluster.plugins.module_utils.addresses import (
     first_ipv4,
+    first_ipv6,
     in_network,
     is_ip_interface,
     is_multicast_mac,
+    nat_target,
 )
 
 
 class FilterModule(object):
-    """is_multicast_mac, is_ip_interface and in_network (booleans), first_ipv4 (an address)."""
+    """is_multicast_mac, is_ip_interface and in_network (booleans), first_ipv4 and
+    first_ipv6 (an address), nat_target (a NAT target split up)."""
 
     def filters(self):
         return {
@@ -25,4 +28,6 @@ class FilterModule(object):
             "is_ip_interface": is_ip_interface,
             "in_network": in_network,
             "first_ipv4": first_ipv4,
+            "first_ipv6": first_ipv6,
+            "nat_target": nat_target,
         }

@@ -20,6 +20,12 @@ import ipaddress
 
 from jinja2 import Undefined
 
+from ansible_collections.fwcluster.cluster.plugins.module_utils.addresses import (
+    first_ipv4,
+    first_ipv6,
+    nat_target,
+)
+
 MAX_NODE_ID = 0xFFFFFFFF
 WEIGHT_MIN, WEIGHT_MAX = 1, 1000
 NAT_PROTOCOLS = ("tcp", "udp")
@@ -158,16 +164,28 @@ def _dnat_problems(host, rules, zones):
         dport = _integer(rule.get("dport", ""))
         if dport is None or not 1 <= dport <= 65535:
             problems.append("%s: dport must be a port from 1 to 65535, got %s" % (where, rule.get("dport", "(none)")))
-        target = str(rule.get("to", ""))
-        address, _sep, port = target.partition(":")
-        parsed = _address(address)
-        port_ok = port == "" or (_integer(port) is not None and 1 <= _integer(port) <= 65535)
-        if parsed is None or parsed.version != 4 or not port_ok:
-            problems.append("%s: to must be an IPv4 address with an optional :port, got %s" % (where, target or "(none)"))
+        target = nat_target(rule.get("to", ""))
+        if not target:
+            problems.append(
+                "%s: to must be an IPv4 address[:port] or an IPv6 address ([address]:port with a port), got %s"
+                % (where, rule.get("to") or "(none)")
+            )
+            continue
+        version = 4 if target["family"] == "ip" else 6
         if "address" in rule:
             match = _address(rule["address"])
-            if match is None or match.version != 4:
-                problems.append("%s: address (the destination it answers for) must be an IPv4 address, got %s" % (where, rule["address"]))
+            if match is None or match.version != version:
+                problems.append(
+                    "%s: address (the destination it answers for) must be an IPv%d address like its target, got %s"
+                    % (where, version, rule["address"])
+                )
+        else:
+            zone = [z for z in zones or () if isinstance(z, dict) and z.get("name") == rule.get("zone")]
+            cluster_ips = zone[0].get("cluster_ips", []) if zone else []
+            if zone and not (first_ipv4 if version == 4 else first_ipv6)(cluster_ips):
+                problems.append(
+                    "%s: zone %s has no cluster IPv%d address to answer on: give address" % (where, rule.get("zone"), version)
+                )
     return problems
 
 

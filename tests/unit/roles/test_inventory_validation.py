@@ -166,13 +166,6 @@ CASES = {
         broken(dataplane_masquerade=[{"from": "inside", "to": "dmz"}]),
         ["dataplane_masquerade[0]", "dmz"],
     ),
-    "masquerade into a zone without a cluster IPv4 address": (
-        broken(
-            availability_manager_zones=zones_with(0, cluster_ips=["2001:db8::1/64"]),
-            dataplane_masquerade=[{"from": "inside", "to": "outside"}],
-        ),
-        ["dataplane_masquerade[0]", "cluster IPv4 address"],
-    ),
     "NAT port range beyond the port space": (
         broken(
             dataplane_masquerade=[{"from": "inside", "to": "outside"}],

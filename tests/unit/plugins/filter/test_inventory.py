@@ -166,6 +166,21 @@ CASES: dict[str, tuple[dict[str, dict[str, Any]], list[str]]] = {
             "fw1: dataplane_dnat[0]: to must be an IPv4 address",
         ],
     ),
+    "IPv6 DNAT answering on an IPv4 address, and an IPv6 port without brackets": (
+        cluster(
+            fw1={
+                "dataplane_dnat": [
+                    {"zone": "outside", "proto": "tcp", "dport": 443,
+                     "to": "[2001:db8:2::10]:443", "address": "192.0.2.1"},
+                    {"zone": "outside", "proto": "tcp", "dport": 443, "to": "2001:db8:2::10:443x"},
+                ]
+            }
+        ),
+        [
+            "fw1: dataplane_dnat[0]: address (the destination it answers for) must be an IPv6 address like its target, got 192.0.2.1",
+            "fw1: dataplane_dnat[1]: to must be an IPv4 address[:port] or an IPv6 address",
+        ],
+    ),
     "masquerading node without NAT slot": (
         cluster(fw2={"dataplane_masquerade": [{"from": "inside", "to": "outside"}]}),
         ["fw2: dataplane_nat_slot is not set"],

@@ -58,3 +58,35 @@ def test_in_network() -> None:
 )
 def test_first_ipv4(interfaces: list[str], address: str) -> None:
     assert F["first_ipv4"](interfaces) == address
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "address"),
+    [
+        (["192.0.2.1/24", "2001:db8::1/64"], "2001:db8::1"),  # the first IPv6 one
+        (["192.0.2.1/24"], ""),
+        ([], ""),
+    ],
+)
+def test_first_ipv6(interfaces: list[str], address: str) -> None:
+    assert F["first_ipv6"](interfaces) == address
+
+
+@pytest.mark.parametrize(
+    ("target", "split"),
+    [
+        ("203.0.113.10:443", {"address": "203.0.113.10", "port": "443", "family": "ip"}),
+        ("203.0.113.10", {"address": "203.0.113.10", "port": "", "family": "ip"}),
+        ("[2001:db8::10]:443", {"address": "2001:db8::10", "port": "443", "family": "ip6"}),
+        ("[2001:db8::10]", {"address": "2001:db8::10", "port": "", "family": "ip6"}),
+        ("2001:db8::10", {"address": "2001:db8::10", "port": "", "family": "ip6"}),
+        ("web:80", {}),  # a name
+        ("203.0.113.10:0", {}),
+        ("203.0.113.10:65536", {}),
+        ("[203.0.113.10]:80", {}),  # brackets are for IPv6
+        ("[2001:db8::10]:http", {}),
+        ("", {}),
+    ],
+)
+def test_nat_target(target: str, split: dict[str, str]) -> None:
+    assert F["nat_target"](target) == split
