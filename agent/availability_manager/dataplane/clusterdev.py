@@ -30,6 +30,7 @@ from typing import Protocol
 
 from . import clusterdev_genl as genl
 from .base import DataPlaneConfig, Zone
+from .early_drop import SlowPathEntry
 from .input_guard import InputGuard
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class GenlChannel:
         hash_fields: str | None = None,
         mark_mask: int | None = None,
         owned: frozenset[int] | None = None,
+        early_drop: bool | None = None,
+        slow_path: tuple[SlowPathEntry, ...] | None = None,
     ) -> None:
         self._request(
             lambda seq: genl.set_config_request(
@@ -121,6 +124,8 @@ class GenlChannel:
                 hash_fields=hash_fields,
                 mark_mask=mark_mask,
                 owned=owned,
+                early_drop=early_drop,
+                slow_path=slow_path,
             )
         )
 
@@ -217,6 +222,9 @@ class ClusterdevDataPlane:
             hash_fields=settings.hash_fields,
             mark_mask=self._config.mark_mask,
             owned=frozenset(),
+            # The nftables backend's early chain, in the receive handler.
+            early_drop=self._config.early_drop.enabled,
+            slow_path=self._config.early_drop.slow_path,
         )
         self._owned = frozenset()
         self._guard.install()  # before the links: no reply is ever answered
@@ -300,6 +308,7 @@ class ClusterdevDataPlane:
                     "invalid": stats.drop_invalid,
                     "not_owned_established": stats.drop_not_owned_established,
                     "no_listener": guard.get("no_listener", 0),  # the input guard's
+                    **self._early_counters(cfg, stats),
                 },
                 "buckets": cfg.buckets,
                 "seed": cfg.seed,
@@ -311,6 +320,17 @@ class ClusterdevDataPlane:
             }
         )
         return result
+
+    @staticmethod
+    def _early_counters(cfg: genl.Config, stats: genl.Stats) -> dict[str, int]:
+        """The nftables backend's early chain counter names, when it is on."""
+        if not cfg.early_drop:
+            return {}
+        return {
+            "early_not_owned": stats.early_not_owned,
+            "early_slow_path": stats.early_slow_path,
+            "early_undecided": stats.early_undecided,
+        }
 
 
 def mark_bucket(mark: int, mark_mask: int) -> int | None:
