@@ -42,15 +42,12 @@ from availability_manager.dataplane.base import DataPlane, DataPlaneConfig, Zone
 from availability_manager.dataplane.clusterdev import ClusterdevDataPlane
 from availability_manager.dataplane.nftables import NftablesDataPlane
 from availability_manager.types import ClusterSettings
-from fwbench import env, report
+from fwbench import env, guest, report
 from fwcluster_lab.netns import ns_run
 from fwcluster_lab.nslab import NsLab, inside, sh
 
 NAME = "clusterdev_cost"
 PREFIX = "fwkc-"  # namespaces of this benchmark (fwk- is this issue's lab prefix)
-KMOD = env.ROOT / "kmod"
-VNG = KMOD / ".venv" / "bin" / "vng"
-KERNELS = ("6.12.95+deb12-amd64", "6.1.0-50-amd64")  # preferred first
 VARIANTS = ("plain", "nftables", "clusterdev")
 PORT = 5201
 CLIENT, CLIENT_GW = "198.18.0.100", "198.18.0.1"
@@ -66,7 +63,6 @@ table inet fwkc_plain {
   }
 }
 """
-GUEST_TIMEOUT = 1800  # seconds for the whole guest run
 
 
 def dataplane_config() -> DataPlaneConfig:
@@ -219,38 +215,6 @@ def measure(variants: tuple[str, ...], rounds: int, seconds: float) -> dict[str,
 # --- host side: boot the guest, write the section ---------------------------------------
 
 
-def guest_target() -> tuple[str, Path] | str:
-    """(kernel, module) to boot, or why the guest run cannot happen here."""
-    if not VNG.exists():
-        return f"{VNG} missing (kmod/tools/install-build-deps.sh installs virtme-ng)"
-    for kver in KERNELS:
-        ko = KMOD / "build" / kver / "clusterdev.ko"
-        if Path(f"/boot/vmlinuz-{kver}").exists() and ko.exists():
-            return kver, ko
-    return f"no kernel with a built module among {KERNELS} (kmod/tools/build.sh)"
-
-
-def run_in_guest(kver: str, ko: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    # The module needs conntrack loaded first (insmod resolves no dependencies).
-    inner = (
-        f"modprobe nf_conntrack && insmod {ko} && {env.ROOT / '.venv' / 'bin' / 'python'} "
-        f"{Path(__file__).resolve()} --in-guest --rounds {rounds} --seconds {seconds:g}"
-    )
-    argv = [str(VNG), "--run", f"/boot/vmlinuz-{kver}", "--disable-kvm", "--memory", "1G",
-            "--cpus", "2", "--", inner]  # fmt: skip
-    # vng runs its helpers (virtme-ng-init, ...) from its own venv's bin.
-    path = {**os.environ, "PATH": f"{VNG.parent}:{os.environ.get('PATH', '')}"}
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=GUEST_TIMEOUT,
-                         stdin=subprocess.DEVNULL, env=path, check=False)  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return result
-    raise RuntimeError(
-        f"guest gave no result (exit {out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}"
-    )
-
-
 def _median(values: list[float | None]) -> float:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else float("nan")
@@ -362,13 +326,16 @@ def main() -> int:
                 "on the host (quick: no module)",
             )
         else:
-            target = guest_target()
+            target = guest.target()
             if isinstance(target, str):
                 print(f"{NAME}: skipped: {target}")
                 return 0
             kver, ko = target
             print(f"{NAME}: booting {kver} under TCG, {args.rounds} rounds", flush=True)
-            result = run_in_guest(kver, ko, args.rounds, args.seconds)
+            result = guest.run(
+                kver, ko, Path(__file__),
+                ["--rounds", str(args.rounds), "--seconds", f"{args.seconds:g}"],
+            )  # fmt: skip
             where = f"in a TCG guest (virtme-ng --disable-kvm, kernel {kver})"
     d = report.out_dir(args, NAME)
     lines = section(result, facts, load.text(), where)

@@ -52,8 +52,9 @@ struct clusterdev_pkt {
 
 /*
  * The protocols whose conntrack tuple holds the packet's ports. A protocol
- * whose tracker this kernel lacks (DCCP is gone from 6.16) is tracked with
- * ports 0 and would hash differently in the hook: never decided early.
+ * whose tracker this kernel lacks (Debian's 7.3 has none for DCCP and
+ * UDP-Lite) is tracked with ports 0 and would hash differently in the hook:
+ * never decided early.
  */
 static bool clusterdev_port_proto(u8 proto)
 {

@@ -68,7 +68,7 @@ static int clusterdev_parse_slow(const struct nlattr *nest, struct clusterdev_sl
 	memset(e, 0, sizeof(*e));
 	e->port_max = U16_MAX;
 	if (!!tb[CLUSTERDEV_ENTRY_A_ADDR] != !!tb[CLUSTERDEV_ENTRY_A_PREFIX]) {
-		NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry: address and prefix go together");
+		NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry: address and prefix together");
 		return -EINVAL;
 	}
 	if (tb[CLUSTERDEV_ENTRY_A_PROTO])
@@ -83,11 +83,11 @@ static int clusterdev_parse_slow(const struct nlattr *nest, struct clusterdev_sl
 		e->port_min = nla_get_u16(tb[CLUSTERDEV_ENTRY_A_PORT_MIN]);
 		e->port_max = nla_get_u16(tb[CLUSTERDEV_ENTRY_A_PORT_MAX]);
 		if (e->port_min > e->port_max) {
-			NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry: port range upside down");
+			NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry: ports upside down");
 			return -EINVAL;
 		}
 	} else if (!tb[CLUSTERDEV_ENTRY_A_ADDR]) {
-		NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry needs an address, ports or both");
+		NL_SET_ERR_MSG_ATTR(extack, nest, "slow path entry: needs an address or ports");
 		return -EINVAL;
 	}
 	if (!tb[CLUSTERDEV_ENTRY_A_ADDR])
@@ -262,7 +262,7 @@ static int clusterdev_put_slow_path(struct sk_buff *msg, const struct clusterdev
 			words = e->family == NFPROTO_IPV4 ? 1 : 4;
 			for (prefix = 0, w = 0; w < words; w++)
 				prefix += hweight32(ntohl(e->mask[w]));
-			if (nla_put(msg, CLUSTERDEV_ENTRY_A_ADDR, words * sizeof(__be32), e->addr) ||
+			if (nla_put(msg, CLUSTERDEV_ENTRY_A_ADDR, words * 4, e->addr) ||
 			    nla_put_u8(msg, CLUSTERDEV_ENTRY_A_PREFIX, prefix))
 				return -EMSGSIZE;
 		}
