@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +33,8 @@ def test_numbers_match_the_kernel_header() -> None:
     assert cmds["CLUSTERDEV_CMD_SET_CONFIG"] == genl.CMD_SET_CONFIG
     assert cmds["CLUSTERDEV_CMD_GET_CONFIG"] == genl.CMD_GET_CONFIG
     assert cmds["CLUSTERDEV_CMD_GET_STATS"] == genl.CMD_GET_STATS
+    assert cmds["CLUSTERDEV_CMD_CONFIG_CHANGED"] == genl.CMD_CONFIG_CHANGED
+    assert f'CLUSTERDEV_MCGRP_CONFIG\t"{genl.MCGRP_CONFIG}"' in text
     for name, value in attrs.items():
         if name.startswith("CLUSTERDEV_A_") and name != "CLUSTERDEV_A_UNSPEC":
             assert getattr(genl, name.removeprefix("CLUSTERDEV_")) == value, name
@@ -68,6 +71,30 @@ def test_bitmap_roundtrip(case: tuple[int, frozenset[int]]) -> None:
 def test_bitmap_bit_order_is_the_modules() -> None:
     # Bucket b is bit b % 8 of byte b // 8 (clusterdev_genl.c reads it so).
     assert genl.encode_bitmap(frozenset({0, 9, 23}), 24) == bytes([0x01, 0x02, 0x80])
+
+
+SPEC = UAPI.with_name("clusterdev.yaml")
+
+
+def test_the_ynl_spec_names_the_headers_numbers() -> None:
+    """kmod/clusterdev/clusterdev.yaml (YNL, genetlink-legacy): every attribute
+    set and the operations in the header's order, the group's name."""
+    spec = yaml.safe_load(SPEC.read_text())
+    text = UAPI.read_text()
+    for aset, enum in (("clusterdev", "clusterdev_attr"), ("bucket", "clusterdev_bucket_attr"),
+                       ("slow-path", "clusterdev_slow_attr"),
+                       ("entry", "clusterdev_entry_attr")):  # fmt: skip
+        (attrs,) = [a["attributes"] for a in spec["attribute-sets"] if a["name"] == aset]
+        prefix = next(a["name-prefix"] for a in spec["attribute-sets"] if a["name"] == aset)
+        in_spec = [(prefix + a["name"]).upper().replace("-", "_") for a in attrs]
+        in_header = [n for n in _enum(text, enum) if not n.startswith("__")]
+        assert in_spec == in_header, aset
+    ops = [o["name"] for o in spec["operations"]["list"]]
+    assert [f"CLUSTERDEV_CMD_{o.upper().replace('-', '_')}" for o in ops] == [
+        n for n in _enum(text, "clusterdev_cmd") if not n.startswith("__")
+    ]
+    assert [g["name"] for g in spec["mcast-groups"]["list"]] == [genl.MCGRP_CONFIG]
+    assert spec["name"] == genl.FAMILY_NAME and spec["version"] == genl.FAMILY_VERSION
 
 
 def test_bitmap_refuses_buckets_outside_range() -> None:
@@ -190,6 +217,21 @@ def test_parse_stats_reads_the_early_counters() -> None:
     )
     stats = genl.parse_stats(_reply(30, genl.CMD_GET_STATS, attrs), 30)
     assert (stats.early_not_owned, stats.early_slow_path, stats.early_undecided) == (21, 22, 23)
+
+
+def test_config_changed_notification_and_groups() -> None:
+    note = _reply(30, genl.CMD_CONFIG_CHANGED, genl.attr(genl.A_GENERATION, struct.pack("=I", 7))
+                  + genl.attr(genl.A_SENDER_PID, struct.pack("=I", 1234)))  # fmt: skip
+    assert genl.parse_config_changed(note, 30) == genl.ConfigChanged(7, 1234)
+    with pytest.raises(genl.GenlError):  # a GET_CONFIG reply is not a notification
+        genl.parse_config_changed(_reply(30, genl.CMD_GET_CONFIG, b""), 30)
+    group = genl.attr(genl.CTRL_ATTR_MCAST_GRP_NAME, b"config\0") + genl.attr(
+        genl.CTRL_ATTR_MCAST_GRP_ID, struct.pack("=I", 9)
+    )
+    family = genl.attr(genl.CTRL_ATTR_FAMILY_ID, struct.pack("=H", 30)) + genl.attr(
+        genl.CTRL_ATTR_MCAST_GROUPS | genl.NLA_F_NESTED, genl.attr(1 | genl.NLA_F_NESTED, group)
+    )
+    assert genl.parse_mcast_groups(_reply(genl.GENL_ID_CTRL, 1, family)) == {"config": 9}
 
 
 def test_owned_without_buckets_refused() -> None:

@@ -38,6 +38,7 @@ struct clusterdev_cfg {
 	u8 hash_fields;
 	bool early_drop;
 	u8 n_slow;
+	u32 generation;		/* +1 on every published change */
 	DECLARE_BITMAP(owned, CLUSTERDEV_MAX_BUCKETS);
 	/* Sized to n_slow: a namespace without a slow path pays nothing. */
 	struct clusterdev_slow slow[];

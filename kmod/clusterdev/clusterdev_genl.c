@@ -46,6 +46,23 @@ static const struct nla_policy clusterdev_policy[CLUSTERDEV_A_MAX + 1] = {
 	[CLUSTERDEV_A_STATS_EARLY_NOT_OWNED] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_STATS_EARLY_SLOW_PATH] = { .type = NLA_REJECT },
 	[CLUSTERDEV_A_STATS_EARLY_UNDECIDED] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_GENERATION] = { .type = NLA_REJECT },
+	[CLUSTERDEV_A_SENDER_PID] = { .type = NLA_REJECT },
+};
+
+enum clusterdev_mcgrp {
+	CLUSTERDEV_MCGRP_CONFIG_ID,	/* index in clusterdev_mcgrps */
+};
+
+/* The group tells listeners that something changed, never what: reading the
+ * configuration (seed, bitmap) stays GET_CONFIG's, which needs CAP_NET_ADMIN;
+ * joining the group needs it as well.
+ */
+static const struct genl_multicast_group clusterdev_mcgrps[] = {
+	[CLUSTERDEV_MCGRP_CONFIG_ID] = {
+		.name = CLUSTERDEV_MCGRP_CONFIG,
+		.flags = GENL_MCAST_CAP_NET_ADMIN,
+	},
 };
 
 static bool clusterdev_is_port_proto(u8 proto)
@@ -138,6 +155,28 @@ static int clusterdev_count_slow(const struct nlattr *list, struct netlink_ext_a
 
 static struct genl_family clusterdev_genl_family;
 
+/* CONFIG_CHANGED to the namespace's listeners, if there are any. */
+static void clusterdev_notify(struct net *net, u32 generation, u32 sender)
+{
+	struct sk_buff *msg;
+	void *hdr;
+
+	if (!genl_has_listeners(&clusterdev_genl_family, net, CLUSTERDEV_MCGRP_CONFIG_ID))
+		return;
+	msg = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!msg)
+		return;
+	hdr = genlmsg_put(msg, 0, 0, &clusterdev_genl_family, 0, CLUSTERDEV_CMD_CONFIG_CHANGED);
+	if (!hdr || nla_put_u32(msg, CLUSTERDEV_A_GENERATION, generation) ||
+	    nla_put_u32(msg, CLUSTERDEV_A_SENDER_PID, sender)) {
+		nlmsg_free(msg);
+		return;
+	}
+	genlmsg_end(msg, hdr);
+	genlmsg_multicast_netns(&clusterdev_genl_family, net, msg, 0,
+				CLUSTERDEV_MCGRP_CONFIG_ID, GFP_KERNEL);
+}
+
 static int clusterdev_set_config(struct sk_buff *skb, struct genl_info *info)
 {
 	struct clusterdev_net *cn = clusterdev_pernet(genl_info_net(info));
@@ -228,9 +267,11 @@ static int clusterdev_set_config(struct sk_buff *skb, struct genl_info *info)
 		}
 	}
 
+	cfg->generation = old->generation + 1;
 	rcu_assign_pointer(cn->cfg, cfg);
 	mutex_unlock(&cn->cfg_lock);
 	kfree_rcu(old, rcu);
+	clusterdev_notify(genl_info_net(info), cfg->generation, info->snd_portid);
 	return 0;
 
 out:
@@ -311,6 +352,7 @@ static int clusterdev_get_config(struct sk_buff *skb, struct genl_info *info)
 	for_each_set_bit(i, cfg->owned, cfg->buckets)
 		bytes[i / 8] |= BIT(i % 8);
 	if (nla_put_u8(msg, CLUSTERDEV_A_EARLY_DROP, cfg->early_drop) ||
+	    nla_put_u32(msg, CLUSTERDEV_A_GENERATION, cfg->generation) ||
 	    clusterdev_put_slow_path(msg, cfg))
 		goto unlock_failure;
 	mutex_unlock(&cn->cfg_lock);
@@ -536,6 +578,8 @@ static struct genl_family clusterdev_genl_family __ro_after_init = {
 	.module = THIS_MODULE,
 	.small_ops = clusterdev_genl_ops,
 	.n_small_ops = ARRAY_SIZE(clusterdev_genl_ops),
+	.mcgrps = clusterdev_mcgrps,
+	.n_mcgrps = ARRAY_SIZE(clusterdev_mcgrps),
 	/* Every command is new: strict parsing, reserved header bytes must be 0. */
 	.resv_start_op = CLUSTERDEV_CMD_SET_CONFIG,
 };

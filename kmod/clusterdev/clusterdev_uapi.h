@@ -10,6 +10,10 @@
 
 #define CLUSTERDEV_GENL_NAME	"clusterdev"
 #define CLUSTERDEV_GENL_VERSION	1
+/* Multicast group: CLUSTERDEV_CMD_CONFIG_CHANGED after every SET_CONFIG that
+ * changed something; joining needs CAP_NET_ADMIN in the netns' user namespace.
+ */
+#define CLUSTERDEV_MCGRP_CONFIG	"config"
 
 #define CLUSTERDEV_MAX_BUCKETS	4096
 #define CLUSTERDEV_BITMAP_BYTES	(CLUSTERDEV_MAX_BUCKETS / 8)
@@ -20,6 +24,10 @@ enum clusterdev_cmd {
 	CLUSTERDEV_CMD_GET_CONFIG,	/* reply: every config attribute */
 	/* reply: counters (doit: whole arrays; dump: nested per bucket) */
 	CLUSTERDEV_CMD_GET_STATS,
+	/* notification (group "config"): GENERATION and who changed it
+	 * (SENDER_PID); read the configuration itself with GET_CONFIG
+	 */
+	CLUSTERDEV_CMD_CONFIG_CHANGED,
 	__CLUSTERDEV_CMD_MAX,
 };
 
@@ -68,6 +76,11 @@ enum clusterdev_attr {
 	CLUSTERDEV_A_STATS_EARLY_NOT_OWNED,	/* u64: dropped early, bucket not owned */
 	CLUSTERDEV_A_STATS_EARLY_SLOW_PATH,	/* u64: passed on, a slow path entry matched */
 	CLUSTERDEV_A_STATS_EARLY_UNDECIDED,	/* u64: passed on, not decidable early */
+	/* u32: counts the namespace's configuration changes (GET_CONFIG,
+	 * CONFIG_CHANGED), so a listener knows whether it missed one
+	 */
+	CLUSTERDEV_A_GENERATION,
+	CLUSTERDEV_A_SENDER_PID,	/* u32: netlink port id of the SET_CONFIG's sender */
 	__CLUSTERDEV_A_MAX,
 };
 

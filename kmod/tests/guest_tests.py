@@ -29,7 +29,7 @@ lab the earlier ones built):
                 node holding an injected entry of a bucket it does not own
                 drops its packets; with no owner the connection stalls
                 although two nodes hold its entry; the new owner resumes it
-  unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, untracked,
+  unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, notify, untracked,
   packet_tap, churn
                 the link as a stacked device and what reaches it
                 (guest_netdev.py): least privilege, cl0's groups in the lower
@@ -725,6 +725,9 @@ class GuestTests:
     def t_ip_multicast(self) -> str | None:
         return guest_netdev().t_ip_multicast("cli", "eth0", "fw1", "ethc")
 
+    def t_notify(self) -> str | None:
+        return guest_netdev().t_notify("fw1", self.owned["fw1"], BUCKETS)
+
     def t_untracked(self) -> str | None:
         return guest_netdev().t_untracked("cli", "srv")
 
@@ -876,6 +879,7 @@ class GuestTests:
                     self.run("offloads", self.t_offloads)
                     self.run("vlan", self.t_vlan)
                     self.run("ip_multicast", self.t_ip_multicast)
+                    self.run("notify", self.t_notify)
                     self.run("untracked", self.t_untracked)
                     self.run("packet_tap", self.t_packet_tap)
                     self.run("churn", self.t_churn)

@@ -65,6 +65,7 @@ class GenlChannel:
         self._sock.settimeout(5.0)
         self._sock.bind((0, 0))
         self._seq = 0
+        self.groups: dict[str, int] = {}
         self.family = self._resolve_family()
 
     def close(self) -> None:
@@ -102,6 +103,9 @@ class GenlChannel:
             raise
         if not replies:
             raise genl.GenlError("no_family_reply")
+        # name -> id: join one with socket.setsockopt(270, 1, id) (SOL_NETLINK,
+        # NETLINK_ADD_MEMBERSHIP) on a socket of its own to read notifications.
+        self.groups = genl.parse_mcast_groups(replies[0])
         return genl.parse_family_id(replies[0])
 
     def set_config(

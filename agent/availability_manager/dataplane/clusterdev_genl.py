@@ -29,6 +29,9 @@ GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME = 1
+CTRL_ATTR_MCAST_GRP_ID = 2
 
 # kmod/clusterdev/clusterdev_uapi.h
 FAMILY_NAME = "clusterdev"
@@ -37,6 +40,8 @@ MAX_BUCKETS = 4096
 CMD_SET_CONFIG = 1
 CMD_GET_CONFIG = 2
 CMD_GET_STATS = 3
+CMD_CONFIG_CHANGED = 4  # notification to the "config" multicast group
+MCGRP_CONFIG = "config"
 HASH_ADDRESSES = 0
 HASH_ADDRESSES_PORTS = 1
 A_BUCKETS = 1
@@ -56,6 +61,8 @@ A_SLOW_PATH = 14  # nested: SLOW_A_ENTRY nests
 A_STATS_EARLY_NOT_OWNED = 15
 A_STATS_EARLY_SLOW_PATH = 16
 A_STATS_EARLY_UNDECIDED = 17
+A_GENERATION = 18  # u32: configuration changes so far (GET_CONFIG, CONFIG_CHANGED)
+A_SENDER_PID = 19  # u32: netlink port of the SET_CONFIG's sender (CONFIG_CHANGED)
 MAX_SLOW_PATH = 64
 SLOW_A_ENTRY = 1
 ENTRY_A_ADDR = 1
@@ -103,6 +110,15 @@ class Config:
     owned: frozenset[int]
     early_drop: bool = False  # absent from a module before the early decision
     slow_path: tuple[SlowPathEntry, ...] = ()
+    generation: int = 0  # absent from a module before the notifications
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    """A CONFIG_CHANGED notification: that (not what) the configuration changed."""
+
+    generation: int
+    sender_pid: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -343,7 +359,27 @@ def parse_config(msg: Message, family: int) -> Config:
         owned=owned,
         early_drop=bool(_u(attrs, A_EARLY_DROP, "=B")) if A_EARLY_DROP in attrs else False,
         slow_path=decode_slow_path(attrs[A_SLOW_PATH]) if A_SLOW_PATH in attrs else (),
+        generation=_u(attrs, A_GENERATION, "=I") if A_GENERATION in attrs else 0,
     )
+
+
+def parse_config_changed(msg: Message, family: int) -> ConfigChanged:
+    attrs = _genl_attrs(msg, family, CMD_CONFIG_CHANGED)
+    return ConfigChanged(_u(attrs, A_GENERATION, "=I"), _u(attrs, A_SENDER_PID, "=I"))
+
+
+def parse_mcast_groups(msg: Message) -> dict[str, int]:
+    """The family's multicast groups (name -> id) from CTRL_CMD_NEWFAMILY."""
+    attrs = _genl_attrs(msg, GENL_ID_CTRL, 1)
+    groups = {}
+    for _index, nest in _attr_list(attrs.get(CTRL_ATTR_MCAST_GROUPS, b"")):
+        group = parse_attrs(nest)
+        name = group.get(CTRL_ATTR_MCAST_GRP_NAME, b"").split(b"\0", 1)[0]
+        try:
+            groups[name.decode()] = _u(group, CTRL_ATTR_MCAST_GRP_ID, "=I")
+        except UnicodeDecodeError:
+            raise GenlError("bad_group_name", repr(name)) from None
+    return groups
 
 
 def _u64_array(attrs: dict[int, bytes], atype: int) -> tuple[int, ...]:
