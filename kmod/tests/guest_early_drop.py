@@ -156,6 +156,19 @@ def exactly_once(seen: dict[bytes, int], payloads: list[bytes]) -> str | None:
     return None
 
 
+def datagrams(family: int, address: str, port: int, payloads: list[bytes]
+              ) -> Callable[[], str | None]:  # fmt: skip
+    """A sender for the classes: each payload as a new flow to the server,
+    then whether each arrived exactly once."""
+
+    def send() -> str | None:
+        with receiver(family, address, port) as drain:
+            send_udp(family, address, port, payloads)
+            return exactly_once(drain(), payloads)
+
+    return send
+
+
 class EarlyDropTests:
     """The classes in turn; `restore` puts the lab's ownership back."""
 
@@ -231,10 +244,8 @@ class EarlyDropTests:
               " meta l4proto { udp, tcp, icmp }")  # fmt: skip
         # Control: with early_drop off the witness sees the foreign datagrams.
         self.setup(early=False)
-        with receiver(socket.AF_INET, SERVER_IP, 7101) as drain:
-            payloads = [f"control {i}".encode() for i in range(count)]
-            send_udp(socket.AF_INET, SERVER_IP, 7101, payloads)
-            problem = exactly_once(drain(), payloads)
+        problem = datagrams(socket.AF_INET, SERVER_IP, 7101,
+                            [f"control {i}".encode() for i in range(count)])()  # fmt: skip
         if problem:
             return problem
         if witnessed(OTHER) < count:
@@ -245,10 +256,8 @@ class EarlyDropTests:
         self.setup(early=True)
 
         def send() -> str | None:
-            with receiver(socket.AF_INET, SERVER_IP, 7101) as drain:
-                payloads = [f"new {i}".encode() for i in range(count)]
-                send_udp(socket.AF_INET, SERVER_IP, 7101, payloads)
-                problem = exactly_once(drain(), payloads)
+            problem = datagrams(socket.AF_INET, SERVER_IP, 7101,
+                                [f"new {i}".encode() for i in range(count)])()  # fmt: skip
             if problem:
                 return problem
             for i in range(3):  # TCP: handshake, data, close, both directions
@@ -305,28 +314,17 @@ class EarlyDropTests:
         count = 10
         watch(f"ip6 saddr {{ {CLIENT6}, {SERVER6} }} meta l4proto udp")
         self.setup()
-
-        def send() -> str | None:
-            with receiver(socket.AF_INET6, SERVER6, 7108) as drain:
-                payloads = [f"v6 {i}".encode() for i in range(count)]
-                send_udp(socket.AF_INET6, SERVER6, 7108, payloads)
-                return exactly_once(drain(), payloads)
-
-        return self._dropped_early(count, send)
+        payloads = [f"v6 {i}".encode() for i in range(count)]
+        return self._dropped_early(count, datagrams(socket.AF_INET6, SERVER6, 7108, payloads))
 
     def t_fragments(self) -> str | None:
         count = 5
         watch("udp dport 7103")
         self.setup()
-
-        def send() -> str | None:
-            with receiver(socket.AF_INET, SERVER_IP, 7103) as drain:
-                payloads = [bytes([65 + i]) * 4000 for i in range(count)]
-                send_udp(socket.AF_INET, SERVER_IP, 7103, payloads)
-                return exactly_once(drain(), payloads)
-
+        payloads = [bytes([65 + i]) * 4000 for i in range(count)]
         # Three fragments each pass the receive handler; the witness counts
         # the reassembled datagram.
+        send = datagrams(socket.AF_INET, SERVER_IP, 7103, payloads)
         return self._passed_on(count, "early_undecided", send)
 
     def t_local(self) -> str | None:
@@ -345,25 +343,15 @@ class EarlyDropTests:
         count = 5
         watch(f"udp dport {SLOW_PORT}")
         self.setup()
-
-        def send_slow() -> str | None:
-            with receiver(socket.AF_INET, SERVER_IP, SLOW_PORT) as drain:
-                payloads = [f"slow {i}".encode() for i in range(count)]
-                send_udp(socket.AF_INET, SERVER_IP, SLOW_PORT, payloads)
-                return exactly_once(drain(), payloads)
-
-        problem = self._passed_on(count, "early_slow_path", send_slow)
+        slow = datagrams(socket.AF_INET, SERVER_IP, SLOW_PORT,
+                         [f"slow {i}".encode() for i in range(count)])  # fmt: skip
+        problem = self._passed_on(count, "early_slow_path", slow)
         if problem:
             return problem
         watch(f"udp dport {SLOW_PORT + 1}")
-
-        def send_next() -> str | None:
-            with receiver(socket.AF_INET, SERVER_IP, SLOW_PORT + 1) as drain:
-                payloads = [f"next {i}".encode() for i in range(count)]
-                send_udp(socket.AF_INET, SERVER_IP, SLOW_PORT + 1, payloads)
-                return exactly_once(drain(), payloads)
-
-        return self._dropped_early(count, send_next)
+        beside = datagrams(socket.AF_INET, SERVER_IP, SLOW_PORT + 1,
+                           [f"next {i}".encode() for i in range(count)])  # fmt: skip
+        return self._dropped_early(count, beside)
 
     def t_other(self) -> str | None:
         """ICMP errors (the server's port unreachable for a closed port) and a
