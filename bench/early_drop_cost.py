@@ -227,7 +227,13 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
         if args.backend == "nftables"
         else (
             f"in a TCG guest (virtme-ng --disable-kvm, kernel {args.guest_kernel}; emulated "
-            "CPU: only the ratios, measured alike in one guest, mean anything)"
+            "CPU: only the ratios, measured alike in one guest, mean anything"
+            + (
+                f"; QEMU `{guest.ICOUNT}`: guest time counts instructions, so CPU per "
+                "packet is an instruction count the host's load does not inflate)"
+                if args.icount
+                else "; plain TCG: the host's load inflates guest CPU time at random)"
+            )
         )
     )
     lines += [
@@ -319,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--backend", choices=("nftables", "clusterdev"), default="nftables")
     p.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--icount",
+        action="store_true",
+        help="clusterdev: QEMU instruction counting in the guest (CPU time = instructions)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.rate, args.seconds = 1, 10000.0, 0.5
@@ -339,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             gen.build()  # the guest sees the host's files read-only
             run = ["--backend", "clusterdev", "--rounds", str(args.rounds),
                    "--rate", f"{args.rate:g}", "--seconds", f"{args.seconds:g}"]  # fmt: skip
-            rounds = guest.run(args.guest_kernel, ko, Path(__file__), run)["rounds"]
+            rounds = guest.run(args.guest_kernel, ko, Path(__file__), run, args.icount)[
+                "rounds"
+            ]
         else:
             rounds = measure(args)["rounds"]
     write_section(args, rounds, sampler.text(), facts)

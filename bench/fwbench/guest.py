@@ -30,16 +30,25 @@ def target() -> tuple[str, Path] | str:
     return f"no kernel with a built module among {KERNELS} (kmod/tools/build.sh)"
 
 
-def run(kver: str, ko: Path, script: Path, args: list[str]) -> dict[str, Any]:
+# QEMU's instruction counting: the guest's clock advances by the instructions
+# it executes (2**3 ns each), not by host time, so CPU time measured inside
+# is an instruction count that the host's other load cannot inflate (under
+# plain TCG a vCPU thread descheduled by the host still accrues guest time).
+ICOUNT = "-icount shift=3,sleep=off"
+
+
+def run(kver: str, ko: Path, script: Path, args: list[str], icount: bool = False
+        ) -> dict[str, Any]:  # fmt: skip
     """Boot `kver`, load `ko`, run `script --in-guest *args` with the project's
-    Python; its RESULT line, parsed."""
+    Python; its RESULT line, parsed. `icount`: with ICOUNT (CPU figures as
+    instruction counts; the guest runs single-threaded and slower)."""
     # The module needs conntrack loaded first (insmod resolves no dependencies).
     inner = (
         f"modprobe nf_conntrack && insmod {ko} && {ROOT / '.venv' / 'bin' / 'python'} "
         f"{script.resolve()} --in-guest {' '.join(args)}"
     )
     argv = [str(VNG), "--run", f"/boot/vmlinuz-{kver}", "--disable-kvm", "--memory", "1G",
-            "--cpus", "2", "--", inner]  # fmt: skip
+            "--cpus", "2", *([f"--qemu-opts={ICOUNT}"] if icount else []), "--", inner]  # fmt: skip
     # vng runs its helpers (virtme-ng-init, ...) from its own venv's bin.
     path = {**os.environ, "PATH": f"{VNG.parent}:{os.environ.get('PATH', '')}"}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=GUEST_TIMEOUT,
