@@ -315,9 +315,9 @@ def section(
     lines.append(
         "The client's TCP sends GSO packets of up to 64 KiB that veth and the bridge pass "
         "whole; a node that segmented them in software before a device would transmit "
-        "packets of at most the MTU (1500 bytes) there. Far above 1500 on the clusterdev "
-        "link and its lower device: forwarded GSO packets cross cl0 unsegmented (its "
-        "inherited TSO/GSO features), as they cross the nftables backend's interface."
+        "packets of at most the MTU (1500 bytes) there. A device with 0 transmitted "
+        "nothing: forwarded packets leave by the route, which is the lower device's "
+        "(the node's own address) in this topology, not cl0's transmit."
     )
     if where.startswith("in a TCG guest"):
         lines.append(
