@@ -261,6 +261,37 @@ def test_early_drop_goes_to_the_module_with_its_slow_path_and_counters() -> None
     assert counters["early_undecided"] == 9
 
 
+def test_a_module_without_early_drop_still_installs_with_it_off() -> None:
+    backend, _, channels, log = make()
+    refusals = []
+
+    def old_module(**kwargs: object) -> None:
+        if "early_drop" in kwargs:
+            refusals.append(kwargs)
+            raise genl.KernelError(22)  # EINVAL: attribute beyond its policy
+        log.append(("genl", kwargs))
+
+    backend._chan()  # the channel exists; give it the old module's behaviour
+    channels[0].set_config = old_module  # type: ignore[method-assign]
+    backend.install()
+    assert len(refusals) == 1
+    sent = [e for e in log if isinstance(e, tuple) and e[0] == "genl"]
+    assert "early_drop" not in sent[0][1] and sent[0][1]["owned"] == frozenset()  # type: ignore[index,operator]
+
+
+def test_a_module_without_early_drop_is_an_error_with_it_on() -> None:
+    backend, _, channels, _ = make(early_drop=EarlyDrop(True))
+
+    def old_module(**kwargs: object) -> None:
+        if "early_drop" in kwargs:
+            raise genl.KernelError(22)
+
+    backend._chan()
+    channels[0].set_config = old_module  # type: ignore[method-assign]
+    with pytest.raises(genl.KernelError):
+        backend.install()
+
+
 def test_the_input_guard_comes_before_the_links_and_goes_after_them() -> None:
     """Replies to source-NATed connections must never be answered: the guard
     (the nftables backend's no_listener rule) is in place before the first

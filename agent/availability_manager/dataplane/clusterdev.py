@@ -220,16 +220,27 @@ class ClusterdevDataPlane:
         settings = self._config.settings
         chan = self._load_module()
         # Own nothing first: the links below start filtering at once.
-        chan.set_config(
-            buckets=settings.buckets,
-            seed=settings.hash_seed,
-            hash_fields=settings.hash_fields,
-            mark_mask=self._config.mark_mask,
-            owned=frozenset(),
-            # The nftables backend's early chain, in the receive handler.
-            early_drop=self._config.early_drop.enabled,
-            slow_path=self._config.early_drop.slow_path,
-        )
+        base = {
+            "buckets": settings.buckets,
+            "seed": settings.hash_seed,
+            "hash_fields": settings.hash_fields,
+            "mark_mask": self._config.mark_mask,
+            "owned": frozenset[int](),
+        }
+        early = self._config.early_drop
+        try:
+            # The nftables backend's early chain, in the receive handler; sent
+            # when off too, so a restart with it off turns it off.
+            chan.set_config(**base, early_drop=early.enabled, slow_path=early.slow_path)  # type: ignore[arg-type]
+        except genl.KernelError as e:
+            # A module from before the early drop refuses the attributes
+            # (EINVAL, strict parsing): fine while it is off, an error if on.
+            if early.enabled or e.errno != errno.EINVAL:
+                raise
+            log.warning(
+                "clusterdev: module without early drop (kernel refused it): configured without"
+            )
+            chan.set_config(**base)  # type: ignore[arg-type]
         self._owned = frozenset()
         self._guard.install()  # before the links: no reply is ever answered
         self._sysctl("net.ipv4.ip_forward", "1")
