@@ -39,18 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from availability_manager.dataplane.base import DataPlane, DataPlaneConfig, Zone
-from availability_manager.dataplane.clusterdev import ClusterdevDataPlane
+from availability_manager.dataplane.clusterdev import ClusterdevDataPlane, device_name
 from availability_manager.dataplane.nftables import NftablesDataPlane
 from availability_manager.types import ClusterSettings
-from fwbench import env, report
+from fwbench import env, guest, report
+from fwbench.measure import iface_counters
 from fwcluster_lab.netns import ns_run
 from fwcluster_lab.nslab import NsLab, inside, sh
 
 NAME = "clusterdev_cost"
 PREFIX = "fwkc-"  # namespaces of this benchmark (fwk- is this issue's lab prefix)
-KMOD = env.ROOT / "kmod"
-VNG = KMOD / ".venv" / "bin" / "vng"
-KERNELS = ("6.12.95+deb12-amd64", "6.1.0-50-amd64")  # preferred first
 VARIANTS = ("plain", "nftables", "clusterdev")
 PORT = 5201
 CLIENT, CLIENT_GW = "198.18.0.100", "198.18.0.1"
@@ -66,7 +64,6 @@ table inet fwkc_plain {
   }
 }
 """
-GUEST_TIMEOUT = 1800  # seconds for the whole guest run
 
 
 def dataplane_config() -> DataPlaneConfig:
@@ -170,9 +167,20 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
     argv = ["iperf3", "-c", SERVER, "-p", str(PORT), "-t", f"{seconds:g}", "-J"]
     if udp:
         argv += ["-u", "-b", "0", "-l", "64"]
+    node = chains.ns(variant, "fw")
+    devices = tx_devices(variant)
+    tx0 = {dev: iface_counters(node, dev) for dev in devices}
     j0 = env.Jiffies()
     out = ns_run(chains.ns(variant, "cli"), argv, check=False, timeout=seconds + 60)
     busy = env.Jiffies().busy_s_since(j0)
+    # Bytes per transmitted packet towards the server: a GSO packet passed
+    # whole counts once with up to 64 KiB; one segmented in software before
+    # the device counts as MTU-sized packets.
+    tx_size = {}
+    for dev in devices:
+        after = iface_counters(node, dev)
+        sent = after[3] - tx0[dev][3]
+        tx_size[dev] = (after[2] - tx0[dev][2]) / sent if sent else 0.0
     data = json.loads(out.stdout) if out.stdout.strip() else {}
     if out.returncode != 0 or "end" not in data:
         raise RuntimeError(
@@ -183,6 +191,7 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
         return {
             "gbit_s": end["sum_received"]["bits_per_second"] / 1e9,
             "busy_cpu_s": busy,
+            "tx_bytes_per_packet": tx_size,
         }
     s = end["sum"]
     received = s["packets"] - s["lost_packets"]
@@ -192,6 +201,14 @@ def iperf(chains: Chains, variant: str, udp: bool, seconds: float) -> dict[str, 
         "busy_cpu_s": busy,
         "cpu_ns_per_packet": busy * 1e9 / received if received else None,
     }
+
+
+def tx_devices(variant: str) -> tuple[str, ...]:
+    """The node's devices towards the server: the zone interface, and for
+    clusterdev the link on it (whose transmit counts what reached it)."""
+    if variant == "clusterdev":
+        return (device_name(1, dataplane_config().zones[1]), "eths")
+    return ("eths",)
 
 
 def measure(variants: tuple[str, ...], rounds: int, seconds: float) -> dict[str, Any]:
@@ -219,38 +236,6 @@ def measure(variants: tuple[str, ...], rounds: int, seconds: float) -> dict[str,
 # --- host side: boot the guest, write the section ---------------------------------------
 
 
-def guest_target() -> tuple[str, Path] | str:
-    """(kernel, module) to boot, or why the guest run cannot happen here."""
-    if not VNG.exists():
-        return f"{VNG} missing (kmod/tools/install-build-deps.sh installs virtme-ng)"
-    for kver in KERNELS:
-        ko = KMOD / "build" / kver / "clusterdev.ko"
-        if Path(f"/boot/vmlinuz-{kver}").exists() and ko.exists():
-            return kver, ko
-    return f"no kernel with a built module among {KERNELS} (kmod/tools/build.sh)"
-
-
-def run_in_guest(kver: str, ko: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    # The module needs conntrack loaded first (insmod resolves no dependencies).
-    inner = (
-        f"modprobe nf_conntrack && insmod {ko} && {env.ROOT / '.venv' / 'bin' / 'python'} "
-        f"{Path(__file__).resolve()} --in-guest --rounds {rounds} --seconds {seconds:g}"
-    )
-    argv = [str(VNG), "--run", f"/boot/vmlinuz-{kver}", "--disable-kvm", "--memory", "1G",
-            "--cpus", "2", "--", inner]  # fmt: skip
-    # vng runs its helpers (virtme-ng-init, ...) from its own venv's bin.
-    path = {**os.environ, "PATH": f"{VNG.parent}:{os.environ.get('PATH', '')}"}
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=GUEST_TIMEOUT,
-                         stdin=subprocess.DEVNULL, env=path, check=False)  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return result
-    raise RuntimeError(
-        f"guest gave no result (exit {out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}"
-    )
-
-
 def _median(values: list[float | None]) -> float:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else float("nan")
@@ -264,6 +249,12 @@ def summarize(result: dict[str, Any]) -> dict[str, dict[str, float]]:
             "pps": _median([r["udp"]["pps"] for r in runs]),
             "cpu_ns_per_packet": _median([r["udp"]["cpu_ns_per_packet"] for r in runs]),
             "gbit_s": _median([r["tcp"]["gbit_s"] for r in runs]),
+            **{
+                f"tx_size_{dev}": _median(
+                    [r["tcp"].get("tx_bytes_per_packet", {}).get(dev) for r in runs]
+                )
+                for dev in tx_devices(v)
+            },
         }
     return out
 
@@ -313,6 +304,21 @@ def section(
             f"clusterdev / nftables TCP throughput: {tcp_ratio:.2f} (one stream; rounds vary by "
             "about 15 %, see the table)."
         )
+    for v in result["variants"]:
+        sizes = ", ".join(
+            f"{dev} {med[v][f'tx_size_{dev}']:,.0f}" for dev in tx_devices(v)
+        )
+        lines.append(
+            f"TCP, {v}: bytes per packet the node transmitted towards the server (median): "
+            f"{sizes}."
+        )
+    lines.append(
+        "The client's TCP sends GSO packets of up to 64 KiB that veth and the bridge pass "
+        "whole; a node that segmented them in software before a device would transmit "
+        "packets of at most the MTU (1500 bytes) there. A device with 0 transmitted "
+        "nothing: forwarded packets leave by the route, which is the lower device's "
+        "(the node's own address) in this topology, not cl0's transmit."
+    )
     if where.startswith("in a TCG guest"):
         lines.append(
             "Under TCG every instruction is emulated: absolute numbers are far below real "
@@ -362,13 +368,16 @@ def main() -> int:
                 "on the host (quick: no module)",
             )
         else:
-            target = guest_target()
+            target = guest.target()
             if isinstance(target, str):
                 print(f"{NAME}: skipped: {target}")
                 return 0
             kver, ko = target
             print(f"{NAME}: booting {kver} under TCG, {args.rounds} rounds", flush=True)
-            result = run_in_guest(kver, ko, args.rounds, args.seconds)
+            result = guest.run(
+                kver, ko, Path(__file__),
+                ["--rounds", str(args.rounds), "--seconds", f"{args.seconds:g}"],
+            )  # fmt: skip
             where = f"in a TCG guest (virtme-ng --disable-kvm, kernel {kver})"
     d = report.out_dir(args, NAME)
     lines = section(result, facts, load.text(), where)

@@ -29,6 +29,13 @@ rotate within each round so that load changes hit all alike.
 
     .venv/bin/python bench/early_drop_cost.py           # 5 rounds, docs/benchmarks/
     .venv/bin/python bench/early_drop_cost.py --quick   # 1 short round, temp dir
+    .venv/bin/python bench/early_drop_cost.py --backend clusterdev   # in a guest
+
+With `--backend clusterdev` the same cases run with the kernel module's
+backend (ClusterdevDataPlane; the early decision is its receive handler's,
+clusterdev_early.c) inside a virtme-ng guest (TCG; the host cannot load
+modules), whose CPU figures are emulated: only the ratios, measured alike
+in the same guest, mean anything.
 """
 
 from __future__ import annotations
@@ -37,18 +44,21 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import os
 import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.base import DataPlane, DataPlaneConfig, Zone
+from availability_manager.dataplane.clusterdev import ClusterdevDataPlane
 from availability_manager.dataplane.early_drop import EarlyDrop
 from availability_manager.dataplane.nftables import NftablesDataPlane
 from availability_manager.types import ClusterSettings
-from fwbench import env, gen, report
+from fwbench import env, gen, guest, report
 from fwbench.foreign_cost import MODES, analyse, gain
 from fwbench.measure import children_cpu_s, iface_counters, softirq_threads_cpu_s
 from fwcluster_lab.nslab import NsLab, inside, sh
@@ -78,11 +88,11 @@ def nft_in(ns: str, script: str) -> None:
                    check=True)  # fmt: skip
 
 
-def config(early: bool) -> DataPlaneConfig:
+def config(early: bool, backend: str = "nftables") -> DataPlaneConfig:
     ip = ipaddress.ip_interface
     return DataPlaneConfig(
         node_id=1,
-        settings=SETTINGS,
+        settings=dataclasses.replace(SETTINGS, backend=backend),
         zones=(
             Zone("inside", "in0", (ip(f"{CLUSTER_IN}/24"),), "03:fc:00:00:0e:01"),
             Zone("outside", "out0", (ip(f"{CLUSTER_OUT}/24"),), "03:fc:00:00:0e:02"),
@@ -97,15 +107,23 @@ class Bench:
     client: str
     fw: str
     server: str
-    dp: NftablesDataPlane | None = None
+    backend: str = "nftables"
+    dp: DataPlane | None = None
+    early: bool | None = None
 
     def data_plane(self, early: bool, owned: frozenset[int]) -> None:
         with inside(self.fw):
-            if self.dp is None or self.dp.config.early_drop.enabled != early:
+            if self.dp is None or self.early != early:
                 if self.dp is not None:
                     self.dp.uninstall()
-                self.dp = NftablesDataPlane(config(early))
+                cfg = config(early, self.backend)
+                self.dp = (
+                    ClusterdevDataPlane(cfg)
+                    if self.backend == "clusterdev"
+                    else NftablesDataPlane(cfg)
+                )
                 self.dp.install()
+                self.early = early
             self.dp.set_owned_buckets(owned)
 
     def forwarded(self) -> int:
@@ -113,11 +131,11 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_lab() -> Iterator[Bench]:
+def bench_lab(backend: str = "nftables") -> Iterator[Bench]:
     lab = NsLab(f"fwed-{os.getpid()}-")
     b: Bench | None = None
     try:
-        b = Bench(lab, lab.ns("c"), lab.ns("f"), lab.ns("s"))
+        b = Bench(lab, lab.ns("c"), lab.ns("f"), lab.ns("s"), backend)
         lab.veth(b.client, "eth0", b.fw, "in0")
         lab.veth(b.fw, "out0", b.server, "eth0")
         lab.addr(b.client, "eth0", f"{CLIENT}/24")
@@ -192,17 +210,38 @@ def run_case(
 
 def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: str,
                   facts: dict[str, str]) -> None:  # fmt: skip
-    out = report.out_dir(args, "early_drop_cost")
+    name = "early_drop_cost" + (
+        "" if args.backend == "nftables" else f"_{args.backend}"
+    )
+    out = report.out_dir(args, name)
     a = analyse(rounds)
     cost, d = a["cost_us"], a["d"]
+    early_name = (
+        "early chain" if args.backend == "nftables" else "early drop (rx_handler)"
+    )
     lines = report.header(
-        "Early drop: d, the cost of a foreign packet (nftables)", facts, load
+        f"Early drop: d, the cost of a foreign packet ({args.backend})", facts, load
+    )
+    where = (
+        "on the host"
+        if args.backend == "nftables"
+        else (
+            f"in a TCG guest (virtme-ng --disable-kvm, kernel {args.guest_kernel}; emulated "
+            "CPU: only the ratios, measured alike in one guest, mean anything"
+            + (
+                f"; QEMU `{guest.ICOUNT}`: guest time counts instructions, so CPU per "
+                "packet is an instruction count the host's load does not inflate)"
+                if args.icount
+                else "; plain TCG: the host's load inflates guest CPU time at random)"
+            )
+        )
     )
     lines += [
         (
+            f"Measured {where}. "
             f"{args.rounds} round(s); per case one flood of {args.rate:,.0f} UDP packets/s for "
             f"{args.seconds:g} s over {FLOWS} fixed flows (bench/gen/newconn.c, one sender) "
-            "through one fw namespace (client - fw - server, veth, nftables data plane "
+            f"through one fw namespace (client - fw - server, veth, {args.backend} data plane "
             "in-process, owned set set directly), cases rotated within each round. CPU = "
             "generator process + ksoftirqd threads, per packet sent. The node's share = "
             "case minus *sender only*; **d = node's share of a foreign packet / node's share "
@@ -225,7 +264,7 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
     rows = []
     for mode in MODES:
         rows.append([
-            "today (off)" if mode == "off" else "early chain",
+            "today (off)" if mode == "off" else early_name,
             f"{d[f'{mode}/foreign_unknown']:.3f}", f"{d[f'{mode}/foreign_known']:.3f}",
             f"{d[f'{mode}/prerouting_floor']:.3f}", f"{d[f'{mode}/ingress_floor']:.3f}",
         ])  # fmt: skip
@@ -239,17 +278,17 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
     lines += [
         "",
         (
-            f"The early chain also costs the owner: its share of a forwarded packet is "
+            f"The {early_name} also costs the owner: its share of a forwarded packet is "
             f"{a['forward_early_vs_off']:.2f}x today's. Measured against today's forwarding "
-            f"cost (one node alone would run without the early chain), a foreign packet "
-            f"with the early chain costs d' = {d_cross:.3f}; the gain of N nodes over one "
+            f"cost (one node alone would run without it), a foreign packet "
+            f"with it costs d' = {d_cross:.3f}; the gain of N nodes over one "
             f"node with today's ruleset is then N / (f + d' (N-1)) with f = "
-            f"{a['forward_early_vs_off']:.2f} (row *early chain, against today's node*)."
+            f"{a['forward_early_vs_off']:.2f} (row *{early_name}, against today's node*)."
         ),
         "",
         (
-            f"Goal d <= {GOAL_D}: {'met' if d_on <= GOAL_D else 'NOT met'} with the early "
-            f"chain (unknown connections d = {d_on:.3f}; today {d_off:.3f}). Expected gain of "
+            f"Goal d <= {GOAL_D}: {'met' if d_on <= GOAL_D else 'NOT met'} with the "
+            f"{early_name} (unknown connections d = {d_on:.3f}; today {d_off:.3f}). Expected gain of "
             "N nodes over one, 1 / (1/N + d (N-1)/N), from the measured d of unknown "
             "connections (every node but the owner has no entry):"
         ),
@@ -260,9 +299,9 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
         ["N", *[str(n) for n in ns]],
         [
             ["today", *[f"{gain(d_off, n):.2f}" for n in ns]],
-            ["early chain", *[f"{gain(d_on, n):.2f}" for n in ns]],
+            [early_name, *[f"{gain(d_on, n):.2f}" for n in ns]],
             [
-                "early chain, against today's node",
+                f"{early_name}, against today's node",
                 *[
                     f"{n / (a['forward_early_vs_off'] + d_cross * (n - 1)):.2f}"
                     for n in ns
@@ -275,7 +314,7 @@ def write_section(args: argparse.Namespace, rounds: list[dict[str, Any]], load: 
         ],
     )
     lines += [""]
-    report.write(out, "early_drop_cost", lines, {"rounds": rounds, "analysis": a})
+    report.write(out, name, lines, {"rounds": rounds, "analysis": a})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,16 +323,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--rate", type=float, default=40000.0)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--backend", choices=("nftables", "clusterdev"), default="nftables")
+    p.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--icount",
+        action="store_true",
+        help="clusterdev: QEMU instruction counting in the guest (CPU time = instructions)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.rate, args.seconds = 1, 10000.0, 0.5
     if os.geteuid() != 0:
         print("early_drop_cost: needs root (network namespaces)", file=sys.stderr)
         return 2
+    if args.in_guest:
+        print("RESULT " + json.dumps(measure(args)), flush=True)
+        return 0
     facts = env.machine_facts()
+    with env.LoadSampler() as sampler:
+        if args.backend == "clusterdev":
+            target = guest.target()
+            if isinstance(target, str):
+                print(f"early_drop_cost: skipped: {target}")
+                return 0
+            args.guest_kernel, ko = target
+            gen.build()  # the guest sees the host's files read-only
+            run = ["--backend", "clusterdev", "--rounds", str(args.rounds),
+                   "--rate", f"{args.rate:g}", "--seconds", f"{args.seconds:g}"]  # fmt: skip
+            rounds = guest.run(args.guest_kernel, ko, Path(__file__), run, args.icount)[
+                "rounds"
+            ]
+        else:
+            rounds = measure(args)["rounds"]
+    write_section(args, rounds, sampler.text(), facts)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every case of every round, in this kernel."""
     keys = [(m, c) for m in MODES for c in CASES] + [("", r) for r in REFERENCES]
     rounds: list[dict[str, Any]] = []
-    with env.LoadSampler() as sampler, bench_lab() as b:
+    with bench_lab(args.backend) as b:
         for i in range(args.rounds):
             result: dict[str, Any] = {}
             order = keys[i % len(keys) :] + keys[: i % len(keys)]
@@ -303,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {i + 1} {mode or '-'} {case}: {r['us_per_packet']:.2f} us/packet, "
                       f"forwarded {r['forwarded']}/{r['sent']}", flush=True)  # fmt: skip
             rounds.append(result)
-    write_section(args, rounds, sampler.text(), facts)
-    return 0
+    return {"rounds": rounds, "kernel": os.uname().release}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ kernel side is tested in a guest by kmod/run-tests.sh."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import pytest
 from availability_manager.dataplane import clusterdev_genl as genl
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.clusterdev import ClusterdevDataPlane, device_name, mark_bucket
+from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.types import ClusterSettings
 
 
@@ -34,7 +36,7 @@ class FakeChannel:
         return self.config
 
     def get_stats(self) -> genl.Stats:
-        return genl.Stats((3, 4) + (0,) * 254, (1, 1) + (0,) * 254, 7, 2, 5)
+        return genl.Stats((3, 4) + (0,) * 254, (1, 1) + (0,) * 254, 7, 2, 5, 40, 6, 9)
 
     def close(self) -> None:
         self.closed = True
@@ -96,8 +98,14 @@ ZONES = (
 )
 
 
+NO_EARLY_DROP = EarlyDrop()
+
+
 def make(
-    buckets: int = 256, loaded: bool = True, zones: tuple[Zone, ...] = ZONES
+    buckets: int = 256,
+    loaded: bool = True,
+    zones: tuple[Zone, ...] = ZONES,
+    early_drop: EarlyDrop = NO_EARLY_DROP,
 ) -> tuple[ClusterdevDataPlane, FakeRunner, list[FakeChannel], list[object]]:
     log: list[object] = []
     runner = FakeRunner(log)
@@ -115,6 +123,7 @@ def make(
         settings=ClusterSettings(buckets=buckets, hash_seed=0x1234, backend="clusterdev"),
         zones=zones,
         mark_mask=0xFFFF0000,
+        early_drop=early_drop,
     )
     guards: list[FakeGuard] = []
 
@@ -136,7 +145,7 @@ def test_install_owns_nothing_before_links_come_up() -> None:
     kwargs = log[genl_at][1]  # type: ignore[index]
     assert kwargs == {
         "buckets": 256, "seed": 0x1234, "hash_fields": "addresses+ports",
-        "mark_mask": 0xFFFF0000, "owned": frozenset(),
+        "mark_mask": 0xFFFF0000, "owned": frozenset(), "early_drop": False, "slow_path": (),
     }  # fmt: skip
     assert ("modprobe", "clusterdev") not in log  # the family answered: loaded already
     assert (
@@ -236,6 +245,51 @@ def test_status_has_the_nftables_backends_fields() -> None:
     assert status["packets"] == 7
     backend.uninstall()
     assert backend.status()["installed"] is False
+
+
+def test_early_drop_goes_to_the_module_with_its_slow_path_and_counters() -> None:
+    """The nftables backend's switch and slow path, for the receive handler."""
+    slow = parse_slow_path([{"network": "203.0.113.100", "protocol": "tcp", "ports": 8080}])
+    backend, _, channels, log = make(early_drop=EarlyDrop(True, slow))
+    backend.install()
+    first = next(e for e in log if isinstance(e, tuple) and e[0] == "genl")
+    assert first[1]["early_drop"] is True and first[1]["slow_path"] == slow  # type: ignore[index]
+    channels[0].config = dataclasses.replace(channels[0].config, early_drop=True)
+    counters = backend.status()["counters"]
+    assert isinstance(counters, dict)
+    assert (counters["early_not_owned"], counters["early_slow_path"]) == (40, 6)
+    assert counters["early_undecided"] == 9
+
+
+def test_a_module_without_early_drop_still_installs_with_it_off() -> None:
+    backend, _, channels, log = make()
+    refusals = []
+
+    def old_module(**kwargs: object) -> None:
+        if "early_drop" in kwargs:
+            refusals.append(kwargs)
+            raise genl.KernelError(22)  # EINVAL: attribute beyond its policy
+        log.append(("genl", kwargs))
+
+    backend._chan()  # the channel exists; give it the old module's behaviour
+    channels[0].set_config = old_module  # type: ignore[method-assign]
+    backend.install()
+    assert len(refusals) == 1
+    sent = [e for e in log if isinstance(e, tuple) and e[0] == "genl"]
+    assert "early_drop" not in sent[0][1] and sent[0][1]["owned"] == frozenset()  # type: ignore[index,operator]
+
+
+def test_a_module_without_early_drop_is_an_error_with_it_on() -> None:
+    backend, _, channels, _ = make(early_drop=EarlyDrop(True))
+
+    def old_module(**kwargs: object) -> None:
+        if "early_drop" in kwargs:
+            raise genl.KernelError(22)
+
+    backend._chan()
+    channels[0].set_config = old_module  # type: ignore[method-assign]
+    with pytest.raises(genl.KernelError):
+        backend.install()
 
 
 def test_the_input_guard_comes_before_the_links_and_goes_after_them() -> None:

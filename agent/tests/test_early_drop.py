@@ -179,13 +179,27 @@ def test_agent_config_reads_early_drop() -> None:
     assert got.enabled and got.slow_path == parse_slow_path(data["early_drop"]["slow_path"])
 
 
+def test_agent_config_early_drop_for_clusterdev() -> None:
+    """The same switch and slow path for the kernel module's receive handler."""
+    data = copy.deepcopy(GOOD) | {
+        "early_drop": {"enabled": True, "slow_path": [{"network": "203.0.113.100"}]},
+        "cluster": {"backend": "clusterdev"},
+    }
+    got = parse_config(data, Path("/a.yml")).early_drop
+    assert got.enabled and len(got.slow_path) == 1
+
+
 @pytest.mark.parametrize(
     ("early", "cluster", "error"),
     [
         ({"enabled": "yes"}, {}, "early_drop.enabled: expected true or false"),
         ({"enabled": True, "slow_path": [{"ports": 1}]}, {}, "early_drop: slow_path[0]"),
         ({"enable": True}, {}, "early_drop.enable: unknown key"),
-        ({"enabled": True}, {"backend": "clusterdev"}, "only the nftables backend"),
+        (
+            {"enabled": True, "slow_path": [{"network": f"192.0.2.{i}"} for i in range(65)]},
+            {"backend": "clusterdev"},
+            "early_drop.slow_path: expected at most 64 entries with the clusterdev backend",
+        ),
     ],
 )
 def test_agent_config_errors_name_the_key(

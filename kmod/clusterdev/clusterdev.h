@@ -19,6 +19,16 @@
  * the genl SET_CONFIG handler builds a new one and swaps the pointer, so the
  * packet path sees either the old or the new bucket set, never a mix.
  */
+/* One slow path entry (clusterdev_uapi.h, enum clusterdev_entry_attr). */
+struct clusterdev_slow {
+	__be32 addr[4];		/* masked with the prefix */
+	__be32 mask[4];
+	u8 family;		/* 0: any address of either family */
+	u8 proto;		/* 0: any */
+	u16 port_min;		/* 0 and 0xffff: any port */
+	u16 port_max;
+};
+
 struct clusterdev_cfg {
 	struct rcu_head rcu;
 	u32 buckets;
@@ -26,13 +36,24 @@ struct clusterdev_cfg {
 	u32 mark_mask;
 	u8 mark_shift;		/* lowest set bit of mark_mask */
 	u8 hash_fields;
+	bool early_drop;
+	u8 n_slow;
+	u32 generation;		/* +1 on every published change */
 	DECLARE_BITMAP(owned, CLUSTERDEV_MAX_BUCKETS);
+	/* Sized to n_slow: a namespace without a slow path pays nothing. */
+	struct clusterdev_slow slow[];
 };
 
 enum clusterdev_drop_reason {
 	CLUSTERDEV_DROP_NOT_OWNED,		/* NEW in a bucket not owned */
 	CLUSTERDEV_DROP_INVALID,
 	CLUSTERDEV_DROP_NOT_OWNED_ESTABLISHED,	/* known, bucket not owned */
+	/* The receive handler's early decision (clusterdev_early.c): one drop
+	 * and the two ways a packet is passed on to the stack.
+	 */
+	CLUSTERDEV_DROP_EARLY_NOT_OWNED,
+	CLUSTERDEV_EARLY_SLOW_PATH,
+	CLUSTERDEV_EARLY_UNDECIDED,
 	CLUSTERDEV_DROP_REASONS,
 };
 
@@ -62,6 +83,17 @@ struct clusterdev_net {
 	bool hooks_registered;		/* under RTNL */
 };
 
+/* Count one event on this CPU (receive path and hooks: BH off, ours alone). */
+static inline void clusterdev_count(const struct clusterdev_stats *st,
+				    enum clusterdev_drop_reason what)
+{
+	struct clusterdev_pcpu_drops *d = this_cpu_ptr(st->drops);
+
+	u64_stats_update_begin(&d->syncp);
+	u64_stats_inc(&d->count[what]);
+	u64_stats_update_end(&d->syncp);
+}
+
 extern unsigned int clusterdev_net_id;
 extern struct rtnl_link_ops clusterdev_link_ops;
 
@@ -70,6 +102,9 @@ static inline struct clusterdev_net *clusterdev_pernet(const struct net *net)
 	return net_generic(net, clusterdev_net_id);
 }
 
+u32 clusterdev_hash_ends(const __be32 *saddr, const __be32 *daddr, unsigned int naddr,
+			 u16 sport, u16 dport, u8 proto, const struct clusterdev_cfg *cfg);
+bool clusterdev_early_foreign(struct sk_buff *skb, struct net_device *dev);
 int clusterdev_link_init(void);
 void clusterdev_link_exit(void);
 int clusterdev_hook_net_enable(struct net *net);

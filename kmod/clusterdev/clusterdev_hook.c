@@ -55,32 +55,25 @@ static int clusterdev_end_cmp(const struct clusterdev_end *a, const struct clust
  * two endpoints are ordered (lower address, then lower port, first) before
  * hashing, and the seed comes from the agent, never from a per-boot random
  * key. The agent's Python twin (dataplane/clusterdev_hash.py) must agree bit
- * for bit; the guest tests compare both on real flows.
+ * for bit; the guest tests compare both on real flows. The receive handler's
+ * early decision (clusterdev_early.c) hashes the packet's own fields with it.
  */
-static u32 clusterdev_bucket(const struct nf_conntrack_tuple *t, const struct clusterdev_cfg *cfg)
+u32 clusterdev_hash_ends(const __be32 *saddr, const __be32 *daddr, unsigned int naddr,
+			 u16 sport, u16 dport, u8 proto, const struct clusterdev_cfg *cfg)
 {
 	bool ports = cfg->hash_fields == CLUSTERDEV_HASH_ADDRESSES_PORTS;
 	struct clusterdev_end s = {}, d = {};
 	const struct clusterdev_end *lo, *hi;
-	unsigned int naddr, i, n = 0;
+	unsigned int i, n = 0;
 	u32 words[10];
-	u8 proto = t->dst.protonum;
 
-	naddr = t->src.l3num == NFPROTO_IPV6 ? 4 : 1;
 	for (i = 0; i < naddr; i++) {
-		s.addr[i] = ntohl(t->src.u3.all[i]);
-		d.addr[i] = ntohl(t->dst.u3.all[i]);
+		s.addr[i] = ntohl(saddr[i]);
+		d.addr[i] = ntohl(daddr[i]);
 	}
 	if (ports) {
-		if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
-			/* An echo and its reply share the id but swap types. */
-			s.port = ntohs(t->src.u.icmp.id);
-			d.port = s.port;
-		} else {
-			/* Zero for protocols without ports (conntrack's generic tracker). */
-			s.port = ntohs(t->src.u.all);
-			d.port = ntohs(t->dst.u.all);
-		}
+		s.port = sport;
+		d.port = dport;
 	}
 	if (clusterdev_end_cmp(&s, &d, naddr, ports) <= 0) {
 		lo = &s;
@@ -100,6 +93,24 @@ static u32 clusterdev_bucket(const struct nf_conntrack_tuple *t, const struct cl
 	return reciprocal_scale(jhash2(words, n, cfg->seed), cfg->buckets);
 }
 
+static u32 clusterdev_bucket(const struct nf_conntrack_tuple *t, const struct clusterdev_cfg *cfg)
+{
+	unsigned int naddr = t->src.l3num == NFPROTO_IPV6 ? 4 : 1;
+	u8 proto = t->dst.protonum;
+	u16 sport, dport;
+
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		/* An echo and its reply share the id but swap types. */
+		sport = ntohs(t->src.u.icmp.id);
+		dport = sport;
+	} else {
+		/* Zero for protocols without ports (conntrack's generic tracker). */
+		sport = ntohs(t->src.u.all);
+		dport = ntohs(t->dst.u.all);
+	}
+	return clusterdev_hash_ends(t->src.u3.all, t->dst.u3.all, naddr, sport, dport, proto, cfg);
+}
+
 /* Hooks run with BH off on the receive path: this CPU's counters are ours. */
 static void clusterdev_count_bucket(const struct clusterdev_stats *st, u32 bucket, bool new_conn)
 {
@@ -115,11 +126,7 @@ static void clusterdev_count_bucket(const struct clusterdev_stats *st, u32 bucke
 static unsigned int clusterdev_drop(const struct clusterdev_stats *st,
 				    enum clusterdev_drop_reason reason)
 {
-	struct clusterdev_pcpu_drops *d = this_cpu_ptr(st->drops);
-
-	u64_stats_update_begin(&d->syncp);
-	u64_stats_inc(&d->count[reason]);
-	u64_stats_update_end(&d->syncp);
+	clusterdev_count(st, reason);
 	return NF_DROP;
 }
 

@@ -197,6 +197,14 @@ static rx_handler_result_t clusterdev_handle_frame(struct sk_buff **pskb)
 	*pskb = skb;
 	if (to_cluster_mac && clusterdev_ip_multicast(skb))
 		return RX_HANDLER_PASS;
+	/* Another node's packet, provably (clusterdev_early.c): drop it before
+	 * the IP stack defragments, looks it up in conntrack or allocates an
+	 * entry for it. Off unless the agent turned early_drop on.
+	 */
+	if (to_cluster_mac && clusterdev_early_foreign(skb, dev)) {
+		kfree_skb(skb);
+		return RX_HANDLER_CONSUMED;
+	}
 	if (!to_cluster_mac && !clusterdev_arp_for_us(skb, dev) &&
 	    !clusterdev_ns_for_us(skb, dev)) {
 		if (clusterdev_is_mld_query(skb))

@@ -15,6 +15,9 @@ Each function returns None when the behaviour holds, else what is wrong.
                  claims stay on the lower device
   ip_multicast   real IPv4 multicast to a group that maps to the cluster MAC
                  (224.0.0.193) reaches a listener on the lower device
+  notify         a SET_CONFIG sends CONFIG_CHANGED (generation + 1, the
+                 sender's port, nothing of the configuration) to the
+                 "config" group; GET_CONFIG reports the same generation
   untracked      an operator's notrack rule: each datagram forwarded once
                  (by its bucket's owner), not once per node
   packet_tap     a packet socket on the lower device (as tcpdump) while
@@ -63,6 +66,7 @@ CLONE_NEWUSER = 0x10000000
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM, ETHTOOL_GSG, ETHTOOL_GTSO = 0x16, 0x18, 0x1E
 ETH_P_ALL, ETH_P_8021Q = 0x0003, 0x8100
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -108,6 +112,19 @@ def _try_every_command(user_namespace: bool) -> list[str]:
         if code != -errno.EPERM:
             got = "a reply" if code is None else f"errno {-code}" if code else "ack"
             accepted.append(f"{name}: {got}")
+    # The notifications say only that something changed, but joining their
+    # group needs CAP_NET_ADMIN all the same (GENL_MCAST_CAP_NET_ADMIN).
+    group = chan.groups.get(genl.MCGRP_CONFIG)
+    listener = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, genl.NETLINK_GENERIC)
+    try:
+        listener.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group or 0)
+        accepted.append(f"joining the {genl.MCGRP_CONFIG!r} group (id {group})")
+    except PermissionError:
+        pass
+    except OSError as e:
+        accepted.append(f"joining the {genl.MCGRP_CONFIG!r} group (id {group}): {e}")
+    finally:
+        listener.close()
     chan.close()
     return accepted
 
@@ -136,7 +153,8 @@ def t_unprivileged(ns: str) -> str | None:
         elif answer != "-":
             problems.append(f"{label}: {answer}")
         else:
-            print(f"  {label}: SET_CONFIG, GET_CONFIG, GET_STATS refused (EPERM)")
+            print(f"  {label}: SET_CONFIG, GET_CONFIG, GET_STATS, joining the config group "
+                  "refused (EPERM)")  # fmt: skip
     before = channel(ns)
     seed = before.get_config().seed
     before.close()
@@ -298,6 +316,40 @@ def t_ip_multicast(client_ns: str, client_if: str, node: str, lower: str) -> str
     if not got:
         return f"a listener of {group} on {node}'s {lower} received none of 5 datagrams"
     print(f"  {len(got)} of 5 datagrams to {group} reached the listener on {lower}")
+    return None
+
+
+def t_notify(ns: str, owned: frozenset[int], buckets: int) -> str | None:
+    """Configuration changes reach the "config" multicast group's listeners."""
+    with netns(ns):
+        chan = GenlChannel()
+        listener = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, genl.NETLINK_GENERIC)
+    try:
+        group = chan.groups.get(genl.MCGRP_CONFIG)
+        if group is None:
+            return f"the family has no {genl.MCGRP_CONFIG!r} group: {chan.groups}"
+        listener.bind((0, 0))
+        listener.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        listener.settimeout(5.0)
+        before = chan.get_config().generation
+        chan.set_config(buckets=buckets, owned=owned)  # the same bitmap: still a change
+        msgs = genl.parse_messages(listener.recv(65536))
+        note = genl.parse_config_changed(msgs[0], chan.family)
+        after = chan.get_config().generation
+        sender = chan._sock.getsockname()[0]
+        leaked = set(genl.parse_attrs(msgs[0].payload[4:])) - {genl.A_GENERATION, genl.A_SENDER_PID}
+    except TimeoutError:
+        return "no CONFIG_CHANGED within 5 s of a SET_CONFIG"
+    finally:
+        listener.close()
+        chan.close()
+    if note.generation != before + 1 or after != before + 1:
+        return f"generation {before} -> notified {note.generation}, GET_CONFIG {after}"
+    if note.sender_pid != sender:
+        return f"sender {note.sender_pid}, expected the SET_CONFIG socket's port {sender}"
+    if leaked:
+        return f"the notification carries configuration attributes {sorted(leaked)}"
+    print(f"  CONFIG_CHANGED generation {note.generation} from port {sender}, nothing else")
     return None
 
 

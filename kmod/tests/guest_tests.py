@@ -29,7 +29,7 @@ lab the earlier ones built):
                 node holding an injected entry of a bucket it does not own
                 drops its packets; with no owner the connection stalls
                 although two nodes hold its entry; the new owner resumes it
-  unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, untracked,
+  unprivileged, rx_filter, mtu, offloads, vlan, ip_multicast, notify, untracked,
   packet_tap, churn
                 the link as a stacked device and what reaches it
                 (guest_netdev.py): least privilege, cl0's groups in the lower
@@ -47,6 +47,12 @@ lab the earlier ones built):
                 namespace deleted with an up cl0 inside tears down cleanly
   reload        rmmod with clusterdev links present (and UDP flowing through
                 them) removes them; insmod again
+  early_new, early_known, early_ipv6, early_fragments, early_local,
+  early_slow_path, early_other
+                the receive handler's early drop, one packet class each
+                (guest_early_drop.py): a node owning nothing lets none of the
+                decidable classes reach conntrack, passes the others on; the
+                owner forwards each packet once
   agent_lab     the lab of lab/fwcluster_lab with an availability-manager on
                 each of 3 nodes, backend clusterdev (guest_agent_lab.py):
                 one owner per connection, a node killed under traffic with no
@@ -286,6 +292,13 @@ def tcp_bucket(sport: int) -> int:
         seed=SEED,
         hash_fields=HASH_FIELDS,
     )
+
+
+def guest_early_drop():  # type: ignore[no-untyped-def]
+    """The early drop's per-class tests; imported late (they import this module)."""
+    import guest_early_drop as module
+
+    return module
 
 
 def guest_netdev():  # type: ignore[no-untyped-def]
@@ -712,6 +725,9 @@ class GuestTests:
     def t_ip_multicast(self) -> str | None:
         return guest_netdev().t_ip_multicast("cli", "eth0", "fw1", "ethc")
 
+    def t_notify(self) -> str | None:
+        return guest_netdev().t_notify("fw1", self.owned["fw1"], BUCKETS)
+
     def t_untracked(self) -> str | None:
         return guest_netdev().t_untracked("cli", "srv")
 
@@ -727,6 +743,15 @@ class GuestTests:
 
     def t_churn(self) -> str | None:
         return guest_netdev().t_churn(self.owned, BUCKETS)
+
+    def run_early_drop(self) -> None:
+        """One test per packet class of the receive handler's early decision
+        (guest_early_drop.py); the lab's ownership is restored after them."""
+        early = guest_early_drop().EarlyDropTests(self.owned)
+        for name in ("new", "known", "ipv6", "fragments", "local", "slow_path", "other"):
+            self.run(f"early_{name}", getattr(early, f"t_{name}"))
+        if any(n.startswith("early_") for n, _, _ in self.results):
+            self.run("early_restore", early.restore)
 
     def t_mld_snooping(self) -> str | None:
         return guest_netdev().t_mld_snooping()
@@ -854,9 +879,11 @@ class GuestTests:
                     self.run("offloads", self.t_offloads)
                     self.run("vlan", self.t_vlan)
                     self.run("ip_multicast", self.t_ip_multicast)
+                    self.run("notify", self.t_notify)
                     self.run("untracked", self.t_untracked)
                     self.run("packet_tap", self.t_packet_tap)
                     self.run("churn", self.t_churn)
+                    self.run_early_drop()
                 self.run("malformed", self.t_malformed)
                 self.run("big_config", self.t_big_config)
                 self.run("mld_snooping", self.t_mld_snooping)

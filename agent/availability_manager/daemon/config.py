@@ -24,6 +24,7 @@ from ..connection import PROTO_NAMES
 from ..conntrack_sync import MAX_CACHE_ENTRIES
 from ..crypto import MAX_SENDERS
 from ..dataplane.base import Zone
+from ..dataplane.clusterdev_genl import MAX_SLOW_PATH
 from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..relevance import SyncFilter
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
@@ -298,8 +299,12 @@ def parse_config(data: object, path: Path) -> AgentConfig:
     early_drop = _parse_early_drop(
         r, r.get(top, "early_drop", "", lambda v, k: r.mapping(v, k), {})
     )
-    if early_drop.enabled and cluster.backend != "nftables":
-        raise r.fail("early_drop.enabled", "only the nftables backend has the early chain")
+    if len(early_drop.slow_path) > MAX_SLOW_PATH and cluster.backend == "clusterdev":
+        raise r.fail(
+            "early_drop.slow_path",
+            f"at most {MAX_SLOW_PATH} entries with the clusterdev backend",
+            len(early_drop.slow_path),
+        )
 
     sync_filter, sync_delay_s = _parse_sync_filter(
         r, r.get(top, "sync_filter", "", lambda v, k: r.mapping(v, k), {})

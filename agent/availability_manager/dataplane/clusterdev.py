@@ -30,6 +30,7 @@ from typing import Protocol
 
 from . import clusterdev_genl as genl
 from .base import DataPlaneConfig, Zone
+from .early_drop import SlowPathEntry
 from .input_guard import InputGuard
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class GenlChannel:
         self._sock.settimeout(5.0)
         self._sock.bind((0, 0))
         self._seq = 0
+        self.groups: dict[str, int] = {}
         self.family = self._resolve_family()
 
     def close(self) -> None:
@@ -101,6 +103,9 @@ class GenlChannel:
             raise
         if not replies:
             raise genl.GenlError("no_family_reply")
+        # name -> id: join one with socket.setsockopt(270, 1, id) (SOL_NETLINK,
+        # NETLINK_ADD_MEMBERSHIP) on a socket of its own to read notifications.
+        self.groups = genl.parse_mcast_groups(replies[0])
         return genl.parse_family_id(replies[0])
 
     def set_config(
@@ -111,6 +116,8 @@ class GenlChannel:
         hash_fields: str | None = None,
         mark_mask: int | None = None,
         owned: frozenset[int] | None = None,
+        early_drop: bool | None = None,
+        slow_path: tuple[SlowPathEntry, ...] | None = None,
     ) -> None:
         self._request(
             lambda seq: genl.set_config_request(
@@ -121,6 +128,8 @@ class GenlChannel:
                 hash_fields=hash_fields,
                 mark_mask=mark_mask,
                 owned=owned,
+                early_drop=early_drop,
+                slow_path=slow_path,
             )
         )
 
@@ -211,13 +220,27 @@ class ClusterdevDataPlane:
         settings = self._config.settings
         chan = self._load_module()
         # Own nothing first: the links below start filtering at once.
-        chan.set_config(
-            buckets=settings.buckets,
-            seed=settings.hash_seed,
-            hash_fields=settings.hash_fields,
-            mark_mask=self._config.mark_mask,
-            owned=frozenset(),
-        )
+        base = {
+            "buckets": settings.buckets,
+            "seed": settings.hash_seed,
+            "hash_fields": settings.hash_fields,
+            "mark_mask": self._config.mark_mask,
+            "owned": frozenset[int](),
+        }
+        early = self._config.early_drop
+        try:
+            # The nftables backend's early chain, in the receive handler; sent
+            # when off too, so a restart with it off turns it off.
+            chan.set_config(**base, early_drop=early.enabled, slow_path=early.slow_path)  # type: ignore[arg-type]
+        except genl.KernelError as e:
+            # A module from before the early drop refuses the attributes
+            # (EINVAL, strict parsing): fine while it is off, an error if on.
+            if early.enabled or e.errno != errno.EINVAL:
+                raise
+            log.warning(
+                "clusterdev: module without early drop (kernel refused it): configured without"
+            )
+            chan.set_config(**base)  # type: ignore[arg-type]
         self._owned = frozenset()
         self._guard.install()  # before the links: no reply is ever answered
         self._sysctl("net.ipv4.ip_forward", "1")
@@ -303,6 +326,7 @@ class ClusterdevDataPlane:
                     "invalid": stats.drop_invalid,
                     "not_owned_established": stats.drop_not_owned_established,
                     "no_listener": guard.get("no_listener", 0),  # the input guard's
+                    **self._early_counters(cfg, stats),
                 },
                 "buckets": cfg.buckets,
                 "seed": cfg.seed,
@@ -314,6 +338,17 @@ class ClusterdevDataPlane:
             }
         )
         return result
+
+    @staticmethod
+    def _early_counters(cfg: genl.Config, stats: genl.Stats) -> dict[str, int]:
+        """The nftables backend's early chain counter names, when it is on."""
+        if not cfg.early_drop:
+            return {}
+        return {
+            "early_not_owned": stats.early_not_owned,
+            "early_slow_path": stats.early_slow_path,
+            "early_undecided": stats.early_undecided,
+        }
 
 
 def mark_bucket(mark: int, mark_mask: int) -> int | None:

@@ -12,7 +12,10 @@ answered with a negative errno).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import struct
+
+from .early_drop import SlowPathEntry
 
 # <linux/netlink.h>, <linux/genetlink.h>
 NETLINK_GENERIC = 16
@@ -21,10 +24,14 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLA_F_NESTED = 0x8000  # strict parsing refuses a nest without it
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME = 1
+CTRL_ATTR_MCAST_GRP_ID = 2
 
 # kmod/clusterdev/clusterdev_uapi.h
 FAMILY_NAME = "clusterdev"
@@ -33,6 +40,8 @@ MAX_BUCKETS = 4096
 CMD_SET_CONFIG = 1
 CMD_GET_CONFIG = 2
 CMD_GET_STATS = 3
+CMD_CONFIG_CHANGED = 4  # notification to the "config" multicast group
+MCGRP_CONFIG = "config"
 HASH_ADDRESSES = 0
 HASH_ADDRESSES_PORTS = 1
 A_BUCKETS = 1
@@ -47,12 +56,29 @@ A_STATS_DROP_INVALID = 9
 A_PAD = 10
 A_STATS_DROP_NOT_OWNED_ESTABLISHED = 11
 A_STATS_BUCKET = 12  # nested, GET_STATS dumps only
+A_EARLY_DROP = 13  # u8 0/1
+A_SLOW_PATH = 14  # nested: SLOW_A_ENTRY nests
+A_STATS_EARLY_NOT_OWNED = 15
+A_STATS_EARLY_SLOW_PATH = 16
+A_STATS_EARLY_UNDECIDED = 17
+A_GENERATION = 18  # u32: configuration changes so far (GET_CONFIG, CONFIG_CHANGED)
+A_SENDER_PID = 19  # u32: netlink port of the SET_CONFIG's sender (CONFIG_CHANGED)
+MAX_SLOW_PATH = 64
+SLOW_A_ENTRY = 1
+ENTRY_A_ADDR = 1
+ENTRY_A_PREFIX = 2
+ENTRY_A_PROTO = 3
+ENTRY_A_PORT_MIN = 4
+ENTRY_A_PORT_MAX = 5
 BUCKET_A_INDEX = 1
 BUCKET_A_PACKETS = 2
 BUCKET_A_CONNS = 3
 BUCKET_A_PAD = 4
 
 HASH_FIELDS_CODES = {"addresses": HASH_ADDRESSES, "addresses+ports": HASH_ADDRESSES_PORTS}
+# IPPROTO_* of the slow path's protocol names (early_drop.PROTOCOLS)
+PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "dccp": 33, "udplite": 136,
+                    "icmp": 1, "icmpv6": 58}  # fmt: skip
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _GENLMSGHDR = struct.Struct("=BBH")  # cmd, version, reserved
@@ -82,6 +108,17 @@ class Config:
     hash_fields: str
     mark_mask: int
     owned: frozenset[int]
+    early_drop: bool = False  # absent from a module before the early decision
+    slow_path: tuple[SlowPathEntry, ...] = ()
+    generation: int = 0  # absent from a module before the notifications
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    """A CONFIG_CHANGED notification: that (not what) the configuration changed."""
+
+    generation: int
+    sender_pid: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +128,10 @@ class Stats:
     drop_not_owned: int  # NEW packets of buckets not owned
     drop_invalid: int
     drop_not_owned_established: int  # packets of known connections of buckets not owned
+    # The receive handler's early decision (0 from a module without it):
+    early_not_owned: int = 0  # dropped before the IP stack
+    early_slow_path: int = 0  # passed on: a slow_path entry matched
+    early_undecided: int = 0  # passed on: not decidable before conntrack
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +176,57 @@ def decode_bitmap(data: bytes) -> frozenset[int]:
     )
 
 
+def encode_slow_path(entries: tuple[SlowPathEntry, ...]) -> bytes:
+    """The A_SLOW_PATH nest: one SLOW_A_ENTRY nest per entry."""
+    if len(entries) > MAX_SLOW_PATH:
+        raise ValueError(f"slow_path: at most {MAX_SLOW_PATH} entries, got {len(entries)}")
+    out = []
+    for e in entries:
+        parts = []
+        if e.network is not None:
+            parts.append(attr(ENTRY_A_ADDR, e.network.network_address.packed))
+            parts.append(attr(ENTRY_A_PREFIX, struct.pack("=B", e.network.prefixlen)))
+        if e.protocol is not None:
+            parts.append(attr(ENTRY_A_PROTO, struct.pack("=B", PROTOCOL_NUMBERS[e.protocol])))
+        if e.ports is not None:
+            parts.append(attr(ENTRY_A_PORT_MIN, struct.pack("=H", e.ports[0])))
+            parts.append(attr(ENTRY_A_PORT_MAX, struct.pack("=H", e.ports[1])))
+        out.append(attr(SLOW_A_ENTRY | NLA_F_NESTED, b"".join(parts)))
+    return attr(A_SLOW_PATH | NLA_F_NESTED, b"".join(out))
+
+
+def decode_slow_path(data: bytes) -> tuple[SlowPathEntry, ...]:
+    """The A_SLOW_PATH nest of a GET_CONFIG reply."""
+    names = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+    out = []
+    for atype, value in _attr_list(data):
+        if atype != SLOW_A_ENTRY:
+            raise GenlError("bad_slow_path", f"attribute {atype} in the slow path")
+        e = parse_attrs(value)
+        network = None
+        if ENTRY_A_ADDR in e:
+            prefix = _u(e, ENTRY_A_PREFIX, "=B")
+            try:
+                address = ipaddress.ip_address(e[ENTRY_A_ADDR])
+                network = ipaddress.ip_network(f"{address}/{prefix}")
+            except ValueError as exc:
+                raise GenlError("bad_slow_path", str(exc)) from None
+        protocol = None
+        if ENTRY_A_PROTO in e:
+            number = _u(e, ENTRY_A_PROTO, "=B")
+            if number not in names:
+                raise GenlError("bad_slow_path", f"protocol {number}")
+            protocol = names[number]
+        ports = None
+        if ENTRY_A_PORT_MIN in e:
+            ports = (_u(e, ENTRY_A_PORT_MIN, "=H"), _u(e, ENTRY_A_PORT_MAX, "=H"))
+        try:
+            out.append(SlowPathEntry(network, protocol, ports))
+        except ValueError as exc:
+            raise GenlError("bad_slow_path", str(exc)) from None
+    return tuple(out)
+
+
 def get_family_request(seq: int) -> bytes:
     name = attr(CTRL_ATTR_FAMILY_NAME, FAMILY_NAME.encode() + b"\0")
     return genlmsg(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, seq, name, version=1)
@@ -149,8 +241,11 @@ def set_config_request(
     hash_fields: str | None = None,
     mark_mask: int | None = None,
     owned: frozenset[int] | None = None,
+    early_drop: bool | None = None,
+    slow_path: tuple[SlowPathEntry, ...] | None = None,
 ) -> bytes:
-    """A SET_CONFIG with the given fields; `owned` needs `buckets` to size the bitmap."""
+    """A SET_CONFIG with the given fields; `owned` needs `buckets` to size the
+    bitmap; `slow_path` replaces the module's whole list."""
     parts = []
     if buckets is not None:
         parts.append(attr(A_BUCKETS, struct.pack("=I", buckets)))
@@ -164,6 +259,10 @@ def set_config_request(
         if buckets is None:
             raise ValueError("owned needs buckets (the bitmap's size)")
         parts.append(attr(A_OWNED, encode_bitmap(owned, buckets)))
+    if early_drop is not None:
+        parts.append(attr(A_EARLY_DROP, struct.pack("=B", early_drop)))
+    if slow_path is not None:
+        parts.append(encode_slow_path(slow_path))
     return genlmsg(family, CMD_SET_CONFIG, seq, b"".join(parts))
 
 
@@ -258,7 +357,29 @@ def parse_config(msg: Message, family: int) -> Config:
         hash_fields=names[code],
         mark_mask=_u(attrs, A_MARK_MASK, "=I"),
         owned=owned,
+        early_drop=bool(_u(attrs, A_EARLY_DROP, "=B")) if A_EARLY_DROP in attrs else False,
+        slow_path=decode_slow_path(attrs[A_SLOW_PATH]) if A_SLOW_PATH in attrs else (),
+        generation=_u(attrs, A_GENERATION, "=I") if A_GENERATION in attrs else 0,
     )
+
+
+def parse_config_changed(msg: Message, family: int) -> ConfigChanged:
+    attrs = _genl_attrs(msg, family, CMD_CONFIG_CHANGED)
+    return ConfigChanged(_u(attrs, A_GENERATION, "=I"), _u(attrs, A_SENDER_PID, "=I"))
+
+
+def parse_mcast_groups(msg: Message) -> dict[str, int]:
+    """The family's multicast groups (name -> id) from CTRL_CMD_NEWFAMILY."""
+    attrs = _genl_attrs(msg, GENL_ID_CTRL, 1)
+    groups = {}
+    for _index, nest in _attr_list(attrs.get(CTRL_ATTR_MCAST_GROUPS, b"")):
+        group = parse_attrs(nest)
+        name = group.get(CTRL_ATTR_MCAST_GRP_NAME, b"").split(b"\0", 1)[0]
+        try:
+            groups[name.decode()] = _u(group, CTRL_ATTR_MCAST_GRP_ID, "=I")
+        except UnicodeDecodeError:
+            raise GenlError("bad_group_name", repr(name)) from None
+    return groups
 
 
 def _u64_array(attrs: dict[int, bytes], atype: int) -> tuple[int, ...]:
@@ -280,7 +401,18 @@ def parse_stats(msg: Message, family: int) -> Stats:
         drop_not_owned=_u(attrs, A_STATS_DROP_NOT_OWNED, "=Q"),
         drop_invalid=_u(attrs, A_STATS_DROP_INVALID, "=Q"),
         drop_not_owned_established=_u(attrs, A_STATS_DROP_NOT_OWNED_ESTABLISHED, "=Q"),
+        **_early_counters(attrs),
     )
+
+
+def _early_counters(attrs: dict[int, bytes]) -> dict[str, int]:
+    """The early decision's counters; a module without it sends none (0)."""
+    names = {
+        "early_not_owned": A_STATS_EARLY_NOT_OWNED,
+        "early_slow_path": A_STATS_EARLY_SLOW_PATH,
+        "early_undecided": A_STATS_EARLY_UNDECIDED,
+    }
+    return {k: _u(attrs, a, "=Q") for k, a in names.items() if a in attrs}
 
 
 def _attr_list(data: bytes) -> list[tuple[int, bytes]]:
@@ -330,4 +462,5 @@ def parse_stats_dump(msgs: list[Message], family: int) -> Stats:
         drop_not_owned=_u(head, A_STATS_DROP_NOT_OWNED, "=Q"),
         drop_invalid=_u(head, A_STATS_DROP_INVALID, "=Q"),
         drop_not_owned_established=_u(head, A_STATS_DROP_NOT_OWNED_ESTABLISHED, "=Q"),
+        **_early_counters(head),
     )

@@ -28,7 +28,9 @@ pools that are not local addresses, and the servers of connection-tracking
 helpers (their related data connections inherit the master's bucket). The
 agent cannot know the operator's NAT and helper policy, so the early chain is
 off by default; docs/dataplane.md ("Early drop") gives the proof and the
-trade-off.
+trade-off. The clusterdev backend applies the same rules (switch and
+slow_path) in its kernel receive handler, before the IP stack
+(kmod/clusterdev/clusterdev_early.c, docs/clusterdev.md).
 """
 
 from __future__ import annotations
