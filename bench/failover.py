@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,14 @@ def victim_id(state: Any, node: str) -> str:
     return str(state.topology().node(node).link("sync").address.ip)
 
 
-def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
+def one_run(
+    mode: str,
+    load: argparse.Namespace,
+    index: int,
+    fault: Callable[[Any, str], None] | None = None,
+) -> dict[str, Any]:
+    """One run of `mode`: kill or drain the busiest node, or apply `fault`
+    to it (another benchmark's failure, e.g. bench/link_failure.py's)."""
     interval_s = load.interval_ms / 1000.0
     with labrun.lab(f"failover-{mode}-{index}") as state:
         traced_traffic.start(
@@ -85,7 +93,9 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             pids = [p for n in movers if (p := labrun.agent_pid(state, n)) is not None]
             cpu0 = sum(measure.process_cpu_s(p) or 0.0 for p in pids)
             t_wall, t0 = time.time(), time.monotonic()
-            if mode == "kill":
+            if fault is not None:
+                fault(state, victim)
+            elif mode == "kill":
                 faults.kill(state, victim)
             else:
                 labrun.clusterctl(state, victim, "drain", "--timeout", "30")
@@ -114,7 +124,7 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             and (t := log_line_time(line)) is not None
             and t >= t_wall
         ]
-    detected = downs[0] if downs and mode == "kill" else None
+    detected = downs[0] if downs and mode != "drain" else None
     takeover = forwards[-1] if forwards else None
     s = result.summary
     # A drain takes a while to be confirmed: its stalls may begin until then.
@@ -195,6 +205,14 @@ def _ms_pair(gap: tuple[float, float | None]) -> tuple[float, float | None]:
 
 def fmt(v: float | None, digits: int = 0) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+SUMMARY_COLUMNS = [
+    "run", "node", "its share", "detection ms", "takeover ms", "failover ms",
+    "stalled: its / others' streams", "its streams moving ms", "others' moving ms",
+    "agents' CPU ms", "unrecovered", "TCP lost", "datagrams lost", "dups",
+    "late slots", "load 1m",
+]  # fmt: skip
 
 
 def summary_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
@@ -314,13 +332,7 @@ def write_section(
         ),
         "",
     ]
-    lines += report.table(
-        ["run", "node", "its share", "detection ms", "takeover ms", "failover ms",
-         "stalled: its / others' streams", "its streams moving ms", "others' moving ms",
-         "agents' CPU ms", "unrecovered", "TCP lost", "datagrams lost", "dups",
-         "late slots", "load 1m"],
-        summary_rows(kills + drains),
-    )  # fmt: skip
+    lines += report.table(SUMMARY_COLUMNS, summary_rows(kills + drains))
     if kills:
         det = [r["detection_ms"] for r in kills if r["detection_ms"] is not None]
         own = [r["stalled_victim_tcp_share"] for r in kills]
