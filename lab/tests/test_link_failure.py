@@ -98,6 +98,7 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
         set_link(state, "fw3", bridge, False, where)
         gave_away_s = wait_for(lambda: fw3_stepped_back(state), timeout=5.0)
         faults = status(state, "fw3")["faults"]
+        shown = ctl(state, "fw3", "status")
         after = kernel_injected(state, SURVIVORS)
         time.sleep(0.5)
         set_link(state, "fw3", bridge, True, where)
@@ -115,6 +116,7 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
     return {
         "summary": s,
         "faults": faults,
+        "shown": shown,
         "connections": its,
         "written": written,
         "returned_s": returned_s,
@@ -127,6 +129,7 @@ def test_zone_link_down_moves_buckets_off_and_back(lab: LabState, bridge: str, w
     r = fail_and_return(lab, bridge, where)
     assert_nothing_lost(r["summary"], packets_lost_per_flow=15)
     assert "interfaces down" in r["faults"].get("links", ""), r["faults"]
+    assert "fault     links: interfaces down: " in r["shown"], r["shown"]
     # the others' kernels took every connection fw3 had
     assert r["connections"] > 0
     assert r["written"] >= r["connections"]
