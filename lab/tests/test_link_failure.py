@@ -126,7 +126,16 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
 @pytest.mark.parametrize("where", ["node", "switch"])
 @pytest.mark.parametrize("bridge", ["outside", "inside"])
 def test_zone_link_down_moves_buckets_off_and_back(lab: LabState, bridge: str, where: str) -> None:
-    r = fail_and_return(lab, bridge, where)
+    check_moved_off_and_back(lab, fail_and_return(lab, bridge, where))
+
+
+def test_sync_link_down_moves_buckets_off_and_back(lab: LabState) -> None:
+    """The node's sync link is one of its own links too: it steps back, and
+    its peers learn so from its zone heartbeats (no sync heartbeat arrives)."""
+    check_moved_off_and_back(lab, fail_and_return(lab, "sync", "switch"))
+
+
+def check_moved_off_and_back(lab: LabState, r: dict[str, Any]) -> None:
     assert_nothing_lost(r["summary"], packets_lost_per_flow=15)
     assert "interfaces down" in r["faults"].get("links", ""), r["faults"]
     assert "fault     links: interfaces down: " in r["shown"], r["shown"]
