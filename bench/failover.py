@@ -242,13 +242,13 @@ def plot(kills: list[dict[str, Any]], drains: list[dict[str, Any]], path: Path) 
     plt = report.pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     runs = kills + drains
-    labels = [f"{'K' if r['mode'] == 'kill' else 'D'}{r['index'] + 1}" for r in runs]
+    labels = [f"{r['mode'][0].upper()}{r['index'] + 1}" for r in runs]  # K, D, L(ink)
     vals = [r["failover_ms"] or 0.0 for r in runs]
     colors = ["tab:red" if r["mode"] == "kill" else "tab:blue" for r in runs]
     a.bar(labels, vals, color=colors)
     a.axhline(GOAL_MS, color="k", linestyle="--", label=f"goal {GOAL_MS:.0f} ms")
     a.set_ylabel("kill/drain to last stalled flow moving (ms)")
-    a.set_title("per run (K = kill, D = drain)")
+    a.set_title("per run (K = kill, D = drain, L = link down)")
     a.legend()
     rec = [x for r in kills for x in r["recoveries_ms"]]
     if rec:

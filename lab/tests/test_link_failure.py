@@ -95,8 +95,10 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
         time.sleep(1.5)
         before = kernel_injected(state, SURVIVORS)
         its = victims_connections(state)
+        since = log_stamp()
         set_link(state, "fw3", bridge, False, where)
         gave_away_s = wait_for(lambda: fw3_stepped_back(state), timeout=5.0)
+        seen = log_since(state, "fw3", "own status: links: interfaces down", since)
         faults = status(state, "fw3")["faults"]
         shown = ctl(state, "fw3", "status")
         after = kernel_injected(state, SURVIVORS)
@@ -110,8 +112,10 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
     written = sum(after[n] - before[n] for n in SURVIVORS)
     print(
         f"{bridge} at the {where}: fw3 gave its buckets away {gave_away_s * 1000:.0f} ms "
-        f"after the link went down; it had {its} connections, the others' kernels took "
-        f"{written}; it owned its share again {returned_s * 1000:.0f} ms after the link came back"
+        f"after the link went down (its agent logged it at {seen[0][11:23] if seen else '?'}, "
+        f"the link went down at {since[11:23]}); it had {its} connections, the others' "
+        f"kernels took {written}; it owned its share again {returned_s * 1000:.0f} ms after "
+        "the link came back"
     )
     return {
         "summary": s,
