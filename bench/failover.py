@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,14 @@ def victim_id(state: Any, node: str) -> str:
     return str(state.topology().node(node).link("sync").address.ip)
 
 
-def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
+def one_run(
+    mode: str,
+    load: argparse.Namespace,
+    index: int,
+    fault: Callable[[Any, str], None] | None = None,
+) -> dict[str, Any]:
+    """One run of `mode`: kill or drain the busiest node, or apply `fault`
+    to it (another benchmark's failure, e.g. bench/link_failure.py's)."""
     interval_s = load.interval_ms / 1000.0
     with labrun.lab(f"failover-{mode}-{index}") as state:
         traced_traffic.start(
@@ -85,7 +93,9 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             pids = [p for n in movers if (p := labrun.agent_pid(state, n)) is not None]
             cpu0 = sum(measure.process_cpu_s(p) or 0.0 for p in pids)
             t_wall, t0 = time.time(), time.monotonic()
-            if mode == "kill":
+            if fault is not None:
+                fault(state, victim)
+            elif mode == "kill":
                 faults.kill(state, victim)
             else:
                 labrun.clusterctl(state, victim, "drain", "--timeout", "30")
@@ -114,7 +124,7 @@ def one_run(mode: str, load: argparse.Namespace, index: int) -> dict[str, Any]:
             and (t := log_line_time(line)) is not None
             and t >= t_wall
         ]
-    detected = downs[0] if downs and mode == "kill" else None
+    detected = downs[0] if downs and mode != "drain" else None
     takeover = forwards[-1] if forwards else None
     s = result.summary
     # A drain takes a while to be confirmed: its stalls may begin until then.
@@ -197,6 +207,14 @@ def fmt(v: float | None, digits: int = 0) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+SUMMARY_COLUMNS = [
+    "run", "node", "its share", "detection ms", "takeover ms", "failover ms",
+    "stalled: its / others' streams", "its streams moving ms", "others' moving ms",
+    "agents' CPU ms", "unrecovered", "TCP lost", "datagrams lost", "dups",
+    "late slots", "load 1m",
+]  # fmt: skip
+
+
 def summary_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for r in runs:
@@ -224,13 +242,13 @@ def plot(kills: list[dict[str, Any]], drains: list[dict[str, Any]], path: Path) 
     plt = report.pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     runs = kills + drains
-    labels = [f"{'K' if r['mode'] == 'kill' else 'D'}{r['index'] + 1}" for r in runs]
+    labels = [f"{r['mode'][0].upper()}{r['index'] + 1}" for r in runs]  # K, D, L(ink)
     vals = [r["failover_ms"] or 0.0 for r in runs]
     colors = ["tab:red" if r["mode"] == "kill" else "tab:blue" for r in runs]
     a.bar(labels, vals, color=colors)
     a.axhline(GOAL_MS, color="k", linestyle="--", label=f"goal {GOAL_MS:.0f} ms")
     a.set_ylabel("kill/drain to last stalled flow moving (ms)")
-    a.set_title("per run (K = kill, D = drain)")
+    a.set_title("per run (K = kill, D = drain, L = link down)")
     a.legend()
     rec = [x for r in kills for x in r["recoveries_ms"]]
     if rec:
@@ -314,13 +332,7 @@ def write_section(
         ),
         "",
     ]
-    lines += report.table(
-        ["run", "node", "its share", "detection ms", "takeover ms", "failover ms",
-         "stalled: its / others' streams", "its streams moving ms", "others' moving ms",
-         "agents' CPU ms", "unrecovered", "TCP lost", "datagrams lost", "dups",
-         "late slots", "load 1m"],
-        summary_rows(kills + drains),
-    )  # fmt: skip
+    lines += report.table(SUMMARY_COLUMNS, summary_rows(kills + drains))
     if kills:
         det = [r["detection_ms"] for r in kills if r["detection_ms"] is not None]
         own = [r["stalled_victim_tcp_share"] for r in kills]

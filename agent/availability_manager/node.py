@@ -678,13 +678,20 @@ class Node:
         the giver still forwards; if both forwarded, every packet of those
         connections would be delivered twice. So a bucket two nodes claim is
         forwarded by neither until one lets go (a pause of one message's
-        latency), never by both."""
+        latency), never by both.
+
+        A node whose own status is down (a link of its own, set_link_status)
+        forwards nothing at once: its peers take its buckets as soon as its
+        heartbeat says so, without waiting for it to let go (it may not be
+        able to tell them: its sync link may be the one that failed)."""
         if not self._active_dirty:
             return  # computing owners() per datagram is the Node's main cost
         self._active_dirty = False
         owners = self._ranges.owners()
         me = self.node_id
-        active = frozenset(b for b in self._owned if owners[b] <= {me})
+        active = frozenset(
+            b for b in self._owned if owners[b] <= {me} and self._availability.own_status
+        )
         if active != self._active:
             old, self._active = self._active, active
             self._events.append(

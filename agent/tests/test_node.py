@@ -555,3 +555,21 @@ def test_a_zone_copy_after_its_sync_copy_is_dropped_unopened_alone_it_counts() -
     b.receive_datagram(zone_only[0], TALK + 0.06, Destination.ZONES)
     assert b.stats()["heartbeats_received"] == 2
     assert b.stats()["drop_zone-copy-stale"] == 1
+
+
+def test_a_node_whose_own_link_fails_forwards_nothing_at_once(three: Cluster) -> None:
+    """Its peers take its buckets when its heartbeat says its links are down;
+    it must not wait to be told they did (its sync link may be the dead one)."""
+    h = three.host(3)
+    owned = h.owned
+    assert h.node.active_buckets() == owned and owned
+    h.group = 1  # nobody hears it, it hears nobody: its sync link is gone
+    h.node.set_link_status(False, three.now)
+    three.pump()
+    assert h.node.active_buckets() == frozenset()
+    _, last = events_of(h, ev.ActiveBucketsChanged)[-1]
+    assert isinstance(last, ev.ActiveBucketsChanged) and last.removed == owned
+    h.group = 0
+    h.node.set_link_status(True, three.now)
+    three.run(1.0)
+    assert h.owned and h.node.active_buckets() == h.owned

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import agent, build, cluster, faults, traffic_control
+from .link_faults import WHERE, set_link
 from .netns import LabError, in_ns, link_state, list_namespaces, nft_json, ns_run
 from .state import LabState, prefix_from_env, run_dir_from_env
 from .traffic_stats import human_line
@@ -159,6 +160,12 @@ def cmd_heal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    set_link(_state(args), args.node, args.bridge, args.updown == "up", args.at)
+    print(f"{args.node}: {args.bridge} link {args.updown} at the {args.at}")
+    return 0
+
+
 def cmd_loss(args: argparse.Namespace) -> int:
     faults.loss(_state(args), args.plane, args.percent)
     print(f"loss on {args.plane}: {args.percent}%")
@@ -264,6 +271,15 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("heal", help="remove all partitions")
     s.set_defaults(func=cmd_heal)
+
+    s = sub.add_parser("link", help="one link of a node down or up; the node stays up")
+    s.add_argument("node")
+    s.add_argument("bridge", choices=["outside", "inside", "sync"])
+    s.add_argument("updown", choices=["down", "up"])
+    s.add_argument(
+        "--at", choices=WHERE, default="node", help="the node's interface or the switch port"
+    )
+    s.set_defaults(func=cmd_link)
 
     s = sub.add_parser("loss", help="random loss on the sync links (0 removes)")
     s.add_argument("plane", choices=["sync"])

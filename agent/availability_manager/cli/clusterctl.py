@@ -146,6 +146,8 @@ def print_status(st: dict[str, Any]) -> None:
     ready = "stable" if st["stable"] else "converging"
     print(f"cluster   {len(st['members'])} members, {st['buckets']} buckets, {ready}")
     print(f"owned     {len(st['owned'])} buckets")
+    for watcher, fault in st.get("faults", {}).items():  # why this node stepped back
+        print(f"fault     {watcher}: {fault}")
     sync = st.get("sync", {})
     shown = [k for k in SYNC_SUMMARY if k in sync]
     print("sync      " + ", ".join(f"{k.replace('_', ' ')} {sync[k]}" for k in shown))

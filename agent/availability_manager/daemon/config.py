@@ -57,6 +57,19 @@ class HeartbeatConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinksConfig:
+    """Own-link tracking (daemon/link_hold_down.py): a link that comes back
+    counts as up only after hold_down_ms, doubled per flap up to hold_down_max_ms.
+    2 s by default: longer than a link takes to forward once its carrier is
+    back (autonegotiation is over by then; an RSTP edge port forwards at once),
+    so a rejoin does not land on a port that fails again at once, and short
+    against the seconds a rolling upgrade or a cable swap takes anyway."""
+
+    hold_down_ms: int = 2000
+    hold_down_max_ms: int = 60000
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricsConfig:
     address: str = "127.0.0.1"
     port: int = 9477
@@ -86,6 +99,7 @@ class AgentConfig:
     protocols: frozenset[int]
     control_socket: Path
     metrics: MetricsConfig
+    links: LinksConfig = dataclasses.field(default_factory=LinksConfig)
     weight: int = 1
     mark_mask: int = 0x0000FFFF
     tcp_loose: bool = False
@@ -220,6 +234,7 @@ _TOP_KEYS = {
     "protocols",
     "control_socket",
     "metrics",
+    "links",
     "weight",
     "mark_mask",
     "tcp_loose",
@@ -275,6 +290,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
     cluster = _parse_cluster(r, r.get(top, "cluster", "", lambda v, k: r.mapping(v, k), {}))
     hb = _parse_heartbeat(r, r.get(top, "heartbeat", "", lambda v, k: r.mapping(v, k), {}))
     metrics = _parse_metrics(r, r.get(top, "metrics", "", lambda v, k: r.mapping(v, k), {}))
+    links = _parse_links(r, r.get(top, "links", "", lambda v, k: r.mapping(v, k), {}))
 
     protos_raw = r.get(top, "protocols", "", lambda v, k: v, ["tcp", "udp", "icmp", "icmpv6"])
     if not isinstance(protos_raw, list) or not protos_raw:
@@ -328,6 +344,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             top, "control_socket", "", r.abspath, Path("/run/availability-manager/control.sock")
         ),
         metrics=metrics,
+        links=links,
         weight=r.get(top, "weight", "", r.integer(1, 1000), 1),
         mark_mask=mark_mask,
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
@@ -542,6 +559,15 @@ def _parse_heartbeat(r: _Reader, m: Mapping[str, Any]) -> HeartbeatConfig:
         misses=r.get(m, "misses", "heartbeat", r.integer(2, 100), 3),
         zone_heartbeats=r.get(m, "zone_heartbeats", "heartbeat", r.boolean, True),
     )
+
+
+def _parse_links(r: _Reader, m: Mapping[str, Any]) -> LinksConfig:
+    r.check_keys(m, "links", {"hold_down_ms", "hold_down_max_ms"})
+    base = r.get(m, "hold_down_ms", "links", r.integer(0, 3_600_000), 2000)
+    top = r.get(m, "hold_down_max_ms", "links", r.integer(0, 3_600_000), max(base, 60000))
+    if top < base:
+        raise r.fail("links.hold_down_max_ms", f"at least links.hold_down_ms ({base})", top)
+    return LinksConfig(hold_down_ms=base, hold_down_max_ms=top)
 
 
 def _parse_metrics(r: _Reader, m: Mapping[str, Any]) -> MetricsConfig:

@@ -39,6 +39,7 @@ from ..types import format_node_id
 from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .keyfile import KeyFileError, load_keys
+from .link_hold_down import LinkHoldDown
 from .links import LinkMonitor
 from .notify_hooks import HookRunner, call_for_event, call_for_fault, call_for_phase
 from .ops_commands import OperatorCommands, kernel_listing
@@ -172,6 +173,12 @@ class Runtime:
         self._stopped: asyncio.Future[str] = self.loop.create_future()
         self._leaving = False
         self._links_up: bool | None = None
+        self.link_hold_down = LinkHoldDown(
+            links.interfaces if links is not None else (),
+            cfg.links.hold_down_ms / 1000.0,
+            cfg.links.hold_down_max_ms / 1000.0,
+        )
+        self._link_release: asyncio.TimerHandle | None = None
         self.own_status = OwnStatus()
         self._own_status_told: bool | None = None  # what the Node was told last
         self._own_datagrams_seen = 0
@@ -249,6 +256,8 @@ class Runtime:
             self._timer.cancel()
         if self._flush:
             self._flush.cancel()
+        if self._link_release:
+            self._link_release.cancel()
         await self.control.close()
         self.ops.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
@@ -304,6 +313,9 @@ class Runtime:
             return
         self.node.set_keyring(keyring)
         self.hooks.set_hooks(new.notify)
+        self.link_hold_down.configure(
+            new.links.hold_down_ms / 1000.0, new.links.hold_down_max_ms / 1000.0
+        )
         self.cfg = dataclasses.replace(new)
         self.counters["reloads"] += 1
         log.info("configuration reloaded from %s", new.path)
@@ -397,9 +409,25 @@ class Runtime:
         self._pump()
 
     def _check_links(self) -> None:
-        down = [] if self.links is None else self.links.down()
-        self._links_up = not down
-        self.set_fault("links", f"interfaces down: {', '.join(down)}" if down else None)
+        """A link down is a fault at once; a link back only after its
+        hold-down (link_hold_down.py), released by a timer of its own."""
+        now = self.loop.time()
+        if self.links is not None:
+            self.link_hold_down.update(self.links.down(), now)
+        fault = self.link_hold_down.fault(now)
+        self._links_up = fault is None
+        self.set_fault("links", fault)
+        if self._link_release is not None:
+            self._link_release.cancel()
+            self._link_release = None
+        release = self.link_hold_down.next_deadline(now)
+        if release is not None:
+            self._link_release = self.loop.call_at(release, self._on_link_release)
+
+    def _on_link_release(self) -> None:
+        self._link_release = None
+        self._check_links()
+        self._pump()
 
     def set_fault(self, watcher: str, fault: str | None) -> None:
         """A watcher's verdict on this node's fitness to forward (None: fit).

@@ -35,7 +35,7 @@ from .nft_ruleset import (
     render_uninstall,
     validate_config,
 )
-from .sysctl import PROC_SYS, SysctlChanges
+from .sysctl import PROC_SYS, SysctlChanges, interface_key
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,16 @@ class NftablesDataPlane:
         self.sysctls.set(
             "net.netfilter.nf_conntrack_tcp_loose", "1" if self.config.tcp_loose else "0"
         )
+        # A zone link without carrier keeps its routes, so until this node has
+        # handed its buckets over, packets it forwards to that link wait in the
+        # neighbour queue of an unresolved next hop, and leave when the carrier
+        # returns: late copies of what the new owner delivered meanwhile
+        # (duplicates, seen in lab/tests/test_link_failure.py). Ignoring such
+        # routes drops them at once, as an interface set down does.
+        for zone in self.config.zones:
+            for family in ("ipv4", "ipv6") if has_v6 else ("ipv4",):
+                key = interface_key(family, zone.interface, "ignore_routes_with_linkdown")
+                self.sysctls.set(key, "1")
         log.info("nftables data plane installed: %d zones", len(self.config.zones))
 
     def set_owned_buckets(self, owned: frozenset[int]) -> None:

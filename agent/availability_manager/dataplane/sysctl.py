@@ -21,9 +21,17 @@ class SysctlError(RuntimeError):
 
 
 def _path(key: str, root: Path) -> Path:
-    if not key or ".." in key or "/" in key:
+    # "a.b.c", or "a/b/c" as sysctl(8) writes a key with a dotted part (an
+    # interface such as eth0.100 in net/ipv4/conf/eth0.100/...)
+    parts = key.split("/") if "/" in key else key.split(".")
+    if any(part in ("", ".", "..") for part in parts):
         raise SysctlError(f"bad sysctl key {key!r}")
-    return root / key.replace(".", "/")
+    return root.joinpath(*parts)
+
+
+def interface_key(family: str, interface: str, name: str) -> str:
+    """The key of a per-interface setting: net/<family>/conf/<interface>/<name>."""
+    return f"net/{family}/conf/{interface}/{name}"
 
 
 def read_sysctl(key: str, root: Path = PROC_SYS) -> str:

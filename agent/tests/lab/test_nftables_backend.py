@@ -321,11 +321,15 @@ def test_only_flows_in_owned_buckets_pass(lab: Lab) -> None:
     assert counters["accepted_new"] == len(expected)
 
 
+LINKDOWN_IN = "net.ipv4.conf.in0.ignore_routes_with_linkdown"
+
+
 def test_install_uninstall_restores_the_namespace(lab: Lab) -> None:
     settings = ClusterSettings()
     with inside(lab.fw):
         before_fwd = read_sysctl("net.ipv4.ip_forward")
         before_announce = read_sysctl("net.ipv4.conf.all.arp_announce")
+        before_linkdown = read_sysctl(LINKDOWN_IN)
         before_addrs = sh("ip", "-br", "addr")
         # IPv6 groups (33:33:...) follow the kernel's own address state: ignored.
         before_maddr = _interface_maddrs("in0") - ipv6_groups(_interface_maddrs("in0"))
@@ -342,6 +346,7 @@ def test_install_uninstall_restores_the_namespace(lab: Lab) -> None:
         assert read_sysctl("net.ipv4.ip_forward") == "1"
         assert read_sysctl("net.ipv4.conf.all.arp_announce") == "2"
         assert read_sysctl("net.netfilter.nf_conntrack_tcp_loose") == "1"
+        assert read_sysctl(LINKDOWN_IN) == "1"  # a zone link without carrier: no route
         assert CLUSTER_IN in sh("ip", "-br", "addr", "show", "dev", "in0")
         assert MAC_IN in sh("ip", "maddr", "show", "dev", "in0")
         primary = sh("ip", "-4", "-br", "addr", "show", "dev", "in0").split()[2]
@@ -357,6 +362,7 @@ def test_install_uninstall_restores_the_namespace(lab: Lab) -> None:
         assert sh("nft", "list", "table", "inet", "user") == user_before
         assert read_sysctl("net.ipv4.ip_forward") == before_fwd
         assert read_sysctl("net.ipv4.conf.all.arp_announce") == before_announce
+        assert read_sysctl(LINKDOWN_IN) == before_linkdown
         assert sh("ip", "-br", "addr") == before_addrs
         after = _interface_maddrs("in0")
         assert after - ipv6_groups(after) == before_maddr
