@@ -81,6 +81,11 @@ class Heartbeat:
     weight: int = wire.attr(6, wire.Kind.U16)
     rb_next_seq: int = wire.attr(7, wire.Kind.U32)
     own_status: int = wire.attr(8, wire.Kind.U8)
+    # 1: every next hop the sender watches answers (or it watches none). A node
+    # that lost one steps back only while a peer still reaches its own, so a
+    # next hop lost by every node does not empty the cluster. Optional: an
+    # older peer skips it and is taken to reach its next hops.
+    nexthops_ok: int = wire.attr(9, wire.Kind.U8, required=False, default=1)
 
     def __post_init__(self) -> None:
         if not 0 <= self.incarnation <= 2**64 - 1:
@@ -99,6 +104,8 @@ class Heartbeat:
             raise ValueError(f"rb_next_seq {self.rb_next_seq} is not a u32")
         if self.own_status not in (0, 1):
             raise ValueError(f"own_status {self.own_status} is not 0 or 1")
+        if self.nexthops_ok not in (0, 1):
+            raise ValueError(f"nexthops_ok {self.nexthops_ok} is not 0 or 1")
 
 
 _STATES = frozenset(int(s) for s in NodeState)
@@ -169,6 +176,7 @@ class _Peer:
         "admitted",
         "deadline",
         "incarnation",
+        "nexthops_ok",
         "own_up",
         "rb_next_seq",
         "state",
@@ -186,6 +194,7 @@ class _Peer:
         self.weight = hb.weight
         self.rb_next_seq = hb.rb_next_seq
         self.own_up = bool(hb.own_status)
+        self.nexthops_ok = bool(hb.nexthops_ok)
         self.wire_version = hb.wire_version
 
 
@@ -194,7 +203,7 @@ class Availability:
     docstring for the per-peer transitions).
 
     Inputs: `receive(hb, source, now)`, `handle_timer(now)`, and
-    `set_own_status`, `set_state`, `set_weight`, `set_rb_next_seq`.
+    `set_own_status`, `set_nexthops_ok`, `set_state`, `set_weight`, `set_rb_next_seq`.
     Outputs: `messages_to_send(now)`, `next_timer()`, `next_event()`;
     views: `members()`, `cluster_size()`, `settled()`, `stats`.
     """
@@ -231,6 +240,7 @@ class Availability:
         self._weight = weight
         self._state = NodeState.ACTIVE
         self._own_up = True
+        self._nexthops_ok = True
         self._rb_next_seq = 0
         self._next_send = now
         self._peers: dict[NodeId, _Peer] = {}
@@ -252,6 +262,13 @@ class Availability:
             return
         self._own_up = up
         self._events.append(OwnStatusChanged(up))
+        self._next_send = min(self._next_send, now)  # tell the peers at once
+
+    def set_nexthops_ok(self, ok: bool, now: float) -> None:
+        """Whether every next hop this node watches answers (daemon/health.py)."""
+        if ok == self._nexthops_ok:
+            return
+        self._nexthops_ok = ok
         self._next_send = min(self._next_send, now)  # tell the peers at once
 
     def set_state(self, state: NodeState, now: float) -> None:
@@ -326,6 +343,7 @@ class Availability:
                 weight=self._weight,
                 rb_next_seq=self._rb_next_seq,
                 own_status=int(self._own_up),
+                nexthops_ok=int(self._nexthops_ok),
             )
         ]
 
@@ -381,6 +399,10 @@ class Availability:
         """Every peer heard is admitted: the membership is not about to grow."""
         return all(p.admitted for p in self._peers.values())
 
+    def peers_reaching_nexthops(self) -> frozenset[NodeId]:
+        """Up peers whose last heartbeat said they reach every next hop they watch."""
+        return frozenset(n for n, p in self._peers.items() if p.up and p.nexthops_ok)
+
     def members(self) -> dict[NodeId, MemberInfo]:
         """The admitted, eligible members (this node included unless its own
         links are down), as every layer above must see them."""
@@ -415,6 +437,7 @@ class Availability:
         peer.weight = hb.weight
         peer.rb_next_seq = hb.rb_next_seq
         peer.own_up = bool(hb.own_status)
+        peer.nexthops_ok = bool(hb.nexthops_ok)
         if peer.wire_version != hb.wire_version:
             peer.wire_version = hb.wire_version
             self._wire_version_low = None

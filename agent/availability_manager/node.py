@@ -301,6 +301,19 @@ class Node:
         self._availability.set_own_status(up, now)
         self._pump(now)
 
+    def set_nexthops_ok(self, ok: bool, now: float) -> None:
+        """Whether this node reaches every next hop it watches: announced in
+        heartbeats, so a peer that lost its own knows it may step back."""
+        self._availability.set_nexthops_ok(ok, now)
+        self._pump(now)
+
+    def set_weight(self, weight: int, now: float) -> None:
+        """A new weight (an operator check asks for less): the buckets are
+        distributed again by every node, this one at once."""
+        self._availability.set_weight(weight, now)
+        self._update_membership(now)  # our own weight raises no availability event
+        self._pump(now)
+
     def connection_new(self, conn: Connection, now: float) -> None:
         self._sync.local_new(conn, now)
 
@@ -477,6 +490,9 @@ class Node:
     def distribution_members(self) -> dict[NodeId, int]:
         """The membership the buckets are distributed over (node -> weight)."""
         return self._ranges.members()
+
+    def peers_reaching_nexthops(self) -> frozenset[NodeId]:
+        return self._availability.peers_reaching_nexthops()
 
     def owned_buckets(self) -> frozenset[int]:
         return self._owned

@@ -25,6 +25,7 @@ from ..dataplane.base import Zone
 from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
 from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
+from .health_config import HealthConfig, parse_health
 
 DEFAULT_PATH = Path("/etc/availability-manager/config.yml")
 TRANSPORTS = ("multicast", "broadcast", "unicast")
@@ -80,13 +81,14 @@ class AgentConfig:
     # Below the build's wire version only to behave as an older release during
     # a rolling upgrade (and in its tests); see wire.py.
     max_wire_version: int = WIRE_VERSION
+    health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys whose change a SIGHUP cannot apply (they need a drained restart)."""
     fixed = (
         "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
-        "early_drop",
+        "early_drop", "health",
     )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
 
@@ -201,6 +203,7 @@ _TOP_KEYS = {
     "leave_timeout_s",
     "state_dir",
     "realtime",
+    "health",
 }
 
 
@@ -261,6 +264,11 @@ def parse_config(data: object, path: Path) -> AgentConfig:
     if early_drop.enabled and cluster.backend != "nftables":
         raise r.fail("early_drop.enabled", "only the nftables backend has the early chain")
 
+    weight = r.get(top, "weight", "", r.integer(1, 1000), 1)
+    health = parse_health(
+        r, r.get(top, "health", "", lambda v, k: r.mapping(v, k), {}), zones, weight
+    )
+
     return AgentConfig(
         path=path,
         node_id=node_id,
@@ -274,7 +282,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             top, "control_socket", "", r.abspath, Path("/run/availability-manager/control.sock")
         ),
         metrics=metrics,
-        weight=r.get(top, "weight", "", r.integer(1, 1000), 1),
+        weight=weight,
         mark_mask=mark_mask,
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
         early_drop=early_drop,
@@ -288,6 +296,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
             r.integer(WIRE_VERSION_MIN, WIRE_VERSION),
             WIRE_VERSION,
         ),
+        health=health,
     )
 
 
