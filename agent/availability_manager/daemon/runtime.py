@@ -38,6 +38,7 @@ from ..node_config import NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
+from .health import HealthRunner
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
 from .own_status import OwnStatus
@@ -164,6 +165,15 @@ class Runtime:
         self._own_datagrams_seen = 0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
+        self.health = HealthRunner(
+            cfg.health,
+            cfg.zones,
+            self.loop,
+            set_fault=self._set_fault_and_pump,
+            set_weight_cap=self.set_weight_cap,
+            set_nexthops_ok=lambda ok: self.node.set_nexthops_ok(ok, self.loop.time()),
+            peers_reach_nexthops=lambda: bool(self.node.peers_reaching_nexthops()),
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -178,6 +188,7 @@ class Runtime:
             self.loop.add_reader(self.links.fileno(), self._on_links)
         await self.control.start()
         self._check_links()
+        self.health.start()
         self.node.local_table_dump(self.conntrack.dump(), self.loop.time())
         self._periodic()
         if self.notifier.watchdog_interval:
@@ -212,6 +223,7 @@ class Runtime:
             self._timer.cancel()
         if self._flush:
             self._flush.cancel()
+        self.health.close()
         await self.control.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
         self.dataplane.uninstall()
@@ -344,6 +356,22 @@ class Runtime:
                 log.info("own status up: every watcher content")
             self._own_status_told = up
             self.node.set_link_status(up, self.loop.time())
+
+    def _set_fault_and_pump(self, watcher: str, fault: str | None) -> None:
+        """set_fault from a watcher outside the runtime's inputs (health checks):
+        what the Node decided must reach the kernel and the peers now."""
+        self.set_fault(watcher, fault)
+        self._pump()
+
+    def set_weight_cap(self, watcher: str, cap: int | None) -> None:
+        """A watcher asks for a lower weight (None: no longer): the Node
+        announces the lowest cap, never above the configured weight."""
+        self.own_status.set_weight_cap(watcher, cap)
+        weight = self.own_status.weight(self.cfg.weight)
+        log.info("own weight %d (configured %d, caps %s)", weight, self.cfg.weight,
+                 self.own_status.weight_caps())  # fmt: skip
+        self.node.set_weight(weight, self.loop.time())
+        self._pump()
 
     def _periodic(self) -> None:
         gc.freeze()  # see GC_FREEZE_EVERY_S
@@ -521,6 +549,8 @@ class Runtime:
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
             "dataplane": self.dataplane.status(),
             "faults": self.own_status.faults(),
+            "weight_caps": self.own_status.weight_caps(),
+            "health": self.health.status(),
         }
 
     def _control_handlers(self) -> dict[str, Any]:
