@@ -88,7 +88,7 @@ def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys whose change a SIGHUP cannot apply (they need a drained restart)."""
     fixed = (
         "node_id", "sync", "zones", "cluster", "control_socket", "mark_mask", "metrics",
-        "early_drop", "health",
+        "early_drop",
     )  # fmt: skip
     return [k for k in fixed if getattr(old, k) != getattr(new, k)]
 

@@ -36,6 +36,11 @@ log = logging.getLogger("availability-manager")
 OUTPUT_LIMIT = 4096  # bytes of a command's output kept for the log
 DETAIL_LIMIT = 200  # characters of it in the verdict (status, fault string)
 NEXTHOP = "nexthop"
+# A next hop that every node loses is lost by each at a slightly different
+# moment (their rounds are not in step): the first to notice would see the
+# others still reaching theirs and step back for a moment. It waits this many
+# intervals first, long enough for the others' verdicts and heartbeats.
+NEXTHOP_CONFIRM_INTERVALS = 2
 
 
 class _ZoneProbe:
@@ -84,6 +89,8 @@ class HealthRunner:
         self._readers: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._kept_buckets = False  # a next hop is lost, but no peer reaches its own
+        self._lost_since: float | None = None  # since when some zone's next hop is lost
+        self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -91,15 +98,24 @@ class HealthRunner:
         self._arm()
 
     def close(self) -> None:
+        """Stop: no more runs, running commands killed (`wait_closed` reaps them)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         for proc in self._procs.values():
             _kill_group(proc)
-        for task in self._tasks:
-            task.cancel()
         for probe in self._zones.values():
             for es in probe.sockets.values():
                 es.close()
+
+    async def wait_closed(self) -> None:
+        """After close: until the killed commands are reaped."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def watchers(self) -> list[str]:
+        """The names under which this runner reports faults and weight caps."""
+        return [NEXTHOP, *self._commands] if self._zones else list(self._commands)
 
     def forget_fd(self, fd: int) -> None:
         """Before an echo socket closes: stop watching its descriptor."""
@@ -110,6 +126,8 @@ class HealthRunner:
     # -- the state machines' timer and events ---------------------------------------
 
     def _arm(self) -> None:
+        if self._closed:
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -126,6 +144,8 @@ class HealthRunner:
         self._after_input()
 
     def _result(self, name: str, ok: bool, detail: str) -> None:
+        if self._closed:
+            return  # a command killed by close(): its verdict no longer counts
         self.checks[name].result(ok, detail, self.loop.time())
         self._after_input()
 
@@ -164,9 +184,15 @@ class HealthRunner:
             if self.checks[name].health is Health.FAILING
         }
         self._set_nexthops_ok(not lost)
+        now = self.loop.time()
         fault = None
         if lost:
+            if self._lost_since is None:
+                self._lost_since = now
             fault = "; ".join(f"zone {zone}: {detail}" for zone, detail in sorted(lost.items()))
+            confirm = NEXTHOP_CONFIRM_INTERVALS * self.cfg.nexthops.timing.interval
+            if now - self._lost_since < confirm - 1e-6:
+                return  # not yet: the verdict stands as it was (see the constant)
             kept = self.cfg.nexthops.only_if_a_peer_reaches and not self._peers_reach()
             if kept != self._kept_buckets and kept:
                 log.warning(
@@ -179,6 +205,7 @@ class HealthRunner:
                 fault = None
         else:
             self._kept_buckets = False
+            self._lost_since = None
         self._set_fault(NEXTHOP, fault)
 
     # -- next hops ----------------------------------------------------------------------
@@ -231,11 +258,14 @@ class HealthRunner:
             self._result(name, False, f"cannot run {cfg.command[0]}: {exc.strerror}")
             return
         self._procs[name] = proc
+        if self._closed:  # closed while it was starting
+            _kill_group(proc)
         try:
             output = await _bounded_output(proc)
             code = await proc.wait()
         finally:
-            self._procs.pop(name, None)
+            if self._procs.get(name) is proc:  # the next run may have started already
+                del self._procs[name]
         text = output.decode(errors="replace").strip()
         status = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
         first_line = text.splitlines()[0] if text else ""

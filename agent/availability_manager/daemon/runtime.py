@@ -165,15 +165,7 @@ class Runtime:
         self._own_datagrams_seen = 0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
-        self.health = HealthRunner(
-            cfg.health,
-            cfg.zones,
-            self.loop,
-            set_fault=self._set_fault_and_pump,
-            set_weight_cap=self.set_weight_cap,
-            set_nexthops_ok=lambda ok: self.node.set_nexthops_ok(ok, self.loop.time()),
-            peers_reach_nexthops=lambda: bool(self.node.peers_reaching_nexthops()),
-        )
+        self.health = self._health_runner()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -224,6 +216,7 @@ class Runtime:
         if self._flush:
             self._flush.cancel()
         self.health.close()
+        await self.health.wait_closed()
         await self.control.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
         self.dataplane.uninstall()
@@ -275,7 +268,10 @@ class Runtime:
             self.counters["reload_failed"] += 1
             return
         self.node.set_keyring(keyring)
+        health_changed = new.health != self.cfg.health
         self.cfg = dataclasses.replace(new)
+        if health_changed:
+            self._restart_health()
         self.counters["reloads"] += 1
         log.info("configuration reloaded from %s", new.path)
         self._pump()
@@ -356,6 +352,30 @@ class Runtime:
                 log.info("own status up: every watcher content")
             self._own_status_told = up
             self.node.set_link_status(up, self.loop.time())
+
+    def _health_runner(self) -> HealthRunner:
+        return HealthRunner(
+            self.cfg.health,
+            self.cfg.zones,
+            self.loop,
+            set_fault=self._set_fault_and_pump,
+            set_weight_cap=self.set_weight_cap,
+            set_nexthops_ok=lambda ok: self.node.set_nexthops_ok(ok, self.loop.time()),
+            peers_reach_nexthops=lambda: bool(self.node.peers_reaching_nexthops()),
+        )
+
+    def _restart_health(self) -> None:
+        """New health settings (a reload): the old checks' verdicts go with them,
+        the new ones start from their first result."""
+        self.health.close()
+        self.loop.create_task(self.health.wait_closed())
+        for watcher in self.health.watchers():
+            self.set_fault(watcher, None)
+            if watcher in self.own_status.weight_caps():
+                self.set_weight_cap(watcher, None)
+        self.node.set_nexthops_ok(True, self.loop.time())
+        self.health = self._health_runner()
+        self.health.start()
 
     def _set_fault_and_pump(self, watcher: str, fault: str | None) -> None:
         """set_fault from a watcher outside the runtime's inputs (health checks):
