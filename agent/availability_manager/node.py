@@ -622,6 +622,13 @@ class Node:
         owners = self._ranges.owners()
         me = self.node_id
         active = frozenset(b for b in self._owned if owners[b] <= {me})
+        if not self._availability.own_status:
+            # Own status down (a link, a next hop, a health check): the peers
+            # take this node's buckets as soon as its heartbeat says so, without
+            # waiting for a release. So it stops forwarding first: the runtime
+            # carries this out before that heartbeat leaves, and no connection
+            # is forwarded by two nodes at once.
+            active = frozenset()
         if active != self._active:
             old, self._active = self._active, active
             self._events.append(

@@ -7,6 +7,7 @@ import dataclasses
 
 from test_node import BUCKETS, SETTINGS, Cluster, nid
 
+from availability_manager import node_events as ev
 from availability_manager import wire
 from availability_manager.assignment import aimed_assignment
 from availability_manager.availability import Heartbeat
@@ -61,3 +62,23 @@ def test_a_peer_that_does_not_send_the_flag_counts_as_reaching() -> None:
     older = wire.MSG_HEADER.pack(msg_type, flags, length - 5) + encoded[4:-5]
     (decoded,) = wire.decode_messages(older)
     assert decoded == dataclasses.replace(lost, nexthops_ok=1)
+
+
+def test_a_node_whose_own_status_goes_down_stops_forwarding_before_it_tells() -> None:
+    c = Cluster(3)
+    c.run(1.0)
+    b = c.host(2)
+    had = b.node.active_buckets()
+    assert had
+    b.node.set_link_status(False, c.now)
+    # before any datagram leaves (the heartbeat with own_status=0, which lets
+    # the peers forward these buckets at once), the data plane lets go of all
+    first = b.node.next_event()
+    assert isinstance(first, ev.ActiveBucketsChanged)
+    assert first.active == frozenset() and first.removed == had
+    c.run(0.5)
+    assert b.node.active_buckets() == frozenset() and b.owned == frozenset()
+    assert c.host(1).owned | c.host(3).owned == set(range(BUCKETS))
+    b.node.set_link_status(True, c.now)
+    c.run(0.5)
+    assert b.node.active_buckets() == had
