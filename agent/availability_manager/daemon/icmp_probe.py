@@ -123,6 +123,11 @@ class EchoSocket:
     def fileno(self) -> int | None:
         return self._sock.fileno() if self._sock is not None else None
 
+    @property
+    def bound_address(self) -> Address | None:
+        """The node's own address the socket sends from (None: not open)."""
+        return self._bound
+
     def ensure_open(self) -> str | None:
         """Open (or reopen) the socket; a reason when it cannot be."""
         addr = own_address(self.interface, self.family, self.shared)
