@@ -101,6 +101,11 @@ class Heartbeat:
     echo: tuple[bytes, ...] = wire.attr(
         9, wire.Kind.BYTES, repeated=True, max_len=MAX_ECHO * ECHO_ENTRY.size
     )
+    # 1: every next hop the sender watches answers (or it watches none). A node
+    # that lost one steps back only while a peer still reaches its own, so a
+    # next hop lost by every node does not empty the cluster. Optional: an
+    # older peer skips it and is taken to reach its next hops.
+    nexthops_ok: int = wire.attr(10, wire.Kind.U8, required=False, default=1)
 
     def __post_init__(self) -> None:
         if not 0 <= self.incarnation <= 2**64 - 1:
@@ -121,6 +126,8 @@ class Heartbeat:
             raise ValueError(f"own_status {self.own_status} is not 0 or 1")
         if len(self.echo) > 1 or any(len(e) % ECHO_ENTRY.size for e in self.echo):
             raise ValueError("echo is at most one value of 8-byte entries")
+        if self.nexthops_ok not in (0, 1):
+            raise ValueError(f"nexthops_ok {self.nexthops_ok} is not 0 or 1")
 
     def echoes(self, node: NodeId, incarnation: int) -> bool:
         """Whether the sender heard `node` in life `incarnation` (its echo)."""
@@ -203,6 +210,7 @@ class _Peer:
         "admitted",
         "deadline",
         "incarnation",
+        "nexthops_ok",
         "own_up",
         "rb_next_seq",
         "state",
@@ -220,6 +228,7 @@ class _Peer:
         self.weight = hb.weight
         self.rb_next_seq = hb.rb_next_seq
         self.own_up = bool(hb.own_status)
+        self.nexthops_ok = bool(hb.nexthops_ok)
         self.wire_version = hb.wire_version
 
 
@@ -228,7 +237,7 @@ class Availability:
     docstring for the per-peer transitions).
 
     Inputs: `receive(hb, source, now)`, `handle_timer(now)`, and
-    `set_own_status`, `set_state`, `set_weight`, `set_rb_next_seq`.
+    `set_own_status`, `set_nexthops_ok`, `set_state`, `set_weight`, `set_rb_next_seq`.
     Outputs: `messages_to_send(now)`, `next_timer()`, `next_event()`;
     views: `members()`, `cluster_size()`, `settled()`, `stats`.
     """
@@ -265,6 +274,7 @@ class Availability:
         self._weight = weight
         self._state = NodeState.ACTIVE
         self._own_up = True
+        self._nexthops_ok = True
         self._rb_next_seq = 0
         self._next_send = now
         self._peers: dict[NodeId, _Peer] = {}
@@ -291,6 +301,13 @@ class Availability:
             return
         self._own_up = up
         self._events.append(OwnStatusChanged(up))
+        self._next_send = min(self._next_send, now)  # tell the peers at once
+
+    def set_nexthops_ok(self, ok: bool, now: float) -> None:
+        """Whether every next hop this node watches answers (daemon/health.py)."""
+        if ok == self._nexthops_ok:
+            return
+        self._nexthops_ok = ok
         self._next_send = min(self._next_send, now)  # tell the peers at once
 
     def set_state(self, state: NodeState, now: float) -> None:
@@ -388,6 +405,7 @@ class Availability:
                 rb_next_seq=self._rb_next_seq,
                 own_status=int(self._own_up),
                 echo=self._echo(),
+                nexthops_ok=int(self._nexthops_ok),
             )
         ]
 
@@ -443,6 +461,10 @@ class Availability:
     def settled(self) -> bool:
         """Every peer heard is admitted: the membership is not about to grow."""
         return all(p.admitted for p in self._peers.values())
+
+    def peers_reaching_nexthops(self) -> frozenset[NodeId]:
+        """Up peers whose last heartbeat said they reach every next hop they watch."""
+        return frozenset(n for n, p in self._peers.items() if p.up and p.nexthops_ok)
 
     def members(self) -> dict[NodeId, MemberInfo]:
         """The admitted, eligible members (this node included unless its own
@@ -522,6 +544,7 @@ class Availability:
         peer.weight = hb.weight
         peer.rb_next_seq = hb.rb_next_seq
         peer.own_up = bool(hb.own_status)
+        peer.nexthops_ok = bool(hb.nexthops_ok)
         if peer.wire_version != hb.wire_version:
             peer.wire_version = hb.wire_version
             self._wire_version_low = None

@@ -340,6 +340,19 @@ class Node:
         self._availability.host_stalled(since, now)
         self._pump(now)
 
+    def set_nexthops_ok(self, ok: bool, now: float) -> None:
+        """Whether this node reaches every next hop it watches: announced in
+        heartbeats, so a peer that lost its own knows it may step back."""
+        self._availability.set_nexthops_ok(ok, now)
+        self._pump(now)
+
+    def set_weight(self, weight: int, now: float) -> None:
+        """A new weight (an operator check asks for less): the buckets are
+        distributed again by every node, this one at once."""
+        self._availability.set_weight(weight, now)
+        self._update_membership(now)  # our own weight raises no availability event
+        self._pump(now)
+
     def connection_new(self, conn: Connection, now: float) -> None:
         self._sync.local_new(conn, now)
 
@@ -539,6 +552,9 @@ class Node:
         """The membership the buckets are distributed over (node -> weight)."""
         return self._ranges.members()
 
+    def peers_reaching_nexthops(self) -> frozenset[NodeId]:
+        return self._availability.peers_reaching_nexthops()
+
     def owned_buckets(self) -> frozenset[int]:
         return self._owned
 
@@ -689,9 +705,14 @@ class Node:
         self._active_dirty = False
         owners = self._ranges.owners()
         me = self.node_id
-        active = frozenset(
-            b for b in self._owned if owners[b] <= {me} and self._availability.own_status
-        )
+        active = frozenset(b for b in self._owned if owners[b] <= {me})
+        if not self._availability.own_status:
+            # Own status down (a link, a next hop, a health check): the peers
+            # take this node's buckets as soon as its heartbeat says so, without
+            # waiting for a release. So it stops forwarding first: the runtime
+            # carries this out before that heartbeat leaves, and no connection
+            # is forwarded by two nodes at once.
+            active = frozenset()
         if active != self._active:
             old, self._active = self._active, active
             self._events.append(

@@ -29,6 +29,7 @@ from ..dataplane.early_drop import EarlyDrop, parse_slow_path
 from ..relevance import SyncFilter
 from ..types import BACKENDS, HASH_FIELDS, MAX_NODE_ID, ClusterSettings
 from ..wire import WIRE_VERSION, WIRE_VERSION_MIN
+from .health_config import HealthConfig, parse_health
 from .notify_hooks import HOOK_EVENTS, NotifyHook, executable_problem
 
 DEFAULT_PATH = Path("/etc/availability-manager/config.yml")
@@ -119,6 +120,7 @@ class AgentConfig:
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     # commands run on state changes (notify_hooks.py); reloadable
     notify: tuple[NotifyHook, ...] = ()
+    health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
 
 
 def reload_incompatible(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -247,6 +249,7 @@ _TOP_KEYS = {
     "members",
     "limits",
     "notify",
+    "health",
 }
 MAX_HOOKS = 16
 
@@ -330,6 +333,11 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         raise r.fail("notify", f"a list of at most {MAX_HOOKS} hooks", notify_raw)
     notify = tuple(_parse_hook(r, h, f"notify[{i}]") for i, h in enumerate(notify_raw))
 
+    weight = r.get(top, "weight", "", r.integer(1, 1000), 1)
+    health = parse_health(
+        r, r.get(top, "health", "", lambda v, k: r.mapping(v, k), {}), zones, weight
+    )
+
     return AgentConfig(
         path=path,
         notify=notify,
@@ -345,7 +353,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         ),
         metrics=metrics,
         links=links,
-        weight=r.get(top, "weight", "", r.integer(1, 1000), 1),
+        weight=weight,
         mark_mask=mark_mask,
         tcp_loose=r.get(top, "tcp_loose", "", r.boolean, False),
         early_drop=early_drop,
@@ -364,6 +372,7 @@ def parse_config(data: object, path: Path) -> AgentConfig:
         ),
         members=members,
         limits=limits,
+        health=health,
     )
 
 

@@ -38,6 +38,7 @@ from ..node_config import NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload_incompatible
 from .control import ControlError, ControlServer
+from .health import HealthRunner
 from .keyfile import KeyFileError, load_keys
 from .link_hold_down import LinkHoldDown
 from .links import LinkMonitor
@@ -207,6 +208,7 @@ class Runtime:
             kernel_refusals=lambda: getattr(self.conntrack, "request_errors", {}),
         )
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
+        self.health = self._health_runner()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class Runtime:
             self.loop.add_reader(self.links.fileno(), self._on_links)
         await self.control.start()
         self._check_links()
+        self.health.start()
         self.node.local_table_dump(self.conntrack.dump(), self.loop.time())
         self._periodic()
         if self.notifier.watchdog_interval:
@@ -258,6 +261,8 @@ class Runtime:
             self._flush.cancel()
         if self._link_release:
             self._link_release.cancel()
+        self.health.close()
+        await self.health.wait_closed()
         await self.control.close()
         self.ops.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
@@ -316,7 +321,10 @@ class Runtime:
         self.link_hold_down.configure(
             new.links.hold_down_ms / 1000.0, new.links.hold_down_max_ms / 1000.0
         )
+        health_changed = new.health != self.cfg.health
         self.cfg = dataclasses.replace(new)
+        if health_changed:
+            self._restart_health()
         self.counters["reloads"] += 1
         log.info("configuration reloaded from %s", new.path)
         self._pump()
@@ -446,6 +454,46 @@ class Runtime:
                 log.info("own status up: every watcher content")
             self._own_status_told = up
             self.node.set_link_status(up, self.loop.time())
+
+    def _health_runner(self) -> HealthRunner:
+        return HealthRunner(
+            self.cfg.health,
+            self.cfg.zones,
+            self.loop,
+            set_fault=self._set_fault_and_pump,
+            set_weight_cap=self.set_weight_cap,
+            set_nexthops_ok=lambda ok: self.node.set_nexthops_ok(ok, self.loop.time()),
+            peers_reach_nexthops=lambda: bool(self.node.peers_reaching_nexthops()),
+        )
+
+    def _restart_health(self) -> None:
+        """New health settings (a reload): the old checks' verdicts go with them,
+        the new ones start from their first result."""
+        self.health.close()
+        self.loop.create_task(self.health.wait_closed())
+        for watcher in self.health.watchers():
+            self.set_fault(watcher, None)
+            if watcher in self.own_status.weight_caps():
+                self.set_weight_cap(watcher, None)
+        self.node.set_nexthops_ok(True, self.loop.time())
+        self.health = self._health_runner()
+        self.health.start()
+
+    def _set_fault_and_pump(self, watcher: str, fault: str | None) -> None:
+        """set_fault from a watcher outside the runtime's inputs (health checks):
+        what the Node decided must reach the kernel and the peers now."""
+        self.set_fault(watcher, fault)
+        self._pump()
+
+    def set_weight_cap(self, watcher: str, cap: int | None) -> None:
+        """A watcher asks for a lower weight (None: no longer): the Node
+        announces the lowest cap, never above the configured weight."""
+        self.own_status.set_weight_cap(watcher, cap)
+        weight = self.own_status.weight(self.cfg.weight)
+        log.info("own weight %d (configured %d, caps %s)", weight, self.cfg.weight,
+                 self.own_status.weight_caps())  # fmt: skip
+        self.node.set_weight(weight, self.loop.time())
+        self._pump()
 
     def _periodic(self) -> None:
         gc.freeze()  # see GC_FREEZE_EVERY_S
@@ -638,6 +686,8 @@ class Runtime:
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
             "dataplane": self.dataplane.status(),
             "faults": self.own_status.faults(),
+            "weight_caps": self.own_status.weight_caps(),
+            "health": self.health.status(),
         }
 
     def _control_handlers(self) -> dict[str, Any]:
