@@ -39,6 +39,11 @@ class NodeConfig:
     # (Destination.ZONES): costs a second AEAD operation per heartbeat, so
     # only when the driver has zone links to send it on.
     zone_heartbeats: bool = False
+    # Make-before-break handovers (ranges.py): a giver forwards a bucket until
+    # this long after the taker's claim, and the taker starts at that instant
+    # (wall clock, set with Node.set_clock_offset). 0: break-before-make, the
+    # taker starts when it hears the release.
+    handover_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -59,6 +64,8 @@ class NodeConfig:
             raise ValueError("protocols must be a non-empty set of IP protocol numbers")
         if not 0 <= self.mark_mask <= 0xFFFFFFFF:
             raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
+        if not 0.0 <= self.handover_delay <= 5.0:
+            raise ValueError(f"handover_delay must be 0..5 s, got {self.handover_delay}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:

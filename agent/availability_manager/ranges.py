@@ -18,16 +18,31 @@ The rule, from the seed, with the release condition made strict:
                                   so the survivors' aims grow and they claim.
 
 A bucket is only released after another node has claimed it, so ownership is
-doubled in transit and never missing. A node that is not a member (draining,
-leaving) aims for nothing and keeps its buckets until their new owners claim
-them. Range state is idempotent: the whole claim is sent (unreliable
-broadcast, with a heartbeat) at once after a change, and on the next
-`CHANGE_REPEATS` heartbeats after a change of ours or of a peer's claim (so a
-peer that adopted a new membership after we sent ours hears our claim in its
-new view, and a claim lost or overtaken on the way is repaired within a
-heartbeat while the cluster settles), and unchanged on every `REPEAT_EVERY`-th
-heartbeat, which repairs a loss at any other time. An idle cluster thus sends
-and judges a claim per node every half second, not every heartbeat.
+doubled in transit and never missing.
+
+Make-before-break (`handover_delay` > 0): a release is not immediate. The
+giver schedules a *handoff*: it keeps forwarding the buckets until a switch
+time `at` (now + handover_delay), announces them with that time in its claim
+(`RangeState.handoff`, `handoff_at` in wall-clock nanoseconds), and releases
+them at `at`. The taker, which claimed them after injecting their entries,
+starts forwarding at the same instant (the Node turns the announcement into a
+timed switch of its data plane), so there is no moment where both forward
+and none where nobody does (up to the clocks' skew). An announced handoff is
+irrevocable: at `at` the giver releases every bucket of it whose taker is
+still up (and claims again what it aims for meanwhile, e.g. after an
+undrain). Buckets that become releasable while a handoff is pending join it
+while at least half the delay is left, else they wait for the next one.
+
+A node that is not a member (draining, leaving) aims for nothing and keeps its
+buckets until their new owners claim them. Range state is idempotent: the
+whole claim is sent (unreliable broadcast, with a heartbeat) at once after a
+change, and on the next `CHANGE_REPEATS` heartbeats after a change of ours or
+of a peer's claim (so a peer that adopted a new membership after we sent ours
+hears our claim in its new view, and a claim lost or overtaken on the way is
+repaired within a heartbeat while the cluster settles), and unchanged on every
+`REPEAT_EVERY`-th heartbeat, which repairs a loss at any other time. An idle
+cluster thus sends and judges a claim per node every half second, not every
+heartbeat.
 
 Transitions of the stability flag (events in brackets):
 
@@ -85,6 +100,14 @@ class RangeState:
     buckets: int = attr(1, Kind.U16)  # bucket count the bitmap covers
     bitmap: bytes = attr(2, Kind.BYTES, max_len=bitmap_size(assignment.MAX_BUCKETS))
     digest: int = attr(3, Kind.U64)  # membership_digest() of the sender's members
+    # Buckets of the bitmap the sender stops forwarding at `handoff_at`
+    # (wall-clock nanoseconds) and then releases; empty: no handoff pending.
+    # Optional: a node that predates them skips both (it then starts
+    # forwarding only on the release, as before: a gap, never a double).
+    handoff: bytes = attr(
+        4, Kind.BYTES, required=False, default=b"", max_len=bitmap_size(assignment.MAX_BUCKETS)
+    )
+    handoff_at: int = attr(5, Kind.U64, required=False, default=0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.buckets <= assignment.MAX_BUCKETS:
@@ -96,13 +119,40 @@ class RangeState:
             raise ValueError("bits set beyond the last bucket")
         if not 0 <= self.digest < 1 << 64:
             raise ValueError("digest must be a u64")
+        if self.handoff:
+            if len(self.handoff) != len(self.bitmap):
+                raise ValueError(
+                    f"handoff bitmap of {len(self.handoff)} bytes, claim of {len(self.bitmap)}"
+                )
+            if any(h & ~o for h, o in zip(self.handoff, self.bitmap, strict=True)):
+                raise ValueError("handoff names buckets the claim does not hold")
+            if not 0 < self.handoff_at < 1 << 64:
+                raise ValueError("handoff_at must be a non-zero u64 with a handoff")
 
     @classmethod
-    def of(cls, owned: frozenset[int] | set[int], buckets: int, digest: int) -> RangeState:
-        return cls(buckets, encode_bitmap(owned, buckets), digest)
+    def of(
+        cls,
+        owned: frozenset[int] | set[int],
+        buckets: int,
+        digest: int,
+        handoff: frozenset[int] | set[int] = frozenset(),
+        handoff_at: int = 0,
+    ) -> RangeState:
+        if not handoff:
+            return cls(buckets, encode_bitmap(owned, buckets), digest)
+        return cls(
+            buckets,
+            encode_bitmap(owned, buckets),
+            digest,
+            encode_bitmap(handoff, buckets),
+            handoff_at,
+        )
 
     def owned(self) -> frozenset[int]:
         return decode_bitmap(self.bitmap, self.buckets)
+
+    def handed_off(self) -> frozenset[int]:
+        return decode_bitmap(self.handoff, self.buckets) if self.handoff else frozenset()
 
 
 # -- events -------------------------------------------------------------------
@@ -134,7 +184,16 @@ class Unstable:
     """The configuration stopped being stable (membership change, lost claim...)."""
 
 
-RangeEvent = Claim | Release | Stable | Unstable
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handoff:
+    """These buckets are still owned and forwarded until `at` (our clock),
+    then released: their takers start forwarding at that instant."""
+
+    buckets: frozenset[int]
+    at: float
+
+
+RangeEvent = Claim | Release | Handoff | Stable | Unstable
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,6 +203,9 @@ class _PeerClaim:
     digest: int
     received: float
     view: int  # our membership change counter when it arrived
+    handoff: frozenset[int] = frozenset()  # stops forwarding these at handoff_at
+    handoff_at: float = 0.0  # wall-clock seconds
+    handoff_raw: tuple[bytes, int] = (b"", 0)  # as received, to recognise a repeat
 
 
 class RangeDistribution:
@@ -156,12 +218,22 @@ class RangeDistribution:
         seed: int,
         *,
         now: float,
+        handover_delay: float = 0.0,
     ) -> None:
         if not 0 <= node_id <= MAX_NODE_ID:
             raise ValueError(f"node id {node_id} is not a 32-bit unsigned integer")
         if not 1 <= buckets <= assignment.MAX_BUCKETS:
             raise ValueError(f"buckets must be 1..{assignment.MAX_BUCKETS}, got {buckets}")
+        if not 0.0 <= handover_delay <= 5.0:
+            raise ValueError(f"handover_delay must be 0..5 s, got {handover_delay}")
         self.node_id = node_id
+        self.handover_delay = handover_delay
+        # wall-clock seconds = our clock + this (the driver keeps it current):
+        # handoff times travel in wall-clock time, the only clock peers share
+        self.clock_offset = 0.0
+        self._handoff: dict[int, NodeId] = {}  # bucket -> taker, until _handoff_at
+        self._handoff_at: float | None = None  # our clock
+        self._handoff_ns = 0  # the same instant as announced: wall-clock nanoseconds
         self.buckets = buckets
         self.seed = seed
         self._members: dict[NodeId, int] = {}
@@ -243,17 +315,46 @@ class RangeDistribution:
             and old.view == self._view
             and old.digest == msg.digest
             and old.bitmap == msg.bitmap
+            and old.handoff_raw == (msg.handoff, msg.handoff_at)
         ):
             self.stats["rx_repeated"] += 1
             return False
-        self._peers[source] = _PeerClaim(msg.owned(), msg.bitmap, msg.digest, now, self._view)
+        self._peers[source] = _PeerClaim(
+            msg.owned(),
+            msg.bitmap,
+            msg.digest,
+            now,
+            self._view,
+            msg.handed_off(),
+            msg.handoff_at / 1e9,
+            (msg.handoff, msg.handoff_at),
+        )
         self._repeats_due = CHANGE_REPEATS  # answer: the sender may lack ours in its view
         self._on_claim(source, now)
         self._update_stability()
         return True
 
     def handle_timer(self, now: float) -> None:
-        """Nothing expires here: the timer only asks the driver to send now."""
+        """A pending handoff whose time came is carried out; otherwise the
+        timer only asks the driver to send now."""
+        if self._handoff_at is None or now < self._handoff_at:
+            return
+        handoff, self._handoff = self._handoff, {}
+        self._handoff_at = None
+        self._claim_message = None
+        # Our data plane stopped forwarding these at the switch time, whatever
+        # happened since (the announcement is irrevocable): release them to
+        # their takers. A taker that went down meanwhile started nothing, so
+        # those buckets stay ours (the data plane forwards them again).
+        gone = {b for b, taker in handoff.items() if taker not in self._peers}
+        self.stats["handoff_cancelled_buckets"] += len(gone)
+        self._release({b for b in handoff if b not in gone and b in self._owned}, now)
+        self._claim_aim()  # what we aim for again (an undrain meanwhile) is claimed anew
+        if self._send_due is None:
+            self._send_due = now
+        for peer in sorted(self._peers):
+            self._release_to(peer, now)  # what waited for this handoff to end
+        self._update_stability()
 
     # -- the release rule (module docstring) ---------------------------------------
 
@@ -285,13 +386,24 @@ class RangeDistribution:
         self.stats["tx"] += 1
         claim = self._claim_message
         if claim is None or claim.digest != self._digest:
-            claim = self._claim_message = RangeState.of(self._owned, self.buckets, self._digest)
+            claim = self._claim_message = RangeState.of(
+                self._owned,
+                self.buckets,
+                self._digest,
+                frozenset(self._handoff),
+                self._handoff_ns if self._handoff else 0,
+            )
         return [claim]
 
     def next_timer(self) -> float | None:
-        """When a changed claim must be sent (now), else None: the other sends
-        follow the caller's heartbeats (`claim_rides_on_heartbeat`)."""
-        return self._send_due
+        """When a changed claim must be sent (now) or a pending handoff is
+        due, else None: the other sends follow the caller's heartbeats
+        (`claim_rides_on_heartbeat`)."""
+        if self._handoff_at is None:
+            return self._send_due
+        if self._send_due is None:
+            return self._handoff_at
+        return min(self._send_due, self._handoff_at)
 
     def next_event(self) -> RangeEvent | None:
         return self._events.popleft() if self._events else None
@@ -336,6 +448,18 @@ class RangeDistribution:
     def is_stable(self) -> bool:
         return self._stable
 
+    def handoff(self) -> tuple[frozenset[int], float] | None:
+        """Our pending handoff: the buckets and the switch time (wall-clock
+        seconds, exactly as announced)."""
+        if self._handoff_at is None:
+            return None
+        return frozenset(self._handoff), self._handoff_ns / 1e9
+
+    def peer_handoffs(self) -> dict[NodeId, tuple[frozenset[int], float]]:
+        """Each peer's announced handoff: its buckets and the switch time
+        (wall-clock seconds), for peers not reported down."""
+        return {p: (c.handoff, c.handoff_at) for p, c in self._peers.items() if c.handoff}
+
     # -- internals ------------------------------------------------------------
 
     def _claim_aim(self) -> None:
@@ -355,12 +479,35 @@ class RangeDistribution:
         aim = self._aim
         if not aim:
             return  # no members: nobody to hand buckets to, keep them
-        self._release(
-            frozenset(
-                b for b in claim.owned & self._owned if b not in self._aimed and aim[b] == peer
-            ),
-            now,
+        buckets = frozenset(
+            b for b in claim.owned & self._owned if b not in self._aimed and aim[b] == peer
         )
+        if self.handover_delay > 0.0:
+            self._schedule_handoff(buckets - self._handoff.keys(), peer, now)
+        else:
+            self._release(buckets, now)
+
+    def _schedule_handoff(self, buckets: frozenset[int], taker: NodeId, now: float) -> None:
+        """Make-before-break (module docstring): hand `buckets` to `taker` at
+        a switch time, a new one or the pending one if half the delay is left."""
+        if not buckets:
+            return
+        if self._handoff_at is None:
+            # the wall-clock instant is what the giver's and the taker's data
+            # planes switch at: one integer both read the same
+            self._handoff_ns = round((now + self.handover_delay + self.clock_offset) * 1e9)
+            self._handoff_at = self._handoff_ns / 1e9 - self.clock_offset
+        elif self._handoff_at - now < self.handover_delay / 2:
+            self.stats["handoff_waits"] += 1
+            return  # too late to join: released to `taker` after this handoff
+        for b in buckets:
+            self._handoff[b] = taker
+        self._claim_message = None
+        self._repeats_due = CHANGE_REPEATS
+        self.stats["handoff_buckets"] += len(buckets)
+        self._events.append(Handoff(buckets, self._handoff_at))
+        if self._send_due is None:
+            self._send_due = now
 
     def _release(self, buckets: frozenset[int] | set[int], now: float) -> None:
         if buckets:

@@ -84,9 +84,11 @@ def test_prerouting_order_and_priority() -> None:
     # known connections: unclassified ones pass, classified ones only if owned
     assert ct[1] == "ct state established,related ct mark and 0x0000ffff == 0 accept"
     assert ct[2] == "ct state established,related ct mark and 0x0000ffff @owned_marks accept"
-    assert ct[3].startswith("ct state established,related") and ct[3].endswith("drop")
-    assert ct[4].startswith("ct state invalid") and ct[4].endswith("drop")
-    assert ct[5] == "fib daddr type local goto hash_fwd"  # local before the zone map
+    # a bucket of a pending handoff switch: decided by its time (nft_handover.py)
+    assert ct[3] == "ct state established,related jump handover"
+    assert ct[4].startswith("ct state established,related") and ct[4].endswith("drop")
+    assert ct[5].startswith("ct state invalid") and ct[5].endswith("drop")
+    assert ct[6] == "fib daddr type local goto hash_fwd"  # local before the zone map
     assert ct[-1] == "goto hash_fwd"
 
 
@@ -158,6 +160,9 @@ def test_each_hash_chain_marks_then_checks_owned_then_drops() -> None:
         assert m.split("ct mark set ")[1].split(" offset 1")[0] in c
         assert m.endswith("offset 1") and c.endswith("accept")
     assert hash_fwd[-1].endswith("drop")
+    # before each not-owned drop, the handover chain decides switching buckets
+    drops = [i for i, r in enumerate(hash_fwd) if r.endswith('"not_owned" drop')]
+    assert drops and all(hash_fwd[i - 1].endswith("jump handover") for i in drops)
 
 
 def test_mark_is_shifted_under_the_mask() -> None:
@@ -334,3 +339,44 @@ def test_nd_rules_only_for_ipv6_cluster_ips_with_known_interface_mac() -> None:
         f"@th,208,48 set 0x03fc00000001 @th,48,16 set {comp}",
     ]
     assert "nd_output" not in render_ruleset(cfg)  # no interface MACs: no ND rules
+
+
+def test_timed_switches_render_as_one_json_transaction() -> None:
+    """The handoff's switches: per switch one rule of the handover chain that
+    matches the buckets' marks and compares `meta time` with the instant in
+    nanoseconds (JSON: nft's text syntax has whole seconds only)."""
+    import json
+
+    from availability_manager.dataplane.nft_handover import render_forwarding_update
+    from availability_manager.node_events import Switch
+
+    cfg = config()
+    stop = Switch(buckets=frozenset({3, 4}), at=1796540000.25, start=False)
+    start = Switch(buckets=frozenset({7}), at=1796540000.5, start=True)
+    ops = json.loads(render_forwarding_update(cfg, {1, 2}, (stop, start)))["nftables"]
+    rules = [op["add"]["rule"] for op in ops if "add" in op and "rule" in op["add"]]
+    assert [r["chain"] for r in rules] == ["handover", "handover"]
+    shift = (cfg.mark_mask & -cfg.mark_mask).bit_length() - 1
+    first, second = (r["expr"] for r in rules)
+    assert first[0]["match"]["right"] == {"set": [4 << shift, 5 << shift]}
+    assert first[1]["match"] == {
+        "op": "<",
+        "left": {"meta": {"key": "time"}},
+        "right": round(stop.at * 1e9),  # giver and taker read one integer: same value
+    }
+    assert abs(first[1]["match"]["right"] - 1796540000250000000) < 1000
+    assert second[1]["match"]["op"] == ">=" and second[1]["match"]["right"] == round(start.at * 1e9)
+    elements = {
+        op["add"]["element"]["name"]: op["add"]["element"]["elem"]
+        for op in ops
+        if "add" in op and "element" in op["add"]
+    }
+    assert elements == {
+        "owned": [1, 2],
+        "owned_marks": [2 << shift, 3 << shift],
+        "switching": [3, 4, 7],
+    }
+    # no switch: the chain and the switching set are emptied
+    ops = json.loads(render_forwarding_update(cfg, {1}))["nftables"]
+    assert {"flush": {"chain": {"family": "inet", "table": "fwcluster", "name": "handover"}}} in ops
+    assert not [op for op in ops if "add" in op and "rule" in op["add"]]

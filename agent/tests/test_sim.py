@@ -104,6 +104,24 @@ def test_known_bad_no_zone_heartbeats_breaks_the_zone_guard() -> None:
     assert "zone-guard" in {v.rule for v in result.violations}
 
 
+def test_planned_handovers_are_seamless_and_break_before_make_is_caught() -> None:
+    """Drain, undrain, join and leave hand buckets over make-before-break: at
+    every instant each bucket has exactly one forwarder. Without the timed
+    handoff (handover_delay 0, the old break-before-make) the giver stops
+    before the taker starts, and the seamless invariant sees the gap."""
+    for scenario in ("drain", "join", "leave"):
+        for seed in range(3):
+            result = run_scenario(scenario, seed)
+            assert result.ok, result.describe_failure()
+            assert result.report.seamless_checks > 0
+    rules = {
+        v.rule
+        for seed in range(3)
+        for v in run_scenario("drain", seed, options=SimOptions(handover_delay=0.0)).violations
+    }
+    assert "seamless" in rules
+
+
 def test_known_bad_missing_injection_is_caught() -> None:
     """A driver that never writes InjectConnections claims buckets without their entries."""
     rules = {

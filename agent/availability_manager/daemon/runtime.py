@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ def node_config(
         mark_mask=cfg.mark_mask,  # synced: entries the data plane classified (relevance.py)
         max_wire_version=cfg.max_wire_version,
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
+        handover_delay=cfg.heartbeat.handover_delay_ms / 1000.0,
     )
 
 
@@ -153,6 +155,7 @@ class Runtime:
             random.Random(os.urandom(16)),
             self.loop.time(),
         )
+        self._set_clock_offset()
         self.counters: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._flush: asyncio.TimerHandle | None = None
@@ -345,8 +348,14 @@ class Runtime:
             self._own_status_told = up
             self.node.set_link_status(up, self.loop.time())
 
+    def _set_clock_offset(self) -> None:
+        """Handoff switch times are wall-clock instants (the clock nftables'
+        `meta time` reads); the Node runs on the loop's monotonic clock."""
+        self.node.set_clock_offset(time.time() - self.loop.time())
+
     def _periodic(self) -> None:
         gc.freeze()  # see GC_FREEZE_EVERY_S
+        self._set_clock_offset()  # NTP slews the wall clock
         self._check_links()
         self._check_nonces()
         self._check_own_datagrams()
@@ -444,7 +453,7 @@ class Runtime:
                 self.counters["injected_expectations"] += done
                 log.info("%s (%d written)", event.describe(), done)
             case ev.ActiveBucketsChanged():
-                self.dataplane.set_owned_buckets(event.active)
+                self.dataplane.set_owned_buckets(event.active, event.switches)
                 log.info("%s", event.describe())
             case ev.DeleteConnections():
                 done = self.conntrack.delete(list(event.conns)) if event.conns else 0

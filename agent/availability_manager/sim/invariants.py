@@ -25,6 +25,13 @@ zone-guard  where zone links are simulated, no node declares a peer down for a
             partition must not make two nodes own the same buckets (the
             split-brain guard of zone heartbeats).
 
+seamless    while the only changes are planned ones (starts, drains, undrains,
+            leaves; no crash, loss, partition or link fault in the run so
+            far) and once the cluster was first complete, every bucket is
+            forwarded by exactly one live node at every instant: a planned
+            handover is make-before-break with no overlap (checked at every
+            data-plane programming and at every timed switch).
+
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
 connections lost, the longest failover gap.
@@ -66,6 +73,7 @@ class Report:
     assignment_checks: int = 0
     cache_checks: int = 0
     zone_guard_checks: int = 0  # peer timeouts judged against the zone links
+    seamless_checks: int = 0
     # virtual seconds from a membership change (start, crash, drain, undrain,
     # leave) until every live node was stable with the aimed buckets
     # programmed; changes overlapped by another fault are not counted
@@ -164,6 +172,20 @@ class Invariants:
 
     def owners(self, bucket: int) -> frozenset[NodeId]:
         return frozenset(self._owners[bucket])
+
+    # -- seamless ---------------------------------------------------------------------------
+
+    def check_seamless(self, forwarders: list[frozenset[NodeId]], now: float) -> None:
+        """`forwarders[b]`: the live nodes whose data plane forwards bucket b now."""
+        self.report.seamless_checks += 1
+        for bucket, nodes in enumerate(forwarders):
+            if len(nodes) > 1:
+                names = ", ".join(sorted(n(x) for x in nodes))
+                self.fail(now, "seamless", f"bucket {bucket} forwarded by {names}")
+                return
+            if not nodes:
+                self.fail(now, "seamless", f"bucket {bucket} forwarded by nobody")
+                return
 
     # -- injection -------------------------------------------------------------------------
 
