@@ -217,6 +217,7 @@ class Node:
             settings.hash_seed,
             now=now,
             handover_delay=config.handover_delay,
+            handover_quantum=config.handover_quantum,
         )
 
     # -- datagrams in ------------------------------------------------------------

@@ -44,6 +44,9 @@ class NodeConfig:
     # (wall clock, set with Node.set_clock_offset). 0: break-before-make, the
     # taker starts when it hears the release.
     handover_delay: float = 0.0
+    # Switch instants rounded up to a multiple of this many seconds of wall
+    # clock (0: exact): the nftables data plane compares whole seconds.
+    handover_quantum: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -66,6 +69,8 @@ class NodeConfig:
             raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
         if not 0.0 <= self.handover_delay <= 5.0:
             raise ValueError(f"handover_delay must be 0..5 s, got {self.handover_delay}")
+        if not 0.0 <= self.handover_quantum <= 5.0:
+            raise ValueError(f"handover_quantum must be 0..5 s, got {self.handover_quantum}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if not wire.WIRE_VERSION_MIN <= self.max_wire_version <= wire.WIRE_VERSION:

@@ -59,6 +59,7 @@ tests inject, not an option of this class.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter, deque
 from collections.abc import Mapping
 
@@ -219,6 +220,7 @@ class RangeDistribution:
         *,
         now: float,
         handover_delay: float = 0.0,
+        handover_quantum: float = 0.0,
     ) -> None:
         if not 0 <= node_id <= MAX_NODE_ID:
             raise ValueError(f"node id {node_id} is not a 32-bit unsigned integer")
@@ -228,6 +230,9 @@ class RangeDistribution:
             raise ValueError(f"handover_delay must be 0..5 s, got {handover_delay}")
         self.node_id = node_id
         self.handover_delay = handover_delay
+        # switch instants are rounded up to a multiple of this (wall clock):
+        # nftables' `meta time` takes whole seconds only (nft_handover.py)
+        self.handover_quantum = handover_quantum
         # wall-clock seconds = our clock + this (the driver keeps it current):
         # handoff times travel in wall-clock time, the only clock peers share
         self.clock_offset = 0.0
@@ -495,7 +500,10 @@ class RangeDistribution:
         if self._handoff_at is None:
             # the wall-clock instant is what the giver's and the taker's data
             # planes switch at: one integer both read the same
-            self._handoff_ns = round((now + self.handover_delay + self.clock_offset) * 1e9)
+            wall = now + self.handover_delay + self.clock_offset
+            if self.handover_quantum > 0.0:
+                wall = math.ceil(wall / self.handover_quantum) * self.handover_quantum
+            self._handoff_ns = round(wall * 1e9)
             self._handoff_at = self._handoff_ns / 1e9 - self.clock_offset
         elif self._handoff_at - now < self.handover_delay / 2:
             self.stats["handoff_waits"] += 1

@@ -625,3 +625,21 @@ def test_a_handoff_names_only_buckets_of_the_claim() -> None:
         RangeState(10, encode_bitmap({1}, 10), 1, encode_bitmap({1}, 10), 0)
     ok = RangeState.of({1, 2}, 10, 1, {2}, 5)
     assert decode_message(encode_message(ok)).handed_off() == {2}
+
+
+def test_a_handoff_instant_is_rounded_up_to_the_quantum() -> None:
+    """nftables compares whole seconds: the daemon's switch instants are."""
+    rd = RangeDistribution(A, BUCKETS, SEED, now=0.0, handover_delay=0.1, handover_quantum=1.0)
+    rd.clock_offset = 1000.25
+    rd.set_members(equal(B), 0.0)  # A drains: B aims for everything
+    aim = aimed_assignment(equal(A, B), BUCKETS, SEED)
+    rd.set_members(equal(A, B), 0.0)
+    rd.set_members(equal(B), 0.5)
+    claim = RangeState.of(frozenset(range(BUCKETS)), BUCKETS, membership_digest(equal(B)))
+    rd.receive(claim, B, 0.5)
+    handoff = rd.handoff()
+    assert handoff is not None and handoff[0] == buckets_of(aim, A)
+    assert handoff[1] == 1001.0  # 0.5 + 0.1 + 1000.25, up to the whole second
+    (msg,) = rd.messages_to_send(0.5)  # the announcement (clears the send due)
+    assert msg.handoff_at == 1001 * 10**9
+    assert rd.next_timer() == pytest.approx(1001.0 - 1000.25)

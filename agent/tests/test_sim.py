@@ -114,6 +114,9 @@ def test_planned_handovers_are_seamless_and_break_before_make_is_caught() -> Non
             result = run_scenario(scenario, seed)
             assert result.ok, result.describe_failure()
             assert result.report.seamless_checks > 0
+            # as the daemon runs it: switch instants on whole seconds
+            whole = run_scenario(scenario, seed, options=SimOptions(handover_quantum=1.0))
+            assert whole.ok, whole.describe_failure()
     rules = {
         v.rule
         for seed in range(3)

@@ -99,6 +99,8 @@ def node_config(
         max_wire_version=cfg.max_wire_version,
         zone_heartbeats=cfg.heartbeat.zone_heartbeats,
         handover_delay=cfg.heartbeat.handover_delay_ms / 1000.0,
+        # nftables' `meta time` compares whole seconds (nft_handover.py)
+        handover_quantum=1.0,
     )
 
 

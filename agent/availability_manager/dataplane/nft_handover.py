@@ -4,9 +4,11 @@ A handoff (ranges.py) makes the giver stop forwarding some buckets and the
 taker start at one wall-clock instant. nftables compares the packet's arrival
 time with `meta time` (CLOCK_REALTIME in nanoseconds, the clock the agent's
 wall time comes from), so the switch happens in the kernel, packet by packet,
-whatever the agent's latency. nft's text syntax reads a `meta time` value as a
-date with whole seconds; its JSON syntax takes the nanoseconds as an integer,
-which is why this transaction is JSON.
+whatever the agent's latency. nft (1.0.6, text and JSON alike) reads a
+`meta time` value as a date or as whole seconds since the epoch (an integer
+is multiplied by 10^9; checked with `nft --debug=netlink`), so switch
+instants are whole seconds (NodeConfig.handover_quantum = 1 in the daemon)
+and are written as integers, which no time zone can shift.
 
 One transaction replaces the owned sets, the `switching` set (every bucket of
 a pending switch: the early chain leaves their packets to the cluster chain)
@@ -41,9 +43,9 @@ def _mark(config: DataPlaneConfig, bucket: int) -> int:
 
 def _switch_rule(config: DataPlaneConfig, switch: Switch) -> dict[str, Any]:
     marks = [_mark(config, b) for b in sorted(switch.buckets)]
-    at_ns = round(switch.at * 1e9)
-    if not 0 < at_ns < 1 << 64:
-        raise ValueError(f"switch time {switch.at!r} is not a wall-clock time")
+    seconds = round(switch.at)
+    if seconds != switch.at or not 0 < seconds < 1 << 34:
+        raise ValueError(f"switch time {switch.at!r} is not a whole wall-clock second")
     return {
         "rule": {
             "family": "inet",
@@ -61,7 +63,7 @@ def _switch_rule(config: DataPlaneConfig, switch: Switch) -> dict[str, Any]:
                     "match": {
                         "op": ">=" if switch.start else "<",
                         "left": {"meta": {"key": "time"}},
-                        "right": at_ns,
+                        "right": seconds,
                     }
                 },
                 {"counter": None},

@@ -71,6 +71,7 @@ class SimOptions:
     # Make-before-break handovers (NodeConfig.handover_delay); 0.0 is the
     # known-bad variant for the seamless invariant (break-before-make: a gap)
     handover_delay: float = 0.1
+    handover_quantum: float = 0.0  # the daemon's 1.0: switches on whole seconds
 
 
 @dataclasses.dataclass
@@ -209,6 +210,7 @@ class Cluster:
             weight=weight,
             zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
             handover_delay=self.options.handover_delay,
+            handover_quantum=self.options.handover_quantum,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
         sim.node = ObservedNode(

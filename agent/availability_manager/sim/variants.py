@@ -56,6 +56,7 @@ class ObservedNode(Node):
             config.settings.hash_seed,
             now=now,
             handover_delay=config.handover_delay,
+            handover_quantum=config.handover_quantum,
         )
 
     def _peer_up(self, event: NodeUp, now: float) -> None:
