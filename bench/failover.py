@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fwbench import env, labrun, measure, report, stalls, traced_traffic
+from fwcluster_lab import agent as lab_agent
 from fwcluster_lab import cluster, faults
 from fwcluster_lab.build import TRAFFIC_PORT
 
@@ -424,7 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-ms", type=float, default=100.0)
     p.add_argument("--settle-s", type=float, default=3.0)
     p.add_argument("--after-s", type=float, default=4.0)
+    p.add_argument(
+        "--handover-delay-ms",
+        type=int,
+        help="the agents' heartbeat.handover_delay_ms (default: the agent's; 0 = the "
+        "old break-before-make drain, for a before/after comparison)",
+    )
     args = p.parse_args(argv)
+    if args.handover_delay_ms is not None:
+        lab_agent.HEARTBEAT = {
+            **lab_agent.HEARTBEAT,
+            "handover_delay_ms": args.handover_delay_ms,
+        }
     if args.quick:
         args.runs, args.drain_runs = 1, 1
         args.tcp, args.udp, args.ping = 60, 10, 2

@@ -348,12 +348,18 @@ class RangeDistribution:
         self._handoff_at = None
         self._claim_message = None
         # Our data plane stopped forwarding these at the switch time, whatever
-        # happened since (the announcement is irrevocable): release them to
-        # their takers. A taker that went down meanwhile started nothing, so
-        # those buckets stay ours (the data plane forwards them again).
-        gone = {b for b, taker in handoff.items() if taker not in self._peers}
-        self.stats["handoff_cancelled_buckets"] += len(gone)
-        self._release({b for b in handoff if b not in gone and b in self._owned}, now)
+        # happened since (the announcement is irrevocable), and each taker
+        # started: release them to it. Kept instead: a bucket whose taker went
+        # down (it started nothing), no longer claims it, or hands it back to
+        # us at the same instant (a membership change reversed the move: if
+        # both released, nobody would own it; we start again from its handoff).
+        keep = set()
+        for b, taker in handoff.items():
+            claim = self._peers.get(taker)
+            if claim is None or b not in claim.owned or b in claim.handoff:
+                keep.add(b)
+        self.stats["handoff_cancelled_buckets"] += len(keep)
+        self._release({b for b in handoff if b not in keep and b in self._owned}, now)
         self._claim_aim()  # what we aim for again (an undrain meanwhile) is claimed anew
         if self._send_due is None:
             self._send_due = now

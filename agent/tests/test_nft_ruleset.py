@@ -7,7 +7,9 @@ in a namespace with the zone interfaces for the lab-marked tests.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ from fwcluster_lab.netns import ns_run
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.dataplane.nd_mangle import nd_compensation
+from availability_manager.dataplane.nft_handover import render_forwarding_update
 from availability_manager.dataplane.nft_ruleset import (
     render_input_guard,
     render_owned_update,
@@ -28,6 +31,7 @@ from availability_manager.dataplane.nft_ruleset import (
     render_uninstall,
     validate_config,
 )
+from availability_manager.node_events import Switch
 from availability_manager.types import ClusterSettings
 
 IP = ipaddress.ip_interface
@@ -344,10 +348,6 @@ def test_nd_rules_only_for_ipv6_cluster_ips_with_known_interface_mac() -> None:
 def test_timed_switches_render_as_one_json_transaction() -> None:
     """The handoff's switches: per switch one rule of the handover chain that
     matches the buckets' marks and compares `meta time` with the instant."""
-    import json
-
-    from availability_manager.dataplane.nft_handover import render_forwarding_update
-    from availability_manager.node_events import Switch
 
     cfg = config()
     stop = Switch(buckets=frozenset({3, 4}), at=1796540000.0, start=False)
@@ -380,3 +380,35 @@ def test_timed_switches_render_as_one_json_transaction() -> None:
     ops = json.loads(render_forwarding_update(cfg, {1}))["nftables"]
     assert {"flush": {"chain": {"family": "inet", "table": "fwcluster", "name": "handover"}}} in ops
     assert not [op for op in ops if "add" in op and "rule" in op["add"]]
+
+
+@pytest.mark.lab
+def test_the_kernel_takes_the_switch_instant_in_whole_seconds(netns: str) -> None:
+    """Applied for real: the handover chain's rule compares `meta time` with
+    exactly the instant rendered (read back as nanoseconds from the kernel's
+    view, `nft -j`'s date string), and clearing the switches empties it."""
+
+    cfg = config()
+    applied = ns_run(netns, ["nft", "-f", "-"], stdin=render_ruleset(cfg, {1, 2}), check=False)
+    assert applied.returncode == 0, applied.stderr
+    at = 1796540000.0  # 2026-12-06 ...: a whole second
+    switch = Switch(buckets=frozenset({3}), at=at, start=True)
+    update = render_forwarding_update(cfg, {1, 2}, (switch,))
+    done = ns_run(netns, ["nft", "-j", "-f", "-"], stdin=update, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = ns_run(netns, ["nft", "-j", "list", "chain", "inet", "fwcluster", "handover"])
+    rules = [i["rule"] for i in json.loads(listed.stdout)["nftables"] if "rule" in i]
+    assert len(rules) == 1
+    (time_match,) = [
+        e["match"] for e in rules[0]["expr"] if "match" in e and "meta" in e["match"]["left"]
+    ]
+    assert time_match["op"] == ">="
+    # nft prints the instant as a date in the local time zone
+    shown = datetime.datetime.strptime(time_match["right"], "%Y-%m-%d %H:%M:%S")
+    assert shown.timestamp() == at
+    cleared = ns_run(
+        netns, ["nft", "-j", "-f", "-"], stdin=render_forwarding_update(cfg, {1, 2}), check=False
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    listed = ns_run(netns, ["nft", "-j", "list", "chain", "inet", "fwcluster", "handover"])
+    assert not [i for i in json.loads(listed.stdout)["nftables"] if "rule" in i]

@@ -125,6 +125,15 @@ def test_planned_handovers_are_seamless_and_break_before_make_is_caught() -> Non
     assert "seamless" in rules
 
 
+def test_a_handoff_reversed_by_a_membership_change_leaves_no_hole() -> None:
+    """Seed 714 of mixed: after a crash D takes buckets 23 and 28 from A at a
+    switch instant; a restart changes the aim back before it, and D hands them
+    back to A at the same instant. Releasing on both sides left them unowned
+    (a hole); the giver keeps a bucket its taker hands back."""
+    result = run_scenario("mixed", 714)
+    assert result.ok, result.describe_failure()
+
+
 def test_known_bad_missing_injection_is_caught() -> None:
     """A driver that never writes InjectConnections claims buckets without their entries."""
     rules = {
