@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fwbench import env, labrun, measure, report, stalls, traced_traffic
-from fwcluster_lab import agent as lab_agent
+from fwbench import agent_settings, env, labrun, measure, report, stalls, traced_traffic
 from fwcluster_lab import cluster, faults
 from fwcluster_lab.build import TRAFFIC_PORT
 
@@ -287,7 +286,7 @@ def write_section(
         (
             f"{args.tcp} TCP streams, {args.udp} UDP flows and {args.ping} ping flows, one "
             f"16-byte record per flow every {args.interval_ms:g} ms, through a fresh 3-node lab "
-            "per run (nftables backend, heartbeats 50 ms, dead after 3 misses). After "
+            f"per run (nftables backend, {agent_settings.describe(args.heartbeat)}). After "
             f"{args.settle_s:g} s of traffic the node with the most connections is killed "
             "(`faults.kill`: agent SIGKILL, then its links down) or drained "
             "(`clusterctl drain`, which returns once the cluster confirms)."
@@ -425,18 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-ms", type=float, default=100.0)
     p.add_argument("--settle-s", type=float, default=3.0)
     p.add_argument("--after-s", type=float, default=4.0)
-    p.add_argument(
-        "--handover-delay-ms",
-        type=int,
-        help="the agents' heartbeat.handover_delay_ms (default: the agent's; 0 = the "
-        "old break-before-make drain, for a before/after comparison)",
-    )
+    agent_settings.add_options(p)
     args = p.parse_args(argv)
-    if args.handover_delay_ms is not None:
-        lab_agent.HEARTBEAT = {
-            **lab_agent.HEARTBEAT,
-            "handover_delay_ms": args.handover_delay_ms,
-        }
+    args.heartbeat = agent_settings.apply(args)
     if args.quick:
         args.runs, args.drain_runs = 1, 1
         args.tcp, args.udp, args.ping = 60, 10, 2
