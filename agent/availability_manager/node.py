@@ -626,9 +626,11 @@ class Node:
         """The buckets the data plane may forward: owned, and claimed by no other
         live node. During a handover the taker holds the injected entries while
         the giver still forwards; if both forwarded, every packet of those
-        connections would be delivered twice. So a bucket two nodes claim is
-        forwarded by neither until one lets go (a pause of one message's
-        latency), never by both."""
+        connections would be delivered twice. Without a handover delay a bucket
+        two nodes claim is forwarded by neither until one lets go (a pause of
+        one message's latency), never by both. With one (make-before-break),
+        the giver keeps forwarding until its handoff's instant (a stop switch)
+        and the taker starts at that instant (a start switch), see ranges.py."""
         if not self._active_dirty:
             return  # computing owners() per datagram is the Node's main cost
         self._active_dirty = False
@@ -636,11 +638,17 @@ class Node:
         me = self.node_id
         ours = self._ranges.handoff()
         giving = ours[0] & self._owned if ours is not None else frozenset()
-        active = frozenset(b for b in self._owned if owners[b] <= {me} and b not in giving)
-        starts = self._start_times(owners, giving)
+        # Make-before-break: a bucket we forward stays forwarded while others
+        # claim it, until our handoff's instant: nobody else starts it before
+        # (a taker starts on our handoff or on our release, never on its claim).
+        keep = self._active if self.config.handover_delay > 0.0 else frozenset()
+        active = frozenset(
+            b for b in self._owned if b not in giving and (owners[b] <= {me} or b in keep)
+        )
+        starts = {b: at for b, at in self._start_times(owners, giving).items() if b not in active}
         now_wall = now + self._ranges.clock_offset
         for b, at in self._starts.items():  # programmed earlier, not yet reached
-            if b in self._owned and b not in giving and at > now_wall:
+            if b in self._owned and b not in giving and b not in keep and at > now_wall:
                 starts[b] = max(starts.get(b, at), at)
         active -= starts.keys()
         self._starts = starts

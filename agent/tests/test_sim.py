@@ -134,6 +134,14 @@ def test_a_handoff_reversed_by_a_membership_change_leaves_no_hole() -> None:
     assert result.ok, result.describe_failure()
 
 
+def test_a_bucket_waiting_for_the_next_handoff_stays_forwarded() -> None:
+    """Seed 1741 of mixed: C claims bucket 38 of D when D's pending handoff
+    is too close to take it; D must keep forwarding 38 until its next handoff
+    (the old rule, "nobody forwards a bucket two nodes claim", left a gap)."""
+    result = run_scenario("mixed", 1741)
+    assert result.ok, result.describe_failure()
+
+
 def test_known_bad_missing_injection_is_caught() -> None:
     """A driver that never writes InjectConnections claims buckets without their entries."""
     rules = {
