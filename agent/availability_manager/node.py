@@ -667,12 +667,17 @@ class Node:
             for at, bs in sorted(by_time.items())
         ]
         if active != self._active or tuple(switches) != self._switches:
-            old, self._active = self._active, active
+            # forwarded until now in some form: plainly, or until a stop switch
+            # (a backend without clock rules, clusterdev, forwards those until
+            # the release: the daemon must have let go before it announces it)
+            old_active = self._active
+            old = old_active.union(*(w.buckets for w in self._switches if not w.start))
+            self._active = active
             self._switches = tuple(switches)
             self._events.append(
                 ev.ActiveBucketsChanged(
                     active=active,
-                    added=active - old,
+                    added=active - old_active,
                     removed=old - active,
                     switches=self._switches,
                 )
