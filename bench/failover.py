@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fwbench import env, labrun, measure, report, stalls, traced_traffic
+from fwbench import agent_settings, env, labrun, measure, report, stalls, traced_traffic
 from fwcluster_lab import cluster, faults
 from fwcluster_lab.build import TRAFFIC_PORT
 
@@ -304,7 +304,7 @@ def write_section(
         (
             f"{args.tcp} TCP streams, {args.udp} UDP flows and {args.ping} ping flows, one "
             f"16-byte record per flow every {args.interval_ms:g} ms, through a fresh 3-node lab "
-            "per run (nftables backend, heartbeats 50 ms, dead after 3 misses). After "
+            f"per run (nftables backend, {agent_settings.describe(args.heartbeat)}). After "
             f"{args.settle_s:g} s of traffic the node with the most connections is killed "
             "(`faults.kill`: agent SIGKILL, then its links down) or drained "
             "(`clusterctl drain`, which returns once the cluster confirms)."
@@ -436,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-ms", type=float, default=100.0)
     p.add_argument("--settle-s", type=float, default=3.0)
     p.add_argument("--after-s", type=float, default=4.0)
+    agent_settings.add_options(p)
     args = p.parse_args(argv)
+    args.heartbeat = agent_settings.apply(args)
     if args.quick:
         args.runs, args.drain_runs = 1, 1
         args.tcp, args.udp, args.ping = 60, 10, 2

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fwbench import env, labrun, measure, report, traced_traffic
+from fwbench import agent_settings, env, labrun, measure, report, traced_traffic
 from fwcluster_lab.netns import LabError, Proc, run, spawn, stop
 from fwcluster_lab.state import LabState
 
@@ -246,7 +246,7 @@ def write_section(
         (
             f"{r['seconds']:.0f} s with {r['burners']} bounded busy loops (2 per core, nice 0) "
             f"in namespace {BURN_NS}, beside a 3-node lab with the real agents "
-            "(heartbeats 50 ms, dead after 3 misses) and "
+            f"({agent_settings.describe(args.heartbeat)}) and "
             f"{args.tcp} TCP streams + {args.udp} UDP flows at 100 ms through it. Agents' "
             f"scheduling policy: {', '.join(f'{k} {v}' for k, v in r['agent_policies'].items())}."
             f" Machine CPU busy over the soak: {r['machine_busy_share']:.0%}; the burners "
@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-core", type=int, default=2, help="busy loops per CPU")
     p.add_argument("--tcp", type=int, default=50)
     p.add_argument("--udp", type=int, default=10)
+    agent_settings.add_options(p)
     args = p.parse_args(argv)
+    args.heartbeat = agent_settings.apply(args)
     if args.quick:
         args.seconds, args.tcp, args.udp = 20.0, 10, 2
     if not 1 <= args.seconds <= 3600 or not 1 <= args.per_core <= 8:

@@ -26,6 +26,10 @@ Glue, per layer event (docs/architecture.md):
                                  OwnedBucketsChanged; the injected entries are adopted
     Ranges Release(B)         -> OwnedBucketsChanged, then DeleteConnections(our entries
                                  of B); peers are told with CT DELETEs
+    Ranges Handoff(B, at)     -> ActiveBucketsChanged with a stop switch for B at `at`
+                                 (make-before-break; the Release follows at `at`)
+    a peer's claim announcing a handoff of buckets we own
+                              -> ActiveBucketsChanged with a start switch at its time
     Ranges Stable (first)     -> Ready (once)
     a peer down for forget_after  -> ConntrackSync.forget_peer (its cache was kept
                                  so a false timeout under loss needs no full resync)
@@ -120,6 +124,7 @@ from .packing import pack
 from .peer_cache import EntryRecord, decode_ct_payload, encode_ct_fast
 from .ranges import (
     Claim,
+    Handoff,
     RangeDistribution,
     RangeEvent,
     RangeState,
@@ -216,12 +221,25 @@ class Node:
         self._draining = False
         self._counters: collections.Counter[str] = collections.Counter()
         self._active: frozenset[int] = frozenset()
+        self._switches: tuple[ev.Switch, ...] = ()
+        # buckets whose start switch is programmed, with its time (wall clock):
+        # kept as a switch until that time even if the giver's release came
+        # first (skewed clocks), so that we never start before the giver stops
+        self._starts: dict[int, float] = {}
+        self._start_timer: float | None = None
         self._active_dirty = False  # the claims may have changed since _refresh_active
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         """The range distribution; a test driver's subclass may build a variant."""
         settings = config.settings
-        return RangeDistribution(config.node_id, settings.buckets, settings.hash_seed, now=now)
+        return RangeDistribution(
+            config.node_id,
+            settings.buckets,
+            settings.hash_seed,
+            now=now,
+            handover_delay=config.handover_delay,
+            handover_quantum=config.handover_quantum,
+        )
 
     # -- datagrams in ------------------------------------------------------------
 
@@ -330,6 +348,12 @@ class Node:
 
     # -- host inputs ---------------------------------------------------------------
 
+    def set_clock_offset(self, offset: float) -> None:
+        """Wall-clock time minus the `now` this driver passes (seconds).
+        Handoff times are wall-clock times (the clock nodes share, NTP-kept);
+        the daemon sets this at start and every second."""
+        self._ranges.clock_offset = offset
+
     def set_link_status(self, up: bool, now: float) -> None:
         self._availability.set_own_status(up, now)
         self._pump(now)
@@ -423,6 +447,8 @@ class Node:
             deadlines.append(min(self._down_since.values()) + self.config.forget_after)
         if self._deferred_claims and self._deferred_ready():
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
+        if self._start_timer is not None:  # a start switch turns into plain forwarding
+            deadlines.append(self._start_timer)
         times = [t for t in deadlines if t is not None]
         if not times:
             return None
@@ -443,6 +469,9 @@ class Node:
             del self._awaiting_table[peer]
             self._counters["table_wait_timeouts"] += 1
         self._forget_dead_peers(now)
+        if self._start_timer is not None and self._start_timer <= now:
+            self._start_timer = None
+            self._active_dirty = True
         self._pump(now)
 
     # -- datagrams out -----------------------------------------------------------------
@@ -685,39 +714,108 @@ class Node:
             self._sync.set_wire_version(version, now)
             self._encryption.version = version
             self._counters["wire_version_changes"] += 1
-        self._refresh_active()
+        self._refresh_active(now)
         self._check_leave_complete()
 
-    def _refresh_active(self) -> None:
+    def _refresh_active(self, now: float) -> None:
         """The buckets the data plane may forward: owned, and claimed by no other
         live node. During a handover the taker holds the injected entries while
         the giver still forwards; if both forwarded, every packet of those
-        connections would be delivered twice. So a bucket two nodes claim is
-        forwarded by neither until one lets go (a pause of one message's
-        latency), never by both.
+        connections would be delivered twice. Without a handover delay a bucket
+        two nodes claim is forwarded by neither until one lets go (a pause of
+        one message's latency), never by both. With one (make-before-break),
+        the giver keeps forwarding until its handoff's instant (a stop switch)
+        and the taker starts at that instant (a start switch), see ranges.py.
 
-        A node whose own status is down (a link of its own, set_link_status)
-        forwards nothing at once: its peers take its buckets as soon as its
-        heartbeat says so, without waiting for it to let go (it may not be
-        able to tell them: its sync link may be the one that failed)."""
+        A node whose own status is down (a link of its own, a next hop, a
+        health check) forwards nothing at once, with no timed switch: its
+        peers take its buckets as soon as its heartbeat says so, without
+        waiting for it to let go (it may not be able to tell them: its sync
+        link may be the one that failed)."""
         if not self._active_dirty:
             return  # computing owners() per datagram is the Node's main cost
         self._active_dirty = False
         owners = self._ranges.owners()
         me = self.node_id
-        active = frozenset(b for b in self._owned if owners[b] <= {me})
+        ours = self._ranges.handoff()
+        giving = ours[0] & self._owned if ours is not None else frozenset()
+        # Make-before-break: a bucket we forward stays forwarded while others
+        # claim it, until our handoff's instant: nobody else starts it before
+        # (a taker starts on our handoff or on our release, never on its claim).
+        keep = self._active if self.config.handover_delay > 0.0 else frozenset()
+        active = frozenset(
+            b for b in self._owned if b not in giving and (owners[b] <= {me} or b in keep)
+        )
+        starts = {b: at for b, at in self._start_times(owners, giving).items() if b not in active}
+        now_wall = now + self._ranges.clock_offset
+        for b, at in self._starts.items():  # programmed earlier, not yet reached
+            if b in self._owned and b not in giving and b not in keep and at > now_wall:
+                starts[b] = max(starts.get(b, at), at)
+        active -= starts.keys()
+        self._starts = starts
+        # a start kept only for its time (the giver's release came first) turns
+        # into plain forwarding then: a timer
+        waiting = [at for b, at in starts.items() if owners[b] <= {me} and at > now_wall]
+        self._start_timer = min(waiting) - self._ranges.clock_offset if waiting else None
+        switches: list[ev.Switch] = []
+        if giving and ours is not None:
+            switches.append(ev.Switch(buckets=giving, at=ours[1], start=False))
+        by_time: dict[float, set[int]] = {}
+        for b, at in starts.items():
+            by_time.setdefault(at, set()).add(b)
+        switches += [
+            ev.Switch(buckets=frozenset(bs), at=at, start=True)
+            for at, bs in sorted(by_time.items())
+        ]
         if not self._availability.own_status:
-            # Own status down (a link, a next hop, a health check): the peers
-            # take this node's buckets as soon as its heartbeat says so, without
-            # waiting for a release. So it stops forwarding first: the runtime
-            # carries this out before that heartbeat leaves, and no connection
-            # is forwarded by two nodes at once.
-            active = frozenset()
-        if active != self._active:
-            old, self._active = self._active, active
+            # Own status down: the peers take this node's buckets as soon as
+            # its heartbeat says so, without waiting for a release or a
+            # handoff. So it stops forwarding first: the runtime carries this
+            # out before that heartbeat leaves, and no connection is forwarded
+            # by two nodes at once.
+            active, switches = frozenset(), []
+            self._starts = {}
+            self._start_timer = None
+        if active != self._active or tuple(switches) != self._switches:
+            # forwarded until now in some form: plainly, or until a stop switch
+            # (a backend without clock rules, clusterdev, forwards those until
+            # the release: the daemon must have let go before it announces it)
+            old_active = self._active
+            old = old_active.union(*(w.buckets for w in self._switches if not w.start))
+            self._active = active
+            self._switches = tuple(switches)
             self._events.append(
-                ev.ActiveBucketsChanged(active=active, added=active - old, removed=old - active)
+                ev.ActiveBucketsChanged(
+                    active=active,
+                    added=active - old_active,
+                    removed=old - active,
+                    switches=self._switches,
+                )
             )
+
+    def _start_times(
+        self, owners: list[frozenset[NodeId]], giving: frozenset[int]
+    ) -> dict[int, float]:
+        """Owned buckets that every other claimant hands to us at a known
+        time: we start forwarding them at the latest of those times."""
+        handoffs = self._ranges.peer_handoffs()
+        if not handoffs:
+            return {}
+        me = self.node_id
+        starts: dict[int, float] = {}
+        for b in self._owned - giving:
+            others = owners[b] - {me}
+            if not others:
+                continue
+            times = []
+            for peer in others:
+                handoff = handoffs.get(peer)
+                if handoff is None or b not in handoff[0]:
+                    break
+                times.append(handoff[1])
+            else:
+                starts[b] = max(times)
+        return starts
 
     def _on_availability(self, event: AvailabilityEvent, now: float) -> None:
         match event:
@@ -814,6 +912,8 @@ class Node:
                 self._claim(event, now)
             case Release():
                 self._release(event, now)
+            case Handoff():
+                self._counters["handoff_buckets"] += len(event.buckets)
             case Stable():
                 self._stable = True
                 if not self._ready and self._joined:
@@ -850,7 +950,7 @@ class Node:
         """Stop forwarding the released buckets, then delete our entries of them."""
         self._owned = self._owned - event.buckets
         self._events.append(ev.OwnedBucketsChanged(owned=self._owned, released=event.buckets))
-        self._refresh_active()  # the data plane lets go before the entries go
+        self._refresh_active(now)  # the data plane lets go before the entries go
         conns = tuple(self._sync.local_in_buckets(event.buckets))
         if conns:
             self._events.append(ev.DeleteConnections(conns=conns, buckets=event.buckets))

@@ -56,6 +56,14 @@ class NodeConfig:
     # receiver further behind than this skips and resyncs). Smaller only in
     # the simulator, so that a short partition outruns it.
     rb_buffer_size: int = 16384
+    # Make-before-break handovers (ranges.py): a giver forwards a bucket until
+    # this long after the taker's claim, and the taker starts at that instant
+    # (wall clock, set with Node.set_clock_offset). 0: break-before-make, the
+    # taker starts when it hears the release.
+    handover_delay: float = 0.0
+    # Switch instants rounded up to a multiple of this many seconds of wall
+    # clock (0: exact): the nftables data plane compares whole seconds.
+    handover_quantum: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= MAX_NODE_ID:
@@ -78,6 +86,10 @@ class NodeConfig:
             raise ValueError(f"mark_mask must be a 32-bit unsigned integer, got {self.mark_mask}")
         if not 0 <= self.sync_delay <= 3600:
             raise ValueError(f"sync_delay must be 0..3600 s, got {self.sync_delay}")
+        if not 0.0 <= self.handover_delay <= 5.0:
+            raise ValueError(f"handover_delay must be 0..5 s, got {self.handover_delay}")
+        if not 0.0 <= self.handover_quantum <= 5.0:
+            raise ValueError(f"handover_quantum must be 0..5 s, got {self.handover_quantum}")
         if self.join_timeout <= 0 or self.forget_after <= 0:
             raise ValueError("join_timeout and forget_after must be positive")
         if self.members is not None and (

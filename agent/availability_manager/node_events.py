@@ -81,16 +81,36 @@ class OwnedBucketsChanged:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Switch:
+    """Buckets whose forwarding starts (`start`) or stops at wall-clock time
+    `at` (seconds since the epoch): one side of a make-before-break handoff,
+    the same instant on the giver and on the taker."""
+
+    buckets: frozenset[int]
+    at: float
+    start: bool
+
+    def describe(self) -> str:
+        verb = "starts" if self.start else "stops"
+        return f"{verb} {format_buckets(self.buckets)} at {self.at:.3f}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ActiveBucketsChanged:
     """Program the data plane atomically: forward NEW and known connections of
-    exactly these buckets (owned, and claimed by no other live node). Follows
-    the `InjectConnections` of a claim and precedes the `DeleteConnections`
-    of a release. `OwnedBucketsChanged` is the protocol's view (claims), this
-    is what the kernel must do."""
+    exactly these buckets (owned, and claimed by no other live node), plus
+    the timed `switches` of a handoff in progress (a bucket of a stop switch
+    is forwarded until its time, one of a start switch from its time).
+    Follows the `InjectConnections` of a claim and precedes the
+    `DeleteConnections` of a release. `OwnedBucketsChanged` is the protocol's
+    view (claims), this is what the kernel must do. `removed` lists the
+    buckets no longer forwarded unconditionally (a stop switch counts): the
+    daemon must have programmed that before its next datagram leaves."""
 
     active: frozenset[int]
     added: frozenset[int] = frozenset()
     removed: frozenset[int] = frozenset()
+    switches: tuple[Switch, ...] = ()
 
     def describe(self) -> str:
         text = f"forwards {len(self.active)} buckets"
@@ -98,7 +118,19 @@ class ActiveBucketsChanged:
             text += f", now also {format_buckets(self.added)}"
         if self.removed:
             text += f", no longer {format_buckets(self.removed)}"
+        for switch in self.switches:
+            text += f"; {switch.describe()}"
         return text
+
+    def forwards(self, bucket: int, wall: float) -> bool:
+        """Whether this programming forwards `bucket` at wall-clock time `wall`
+        (the reference the data planes and the simulator follow)."""
+        if bucket in self.active:
+            return True
+        for switch in self.switches:
+            if bucket in switch.buckets:
+                return wall >= switch.at if switch.start else wall < switch.at
+        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,19 @@ The rule, from the seed, with the release condition made strict:
 A bucket is only released after another node has claimed it, so ownership is
 doubled in transit and never missing.
 
+Make-before-break (`handover_delay` > 0): a release is not immediate. The
+giver schedules a *handoff*: it keeps forwarding the buckets until a switch
+time `at` (now + handover_delay), announces them with that time in its claim
+(`RangeState.handoff`, `handoff_at` in wall-clock nanoseconds), and releases
+them at `at`. The taker, which claimed them after injecting their entries,
+starts forwarding at the same instant (the Node turns the announcement into a
+timed switch of its data plane), so there is no moment where both forward
+and none where nobody does (up to the clocks' skew). An announced handoff is
+irrevocable: at `at` the giver releases every bucket of it whose taker is
+still up (and claims again what it aims for meanwhile, e.g. after an
+undrain). Buckets that become releasable while a handoff is pending join it
+while at least half the delay is left, else they wait for the next one.
+
 What a peer's claim counts for (`owners`, `holes`, so the Node's active
 set): only the buckets the peer aims for under our membership, or held in a
 claim of it believed before (in transit to their new owner). A node only
@@ -52,6 +65,7 @@ tests inject, not an option of this class.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter, deque
 from collections.abc import Mapping
 
@@ -93,6 +107,14 @@ class RangeState:
     buckets: int = attr(1, Kind.U16)  # bucket count the bitmap covers
     bitmap: bytes = attr(2, Kind.BYTES, max_len=bitmap_size(assignment.MAX_BUCKETS))
     digest: int = attr(3, Kind.U64)  # membership_digest() of the sender's members
+    # Buckets of the bitmap the sender stops forwarding at `handoff_at`
+    # (wall-clock nanoseconds) and then releases; empty: no handoff pending.
+    # Optional: a node that predates them skips both (it then starts
+    # forwarding only on the release, as before: a gap, never a double).
+    handoff: bytes = attr(
+        4, Kind.BYTES, required=False, default=b"", max_len=bitmap_size(assignment.MAX_BUCKETS)
+    )
+    handoff_at: int = attr(5, Kind.U64, required=False, default=0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.buckets <= assignment.MAX_BUCKETS:
@@ -104,13 +126,40 @@ class RangeState:
             raise ValueError("bits set beyond the last bucket")
         if not 0 <= self.digest < 1 << 64:
             raise ValueError("digest must be a u64")
+        if self.handoff:
+            if len(self.handoff) != len(self.bitmap):
+                raise ValueError(
+                    f"handoff bitmap of {len(self.handoff)} bytes, claim of {len(self.bitmap)}"
+                )
+            if any(h & ~o for h, o in zip(self.handoff, self.bitmap, strict=True)):
+                raise ValueError("handoff names buckets the claim does not hold")
+            if not 0 < self.handoff_at < 1 << 64:
+                raise ValueError("handoff_at must be a non-zero u64 with a handoff")
 
     @classmethod
-    def of(cls, owned: frozenset[int] | set[int], buckets: int, digest: int) -> RangeState:
-        return cls(buckets, encode_bitmap(owned, buckets), digest)
+    def of(
+        cls,
+        owned: frozenset[int] | set[int],
+        buckets: int,
+        digest: int,
+        handoff: frozenset[int] | set[int] = frozenset(),
+        handoff_at: int = 0,
+    ) -> RangeState:
+        if not handoff:
+            return cls(buckets, encode_bitmap(owned, buckets), digest)
+        return cls(
+            buckets,
+            encode_bitmap(owned, buckets),
+            digest,
+            encode_bitmap(handoff, buckets),
+            handoff_at,
+        )
 
     def owned(self) -> frozenset[int]:
         return decode_bitmap(self.bitmap, self.buckets)
+
+    def handed_off(self) -> frozenset[int]:
+        return decode_bitmap(self.handoff, self.buckets) if self.handoff else frozenset()
 
 
 # -- events -------------------------------------------------------------------
@@ -142,7 +191,16 @@ class Unstable:
     """The configuration stopped being stable (membership change, lost claim...)."""
 
 
-RangeEvent = Claim | Release | Stable | Unstable
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handoff:
+    """These buckets are still owned and forwarded until `at` (our clock),
+    then released: their takers start forwarding at that instant."""
+
+    buckets: frozenset[int]
+    at: float
+
+
+RangeEvent = Claim | Release | Handoff | Stable | Unstable
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,6 +213,9 @@ class _PeerClaim:
     # The part of `owned` this node believes (see `_honoured`): what the peer
     # aims for under our membership, or held in a claim believed before.
     honoured: frozenset[int]
+    handoff: frozenset[int] = frozenset()  # stops forwarding these at handoff_at
+    handoff_at: float = 0.0  # wall-clock seconds
+    handoff_raw: tuple[bytes, int] = (b"", 0)  # as received, to recognise a repeat
 
 
 class RangeDistribution:
@@ -167,12 +228,26 @@ class RangeDistribution:
         seed: int,
         *,
         now: float,
+        handover_delay: float = 0.0,
+        handover_quantum: float = 0.0,
     ) -> None:
         if not 0 <= node_id <= MAX_NODE_ID:
             raise ValueError(f"node id {node_id} is not a 32-bit unsigned integer")
         if not 1 <= buckets <= assignment.MAX_BUCKETS:
             raise ValueError(f"buckets must be 1..{assignment.MAX_BUCKETS}, got {buckets}")
+        if not 0.0 <= handover_delay <= 5.0:
+            raise ValueError(f"handover_delay must be 0..5 s, got {handover_delay}")
         self.node_id = node_id
+        self.handover_delay = handover_delay
+        # switch instants are rounded up to a multiple of this (wall clock):
+        # nftables' `meta time` takes whole seconds only (nft_handover.py)
+        self.handover_quantum = handover_quantum
+        # wall-clock seconds = our clock + this (the driver keeps it current):
+        # handoff times travel in wall-clock time, the only clock peers share
+        self.clock_offset = 0.0
+        self._handoff: dict[int, NodeId] = {}  # bucket -> taker, until _handoff_at
+        self._handoff_at: float | None = None  # our clock
+        self._handoff_ns = 0  # the same instant as announced: wall-clock nanoseconds
         self.buckets = buckets
         self.seed = seed
         self._members: dict[NodeId, int] = {}
@@ -258,6 +333,7 @@ class RangeDistribution:
             and old.view == self._view
             and old.digest == msg.digest
             and old.bitmap == msg.bitmap
+            and old.handoff_raw == (msg.handoff, msg.handoff_at)
         ):
             self.stats["rx_repeated"] += 1
             return False
@@ -266,14 +342,49 @@ class RangeDistribution:
         if honoured != owned:
             self.stats["claims_not_honoured"] += 1
             self.stats["buckets_not_honoured"] += len(owned) - len(honoured)
-        self._peers[source] = _PeerClaim(owned, msg.bitmap, msg.digest, now, self._view, honoured)
+        self._peers[source] = _PeerClaim(
+            owned,
+            msg.bitmap,
+            msg.digest,
+            now,
+            self._view,
+            honoured,
+            msg.handed_off(),
+            msg.handoff_at / 1e9,
+            (msg.handoff, msg.handoff_at),
+        )
         self._repeats_due = CHANGE_REPEATS  # answer: the sender may lack ours in its view
         self._on_claim(source, now)
         self._update_stability()
         return True
 
     def handle_timer(self, now: float) -> None:
-        """Nothing expires here: the timer only asks the driver to send now."""
+        """A pending handoff whose time came is carried out; otherwise the
+        timer only asks the driver to send now."""
+        if self._handoff_at is None or now < self._handoff_at:
+            return
+        handoff, self._handoff = self._handoff, {}
+        self._handoff_at = None
+        self._claim_message = None
+        # Our data plane stopped forwarding these at the switch time, whatever
+        # happened since (the announcement is irrevocable), and each taker
+        # started: release them to it. Kept instead: a bucket whose taker went
+        # down (it started nothing), no longer claims it, or hands it back to
+        # us at the same instant (a membership change reversed the move: if
+        # both released, nobody would own it; we start again from its handoff).
+        keep = set()
+        for b, taker in handoff.items():
+            claim = self._peers.get(taker)
+            if claim is None or b not in claim.owned or b in claim.handoff:
+                keep.add(b)
+        self.stats["handoff_cancelled_buckets"] += len(keep)
+        self._release({b for b in handoff if b not in keep and b in self._owned}, now)
+        self._claim_aim()  # what we aim for again (an undrain meanwhile) is claimed anew
+        if self._send_due is None:
+            self._send_due = now
+        for peer in sorted(self._peers):
+            self._release_to(peer, now)  # what waited for this handoff to end
+        self._update_stability()
 
     # -- the release rule (module docstring) ---------------------------------------
 
@@ -305,13 +416,24 @@ class RangeDistribution:
         self.stats["tx"] += 1
         claim = self._claim_message
         if claim is None or claim.digest != self._digest:
-            claim = self._claim_message = RangeState.of(self._owned, self.buckets, self._digest)
+            claim = self._claim_message = RangeState.of(
+                self._owned,
+                self.buckets,
+                self._digest,
+                frozenset(self._handoff),
+                self._handoff_ns if self._handoff else 0,
+            )
         return [claim]
 
     def next_timer(self) -> float | None:
-        """When a changed claim must be sent (now), else None: the other sends
-        follow the caller's heartbeats (`claim_rides_on_heartbeat`)."""
-        return self._send_due
+        """When a changed claim must be sent (now) or a pending handoff is
+        due, else None: the other sends follow the caller's heartbeats
+        (`claim_rides_on_heartbeat`)."""
+        if self._handoff_at is None:
+            return self._send_due
+        if self._send_due is None:
+            return self._handoff_at
+        return min(self._send_due, self._handoff_at)
 
     def next_event(self) -> RangeEvent | None:
         return self._events.popleft() if self._events else None
@@ -356,6 +478,18 @@ class RangeDistribution:
     def is_stable(self) -> bool:
         return self._stable
 
+    def handoff(self) -> tuple[frozenset[int], float] | None:
+        """Our pending handoff: the buckets and the switch time (wall-clock
+        seconds, exactly as announced)."""
+        if self._handoff_at is None:
+            return None
+        return frozenset(self._handoff), self._handoff_ns / 1e9
+
+    def peer_handoffs(self) -> dict[NodeId, tuple[frozenset[int], float]]:
+        """Each peer's announced handoff: its buckets and the switch time
+        (wall-clock seconds), for peers not reported down."""
+        return {p: (c.handoff, c.handoff_at) for p, c in self._peers.items() if c.handoff}
+
     # -- internals ------------------------------------------------------------
 
     def _claim_aim(self) -> None:
@@ -375,12 +509,38 @@ class RangeDistribution:
         aim = self._aim
         if not aim:
             return  # no members: nobody to hand buckets to, keep them
-        self._release(
-            frozenset(
-                b for b in claim.owned & self._owned if b not in self._aimed and aim[b] == peer
-            ),
-            now,
+        buckets = frozenset(
+            b for b in claim.owned & self._owned if b not in self._aimed and aim[b] == peer
         )
+        if self.handover_delay > 0.0:
+            self._schedule_handoff(buckets - self._handoff.keys(), peer, now)
+        else:
+            self._release(buckets, now)
+
+    def _schedule_handoff(self, buckets: frozenset[int], taker: NodeId, now: float) -> None:
+        """Make-before-break (module docstring): hand `buckets` to `taker` at
+        a switch time, a new one or the pending one if half the delay is left."""
+        if not buckets:
+            return
+        if self._handoff_at is None:
+            # the wall-clock instant is what the giver's and the taker's data
+            # planes switch at: one integer both read the same
+            wall = now + self.handover_delay + self.clock_offset
+            if self.handover_quantum > 0.0:
+                wall = math.ceil(wall / self.handover_quantum) * self.handover_quantum
+            self._handoff_ns = round(wall * 1e9)
+            self._handoff_at = self._handoff_ns / 1e9 - self.clock_offset
+        elif self._handoff_at - now < self.handover_delay / 2:
+            self.stats["handoff_waits"] += 1
+            return  # too late to join: released to `taker` after this handoff
+        for b in buckets:
+            self._handoff[b] = taker
+        self._claim_message = None
+        self._repeats_due = CHANGE_REPEATS
+        self.stats["handoff_buckets"] += len(buckets)
+        self._events.append(Handoff(buckets, self._handoff_at))
+        if self._send_due is None:
+            self._send_due = now
 
     def _honoured(
         self, peer: NodeId, owned: frozenset[int], before: frozenset[int]

@@ -7,7 +7,9 @@ in a namespace with the zone interfaces for the lab-marked tests.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ from fwcluster_lab.netns import ns_run
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.dataplane.nd_mangle import nd_compensation
+from availability_manager.dataplane.nft_handover import render_forwarding_update
 from availability_manager.dataplane.nft_ruleset import (
     render_input_guard,
     render_owned_update,
@@ -28,6 +31,7 @@ from availability_manager.dataplane.nft_ruleset import (
     render_uninstall,
     validate_config,
 )
+from availability_manager.node_events import Switch
 from availability_manager.types import ClusterSettings
 
 IP = ipaddress.ip_interface
@@ -84,9 +88,11 @@ def test_prerouting_order_and_priority() -> None:
     # known connections: unclassified ones pass, classified ones only if owned
     assert ct[1] == "ct state established,related ct mark and 0x0000ffff == 0 accept"
     assert ct[2] == "ct state established,related ct mark and 0x0000ffff @owned_marks accept"
-    assert ct[3].startswith("ct state established,related") and ct[3].endswith("drop")
-    assert ct[4].startswith("ct state invalid") and ct[4].endswith("drop")
-    assert ct[5] == "fib daddr type local goto hash_fwd"  # local before the zone map
+    # a bucket of a pending handoff switch: decided by its time (nft_handover.py)
+    assert ct[3] == "ct state established,related jump handover"
+    assert ct[4].startswith("ct state established,related") and ct[4].endswith("drop")
+    assert ct[5].startswith("ct state invalid") and ct[5].endswith("drop")
+    assert ct[6] == "fib daddr type local goto hash_fwd"  # local before the zone map
     assert ct[-1] == "goto hash_fwd"
 
 
@@ -158,6 +164,9 @@ def test_each_hash_chain_marks_then_checks_owned_then_drops() -> None:
         assert m.split("ct mark set ")[1].split(" offset 1")[0] in c
         assert m.endswith("offset 1") and c.endswith("accept")
     assert hash_fwd[-1].endswith("drop")
+    # before each not-owned drop, the handover chain decides switching buckets
+    drops = [i for i, r in enumerate(hash_fwd) if r.endswith('"not_owned" drop')]
+    assert drops and all(hash_fwd[i - 1].endswith("jump handover") for i in drops)
 
 
 def test_mark_is_shifted_under_the_mask() -> None:
@@ -366,3 +375,72 @@ def test_zone_heartbeats_are_taken_only_from_the_link() -> None:
     assert "counter zone_heartbeat_refused {}" in guard
     assert chain(guard, "input") == inp
     assert not any("7789" in r for r in chain(render_ruleset(config()), "input"))
+
+
+def test_timed_switches_render_as_one_json_transaction() -> None:
+    """The handoff's switches: per switch one rule of the handover chain that
+    matches the buckets' marks and compares `meta time` with the instant."""
+
+    cfg = config()
+    stop = Switch(buckets=frozenset({3, 4}), at=1796540000.0, start=False)
+    start = Switch(buckets=frozenset({7}), at=1796540001.0, start=True)
+    ops = json.loads(render_forwarding_update(cfg, {1, 2}, (stop, start)))["nftables"]
+    rules = [op["add"]["rule"] for op in ops if "add" in op and "rule" in op["add"]]
+    assert [r["chain"] for r in rules] == ["handover", "handover"]
+    shift = (cfg.mark_mask & -cfg.mark_mask).bit_length() - 1
+    first, second = (r["expr"] for r in rules)
+    assert first[0]["match"]["right"] == {"set": [4 << shift, 5 << shift]}
+    assert first[1]["match"] == {
+        "op": "<",
+        "left": {"meta": {"key": "time"}},
+        "right": 1796540000,  # whole seconds: nft multiplies an integer by 10^9
+    }
+    assert second[1]["match"]["op"] == ">=" and second[1]["match"]["right"] == 1796540001
+    elements = {
+        op["add"]["element"]["name"]: op["add"]["element"]["elem"]
+        for op in ops
+        if "add" in op and "element" in op["add"]
+    }
+    assert elements == {
+        "owned": [1, 2],
+        "owned_marks": [2 << shift, 3 << shift],
+        "switching": [3, 4, 7],
+    }
+    with pytest.raises(ValueError):  # nft cannot express a fraction of a second
+        render_forwarding_update(cfg, {1}, (Switch(buckets=frozenset({3}), at=5.5, start=True),))
+    # no switch: the chain and the switching set are emptied
+    ops = json.loads(render_forwarding_update(cfg, {1}))["nftables"]
+    assert {"flush": {"chain": {"family": "inet", "table": "fwcluster", "name": "handover"}}} in ops
+    assert not [op for op in ops if "add" in op and "rule" in op["add"]]
+
+
+@pytest.mark.lab
+def test_the_kernel_takes_the_switch_instant_in_whole_seconds(netns: str) -> None:
+    """Applied for real: the handover chain's rule compares `meta time` with
+    exactly the instant rendered (read back as nanoseconds from the kernel's
+    view, `nft -j`'s date string), and clearing the switches empties it."""
+
+    cfg = config()
+    applied = ns_run(netns, ["nft", "-f", "-"], stdin=render_ruleset(cfg, {1, 2}), check=False)
+    assert applied.returncode == 0, applied.stderr
+    at = 1796540000.0  # 2026-12-06 ...: a whole second
+    switch = Switch(buckets=frozenset({3}), at=at, start=True)
+    update = render_forwarding_update(cfg, {1, 2}, (switch,))
+    done = ns_run(netns, ["nft", "-j", "-f", "-"], stdin=update, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = ns_run(netns, ["nft", "-j", "list", "chain", "inet", "fwcluster", "handover"])
+    rules = [i["rule"] for i in json.loads(listed.stdout)["nftables"] if "rule" in i]
+    assert len(rules) == 1
+    (time_match,) = [
+        e["match"] for e in rules[0]["expr"] if "match" in e and "meta" in e["match"]["left"]
+    ]
+    assert time_match["op"] == ">="
+    # nft prints the instant as a date in the local time zone
+    shown = datetime.datetime.strptime(time_match["right"], "%Y-%m-%d %H:%M:%S")
+    assert shown.timestamp() == at
+    cleared = ns_run(
+        netns, ["nft", "-j", "-f", "-"], stdin=render_forwarding_update(cfg, {1, 2}), check=False
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    listed = ns_run(netns, ["nft", "-j", "list", "chain", "inet", "fwcluster", "handover"])
+    assert not [i for i in json.loads(listed.stdout)["nftables"] if "rule" in i]

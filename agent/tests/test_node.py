@@ -246,6 +246,45 @@ def test_drain_hands_the_buckets_over_and_undrain_takes_them_back(three: Cluster
     assert conn.key in b.table
 
 
+def test_a_drain_with_a_handover_delay_switches_giver_and_taker_at_one_instant() -> None:
+    """Make-before-break: the giver's data plane gets a stop switch and the
+    taker's a start switch for the same buckets at the same wall-clock
+    instant (each node's clock + its offset); the giver releases at that
+    instant, and that release is a `removed` (the daemon lets go first)."""
+    c = Cluster(0)
+    for i in (1, 2):
+        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=0.1), random.Random(i), c.now))
+    c.host(1).node.set_clock_offset(5000.0)
+    c.host(2).node.set_clock_offset(5000.0)
+    c.run(1.0)
+    giver, taker = c.host(2), c.host(1)
+    given = giver.owned
+    assert given and taker.owned | given == set(range(BUCKETS))
+    giver.node.drain(c.now)
+    c.run(0.05)
+    (stop,) = [
+        w
+        for _, e in events_of(giver, ev.ActiveBucketsChanged)
+        for w in e.switches  # type: ignore[attr-defined]
+        if not w.start
+    ]
+    starts = [
+        w
+        for _, e in events_of(taker, ev.ActiveBucketsChanged)
+        for w in e.switches  # type: ignore[attr-defined]
+        if w.start
+    ]
+    assert stop.buckets == given and {w.at for w in starts} == {stop.at}
+    assert frozenset().union(*(w.buckets for w in starts)) == given
+    assert 5000.0 + 1.0 < stop.at <= 5000.0 + 1.0 + 0.1 + STEP
+    assert giver.owned == given  # still owned until the instant
+    c.run(0.2)
+    assert giver.owned == frozenset() and taker.owned == set(range(BUCKETS))
+    last = events_of(giver, ev.ActiveBucketsChanged)[-1][1]
+    assert last.removed == given and not last.switches  # type: ignore[attr-defined]
+    assert taker.node.active_buckets() == set(range(BUCKETS))
+
+
 def test_leave_completes_once_the_others_hold_every_bucket(three: Cluster) -> None:
     c = three.host(3)
     c.node.leave(three.now)

@@ -438,7 +438,9 @@ def test_range_state_round_trips_and_rejects_bad_bitmaps() -> None:
         encode_bitmap({256}, 256)
     # on the wire the same refusals are a WireError with a countable reason
     bad = bytearray(encode_message(RangeState.of({0}, 10, 1)))
-    bad[-13] |= 0x20  # last bitmap byte (before the 12-byte digest) gets a padding bit
+    # last bitmap byte (before the 12-byte digest, the empty handoff's 4 bytes
+    # and handoff_at's 12) gets a padding bit
+    bad[-29] |= 0x20
     with pytest.raises(WireError) as info:
         decode_message(bytes(bad))
     assert info.value.reason == "invalid-value"
@@ -578,3 +580,66 @@ def test_an_unchanged_claim_rides_every_nth_heartbeat_a_changed_one_at_once() ->
     assert a.receive(changed, B, cluster.now) is True
     answers = [a.claim_rides_on_heartbeat() for _ in range(CHANGE_REPEATS + 1)]
     assert answers == [True] * CHANGE_REPEATS + [False]
+
+
+def test_handoff_keeps_the_giver_until_the_switch_time_then_releases() -> None:
+    """Make-before-break: with a handover delay the giver does not release on
+    the taker's claim; it announces a handoff (buckets, wall-clock ns of the
+    switch) and releases exactly those buckets when its timer reaches it."""
+    cluster = Cluster()
+    for n in (A, B):
+        cluster.start(n)
+        cluster.nodes[n].handover_delay = 0.1
+        cluster.nodes[n].clock_offset = 1000.0  # wall = our clock + 1000 s
+    for n in (A, B):
+        cluster.set_members(n, equal(A, B))
+    cluster.converge()
+    given = cluster.nodes[B].owned()
+    cluster.set_members(B, equal(A))  # B drains
+    cluster.set_members(A, equal(A))  # A claims everything
+    cluster.broadcast(A)
+    b = cluster.nodes[B]
+    assert b.owned() == given  # not released on the claim
+    handoff = b.handoff()
+    assert handoff is not None and handoff[0] == given
+    assert handoff[1] == pytest.approx(cluster.now + 0.1 + 1000.0)
+    (msg,) = b.messages_to_send(cluster.now)
+    back = decode_message(encode_message(msg))
+    assert back.handed_off() == given and back.handoff_at == round(handoff[1] * 1e9)
+    cluster.nodes[A].receive(back, B, cluster.now)
+    assert cluster.nodes[A].peer_handoffs()[B] == (given, back.handoff_at / 1e9)
+    timer = b.next_timer()
+    assert timer == pytest.approx(cluster.now + 0.1)
+    b.handle_timer(cluster.now + 0.05)  # too early: nothing happens
+    assert b.owned() == given
+    b.handle_timer(cluster.now + 0.1)
+    cluster.after(B)
+    assert b.owned() == frozenset() and b.handoff() is None
+    assert isinstance(cluster.events[B][-2], Release) or Release in map(type, cluster.events[B])
+
+
+def test_a_handoff_names_only_buckets_of_the_claim() -> None:
+    with pytest.raises(ValueError):
+        RangeState(10, encode_bitmap({1}, 10), 1, encode_bitmap({2}, 10), 5)
+    with pytest.raises(ValueError):
+        RangeState(10, encode_bitmap({1}, 10), 1, encode_bitmap({1}, 10), 0)
+    ok = RangeState.of({1, 2}, 10, 1, {2}, 5)
+    assert decode_message(encode_message(ok)).handed_off() == {2}
+
+
+def test_a_handoff_instant_is_rounded_up_to_the_quantum() -> None:
+    """nftables compares whole seconds: the daemon's switch instants are."""
+    rd = RangeDistribution(A, BUCKETS, SEED, now=0.0, handover_delay=0.1, handover_quantum=1.0)
+    rd.clock_offset = 1000.25
+    rd.set_members(equal(B), 0.0)  # A drains: B aims for everything
+    aim = aimed_assignment(equal(A, B), BUCKETS, SEED)
+    rd.set_members(equal(A, B), 0.0)
+    rd.set_members(equal(B), 0.5)
+    claim = RangeState.of(frozenset(range(BUCKETS)), BUCKETS, membership_digest(equal(B)))
+    rd.receive(claim, B, 0.5)
+    handoff = rd.handoff()
+    assert handoff is not None and handoff[0] == buckets_of(aim, A)
+    assert handoff[1] == 1001.0  # 0.5 + 0.1 + 1000.25, up to the whole second
+    (msg,) = rd.messages_to_send(0.5)  # the announcement (clears the send due)
+    assert msg.handoff_at == 1001 * 10**9
+    assert rd.next_timer() == pytest.approx(1001.0 - 1000.25)

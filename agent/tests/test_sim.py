@@ -104,6 +104,44 @@ def test_known_bad_no_zone_heartbeats_breaks_the_zone_guard() -> None:
     assert "zone-guard" in {v.rule for v in result.violations}
 
 
+def test_planned_handovers_are_seamless_and_break_before_make_is_caught() -> None:
+    """Drain, undrain, join and leave hand buckets over make-before-break: at
+    every instant each bucket has exactly one forwarder. Without the timed
+    handoff (handover_delay 0, the old break-before-make) the giver stops
+    before the taker starts, and the seamless invariant sees the gap."""
+    for scenario in ("drain", "join", "leave"):
+        for seed in range(3):
+            result = run_scenario(scenario, seed)
+            assert result.ok, result.describe_failure()
+            assert result.report.seamless_checks > 0
+            # as the daemon runs it: switch instants on whole seconds
+            whole = run_scenario(scenario, seed, options=SimOptions(handover_quantum=1.0))
+            assert whole.ok, whole.describe_failure()
+    rules = {
+        v.rule
+        for seed in range(3)
+        for v in run_scenario("drain", seed, options=SimOptions(handover_delay=0.0)).violations
+    }
+    assert "seamless" in rules
+
+
+def test_a_handoff_reversed_by_a_membership_change_leaves_no_hole() -> None:
+    """Seed 714 of mixed: after a crash D takes buckets 23 and 28 from A at a
+    switch instant; a restart changes the aim back before it, and D hands them
+    back to A at the same instant. Releasing on both sides left them unowned
+    (a hole); the giver keeps a bucket its taker hands back."""
+    result = run_scenario("mixed", 714)
+    assert result.ok, result.describe_failure()
+
+
+def test_a_bucket_waiting_for_the_next_handoff_stays_forwarded() -> None:
+    """Seed 1741 of mixed: C claims bucket 38 of D when D's pending handoff
+    is too close to take it; D must keep forwarding 38 until its next handoff
+    (the old rule, "nobody forwards a bucket two nodes claim", left a gap)."""
+    result = run_scenario("mixed", 1741)
+    assert result.ok, result.describe_failure()
+
+
 def test_known_bad_missing_injection_is_caught() -> None:
     """A driver that never writes InjectConnections claims buckets without their entries."""
     rules = {

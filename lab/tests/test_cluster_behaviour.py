@@ -167,6 +167,31 @@ def test_drain_moves_every_connection_off_and_join_brings_it_back(lab: LabState)
     assert len(status(lab, "fw2")["owned"]) in (85, 86)
 
 
+def test_drain_and_join_are_hitless(lab: LabState) -> None:
+    """Make-before-break (heartbeat.handover_delay_ms, ranges.py): the giver
+    forwards until the switch instant and the taker from it, so a drain and
+    a join lose no datagram and deliver none twice (the drain test above
+    allows a failover window's loss; this one allows none)."""
+    traffic_control.start(lab, TRAFFIC)
+    try:
+        time.sleep(1.5)
+        assert "drain: confirmed" in ctl(lab, "fw3", "drain", "--timeout", "30")
+        time.sleep(1.0)
+        assert "join: confirmed" in ctl(lab, "fw3", "join", "--timeout", "30")
+        time.sleep(1.5)
+    finally:
+        s = traffic_control.stop_background(lab)
+    assert_nothing_lost(s, packets_lost_per_flow=0)
+    assert s["lost_packets"] == 0, s["stall_histogram_ms"]
+    handoffs = [
+        line
+        for node in ("fw1", "fw2", "fw3")
+        for line in agent.log_path(lab.run_dir, node).read_text().splitlines()
+        if "; stops " in line or "; starts " in line
+    ]
+    assert handoffs, "no timed switch was programmed"
+
+
 def test_sync_partition_alone_causes_no_takeover(lab: LabState) -> None:
     before = {n: status(lab, n)["owned"] for n in ("fw1", "fw2", "fw3")}
     traffic_control.start(lab, TRAFFIC)

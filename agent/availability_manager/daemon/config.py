@@ -55,6 +55,10 @@ class HeartbeatConfig:
     interval_ms: int = 50
     misses: int = 3
     zone_heartbeats: bool = True
+    # make-before-break handovers (ranges.py): the giver forwards until this
+    # long after the taker's claim, the taker from then on; 0 = the old
+    # break-before-make (a gap of one message latency)
+    handover_delay_ms: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -562,11 +566,12 @@ def _parse_cluster(r: _Reader, m: Mapping[str, Any]) -> ClusterSettings:
 
 
 def _parse_heartbeat(r: _Reader, m: Mapping[str, Any]) -> HeartbeatConfig:
-    r.check_keys(m, "heartbeat", {"interval_ms", "misses", "zone_heartbeats"})
+    r.check_keys(m, "heartbeat", {"interval_ms", "misses", "zone_heartbeats", "handover_delay_ms"})
     return HeartbeatConfig(
         interval_ms=r.get(m, "interval_ms", "heartbeat", r.integer(10, 10000), 50),
         misses=r.get(m, "misses", "heartbeat", r.integer(2, 100), 3),
         zone_heartbeats=r.get(m, "zone_heartbeats", "heartbeat", r.boolean, True),
+        handover_delay_ms=r.get(m, "handover_delay_ms", "heartbeat", r.integer(0, 5000), 100),
     )
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,9 @@ def node_config(
         members=cfg.members,
         max_peers=cfg.limits.max_peers,
         max_cache_entries=cfg.limits.max_cache_entries,
+        handover_delay=cfg.heartbeat.handover_delay_ms / 1000.0,
+        # nftables' `meta time` compares whole seconds (nft_handover.py)
+        handover_quantum=1.0,
     )
 
 
@@ -168,6 +172,7 @@ class Runtime:
             random.Random(os.urandom(16)),
             self.loop.time(),
         )
+        self._set_clock_offset()
         self.counters: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._flush: asyncio.TimerHandle | None = None
@@ -495,8 +500,14 @@ class Runtime:
         self.node.set_weight(weight, self.loop.time())
         self._pump()
 
+    def _set_clock_offset(self) -> None:
+        """Handoff switch times are wall-clock instants (the clock nftables'
+        `meta time` reads); the Node runs on the loop's monotonic clock."""
+        self.node.set_clock_offset(time.time() - self.loop.time())
+
     def _periodic(self) -> None:
         gc.freeze()  # see GC_FREEZE_EVERY_S
+        self._set_clock_offset()  # NTP slews the wall clock
         self._check_links()
         self._check_nonces()
         self._check_own_datagrams()
@@ -608,7 +619,7 @@ class Runtime:
                 self.counters["injected_expectations"] += done
                 log.info("%s (%d written)", event.describe(), done)
             case ev.ActiveBucketsChanged():
-                self.dataplane.set_owned_buckets(event.active)
+                self.dataplane.set_owned_buckets(event.active, event.switches)
                 log.info("%s", event.describe())
             case ev.DeleteConnections():
                 done = self.conntrack.delete(list(event.conns)) if event.conns else 0

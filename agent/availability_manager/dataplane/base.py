@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..node_events import Switch
 from ..types import ClusterSettings
 from .early_drop import EarlyDrop
 
@@ -77,8 +79,11 @@ class DataPlane(Protocol):
     def install(self) -> None:
         """Program everything except ownership (this node owns no bucket yet)."""
 
-    def set_owned_buckets(self, owned: frozenset[int]) -> None:
-        """Atomically replace the set of buckets whose NEW connections this node accepts."""
+    def set_owned_buckets(self, owned: frozenset[int], switches: Sequence[Switch] = ()) -> None:
+        """Atomically replace the set of buckets whose NEW and known
+        connections this node forwards, and the timed `switches` of a
+        make-before-break handoff (node_events.Switch: forward a bucket until
+        or from a wall-clock instant; nftables does it exactly in the kernel)."""
 
     def uninstall(self) -> None:
         """Remove everything install() did and restore what it changed (sysctls)."""

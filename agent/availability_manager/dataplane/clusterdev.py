@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ..node_events import Switch
 from . import clusterdev_genl as genl
 from .base import DataPlaneConfig, Zone
 from .early_drop import SlowPathEntry
@@ -268,7 +269,12 @@ class ClusterdevDataPlane:
                 self._run(cmd)
             self._run(["ip", "link", "set", dev, "up"])
 
-    def set_owned_buckets(self, owned: frozenset[int]) -> None:
+    def set_owned_buckets(self, owned: frozenset[int], switches: Sequence[Switch] = ()) -> None:
+        """The module has no clock rule: a bucket of a stop switch is
+        forwarded until the Node releases it at the switch time (the next
+        call), one of a start switch only from the release it follows. So a
+        handoff here is break-before-make, by the time the release travels."""
+        owned = owned | {b for s in switches if not s.start for b in s.buckets}
         buckets = self._config.settings.buckets
         if any(not 0 <= b < buckets for b in owned):
             raise ValueError(f"owned buckets must lie in 0..{buckets - 1}")

@@ -46,6 +46,10 @@ from .nd_mangle import render_nd_rules
 TABLE = "fwcluster"
 OWNED_SET = "owned"
 OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket + 1, shifted)
+# Timed switches of a make-before-break handoff (nft_handover.py): the chain
+# holding their rules, and every bucket in one (the early chain passes them on).
+HANDOVER_CHAIN = "handover"
+SWITCHING_SET = "switching"
 COUNTERS = (
     "accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener", "fenced",
     "zone_heartbeat_refused",
@@ -147,9 +151,12 @@ def _hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
             rules += _classify(config, match, fields)
         # A packet whose bucket was computed above but is not owned must not
         # be re-classified by the address rules: stop it here.
-        rules += [f'{m} counter name "not_owned" drop' for m in _OWN_TUPLE_MATCH]
+        # (a bucket of a pending handoff switch is decided by its time first)
+        for m in _OWN_TUPLE_MATCH:
+            rules += [f"{m} jump {HANDOVER_CHAIN}", f'{m} counter name "not_owned" drop']
     for fam in ("ip", "ip6"):
         rules += _classify(config, "", _fields(fam, (), forward))
+    rules.append(f"jump {HANDOVER_CHAIN}")
     rules.append('counter name "not_owned" drop')
     return rules
 
@@ -159,8 +166,9 @@ def _early_hash_chain(config: DataPlaneConfig, forward: bool) -> list[str]:
     hashed on their own tuple; owned: pass on (to conntrack and the cluster
     chain), not owned: drop here. Anything else passes (the slow path)."""
     rules = [
-        " ".join(filter(None, (m, _hash(config, fields), f"@{OWNED_SET} return")))
+        " ".join(filter(None, (m, _hash(config, fields), f"@{owned} return")))
         for m, fields in _own_tuple_hashes(config, forward)
+        for owned in (OWNED_SET, SWITCHING_SET)
     ]
     rules += [f'{m} counter name "early_not_owned" drop' for m in _OWN_TUPLE_MATCH]
     rules.append('counter name "early_undecided"')
@@ -301,6 +309,11 @@ def render_ruleset(
     if config.fence_timeout_s is not None:
         # fence.py: refreshed by the running agent, empty once it stops
         out.append(f"  set {FENCE_SET} {{ type nf_proto; flags timeout; }}")
+    out.append(f"  set {SWITCHING_SET} {{")
+    out.append(f"    typeof numgen inc mod {config.settings.buckets}")
+    out.append("  }")
+    out.append(f"  chain {HANDOVER_CHAIN} {{")  # rules: nft_handover.py
+    out.append("  }")
     out.append("  chain prerouting {")
     out.append("    type filter hook prerouting priority -150; policy accept;")
     out.append(f"    ether daddr {_macs(config)} goto cluster_traffic")
@@ -312,6 +325,7 @@ def render_ruleset(
     if config.fence_timeout_s is not None:
         out.append(f'    meta nfproto != @{FENCE_SET} counter name "fenced" drop')
     out.append(f"    ct state established,related ct mark and {mask} @{OWNED_MARKS_SET} accept")
+    out.append(f"    ct state established,related jump {HANDOVER_CHAIN}")
     out.append('    ct state established,related counter name "not_owned_established" drop')
     out.append('    ct state invalid counter name "invalid" drop')
     out.append("    fib daddr type local goto hash_fwd")

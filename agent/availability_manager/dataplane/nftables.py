@@ -20,11 +20,14 @@ import ipaddress
 import json
 import logging
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..node_events import Switch
 from .base import DataPlaneConfig, Zone
 from .fence import Fence
+from .nft_handover import render_forwarding_update
 from .nft_ruleset import (
     COUNTERS,
     EARLY_COUNTERS,
@@ -122,6 +125,7 @@ class NftablesDataPlane:
         self.installed = False
         self.owned: frozenset[int] = frozenset()
         self.fence: Fence | None = None
+        self._switching = False  # the handover chain holds switches to clear
 
     # --- DataPlane -----------------------------------------------------------------
 
@@ -159,10 +163,18 @@ class NftablesDataPlane:
                 self.sysctls.set(key, "1")
         log.info("nftables data plane installed: %d zones", len(self.config.zones))
 
-    def set_owned_buckets(self, owned: frozenset[int]) -> None:
+    def set_owned_buckets(self, owned: frozenset[int], switches: Sequence[Switch] = ()) -> None:
         if not self.installed:
             raise DataPlaneError("set_owned_buckets() before install()")
-        nft_apply(render_owned_update(self.config, owned))  # validates before running
+        if switches or self._switching:
+            # timed switches (or the last ones to clear): one JSON transaction
+            _run(
+                ["nft", "-j", "-f", "-"],
+                stdin=render_forwarding_update(self.config, owned, switches),
+            )
+        else:
+            nft_apply(render_owned_update(self.config, owned))  # validates before running
+        self._switching = bool(switches)
         self.owned = frozenset(owned)
 
     def uninstall(self) -> None:

@@ -38,6 +38,13 @@ liveness    where a scenario watches it (after a long sync partition heals),
             healing must not start a storm (issue 18.1). The simulator has no
             CPU model; these counts are what the CPU time follows.
 
+seamless    while the only changes are planned ones (starts, drains, undrains,
+            leaves; no crash, loss, partition or link fault in the run so
+            far) and once the cluster was first complete, every bucket is
+            forwarded by exactly one live node at every instant: a planned
+            handover is make-before-break with no overlap (checked at every
+            data-plane programming and at every timed switch).
+
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
 connections lost, the longest failover gap.
@@ -82,6 +89,7 @@ class Report:
     load_checks: int = 0  # (node, counter, second) judged by the liveness rule
     # the highest per-second growth seen of each watched counter, any node
     load_peaks: dict[str, int] = dataclasses.field(default_factory=dict)
+    seamless_checks: int = 0
     # virtual seconds from a membership change (start, crash, drain, undrain,
     # leave) until every live node was stable with the aimed buckets
     # programmed; changes overlapped by another fault are not counted
@@ -100,6 +108,12 @@ class Invariants:
         self._unowned = buckets
         self.armed = False  # the cluster was complete once: holes count from now on
         self._gap_since: dict[int, float] = {}
+        # Buckets a crashed node was forwarding, until someone forwards them
+        # again: a giver whose handoff to that node was announced before the
+        # crash releases them at the handoff's instant (irrevocable, and the
+        # crash not yet detected), a hole that is the crash's, like any
+        # crashed owner's, so counted as a failover gap, not a violation.
+        self._orphaned: set[int] = set()
 
     def fail(self, now: float, rule: str, detail: str) -> None:
         if len(self.violations) < self.MAX_VIOLATIONS:
@@ -131,6 +145,7 @@ class Invariants:
 
     def _add_owner(self, bucket: int, node: NodeId, now: float) -> None:
         owners = self._owners[bucket]
+        self._orphaned.discard(bucket)
         if not owners:
             self._unowned -= 1
             since = self._gap_since.pop(bucket, None)
@@ -151,7 +166,7 @@ class Invariants:
         self._unowned += 1
         if not self.armed:
             return
-        if allowed:
+        if allowed or bucket in self._orphaned:
             self._gap_since[bucket] = now
         else:
             self.fail(now, "hole", f"node {n(node)} released bucket {bucket}; no live node owns it")
@@ -170,6 +185,8 @@ class Invariants:
         others notice) or stopped after a graceful leave (it must own nothing)."""
         for bucket in owned:
             self._remove_owner(bucket, node, now, allowed=not graceful)
+        if not graceful:
+            self._orphaned.update(owned)
 
     def node_back(self, node: NodeId, owned: Iterable[int], now: float) -> None:
         for bucket in owned:
@@ -180,6 +197,20 @@ class Invariants:
 
     def owners(self, bucket: int) -> frozenset[NodeId]:
         return frozenset(self._owners[bucket])
+
+    # -- seamless ---------------------------------------------------------------------------
+
+    def check_seamless(self, forwarders: list[frozenset[NodeId]], now: float) -> None:
+        """`forwarders[b]`: the live nodes whose data plane forwards bucket b now."""
+        self.report.seamless_checks += 1
+        for bucket, nodes in enumerate(forwarders):
+            if len(nodes) > 1:
+                names = ", ".join(sorted(n(x) for x in nodes))
+                self.fail(now, "seamless", f"bucket {bucket} forwarded by {names}")
+                return
+            if not nodes:
+                self.fail(now, "seamless", f"bucket {bucket} forwarded by nobody")
+                return
 
     # -- injection -------------------------------------------------------------------------
 

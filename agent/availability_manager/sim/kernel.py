@@ -13,7 +13,12 @@ from __future__ import annotations
 import dataclasses
 
 from ..connection import Connection
-from ..node_events import DeleteConnections, InjectConnections, OwnedBucketsChanged
+from ..node_events import (
+    ActiveBucketsChanged,
+    DeleteConnections,
+    InjectConnections,
+    OwnedBucketsChanged,
+)
 from ..types import NodeId
 
 
@@ -34,6 +39,9 @@ class Kernel:
         # What the data plane forwards, if the node tells (ActiveBucketsChanged:
         # owned and claimed by nobody else); the owned set is the protocol's view.
         self.active: frozenset[int] = frozenset()
+        # the last programming, with its timed switches (make-before-break):
+        # what `forwards` reads
+        self.programming = ActiveBucketsChanged(active=frozenset())
         # When each key was last written (created or injected) and when each
         # bucket was last claimed: what the injection invariant compares.
         self.written_at: dict[bytes, float] = {}
@@ -87,11 +95,17 @@ class Kernel:
         self.stats.programs += 1
         return claimed, released
 
-    def set_active(self, active: frozenset[int]) -> frozenset[int]:
-        """Returns the buckets newly forwarded."""
-        added = active - self.active
-        self.active = active
+    def set_active(self, event: ActiveBucketsChanged) -> frozenset[int]:
+        """Returns the buckets newly forwarded unconditionally."""
+        added = event.active - self.active
+        self.active = event.active
+        self.programming = event
         return added
+
+    def forwards(self, bucket: int, now: float) -> bool:
+        """Whether the data plane forwards `bucket`'s packets at `now` (the
+        simulator's wall clock is its virtual clock)."""
+        return self.programming.forwards(bucket, now)
 
     def delete(self, event: DeleteConnections) -> None:
         for conn in event.conns:

@@ -76,6 +76,10 @@ class SimOptions:
     # long-partition scenario makes it small so that a partition of seconds
     # outruns it, as one of minutes does with the real size.
     rb_buffer_size: int = 16384
+    # Make-before-break handovers (NodeConfig.handover_delay); 0.0 is the
+    # known-bad variant for the seamless invariant (break-before-make: a gap)
+    handover_delay: float = 0.1
+    handover_quantum: float = 0.0  # the daemon's 1.0: switches on whole seconds
 
 
 @dataclasses.dataclass
@@ -153,6 +157,9 @@ class Cluster:
         self.twins: dict[NodeId, ObservedNode] = {}  # see start_twin
         self.nodes: dict[NodeId, SimNode] = {}
         self.last_disturbance = 0.0
+        # a fault other than a planned membership change (start, drain,
+        # undrain, leave) happened: the seamless invariant stops applying
+        self.faulted = False
         self._settle_since: float | None = None  # a membership change not settled yet
         self._quiet_checked_at = -1.0
         self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
@@ -333,6 +340,8 @@ class Cluster:
             weight=weight,
             zone_heartbeats=self.zone_links and self.options.zone_heartbeats,
             rb_buffer_size=self.options.rb_buffer_size,
+            handover_delay=self.options.handover_delay,
+            handover_quantum=self.options.handover_quantum,
         )
         rng = random.Random(self._node_rng_source.getrandbits(64))
         sim.node = ObservedNode(
@@ -353,6 +362,7 @@ class Cluster:
 
     def crash(self, index: int) -> None:
         """The machine dies: its Node, its kernel table and its in-flight datagrams vanish."""
+        self.faulted = True
         sim = self.nodes[node_address(index)]
         if sim.node is None:
             return
@@ -415,17 +425,20 @@ class Cluster:
     # -- network faults -------------------------------------------------------------------
 
     def set_loss(self, loss: float, duplicate: float = 0.0, jitter: float = 0.0001) -> None:
+        self.faulted = True
         self.disturb(f"network loss {loss:.0%} duplicate {duplicate:.0%}")
         self.network.set_default(LinkProfile(loss=loss, duplicate=duplicate, jitter=jitter))
 
     def partition_sync(self, groups: list[list[int]]) -> None:
         """Split the sync network only: every node keeps its data-plane traffic."""
+        self.faulted = True
         names = " | ".join("".join(node_name(node_address(i)) for i in g) for g in groups)
         self.disturb(f"sync network partitioned: {names}")
         self.network.partition([[node_address(i) for i in g] for g in groups])
 
     def isolate(self, indexes: list[int]) -> None:
         """Cut these nodes from both the sync network and the data plane."""
+        self.faulted = True
         group = [node_address(i) for i in indexes]
         self.disturb(f"isolate {''.join(node_name(n) for n in group)} (sync and data plane)")
         self.network.partition([group])
@@ -443,6 +456,7 @@ class Cluster:
     def set_links(self, index: int, up: bool) -> None:
         """The node's own data-plane links go down (or come back): it tells its
         Node, which tells the peers; the sync network still works."""
+        self.faulted = True
         sim = self.nodes[node_address(index)]
         if sim.node is None or sim.links_down == (not up):
             return
@@ -626,7 +640,11 @@ class Cluster:
                 assert_never(event)
 
     def _activate(self, sim: SimNode, event: ActiveBucketsChanged) -> None:
-        added = sim.kernel.set_active(event.active)
+        added = sim.kernel.set_active(event)
+        self._check_seamless()
+        for switch in event.switches:
+            if switch.at > self.now:
+                self.scheduler.at(switch.at, self._check_seamless)
         if not sim.offline:
             others = [
                 s.kernel.active
@@ -636,6 +654,21 @@ class Cluster:
             self.invariants.report.double_forwarding += sum(
                 1 for b in added if any(b in other for other in others)
             )
+
+    def _check_seamless(self) -> None:
+        """The seamless invariant (invariants.py), at every programming and
+        at every switch time: the only instants the forwarding can change."""
+        if self.faulted or not self.invariants.armed:
+            return
+        kernels = [(s.node_id, s.kernel) for s in self.nodes.values() if s.alive and not s.offline]
+        now = self.now
+        self.invariants.check_seamless(
+            [
+                frozenset(n for n, k in kernels if k.forwards(b, now))
+                for b in range(self.options.buckets)
+            ],
+            now,
+        )
 
     def _count_unsynced(self, sim: SimNode) -> None:
         """Report-only: connections of a dying node that no other live node knows."""

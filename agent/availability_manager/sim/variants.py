@@ -53,7 +53,12 @@ class ObservedNode(Node):
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         return self._ranges_class(
-            config.node_id, config.settings.buckets, config.settings.hash_seed, now=now
+            config.node_id,
+            config.settings.buckets,
+            config.settings.hash_seed,
+            now=now,
+            handover_delay=config.handover_delay,
+            handover_quantum=config.handover_quantum,
         )
 
     def _peer_up(self, event: NodeUp, now: float) -> None:
