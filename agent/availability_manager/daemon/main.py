@@ -48,6 +48,9 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
 
 async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state: StateDir) -> str:
     from ..dataplane.conntrack_netlink import ConntrackSocket
+    from ..dataplane.nft_monitor import RulesetMonitor
+    from ..dataplane.nft_ruleset import TABLE
+    from .fault_injection import maybe_refusing
     from .links import LinkMonitor
     from .runtime import Runtime
     from .systemd import Notifier
@@ -96,13 +99,14 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
         cfg,
         dataplane_for(cfg),
         # only_marked=True (the kernel event filter) once the lab has run it here
-        ConntrackSocket(mark_mask=cfg.mark_mask),
+        maybe_refusing(ConntrackSocket(mark_mask=cfg.mark_mask), format_node_id(cfg.node_id)),
         sync,
         LinkMonitor(interfaces),
         Notifier(),
         metrics,
         zone_sockets,
         state,
+        RulesetMonitor(TABLE),
     )
     return await runtime.run()
 

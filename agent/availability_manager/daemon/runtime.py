@@ -38,6 +38,8 @@ from ..node_config import NodeConfig
 from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
+from .kernel_guard import KernelGuard
+from .kernel_work import conntrack_probe, injection_attempts, retrying
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
 from .own_status import OwnStatus
@@ -67,9 +69,17 @@ CONNTRACK_FLUSH_DELAY_S = 0.002
 # caches) hold none.
 GC_FREEZE_EVERY_S = 1.0
 METRICS_PUBLISH_S = 1.0
+# The data plane is compared with what was installed after every nftables
+# notification that names the agent's table (nft_monitor.py), this long after
+# the first (`nft flush ruleset` sends dozens), and every RULESET_RECHECK_S in
+# case notifications were lost or the backend has none (clusterdev).
+RULESET_CHECK_DELAY_S = 0.02
+RULESET_RECHECK_S = 10.0
 
 
 class ConntrackTable(Protocol):
+    refused: list[tuple[Connection, str]]  # of the last inject() or delete()
+
     def fileno(self) -> int: ...
     def read_events(self) -> Sequence[tuple[str, Connection | Expectation]]: ...
     def dump(self) -> list[Connection]: ...
@@ -114,6 +124,12 @@ WRITTEN = {
 }
 
 
+class RulesetWatch(Protocol):
+    def fileno(self) -> int: ...
+    def changed(self) -> bool: ...
+    def close(self) -> None: ...
+
+
 class Runtime:
     def __init__(
         self,
@@ -126,6 +142,7 @@ class Runtime:
         metrics: Any = None,
         zone_sockets: list[SyncSocket] | None = None,
         state: StateDir | None = None,
+        ruleset_watch: RulesetWatch | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
@@ -133,6 +150,7 @@ class Runtime:
         self.sync = sync
         self.zone_sockets = list(zone_sockets or [])
         self.links = links
+        self.ruleset_watch = ruleset_watch
         self.notifier = notifier or Notifier({})
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
@@ -162,6 +180,12 @@ class Runtime:
         self.own_status = OwnStatus()
         self._own_status_told: bool | None = None  # what the Node was told last
         self._own_datagrams_seen = 0
+        self.kernel_guard = KernelGuard()
+        # what the Node wants forwarded (the last ActiveBucketsChanged), kept
+        # by the worker thread: a restore or probe programs it again
+        self._wanted_active: frozenset[int] = frozenset()
+        self._ruleset_check_since: float | None = None  # a check is queued
+        self._last_ruleset_check = 0.0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
 
@@ -176,6 +200,8 @@ class Runtime:
         self.loop.add_reader(self.conntrack.fileno(), self._on_conntrack)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
+        if self.ruleset_watch is not None:
+            self.loop.add_reader(self.ruleset_watch.fileno(), self._on_ruleset_change)
         await self.control.start()
         self._check_links()
         self.node.local_table_dump(self.conntrack.dump(), self.loop.time())
@@ -203,7 +229,13 @@ class Runtime:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for fd_owner in (self.sync, self.conntrack, self.links, *self.zone_sockets):
+        for fd_owner in (
+            self.sync,
+            self.conntrack,
+            self.links,
+            self.ruleset_watch,
+            *self.zone_sockets,
+        ):
             if fd_owner is not None:
                 self.loop.remove_reader(fd_owner.fileno())
         for zs in self.zone_sockets:
@@ -219,6 +251,8 @@ class Runtime:
         self.conntrack.close()
         if self.links:
             self.links.close()
+        if self.ruleset_watch is not None:
+            self.ruleset_watch.close()
         self.state.release()
 
     def request_leave(self) -> None:
@@ -350,6 +384,7 @@ class Runtime:
         self._check_links()
         self._check_nonces()
         self._check_own_datagrams()
+        self._check_kernel()
         if self.metrics is not None:
             self.metrics.publish(self.stats(), {"node": format_node_id(self.cfg.node_id)})
         self._pump()
@@ -436,17 +471,35 @@ class Runtime:
     def _carry_out(self, event: ev.NodeEvent) -> None:
         match event:
             case ev.InjectConnections():
-                done = self.conntrack.inject(list(event.conns)) if event.conns else 0
-                self.counters["injected"] += done
-                log.info("%s (%d written)", event.describe(), done)
+                before = self.counters["injected"]
+                attempts = injection_attempts(self.conntrack, event.conns, self.counters)
+                problem = retrying("conntrack injection", attempts, self.counters)
+                log.info("%s (%d written)", event.describe(), self.counters["injected"] - before)
+                # A refusal of these entries only, or of every write? A node
+                # whose kernel takes no entry must step back; one refused entry
+                # must not: every node would refuse it, and step back in turn.
+                if problem is not None and (probe := conntrack_probe(self.conntrack)):
+                    self._step_back_soon("conntrack injection", f"{problem}; {probe}")
+                elif problem is not None:
+                    log.error("%s: the kernel takes other entries, so no step back", problem)
             case ev.InjectExpectations():
                 done = self.conntrack.inject_expectations(list(event.exps))
                 self.counters["injected_expectations"] += done
                 log.info("%s (%d written)", event.describe(), done)
             case ev.ActiveBucketsChanged():
-                self.dataplane.set_owned_buckets(event.active)
+                self._wanted_active = event.active
+                problem = retrying(
+                    f"programming the {self.dataplane.name} data plane",
+                    lambda: self.dataplane.set_owned_buckets(event.active),
+                    self.counters,
+                )
                 log.info("%s", event.describe())
+                if problem is not None:
+                    self._step_back_soon(f"{self.dataplane.name} programming", problem)
             case ev.DeleteConnections():
+                # Not retried into a step back: an entry left behind is not
+                # forwarded by a node that does not own its bucket (the owned
+                # marks check), only kept until its timeout.
                 done = self.conntrack.delete(list(event.conns)) if event.conns else 0
                 self.counters["deleted"] += done
                 log.info("%s (%d removed)", event.describe(), done)
@@ -467,6 +520,88 @@ class Runtime:
             case _:
                 assert_never(event)
 
+    # -- the kernel refuses: step back, probe, return (kernel_guard.py) ------------
+
+    def _step_back_soon(self, what: str, problem: str) -> None:
+        """Worker thread: hand the verdict to the event loop."""
+        self.loop.call_soon_threadsafe(self._kernel_refused, what, problem)
+
+    def _kernel_refused(self, what: str, problem: str) -> None:
+        now = self.loop.time()
+        fault = self.kernel_guard.failed(what, problem, now)
+        self._kernel_verdict(fault, now, "the kernel refuses our work: buckets to the others")
+
+    def _check_kernel(self) -> None:
+        """Periodic: a probe when one is due, a ruleset check every
+        RULESET_RECHECK_S."""
+        now = self.loop.time()
+        if self.kernel_guard.probe_due(now):
+            self._kernel.submit(self._probe_in_worker)
+        if now - self._last_ruleset_check >= RULESET_RECHECK_S:
+            self._queue_ruleset_check()
+
+    def _probe_in_worker(self) -> None:
+        try:
+            if self.dataplane.check() is not None:
+                self.dataplane.install()
+            self.dataplane.set_owned_buckets(self._wanted_active)
+            problem = conntrack_probe(self.conntrack)
+        except Exception as exc:  # any refusal keeps the node back
+            problem = f"{type(exc).__name__}: {exc}"
+        self.loop.call_soon_threadsafe(self._probe_done, problem)
+
+    def _probe_done(self, problem: str | None) -> None:
+        now = self.loop.time()
+        fault = self.kernel_guard.probe_result(problem, now)
+        self._kernel_verdict(fault, now, "still stepped back")
+
+    def _kernel_verdict(self, fault: str | None, now: float, what: str) -> None:
+        if fault is None:
+            log.info("the kernel takes the agent's work again: this node may own buckets")
+        else:
+            wait = self.kernel_guard.next_probe_in(now) or 0.0
+            log.error("%s (next attempt in %.1fs): %s", what, wait, fault)
+        self.set_fault("kernel", fault)
+        self._pump()
+
+    def _on_ruleset_change(self) -> None:
+        assert self.ruleset_watch is not None
+        if self.ruleset_watch.changed():
+            self._queue_ruleset_check(RULESET_CHECK_DELAY_S)
+
+    def _queue_ruleset_check(self, delay: float = 0.0) -> None:
+        if self._ruleset_check_since is not None:
+            return  # one is queued; it reads the kernel after this change too
+        self._ruleset_check_since = self.loop.time()
+        self.loop.call_later(delay, self._kernel.submit, self._check_ruleset_in_worker)
+
+    def _check_ruleset_in_worker(self) -> None:
+        """Compare the data plane with what was installed; restore it if it
+        differs (someone flushed the ruleset). A restore that keeps failing
+        steps the node back, as any refused kernel write does."""
+        since = self._ruleset_check_since or self.loop.time()
+        self._ruleset_check_since = None
+        self._last_ruleset_check = self.loop.time()
+        self.counters["ruleset_checks"] += 1
+        missing = self.dataplane.check()
+        if missing is None:
+            return
+        log.warning("%s: restoring it", missing)
+        wanted = self._wanted_active
+
+        def restore() -> None:
+            self.dataplane.install()
+            self.dataplane.set_owned_buckets(wanted)
+
+        problem = retrying("restoring the data plane", restore, self.counters)
+        if problem is not None:
+            self._step_back_soon("restoring the data plane", problem)
+            return
+        took_ms = (self.loop.time() - since) * 1000.0
+        self.counters["ruleset_restores"] += 1
+        self.counters["ruleset_restore_last_ms"] = round(took_ms)
+        log.warning("data plane restored %.0f ms after the change was seen", took_ms)
+
     def _stop(self, reason: str) -> None:
         if not self._stopped.done():
             self._stopped.set_result(reason)
@@ -483,6 +618,8 @@ class Runtime:
         stats["zone_filtered"] = sum(sum(zs.filtered.values()) for zs in self.zone_sockets)
         stats["links_up"] = bool(self._links_up)
         stats["own_status_up"] = self.own_status.up
+        stats["kernel_step_backs"] = self.kernel_guard.step_backs
+        stats["kernel_probes_failed"] = self.kernel_guard.probes_failed
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())

@@ -77,3 +77,8 @@ class DataPlane(Protocol):
 
     def status(self) -> dict[str, object]:
         """Backend name, owned buckets as programmed, counters if available."""
+
+    def check(self) -> str | None:
+        """What of install()'s and set_owned_buckets()'s work the kernel no
+        longer has (someone flushed the ruleset, removed a link), None when
+        all is in place. install() puts it back."""

@@ -280,6 +280,36 @@ class ClusterdevDataPlane:
         self._saved_sysctls.clear()
         self._owned = frozenset()
 
+    def check(self) -> str | None:
+        """The module's configuration as set (a module reloaded by hand comes
+        back owning nothing) and every clusterdev link present."""
+        if not self._installed:
+            return None
+        settings = self._config.settings
+        try:
+            with self._lock:
+                cfg = self._chan().get_config()
+            links = self._existing_links()
+        except (genl.GenlError, genl.KernelError, OSError, subprocess.CalledProcessError) as e:
+            return f"cannot read the clusterdev configuration: {e}"
+        wrong = [
+            name
+            for name, have, want in (
+                ("buckets", cfg.buckets, settings.buckets),
+                ("seed", cfg.seed, settings.hash_seed),
+                ("hash_fields", cfg.hash_fields, settings.hash_fields),
+                ("mark_mask", cfg.mark_mask, self._config.mark_mask),
+                ("owned", cfg.owned, self._owned),
+            )
+            if have != want
+        ]
+        wrong += [
+            f"link {dev} missing"
+            for dev in (device_name(i, z) for i, z in enumerate(self._config.zones))
+            if dev not in links
+        ]
+        return "clusterdev configuration changed: " + ", ".join(wrong) if wrong else None
+
     def status(self) -> dict[str, object]:
         """The nftables backend's fields (backend, installed, owned, counters
         under the same names) plus what only the module knows."""

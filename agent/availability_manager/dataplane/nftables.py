@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,28 @@ def read_counters() -> dict[str, int]:
     return counters
 
 
+def ruleset_fingerprint() -> Counter[str]:
+    """What the agent's two tables hold, by kind and name: chains, sets,
+    counters, and rules counted per chain (set elements and counter values
+    change in normal operation and are left out). A missing table counts as
+    empty: any object install() made is then missing."""
+    found: Counter[str] = Counter()
+    for family in ("inet", "arp"):
+        try:
+            items = nft_json("list", "table", family, TABLE)
+        except DataPlaneError as e:
+            if "No such file or directory" in str(e):
+                continue
+            raise
+        for item in items:
+            for kind in ("table", "chain", "set", "map", "counter", "rule"):
+                obj = item.get(kind)
+                if isinstance(obj, dict) and obj.get("table", obj.get("name")) == TABLE:
+                    name = obj.get("chain") if kind == "rule" else obj.get("name")
+                    found[f"{kind} {family} {name}"] += 1
+    return found
+
+
 class NftablesDataPlane:
     """base.DataPlane with nftables; see the module docstring."""
 
@@ -120,6 +143,7 @@ class NftablesDataPlane:
         self.added_maddrs: list[tuple[str, str]] = []
         self.installed = False
         self.owned: frozenset[int] = frozenset()
+        self.fingerprint: Counter[str] = Counter()  # of the tables as install() left them
 
     # --- DataPlane -----------------------------------------------------------------
 
@@ -128,6 +152,7 @@ class NftablesDataPlane:
         script = render_ruleset(self.config, self.owned, macs)
         nft_apply(script)  # first: it fails early if a zone interface is missing
         self.installed = True
+        self.fingerprint = ruleset_fingerprint()
         has_v6 = False
         for zone in self.config.zones:
             self._add_maddr(zone)
@@ -183,6 +208,24 @@ class NftablesDataPlane:
         result["owned"] = self.programmed_owned()
         result["counters"] = read_counters()
         return result
+
+    def check(self) -> str | None:
+        if not self.installed:
+            return None
+        try:
+            now = ruleset_fingerprint()
+        except DataPlaneError as e:
+            return f"cannot read the agent's tables: {e}"
+        if now == self.fingerprint:
+            return None
+        missing = sorted((self.fingerprint - now).keys())
+        extra = sorted((now - self.fingerprint).keys())
+        what = []
+        if missing:
+            what.append("missing " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            what.append("unexpected " + ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
+        return "the agent's nftables tables changed: " + "; ".join(what)
 
     # --- helpers -------------------------------------------------------------------
 
