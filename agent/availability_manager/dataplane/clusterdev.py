@@ -43,6 +43,7 @@ class Guard(Protocol):
     def install(self) -> None: ...
     def uninstall(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
+    def check(self) -> str | None: ...
 
 
 _RECV_SIZE = 1 << 17  # GET_STATS for 4096 buckets is about 64 KiB
@@ -308,7 +309,12 @@ class ClusterdevDataPlane:
             for dev in (device_name(i, z) for i, z in enumerate(self._config.zones))
             if dev not in links
         ]
-        return "clusterdev configuration changed: " + ", ".join(wrong) if wrong else None
+        if wrong:
+            return "clusterdev configuration changed: " + ", ".join(wrong)
+        try:
+            return self._guard.check()
+        except RuntimeError as e:  # nftables.DataPlaneError
+            return f"cannot read the input guard: {e}"
 
     def status(self) -> dict[str, object]:
         """The nftables backend's fields (backend, installed, owned, counters
