@@ -601,6 +601,8 @@ class Runtime:
         self.counters["ruleset_restores"] += 1
         self.counters["ruleset_restore_last_ms"] = round(took_ms)
         log.warning("data plane restored %.0f ms after the change was seen", took_ms)
+        if self.kernel_guard.fault is not None:
+            self._probe_in_worker()  # the kernel took a write again: try it all now
 
     def _stop(self, reason: str) -> None:
         if not self._stopped.done():
@@ -644,6 +646,10 @@ class Runtime:
                 }
             )
         stats = self.stats()
+        try:
+            dataplane = self.dataplane.status()
+        except Exception as exc:  # status must answer most when the kernel is in trouble
+            dataplane = {"backend": self.dataplane.name, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "node_id": me,
             "state": self.node.phase(),
@@ -656,7 +662,7 @@ class Runtime:
             "members": member_list,
             "owners": [sorted(format_node_id(n) for n in o) for o in owners],
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
-            "dataplane": self.dataplane.status(),
+            "dataplane": dataplane,
             "faults": self.own_status.faults(),
         }
 
