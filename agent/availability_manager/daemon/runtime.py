@@ -23,7 +23,7 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, assert_never
 
@@ -536,7 +536,7 @@ class Runtime:
         RULESET_RECHECK_S."""
         now = self.loop.time()
         if self.kernel_guard.probe_due(now):
-            self._kernel.submit(self._probe_in_worker)
+            self._submit_unless_stopped(self._probe_in_worker)
         if now - self._last_ruleset_check >= RULESET_RECHECK_S:
             self._queue_ruleset_check()
 
@@ -573,7 +573,11 @@ class Runtime:
         if self._ruleset_check_since is not None:
             return  # one is queued; it reads the kernel after this change too
         self._ruleset_check_since = self.loop.time()
-        self.loop.call_later(delay, self._kernel.submit, self._check_ruleset_in_worker)
+        self.loop.call_later(delay, self._submit_unless_stopped, self._check_ruleset_in_worker)
+
+    def _submit_unless_stopped(self, work: Callable[[], None]) -> None:
+        if not self._stopped.done():  # the worker is shut down on the way out
+            self._kernel.submit(work)
 
     def _check_ruleset_in_worker(self) -> None:
         """Compare the data plane with what was installed; restore it if it
