@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cluster_behaviour import assert_nothing_lost, status
@@ -72,6 +73,15 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
     assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
+def report(what: str, s: dict[str, Any]) -> None:
+    """The traffic figures of a fault, for docs/failures.md (pytest -s)."""
+    print(
+        f"{what}: longest TCP stall {s['longest_stall_ms']} ms, stalled share "
+        f"{s['stalled_share']}, lost {s['lost']}, duplicates {s['duplicates']}, "
+        f"UDP+ping packets lost {s['lost_packets']}"
+    )
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
     """Seconds until check() holds; fails the test after timeout."""
     start = time.monotonic()
@@ -103,6 +113,7 @@ def test_restarting_nftables_with_debians_config_is_undone_within_a_second(
     finally:
         s = traffic_control.stop_background(lab)
     print(f"fw2's table back {took * 1000:.0f} ms after the flush (polled every 10 ms)")
+    report("Debian's nftables.conf loaded on fw2", s)
     assert took < 1.0
     after = status(lab, "fw2")
     assert after["sync"]["ruleset_restores"] == before + 1
@@ -125,24 +136,27 @@ def test_a_kernel_refusing_every_nft_transaction_steps_the_node_back(lab: LabSta
             "delete table inet fwcluster; add table inet fwcluster { flags owner; }\n"
         )
         squatter.stdin.flush()
-        wait_for(
+        stepped = wait_for(
             "fw2 stepped back",
             lambda: "kernel" in status(lab, "fw2")["faults"] and not status(lab, "fw2")["owned"],
             5.0,
         )
+        print(f"fw2 owned nothing {stepped * 1000:.0f} ms after its table was taken")
         others = cluster.wait_settled(lab, timeout=10)
         assert set().union(*(set(others[n]["owned"]) for n in ("fw1", "fw3"))) == set(range(256))
         time.sleep(1.0)
         squatter.stdin.close()  # its table goes with it
         squatter.wait(timeout=10)
         squatter = None
-        wait_for("fw2 back", lambda: len(status(lab, "fw2")["owned"]) > 0, 10.0)
+        back = wait_for("fw2 back", lambda: len(status(lab, "fw2")["owned"]) > 0, 10.0)
+        print(f"fw2 owned buckets again {back * 1000:.0f} ms after the table was free")
         time.sleep(1.0)
     finally:
         if squatter is not None:
             squatter.kill()
             squatter.wait()
         s = traffic_control.stop_background(lab)
+    report("every nft transaction of fw2 refused", s)
     st = status(lab, "fw2")
     assert st["faults"] == {} and st["sync"]["kernel_step_backs"] >= 1
     log = agent.log_path(lab.run_dir, "fw2").read_text()
@@ -174,6 +188,7 @@ def test_refused_injections_step_the_node_back_and_the_third_takes_over(
         flag.unlink(missing_ok=True)
         s = traffic_control.stop_background(lab)
         faults.revive(lab, "fw3")
+    report("fw2's injections refused, fw3 killed", s)
     st = status(lab, "fw2")
     assert st["faults"] == {} and st["sync"]["kernel_step_backs"] >= 1
     assert "conntrack refuses a probe entry" in agent.log_path(lab.run_dir, "fw2").read_text()
