@@ -587,7 +587,10 @@ class Runtime:
         self._ruleset_check_since = None
         self._last_ruleset_check = self.loop.time()
         self.counters["ruleset_checks"] += 1
-        missing = self.dataplane.check()
+        try:
+            missing = self.dataplane.check()
+        except Exception as exc:  # nobody reads this thread's results: say it here
+            missing = f"cannot check the data plane: {type(exc).__name__}: {exc}"
         if missing is None:
             return
         log.warning("%s: restoring it", missing)

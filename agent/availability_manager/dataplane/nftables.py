@@ -66,7 +66,12 @@ def nft_apply(script: str, check: bool = False) -> None:
 
 
 def nft_json(*args: str) -> list[dict[str, Any]]:
-    out = json.loads(_run(["nft", "-j", *args]))
+    text = _run(["nft", "-j", *args])
+    try:
+        out = json.loads(text)
+    except ValueError as e:
+        # nft 1.0.6 stops its JSON half-way through a table with `flags owner`
+        raise DataPlaneError(f"nft -j {' '.join(args)}: output is not JSON ({e})") from e
     items = out.get("nftables", []) if isinstance(out, dict) else []
     return [i for i in items if isinstance(i, dict)]
 
