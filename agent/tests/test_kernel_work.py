@@ -123,3 +123,9 @@ def test_the_wrapper_is_only_used_when_the_lab_asks(
     assert maybe_refusing(table, "fw2") is table  # type: ignore[arg-type]
     monkeypatch.setenv(ENV, str(tmp_path))
     assert isinstance(maybe_refusing(table, "fw2"), RefusingConntrack)  # type: ignore[arg-type]
+
+
+def test_a_problem_is_kept_to_its_first_line() -> None:
+    nft = "DataPlaneError: nft -f - failed (exit 1): Error: EPERM\ntable inet fwcluster {\n"
+    assert kernel_work.brief(nft) == "DataPlaneError: nft -f - failed (exit 1): Error: EPERM"
+    assert kernel_work.brief("x" * 400) == "x" * 297 + "..."

@@ -47,7 +47,7 @@ def retrying(what: str, attempt: Callable[[], str | None], errors: Counter[str])
         try:
             problem = attempt()
         except Exception as exc:  # nft, netlink, genl: any refusal
-            problem = f"{type(exc).__name__}: {exc}"
+            problem = brief(f"{type(exc).__name__}: {exc}")
         if problem is None:
             if tries > 1:
                 log.info("%s succeeded on attempt %d", what, tries)
@@ -57,6 +57,12 @@ def retrying(what: str, attempt: Callable[[], str | None], errors: Counter[str])
             "%s failed (attempt %d of %d): %s", what, tries, 1 + len(RETRY_DELAYS_S), problem
         )
     return problem
+
+
+def brief(problem: str, limit: int = 300) -> str:
+    """The first line of an error (nft echoes its whole script after it)."""
+    line = problem.strip().splitlines()[0] if problem.strip() else problem
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def injection_attempts(

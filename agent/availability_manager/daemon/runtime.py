@@ -39,7 +39,7 @@ from ..types import format_node_id
 from .config import AgentConfig, ConfigError, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .kernel_guard import KernelGuard
-from .kernel_work import conntrack_probe, injection_attempts, retrying
+from .kernel_work import brief, conntrack_probe, injection_attempts, retrying
 from .keyfile import KeyFileError, load_keys
 from .links import LinkMonitor
 from .own_status import OwnStatus
@@ -547,7 +547,7 @@ class Runtime:
             self.dataplane.set_owned_buckets(self._wanted_active)
             problem = conntrack_probe(self.conntrack)
         except Exception as exc:  # any refusal keeps the node back
-            problem = f"{type(exc).__name__}: {exc}"
+            problem = brief(f"{type(exc).__name__}: {exc}")
         self.loop.call_soon_threadsafe(self._probe_done, problem)
 
     def _probe_done(self, problem: str | None) -> None:
