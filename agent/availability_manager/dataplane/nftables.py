@@ -176,7 +176,14 @@ class NftablesDataPlane:
     def set_owned_buckets(self, owned: frozenset[int]) -> None:
         if not self.installed:
             raise DataPlaneError("set_owned_buckets() before install()")
-        nft_apply(render_owned_update(self.config, owned))  # validates before running
+        try:
+            nft_apply(render_owned_update(self.config, owned))  # validates before running
+        except DataPlaneError:
+            # What the kernel holds is unknown now. A later install() (a
+            # restore) renders self.owned: it must not bring back a bucket
+            # the Node has given away, or two nodes forward it.
+            self.owned = self.owned & frozenset(owned)
+            raise
         self.owned = frozenset(owned)
 
     def uninstall(self) -> None:
