@@ -25,12 +25,8 @@ class FakeChannel:
 
     def set_config(self, **kwargs: object) -> None:
         self.log.append(("genl", kwargs))
-        owned = kwargs.get("owned")
-        if isinstance(owned, frozenset):
-            self.config = genl.Config(
-                self.config.buckets, self.config.seed, self.config.hash_fields,
-                self.config.mark_mask, owned,
-            )  # fmt: skip
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        self.config = dataclasses.replace(self.config, **given)  # type: ignore[arg-type]
 
     def get_config(self) -> genl.Config:
         return self.config
@@ -63,6 +59,9 @@ class FakeGuard:
 
     def counters(self) -> dict[str, int]:
         return {"no_listener": 11} if self.installed else {}
+
+    def check(self) -> str | None:
+        return None if self.installed else "the input guard's table inet fwcluster changed"
 
 
 class FakeRunner:
@@ -333,3 +332,21 @@ def test_device_names_fit_ifnamsiz() -> None:
 )  # fmt: skip
 def test_mark_bucket(mark: int, mask: int, bucket: int | None) -> None:
     assert mark_bucket(mark, mask) == bucket
+
+
+def test_check_names_what_the_kernel_lost_and_install_puts_it_back() -> None:
+    backend, runner, channels, _ = make()
+    backend.install()
+    backend.set_owned_buckets(frozenset({1, 2}))
+    assert backend.check() is None
+    # the module reloaded by hand (owning nothing), a link deleted
+    channels[-1].config = dataclasses.replace(channels[-1].config, owned=frozenset())
+    runner.links.discard(device_name(1, ZONES[1]))
+    assert backend.check() == (
+        f"clusterdev configuration changed: owned, link {device_name(1, ZONES[1])} missing"
+    )
+    backend.install()
+    backend.set_owned_buckets(frozenset({1, 2}))
+    assert backend.check() is None
+    backend.guards[0].installed = False  # type: ignore[attr-defined]  # its table flushed
+    assert backend.check() == "the input guard's table inet fwcluster changed"

@@ -53,6 +53,9 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
 
 async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state: StateDir) -> str:
     from ..dataplane.conntrack_netlink import ConntrackSocket
+    from ..dataplane.nft_monitor import RulesetMonitor
+    from ..dataplane.nft_ruleset import TABLE
+    from .fault_injection import maybe_refusing
     from .links import LinkMonitor
     from .runtime import Runtime
     from .systemd import Notifier
@@ -100,13 +103,16 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
         dataplane_for(cfg),
         # The kernel drops events of unclassified entries (the node's own
         # traffic) before they are queued: dataplane/ct_event_filter.py.
-        ConntrackSocket(mark_mask=cfg.mark_mask, only_marked=True),
+        maybe_refusing(
+            ConntrackSocket(mark_mask=cfg.mark_mask, only_marked=True), format_node_id(cfg.node_id)
+        ),
         sync,
         LinkMonitor(interfaces),
         Notifier(),
         metrics,
         zone_sockets,
         state,
+        RulesetMonitor(TABLE),
     )
     return await runtime.run()
 

@@ -27,6 +27,7 @@ GAUGES = {
     "ready",
     "stable",
     "links_up",
+    "ruleset_restore_last_ms",  # how long the last restore of the flushed tables took
     "wire_version",
 }
 

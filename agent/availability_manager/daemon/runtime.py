@@ -24,7 +24,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, assert_never
 
@@ -40,6 +40,8 @@ from ..types import format_node_id
 from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .health import HealthRunner
+from .kernel_guard import KernelGuard
+from .kernel_work import brief, conntrack_probe, injection_attempts, retrying
 from .keyfile import KeyFileError, load_keys
 from .link_hold_down import LinkHoldDown
 from .links import LinkMonitor
@@ -78,9 +80,17 @@ FENCE_HOLD_LIMIT_S = 2.0
 # caches) hold none.
 GC_FREEZE_EVERY_S = 1.0
 METRICS_PUBLISH_S = 1.0
+# The data plane is compared with what was installed after every nftables
+# notification that names the agent's table (nft_monitor.py), this long after
+# the first (`nft flush ruleset` sends dozens), and every RULESET_RECHECK_S in
+# case notifications were lost or the backend has none (clusterdev).
+RULESET_CHECK_DELAY_S = 0.02
+RULESET_RECHECK_S = 10.0
 
 
 class ConntrackTable(Protocol):
+    refused: list[tuple[Connection, str]]  # of the last inject() or delete()
+
     def fileno(self) -> int: ...
     def read_events(self) -> Sequence[tuple[str, Connection | Expectation]]: ...
     def dump(self) -> list[Connection]: ...
@@ -133,6 +143,12 @@ WRITTEN = {
 }
 
 
+class RulesetWatch(Protocol):
+    def fileno(self) -> int: ...
+    def changed(self) -> bool: ...
+    def close(self) -> None: ...
+
+
 class Runtime:
     def __init__(
         self,
@@ -145,6 +161,7 @@ class Runtime:
         metrics: Any = None,
         zone_sockets: list[SyncSocket] | None = None,
         state: StateDir | None = None,
+        ruleset_watch: RulesetWatch | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
@@ -152,6 +169,7 @@ class Runtime:
         self.sync = sync
         self.zone_sockets = list(zone_sockets or [])
         self.links = links
+        self.ruleset_watch = ruleset_watch
         self.notifier = notifier or Notifier({})
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
@@ -198,6 +216,12 @@ class Runtime:
         # time has passed (their claims read) and the Node is stable again.
         self._fence_expires_after = fence_timeout(cfg)
         self._fence_held_until: float | None = None
+        self.kernel_guard = KernelGuard()
+        # what the Node wants forwarded (the last ActiveBucketsChanged), kept
+        # by the worker thread: a restore or probe programs it again
+        self._wanted_active: frozenset[int] = frozenset()
+        self._ruleset_check_since: float | None = None  # a check is queued
+        self._last_ruleset_check = 0.0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.hooks = HookRunner(cfg.notify, format_node_id(cfg.node_id))
         self._phase = self.node.phase()  # what the hooks were told last
@@ -227,6 +251,8 @@ class Runtime:
         self.loop.add_reader(self.conntrack.fileno(), self._on_conntrack)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
+        if self.ruleset_watch is not None:
+            self.loop.add_reader(self.ruleset_watch.fileno(), self._on_ruleset_change)
         await self.control.start()
         self._check_links()
         self.health.start()
@@ -255,7 +281,13 @@ class Runtime:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for fd_owner in (self.sync, self.conntrack, self.links, *self.zone_sockets):
+        for fd_owner in (
+            self.sync,
+            self.conntrack,
+            self.links,
+            self.ruleset_watch,
+            *self.zone_sockets,
+        ):
             if fd_owner is not None:
                 self.loop.remove_reader(fd_owner.fileno())
         for zs in self.zone_sockets:
@@ -278,6 +310,8 @@ class Runtime:
         self.conntrack.close()
         if self.links:
             self.links.close()
+        if self.ruleset_watch is not None:
+            self.ruleset_watch.close()
         self.state.release()
 
     def request_leave(self) -> None:
@@ -511,6 +545,7 @@ class Runtime:
         self._check_links()
         self._check_nonces()
         self._check_own_datagrams()
+        self._check_kernel()
         if self.metrics is not None:
             self.metrics.publish(self.stats(), {"node": format_node_id(self.cfg.node_id)})
         self._pump()
@@ -611,17 +646,35 @@ class Runtime:
     def _carry_out(self, event: ev.NodeEvent) -> None:
         match event:
             case ev.InjectConnections():
-                done = self.conntrack.inject(list(event.conns)) if event.conns else 0
-                self.counters["injected"] += done
-                log.info("%s (%d written)", event.describe(), done)
+                before = self.counters["injected"]
+                attempts = injection_attempts(self.conntrack, event.conns, self.counters)
+                problem = retrying("conntrack injection", attempts, self.counters)
+                log.info("%s (%d written)", event.describe(), self.counters["injected"] - before)
+                # A refusal of these entries only, or of every write? A node
+                # whose kernel takes no entry must step back; one refused entry
+                # must not: every node would refuse it, and step back in turn.
+                if problem is not None and (probe := conntrack_probe(self.conntrack)):
+                    self._step_back_soon("conntrack injection", f"{problem}; {probe}")
+                elif problem is not None:
+                    log.error("%s: the kernel takes other entries, so no step back", problem)
             case ev.InjectExpectations():
                 done = self.conntrack.inject_expectations(list(event.exps))
                 self.counters["injected_expectations"] += done
                 log.info("%s (%d written)", event.describe(), done)
             case ev.ActiveBucketsChanged():
-                self.dataplane.set_owned_buckets(event.active, event.switches)
+                self._wanted_active = event.active
+                problem = retrying(
+                    f"programming the {self.dataplane.name} data plane",
+                    lambda: self.dataplane.set_owned_buckets(event.active, event.switches),
+                    self.counters,
+                )
                 log.info("%s", event.describe())
+                if problem is not None:
+                    self._step_back_soon(f"{self.dataplane.name} programming", problem)
             case ev.DeleteConnections():
+                # Not retried into a step back: an entry left behind is not
+                # forwarded by a node that does not own its bucket (the owned
+                # marks check), only kept until its timeout.
                 done = self.conntrack.delete(list(event.conns)) if event.conns else 0
                 self.counters["deleted"] += done
                 log.info("%s (%d removed)", event.describe(), done)
@@ -642,6 +695,97 @@ class Runtime:
             case _:
                 assert_never(event)
 
+    # -- the kernel refuses: step back, probe, return (kernel_guard.py) ------------
+
+    def _step_back_soon(self, what: str, problem: str) -> None:
+        """Worker thread: hand the verdict to the event loop."""
+        self.loop.call_soon_threadsafe(self._kernel_refused, what, problem)
+
+    def _kernel_refused(self, what: str, problem: str) -> None:
+        now = self.loop.time()
+        fault = self.kernel_guard.failed(what, problem, now)
+        self._kernel_verdict(fault, now, "the kernel refuses our work: buckets to the others")
+
+    def _check_kernel(self) -> None:
+        """Periodic: a probe when one is due, a ruleset check every
+        RULESET_RECHECK_S."""
+        now = self.loop.time()
+        if self.kernel_guard.probe_due(now):
+            self._submit_unless_stopped(self._probe_in_worker)
+        if now - self._last_ruleset_check >= RULESET_RECHECK_S:
+            self._queue_ruleset_check()
+
+    def _probe_in_worker(self) -> None:
+        try:
+            if self.dataplane.check() is not None:
+                self.dataplane.install()
+            self.dataplane.set_owned_buckets(self._wanted_active)
+            problem = conntrack_probe(self.conntrack)
+        except Exception as exc:  # any refusal keeps the node back
+            problem = brief(f"{type(exc).__name__}: {exc}")
+        self.loop.call_soon_threadsafe(self._probe_done, problem)
+
+    def _probe_done(self, problem: str | None) -> None:
+        now = self.loop.time()
+        fault = self.kernel_guard.probe_result(problem, now)
+        self._kernel_verdict(fault, now, "still stepped back")
+
+    def _kernel_verdict(self, fault: str | None, now: float, what: str) -> None:
+        if fault is None:
+            log.info("the kernel takes the agent's work again: this node may own buckets")
+        else:
+            wait = self.kernel_guard.next_probe_in(now) or 0.0
+            log.error("%s (next attempt in %.1fs): %s", what, wait, fault)
+        self.set_fault("kernel", fault)
+        self._pump()
+
+    def _on_ruleset_change(self) -> None:
+        assert self.ruleset_watch is not None
+        if self.ruleset_watch.changed():
+            self._queue_ruleset_check(RULESET_CHECK_DELAY_S)
+
+    def _queue_ruleset_check(self, delay: float = 0.0) -> None:
+        if self._ruleset_check_since is not None:
+            return  # one is queued; it reads the kernel after this change too
+        self._ruleset_check_since = self.loop.time()
+        self.loop.call_later(delay, self._submit_unless_stopped, self._check_ruleset_in_worker)
+
+    def _submit_unless_stopped(self, work: Callable[[], None]) -> None:
+        if not self._stopped.done():  # the worker is shut down on the way out
+            self._kernel.submit(work)
+
+    def _check_ruleset_in_worker(self) -> None:
+        """Compare the data plane with what was installed; restore it if it
+        differs (someone flushed the ruleset). A restore that keeps failing
+        steps the node back, as any refused kernel write does."""
+        since = self._ruleset_check_since or self.loop.time()
+        self._ruleset_check_since = None
+        self._last_ruleset_check = self.loop.time()
+        self.counters["ruleset_checks"] += 1
+        try:
+            missing = self.dataplane.check()
+        except Exception as exc:  # nobody reads this thread's results: say it here
+            missing = f"cannot check the data plane: {type(exc).__name__}: {exc}"
+        if missing is None:
+            return
+        log.warning("%s: restoring it", missing)
+        wanted = self._wanted_active
+
+        def restore() -> None:
+            self.dataplane.install()
+            self.dataplane.set_owned_buckets(wanted)
+
+        problem = retrying("restoring the data plane", restore, self.counters)
+        if problem is not None:
+            self._step_back_soon("restoring the data plane", problem)
+            return
+        took_ms = (self.loop.time() - since) * 1000.0
+        self.counters["ruleset_restores"] += 1
+        self.counters["ruleset_restore_last_ms"] = round(took_ms)
+        log.warning("data plane restored %.0f ms after the change was seen", took_ms)
+        if self.kernel_guard.fault is not None:
+            self._probe_in_worker()  # the kernel took a write again: try it all now
+
     def _stop(self, reason: str) -> None:
         if not self._stopped.done():
             self._stopped.set_result(reason)
@@ -658,6 +802,8 @@ class Runtime:
         stats["zone_filtered"] = sum(sum(zs.filtered.values()) for zs in self.zone_sockets)
         stats["links_up"] = bool(self._links_up)
         stats["own_status_up"] = self.own_status.up
+        stats["kernel_step_backs"] = self.kernel_guard.step_backs
+        stats["kernel_probes_failed"] = self.kernel_guard.probes_failed
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
@@ -683,6 +829,10 @@ class Runtime:
                 }
             )
         stats = self.stats()
+        try:
+            dataplane = self.dataplane.status()
+        except Exception as exc:  # status must answer most when the kernel is in trouble
+            dataplane = {"backend": self.dataplane.name, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "node_id": me,
             "state": self.node.phase(),
@@ -695,7 +845,7 @@ class Runtime:
             "members": member_list,
             "owners": [sorted(format_node_id(n) for n in o) for o in owners],
             "sync": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))},
-            "dataplane": self.dataplane.status(),
+            "dataplane": dataplane,
             "faults": self.own_status.faults(),
             "weight_caps": self.own_status.weight_caps(),
             "health": self.health.status(),

@@ -95,3 +95,8 @@ class DataPlane(Protocol):
         """The agent runs: keep the data plane's fence from expiring (called
         from the event loop at least every heartbeat interval; cheap, never
         blocking). A no-op for a backend without one."""
+
+    def check(self) -> str | None:
+        """What of install()'s and set_owned_buckets()'s work the kernel no
+        longer has (someone flushed the ruleset, removed a link), None when
+        all is in place. install() puts it back."""

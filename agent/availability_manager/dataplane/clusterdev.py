@@ -45,6 +45,7 @@ class Guard(Protocol):
     def install(self) -> None: ...
     def uninstall(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
+    def check(self) -> str | None: ...
 
 
 _RECV_SIZE = 1 << 17  # GET_STATS for 4096 buckets is about 64 KiB
@@ -311,6 +312,41 @@ class ClusterdevDataPlane:
 
     def keep_alive(self) -> None:
         """No fence in the module yet (docs/failures.md: agent stalls)."""
+
+    def check(self) -> str | None:
+        """The module's configuration as set (a module reloaded by hand comes
+        back owning nothing) and every clusterdev link present."""
+        if not self._installed:
+            return None
+        settings = self._config.settings
+        try:
+            with self._lock:
+                cfg = self._chan().get_config()
+            links = self._existing_links()
+        except (genl.GenlError, genl.KernelError, OSError, subprocess.CalledProcessError) as e:
+            return f"cannot read the clusterdev configuration: {e}"
+        wrong = [
+            name
+            for name, have, want in (
+                ("buckets", cfg.buckets, settings.buckets),
+                ("seed", cfg.seed, settings.hash_seed),
+                ("hash_fields", cfg.hash_fields, settings.hash_fields),
+                ("mark_mask", cfg.mark_mask, self._config.mark_mask),
+                ("owned", cfg.owned, self._owned),
+            )
+            if have != want
+        ]
+        wrong += [
+            f"link {dev} missing"
+            for dev in (device_name(i, z) for i, z in enumerate(self._config.zones))
+            if dev not in links
+        ]
+        if wrong:
+            return "clusterdev configuration changed: " + ", ".join(wrong)
+        try:
+            return self._guard.check()
+        except RuntimeError as e:  # nftables.DataPlaneError
+            return f"cannot read the input guard: {e}"
 
     def status(self) -> dict[str, object]:
         """The nftables backend's fields (backend, installed, owned, counters

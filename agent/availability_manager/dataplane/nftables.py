@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import subprocess
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .nft_handover import render_forwarding_update
 from .nft_ruleset import (
     COUNTERS,
     EARLY_COUNTERS,
+    HANDOVER_CHAIN,
     OWNED_SET,
     TABLE,
     render_owned_update,
@@ -69,7 +71,12 @@ def nft_apply(script: str, check: bool = False) -> None:
 
 
 def nft_json(*args: str) -> list[dict[str, Any]]:
-    out = json.loads(_run(["nft", "-j", *args]))
+    text = _run(["nft", "-j", *args])
+    try:
+        out = json.loads(text)
+    except ValueError as e:
+        # nft 1.0.6 stops its JSON half-way through a table with `flags owner`
+        raise DataPlaneError(f"nft -j {' '.join(args)}: output is not JSON ({e})") from e
     items = out.get("nftables", []) if isinstance(out, dict) else []
     return [i for i in items if isinstance(i, dict)]
 
@@ -111,6 +118,31 @@ def read_counters() -> dict[str, int]:
     return counters
 
 
+def ruleset_fingerprint() -> Counter[str]:
+    """What the agent's two tables hold, by kind and name: chains, sets,
+    counters, and rules counted per chain (set elements, counter values and
+    the handover chain's timed switches change in normal operation and are
+    left out). A missing table counts as
+    empty: any object install() made is then missing."""
+    found: Counter[str] = Counter()
+    for family in ("inet", "arp"):
+        try:
+            items = nft_json("list", "table", family, TABLE)
+        except DataPlaneError as e:
+            if "No such file or directory" in str(e):
+                continue
+            raise
+        for item in items:
+            for kind in ("table", "chain", "set", "map", "counter", "rule"):
+                obj = item.get(kind)
+                if isinstance(obj, dict) and obj.get("table", obj.get("name")) == TABLE:
+                    name = obj.get("chain") if kind == "rule" else obj.get("name")
+                    if kind == "rule" and name == HANDOVER_CHAIN:
+                        continue  # set_owned_buckets writes and clears these
+                    found[f"{kind} {family} {name}"] += 1
+    return found
+
+
 class NftablesDataPlane:
     """base.DataPlane with nftables; see the module docstring."""
 
@@ -126,6 +158,7 @@ class NftablesDataPlane:
         self.owned: frozenset[int] = frozenset()
         self.fence: Fence | None = None
         self._switching = False  # the handover chain holds switches to clear
+        self.fingerprint: Counter[str] = Counter()  # of the tables as install() left them
 
     # --- DataPlane -----------------------------------------------------------------
 
@@ -134,10 +167,12 @@ class NftablesDataPlane:
         script = render_ruleset(self.config, self.owned, macs)
         nft_apply(script)  # first: it fails early if a zone interface is missing
         self.installed = True
+        self._switching = False  # the new table's handover chain is empty
         if self.config.fence_timeout_s is not None:
             if self.fence is None:
                 self.fence = Fence(TABLE, self.config.fence_timeout_s)
             self.fence.refresh()  # the new table's set starts empty
+        self.fingerprint = ruleset_fingerprint()
         has_v6 = False
         for zone in self.config.zones:
             self._add_maddr(zone)
@@ -166,14 +201,21 @@ class NftablesDataPlane:
     def set_owned_buckets(self, owned: frozenset[int], switches: Sequence[Switch] = ()) -> None:
         if not self.installed:
             raise DataPlaneError("set_owned_buckets() before install()")
-        if switches or self._switching:
-            # timed switches (or the last ones to clear): one JSON transaction
-            _run(
-                ["nft", "-j", "-f", "-"],
-                stdin=render_forwarding_update(self.config, owned, switches),
-            )
-        else:
-            nft_apply(render_owned_update(self.config, owned))  # validates before running
+        try:
+            if switches or self._switching:
+                # timed switches (or the last ones to clear): one JSON transaction
+                _run(
+                    ["nft", "-j", "-f", "-"],
+                    stdin=render_forwarding_update(self.config, owned, switches),
+                )
+            else:
+                nft_apply(render_owned_update(self.config, owned))  # validates before running
+        except DataPlaneError:
+            # What the kernel holds is unknown now. A later install() (a
+            # restore) renders self.owned: it must not bring back a bucket
+            # the Node has given away, or two nodes forward it.
+            self.owned = self.owned & frozenset(owned)
+            raise
         self._switching = bool(switches)
         self.owned = frozenset(owned)
 
@@ -220,6 +262,24 @@ class NftablesDataPlane:
     def keep_alive(self) -> None:
         if self.fence is not None:
             self.fence.refresh()
+
+    def check(self) -> str | None:
+        if not self.installed:
+            return None
+        try:
+            now = ruleset_fingerprint()
+        except DataPlaneError as e:
+            return f"cannot read the agent's tables: {e}"
+        if now == self.fingerprint:
+            return None
+        missing = sorted((self.fingerprint - now).keys())
+        extra = sorted((now - self.fingerprint).keys())
+        what = []
+        if missing:
+            what.append("missing " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            what.append("unexpected " + ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
+        return "the agent's nftables tables changed: " + "; ".join(what)
 
     # --- helpers -------------------------------------------------------------------
 
