@@ -87,7 +87,10 @@ def per_call(fn: Callable[[], object], n: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 rounds")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 3
     ip = ipaddress.ip_interface
     config = DataPlaneConfig(
         node_id=1,

@@ -63,8 +63,8 @@ def test_flush_ruleset_is_seen_checked_and_restored(
         # every chain, set, counter, rule and both tables are gone (the first five named)
         assert problem == (
             "the agent's nftables tables changed: missing chain arp output, "
-            "chain inet cluster_traffic, chain inet hash_fwd, chain inet hash_rev, "
-            "chain inet input ..."
+            "chain inet cluster_traffic, chain inet handover, chain inet hash_fwd, "
+            "chain inet hash_rev ..."
         )
         dp.install()
         assert dp.check() is None
