@@ -97,7 +97,9 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
         its = victims_connections(state)
         since = log_stamp()
         set_link(state, "fw3", bridge, False, where)
-        gave_away_s = wait_for(lambda: fw3_stepped_back(state), timeout=5.0)
+        # the owned list empties at the handoff's whole second (up to 1.1 s) and,
+        # with the sync link down, after the peers' claims came over the zones
+        gave_away_s = wait_for(lambda: fw3_stepped_back(state), timeout=10.0)
         seen = log_since(state, "fw3", "own status: links: interfaces down", since)
         faults = status(state, "fw3")["faults"]
         shown = ctl(state, "fw3", "status")
