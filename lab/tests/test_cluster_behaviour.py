@@ -212,8 +212,8 @@ def test_sync_partition_alone_causes_no_takeover(lab: LabState) -> None:
 
 
 @pytest.mark.xfail(
-    reason="open since the make-before-break merge: 0 duplicates in 2 of 3 runs, 26 in "
-    "one (0 with the fence alone, 817 without it). After the stall the fence rises "
+    reason="open since the make-before-break merge: 0 duplicates in one run after it, "
+    "26 in another (0 before it, 817 without the fence). After the stall the fence rises "
     "once the Node is stable, which can be before the peers' timed handoff back has "
     "passed: the same resume-too-early bug as the health check test's",
     strict=False,
