@@ -17,7 +17,6 @@ Nothing lost, nothing delivered twice.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -28,7 +27,16 @@ from typing import Any
 import pytest
 import test_cluster_behaviour
 import yaml
-from test_cluster_behaviour import TRAFFIC, assert_nothing_lost, ctl, kernel_injected, status
+from fw3_steps_back import (
+    NODES,
+    SURVIVORS,
+    fw3_back,
+    fw3_connections,
+    fw3_stepped_back,
+    owned,
+    wait_for,
+)
+from test_cluster_behaviour import TRAFFIC, assert_nothing_lost, kernel_injected, status
 
 from fwcluster_lab import agent, build, cluster, traffic_control
 from fwcluster_lab.netns import ip, list_namespaces
@@ -37,8 +45,6 @@ from fwcluster_lab.state import LabState
 pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
 PREFIX = "fwh-"
-NODES = ("fw1", "fw2", "fw3")
-SURVIVORS = ("fw1", "fw2")
 SHARED_HOP = "203.0.113.254"  # fw1's and fw2's next hop
 FW3_HOP = "203.0.113.253"
 CHECK = "upstream"
@@ -106,39 +112,9 @@ def reload(state: LabState, node: str) -> None:
     wait_for(lambda: status(state, node)["sync"].get("reloads", 0) > before)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, poll: float = 0.02) -> float:
-    """Seconds until `cond` held; fails the test after `timeout`."""
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"not within {timeout} s: {cond}"
-        time.sleep(poll)
-    return time.monotonic() - t0
-
-
 def all_passing(state: LabState) -> bool:
     checks = [c for n in NODES for c in status(state, n)["health"].values()]
     return bool(checks) and all(c["health"] == "healthy" for c in checks)
-
-
-def owned(state: LabState) -> dict[str, set[int]]:
-    return {n: set(status(state, n)["owned"]) for n in NODES}
-
-
-def fw3_stepped_back(state: LabState) -> bool:
-    o = owned(state)
-    return not o["fw3"] and o["fw1"] | o["fw2"] == set(range(256))
-
-
-def fw3_back(state: LabState) -> bool:
-    o = owned(state)
-    return len(o["fw3"]) in (85, 86) and set().union(*o.values()) == set(range(256))
-
-
-def fw3_connections(state: LabState) -> int:
-    """fw3's connections as the others' caches hold them."""
-    victim = status(state, "fw3")["node_id"]
-    cached = [json.loads(ctl(state, n, "connections", "--json"))["peers"] for n in SURVIVORS]
-    return min(int(peers[victim]["entries"]) for peers in cached)
 
 
 def fail_and_recover(state: LabState, fail: Callable[[], None], recover: Callable[[], None]) -> Any:

@@ -15,7 +15,6 @@ applied by a configuration reload) so the cases take seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -26,6 +25,15 @@ from typing import Any
 import pytest
 import test_cluster_behaviour
 import yaml
+from fw3_steps_back import (
+    NODES,
+    SURVIVORS,
+    fw3_back,
+    fw3_connections,
+    fw3_stepped_back,
+    owned,
+    wait_for,
+)
 from test_cluster_behaviour import TRAFFIC, assert_nothing_lost, ctl, kernel_injected, status
 
 from fwcluster_lab import agent, build, cluster, traffic_control
@@ -36,8 +44,6 @@ from fwcluster_lab.state import LabState
 pytestmark = test_cluster_behaviour.pytestmark  # root, nftables, the daemon
 
 PREFIX = "fwk-"
-NODES = ("fw1", "fw2", "fw3")
-SURVIVORS = ("fw1", "fw2")
 HOLD_DOWN_MS = 1000
 HOLD_DOWN_MAX_MS = 4000
 
@@ -57,36 +63,6 @@ def lab(lab_run_dir: Callable[[str], Path]) -> Iterator[LabState]:
     assert not [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, poll: float = 0.02) -> float:
-    """Seconds until `cond` held; fails the test after `timeout`."""
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"not within {timeout} s: {cond}"
-        time.sleep(poll)
-    return time.monotonic() - t0
-
-
-def owned(state: LabState) -> dict[str, set[int]]:
-    return {n: set(status(state, n)["owned"]) for n in NODES}
-
-
-def fw3_stepped_back(state: LabState) -> bool:
-    o = owned(state)
-    return not o["fw3"] and o["fw1"] | o["fw2"] == set(range(256))
-
-
-def fw3_back(state: LabState) -> bool:
-    o = owned(state)
-    return len(o["fw3"]) in (85, 86) and set().union(*o.values()) == set(range(256))
-
-
-def victims_connections(state: LabState) -> int:
-    """fw3's connections as the survivors' caches hold them."""
-    victim = status(state, "fw3")["node_id"]
-    cached = [json.loads(ctl(state, n, "connections", "--json"))["peers"] for n in SURVIVORS]
-    return min(int(peers[victim]["entries"]) for peers in cached)
-
-
 def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
     """Under traffic: fw3's link on `bridge` down at `where`, wait until the
     others own everything, link up, wait until fw3 has its share again."""
@@ -94,7 +70,7 @@ def fail_and_return(state: LabState, bridge: str, where: str) -> dict[str, Any]:
     try:
         time.sleep(1.5)
         before = kernel_injected(state, SURVIVORS)
-        its = victims_connections(state)
+        its = fw3_connections(state)
         since = log_stamp()
         set_link(state, "fw3", bridge, False, where)
         # the owned list empties at the handoff's whole second (up to 1.1 s) and,
