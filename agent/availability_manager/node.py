@@ -140,6 +140,9 @@ DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
 ZONE_MESSAGE_TYPES = (Heartbeat, RangeState)  # what a zone link may carry
 LISTEN_INTERVALS = 1.5  # heartbeat intervals a starting node listens before it sends
+# How long a bucket handed back unstarted is remembered (seconds after its
+# instant): a peer's claim that still announces that handoff is older.
+GIVEN_UNSTARTED_MEMORY_S = 10.0
 
 
 class Destination(enum.Enum):
@@ -228,6 +231,9 @@ class Node:
         self._starts: dict[int, float] = {}
         self._start_timer: float | None = None
         self._active_dirty = False  # the claims may have changed since _refresh_active
+        # buckets we handed back unstarted, with the instant: never started
+        # from a peer's handoff at that same instant (_refresh_active)
+        self._given_unstarted: dict[int, float] = {}
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         """The range distribution; a test driver's subclass may build a variant."""
@@ -739,15 +745,35 @@ class Node:
         me = self.node_id
         ours = self._ranges.handoff()
         giving = ours[0] & self._owned if ours is not None else frozenset()
+        now_wall = now + self._ranges.clock_offset
+        forwarded = self._forwarded_at(now_wall)
+        if giving and ours is not None:
+            # One we forward that its taker hands back to us at the same
+            # instant (a move reversed: an undrain, a peer back up; whole
+            # seconds make the instants equal): the ranges keep it then
+            # (ranges.handle_timer), so we never stop forwarding it. The taker
+            # had not started it: it gives it back unstarted and remembers
+            # never to start it from our handoff at that instant.
+            giving -= self._handed_back(owners, giving & forwarded, ours[1])
+            for b in giving - forwarded:
+                self._given_unstarted[b] = ours[1]
+        for b, at in list(self._given_unstarted.items()):
+            if at < now_wall - GIVEN_UNSTARTED_MEMORY_S:
+                del self._given_unstarted[b]
+        # A stop switch forwards until its instant: only for buckets forwarded
+        # now. One we were still waiting to start (its giver forwards it until
+        # our start), or one whose earlier stop has passed, is given back
+        # unforwarded, or both would forward it.
+        stopping = giving & forwarded
         # Make-before-break: a bucket we forward stays forwarded while others
         # claim it, until our handoff's instant: nobody else starts it before
         # (a taker starts on our handoff or on our release, never on its claim).
-        keep = self._active if self.config.handover_delay > 0.0 else frozenset()
+        # That includes one whose start switch has passed: its giver stopped.
+        keep = forwarded if self.config.handover_delay > 0.0 else frozenset()
         active = frozenset(
             b for b in self._owned if b not in giving and (owners[b] <= {me} or b in keep)
         )
         starts = {b: at for b, at in self._start_times(owners, giving).items() if b not in active}
-        now_wall = now + self._ranges.clock_offset
         for b, at in self._starts.items():  # programmed earlier, not yet reached
             if b in self._owned and b not in giving and b not in keep and at > now_wall:
                 starts[b] = max(starts.get(b, at), at)
@@ -758,8 +784,8 @@ class Node:
         waiting = [at for b, at in starts.items() if owners[b] <= {me} and at > now_wall]
         self._start_timer = min(waiting) - self._ranges.clock_offset if waiting else None
         switches: list[ev.Switch] = []
-        if giving and ours is not None:
-            switches.append(ev.Switch(buckets=giving, at=ours[1], start=False))
+        if stopping and ours is not None:
+            switches.append(ev.Switch(buckets=stopping, at=ours[1], start=False))
         by_time: dict[float, set[int]] = {}
         for b, at in starts.items():
             by_time.setdefault(at, set()).add(b)
@@ -793,6 +819,31 @@ class Node:
                 )
             )
 
+    def _handed_back(
+        self, owners: list[frozenset[NodeId]], buckets: frozenset[int], at: float
+    ) -> frozenset[int]:
+        """Those of `buckets` (of our handoff at `at`) that every other
+        claimant hands back to us at that same instant."""
+        handoffs = self._ranges.peer_handoffs()
+        me = self.node_id
+        back = set()
+        for b in buckets:
+            others = owners[b] - {me}
+            if others and all(
+                (h := handoffs.get(p)) is not None and b in h[0] and h[1] == at for p in others
+            ):
+                back.add(b)
+        return frozenset(back)
+
+    def _forwarded_at(self, wall: float) -> frozenset[int]:
+        """What the data plane as last programmed forwards at wall-clock `wall`:
+        the active buckets, stop switches not yet reached, start switches passed."""
+        out = set(self._active)
+        for w in self._switches:
+            if (wall >= w.at) if w.start else (wall < w.at):
+                out |= w.buckets
+        return frozenset(out)
+
     def _start_times(
         self, owners: list[frozenset[NodeId]], giving: frozenset[int]
     ) -> dict[int, float]:
@@ -810,7 +861,11 @@ class Node:
             times = []
             for peer in others:
                 handoff = handoffs.get(peer)
-                if handoff is None or b not in handoff[0]:
+                if (
+                    handoff is None
+                    or b not in handoff[0]
+                    or handoff[1] == self._given_unstarted.get(b)
+                ):
                     break
                 times.append(handoff[1])
             else:

@@ -32,6 +32,7 @@ NAMED = [
     "leave",
     "isolate",
     "link-down",
+    "status-flap",
     "membership8",
 ]
 

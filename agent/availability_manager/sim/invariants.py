@@ -44,6 +44,10 @@ seamless    while the only changes are planned ones (starts, drains, undrains,
             forwarded by exactly one live node at every instant: a planned
             handover is make-before-break with no overlap (checked at every
             data-plane programming and at every timed switch).
+exclusive   after other faults too (crashes, link and health faults), as long
+            as the sync network lost no datagram and was never split: no
+            bucket is forwarded by two live nodes at once (a failover may
+            leave a gap; it never doubles a packet).
 
 Report-only: connections of a crashed node that no survivor knew at the
 moment of the crash ("unsynced at crash": their NEW was still in flight),
@@ -210,6 +214,15 @@ class Invariants:
                 return
             if not nodes:
                 self.fail(now, "seamless", f"bucket {bucket} forwarded by nobody")
+                return
+
+    def check_exclusive(self, forwarders: list[frozenset[NodeId]], now: float) -> None:
+        """`forwarders[b]`: the live nodes whose data plane forwards bucket b now."""
+        self.report.seamless_checks += 1
+        for bucket, nodes in enumerate(forwarders):
+            if len(nodes) > 1:
+                names = ", ".join(sorted(n(x) for x in nodes))
+                self.fail(now, "exclusive", f"bucket {bucket} forwarded by {names}")
                 return
 
     # -- injection -------------------------------------------------------------------------

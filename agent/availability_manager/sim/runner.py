@@ -160,6 +160,9 @@ class Cluster:
         # a fault other than a planned membership change (start, drain,
         # undrain, leave) happened: the seamless invariant stops applying
         self.faulted = False
+        # the sync network lost, delayed or split datagrams: a peer may be
+        # taken for dead while it forwards, so the exclusive invariant stops
+        self.sync_faulted = False
         self._settle_since: float | None = None  # a membership change not settled yet
         self._quiet_checked_at = -1.0
         self.scheduler.after(QUIET_CHECK_EVERY, self._quiet_tick)
@@ -426,19 +429,20 @@ class Cluster:
 
     def set_loss(self, loss: float, duplicate: float = 0.0, jitter: float = 0.0001) -> None:
         self.faulted = True
+        self.sync_faulted = self.sync_faulted or loss > 0.0
         self.disturb(f"network loss {loss:.0%} duplicate {duplicate:.0%}")
         self.network.set_default(LinkProfile(loss=loss, duplicate=duplicate, jitter=jitter))
 
     def partition_sync(self, groups: list[list[int]]) -> None:
         """Split the sync network only: every node keeps its data-plane traffic."""
-        self.faulted = True
+        self.faulted = self.sync_faulted = True
         names = " | ".join("".join(node_name(node_address(i)) for i in g) for g in groups)
         self.disturb(f"sync network partitioned: {names}")
         self.network.partition([[node_address(i) for i in g] for g in groups])
 
     def isolate(self, indexes: list[int]) -> None:
         """Cut these nodes from both the sync network and the data plane."""
-        self.faulted = True
+        self.faulted = self.sync_faulted = True
         group = [node_address(i) for i in indexes]
         self.disturb(f"isolate {''.join(node_name(n) for n in group)} (sync and data plane)")
         self.network.partition([group])
@@ -473,6 +477,18 @@ class Cluster:
                 sim.online_since = self.now
                 self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
         sim.node.set_link_status(up, self.now)
+        self._service(sim)
+
+    def set_health(self, index: int, ok: bool) -> None:
+        """The node's own status goes down (or back up) for a reason that
+        leaves its data plane working: a failed health check or next hop.
+        Packets still reach it, so whatever it forwards counts."""
+        self.faulted = True
+        sim = self.nodes[node_address(index)]
+        if sim.node is None:
+            return
+        self.disturb(f"{sim.name}'s health {'ok' if ok else 'failed'}")
+        sim.node.set_link_status(ok, self.now)
         self._service(sim)
 
     def heal(self) -> None:
@@ -656,19 +672,21 @@ class Cluster:
             )
 
     def _check_seamless(self) -> None:
-        """The seamless invariant (invariants.py), at every programming and
-        at every switch time: the only instants the forwarding can change."""
-        if self.faulted or not self.invariants.armed:
+        """The seamless and exclusive invariants (invariants.py), at every
+        programming and at every switch time: the only instants the
+        forwarding can change."""
+        if self.sync_faulted or not self.invariants.armed:
             return
         kernels = [(s.node_id, s.kernel) for s in self.nodes.values() if s.alive and not s.offline]
         now = self.now
-        self.invariants.check_seamless(
-            [
-                frozenset(n for n, k in kernels if k.forwards(b, now))
-                for b in range(self.options.buckets)
-            ],
-            now,
-        )
+        forwarders = [
+            frozenset(n for n, k in kernels if k.forwards(b, now))
+            for b in range(self.options.buckets)
+        ]
+        if self.faulted:
+            self.invariants.check_exclusive(forwarders, now)
+        else:
+            self.invariants.check_seamless(forwarders, now)
 
     def _count_unsynced(self, sim: SimNode) -> None:
         """Report-only: connections of a dying node that no other live node knows."""

@@ -216,6 +216,22 @@ def link_down(cluster: Cluster, rng: random.Random) -> float:
     return 3.2
 
 
+def status_flap(cluster: Cluster, rng: random.Random) -> float:
+    """B's own status flaps: down and back up, again and again, each time for
+    a random time from a few ms to longer than a handover; a failing health
+    check (B's data plane still works) or a bouncing link. B must never
+    forward a bucket a peer still forwards (the exclusive invariant)."""
+    _boot(cluster, rng, 3)
+    fault = cluster.set_health if rng.random() < 0.7 else cluster.set_links
+    t = 1.5
+    for _ in range(rng.randint(2, 4)):
+        _at(cluster, t, partial(fault, 1, False))
+        t += rng.choice((0.005, 0.02, 0.1, 0.3)) * (0.5 + rng.random())
+        _at(cluster, t, partial(fault, 1, True))
+        t += rng.random() * 1.5
+    return t + 1.5
+
+
 # -- the mixed random scenario --------------------------------------------------------
 
 
@@ -384,6 +400,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("leave", "C leaves gracefully and stops", leave),
         Scenario("isolate", "C cut from both networks, then back", isolate),
         Scenario("link-down", "B's data-plane links down, then up", link_down),
+        Scenario("status-flap", "B's own status down and up again and again", status_flap),
         Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0, sized=mixed),
         _membership_at(8),
         _membership_at(16),
