@@ -4,7 +4,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
+# a hung test fails (pytest-timeout prints every thread's stack) instead of
+# holding the run: no test needs 10 minutes (the lab's longest take ~2)
+PYTEST := $(VENV)/bin/pytest -p no:cacheprovider --timeout=600 --timeout-method=thread
 SEEDS ?= 2000
 # seeds of the 16- and 32-node membership scenarios in test-sim (about 2 and
 # 11 CPU-s per seed: about 30 s of wall time on 2 idle cores)

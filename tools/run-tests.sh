@@ -8,6 +8,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 read -ra areas <<<"${TEST_AREAS:-lint unit sim lab bench-smoke ansible kmod}"
+# Each area's limit (seconds), about twice its time on a fresh 2-core machine:
+# a hang anywhere (a test, a guest, a playbook) fails its area and the next
+# area still runs, well inside CI's 90 minutes. timeout signals its whole
+# process group.
+declare -A limit=([lint]=300 [unit]=600 [sim]=900 [lab]=1500 [bench-smoke]=900 [ansible]=2400 [kmod]=1500)
 logs=.cache/test-logs
 mkdir -p "$logs"
 failed=()
@@ -25,11 +30,16 @@ for area in "${areas[@]}"; do
     echo "=== make test-$area"
     start=$SECONDS
     log="$logs/$area.log"
-    if make --no-print-directory "test-$area" 2>&1 | tee "$log"; then
+    timeout --kill-after=30 "${limit[$area]:-1800}" make --no-print-directory "test-$area" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 0 ]; then
         summary+=("$(printf '  %-12s pass %6d s' "$area" $((SECONDS - start)))")
     else
         failed+=("$area")
         summary+=("$(printf '  %-12s FAIL %6d s  (log %s)' "$area" $((SECONDS - start)) "$log")")
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+            summary+=("      stopped: over its limit of ${limit[$area]:-1800} s (tools/run-tests.sh)")
+        fi
         while IFS= read -r line; do
             summary+=("      $line")
         done < <(reason "$log")

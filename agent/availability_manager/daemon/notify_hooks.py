@@ -49,6 +49,7 @@ HOOK_EVENTS = (
 PHASE_EVENTS = ("draining", "member", "leaving", "left")
 MAX_QUEUED = 64  # calls waiting per hook
 OUTPUT_LOGGED = 2000  # characters of a failing hook's output in the log
+CLOSE_WAIT_S = 2.0  # how long a stop waits for the cancelled hook runs to end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +236,22 @@ class HookRunner:
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), grace)
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if not tasks:
+            return
+        # bounded: the agent stops even if a killed hook is never reaped
+        done, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("notify: %s", task.exception())
+        if pending:
+            log.warning(
+                "notify: %d hook runs still not ended %gs after the stop",
+                len(pending),
+                CLOSE_WAIT_S,
+            )
 
     def stats(self) -> Mapping[str, int]:
         return dict(self.counters)
