@@ -190,7 +190,10 @@ def test_a_next_hop_every_node_loses_moves_no_bucket(lab: LabState) -> None:
     "the traffic counts ~1,300 duplicates. A node whose own status comes back up "
     "forwards the buckets it still owns at once, while its peers, which took them "
     "over, forward them until their make-before-break handoff: it must wait until "
-    "the ranges are stable again. Alone this test passes (0 duplicates).",
+    "the ranges are stable again. Alone this test passes (0 duplicates). Since 53cc79a "
+    "the simulator flaps a node's own status (status-flap, exclusive invariant) and "
+    "finds no double forwarding in 500 seeds, whole-second handoffs too; here 648 "
+    "duplicates remain (13:45 UTC): the cause is below the Node (runtime or nft).",
     strict=False,
 )
 def test_a_failing_check_moves_the_buckets_off_and_back(lab: LabState) -> None:
