@@ -34,6 +34,7 @@ NAMED = [
     "link-down",
     "status-flap",
     "every-status-down",
+    "stall",
     "membership8",
 ]
 
