@@ -237,9 +237,6 @@ class Node:
         # Own status back up: until this time nothing is started on our own
         # claim alone (_refresh_active)
         self._resume_until: float | None = None
-        # a stall long enough for the peers to take us for dead: the next
-        # _refresh_active counts nothing as forwarded
-        self._forwarding_void = False
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         """The range distribution; a test driver's subclass may build a variant."""
@@ -372,17 +369,8 @@ class Node:
 
     def host_stalled(self, since: float, now: float) -> None:
         """The host did not run the Node from `since` to `now` (a stalled
-        event loop): peers are not judged by that time (Availability). A
-        stall as long as the peers' timeout made them take this node for
-        dead and take its buckets: what it forwarded counts for nothing (the
-        data plane's fence stopped it too), and it resumes as after its own
-        status fell (_resume)."""
+        event loop): peers are not judged by that time (Availability)."""
         self._availability.host_stalled(since, now)
-        # the peers count from our last heartbeat, up to an interval before `since`
-        if now - since >= self.config.heartbeat_interval * (self.config.heartbeat_misses - 1):
-            self._forwarding_void = self._active_dirty = True
-            self._counters["stalls_taken_for_dead"] += 1
-            self._resume(now)
         self._pump(now)
 
     def set_nexthops_ok(self, ok: bool, now: float) -> None:
@@ -766,8 +754,7 @@ class Node:
         ours = self._ranges.handoff()
         giving = ours[0] & self._owned if ours is not None else frozenset()
         now_wall = now + self._ranges.clock_offset
-        forwarded = frozenset() if self._forwarding_void else self._forwarded_at(now_wall)
-        self._forwarding_void = False
+        forwarded = self._forwarded_at(now_wall)
         if giving and ours is not None:
             # One we forward that its taker hands back to us at the same
             # instant (a move reversed: an undrain, a peer back up; whole

@@ -34,7 +34,6 @@ NAMED = [
     "link-down",
     "status-flap",
     "every-status-down",
-    "stall",
     "membership8",
 ]
 

@@ -518,17 +518,11 @@ def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
 
 
 def fence_timeout(cfg: AgentConfig) -> float:
-    """How long the data plane forwards after the agent last ran: one
-    heartbeat interval less than the missed heartbeats after which the peers
-    declare this node dead (availability.py), so that it falls silent before
-    they take its buckets. The peers count from the last heartbeat they
-    heard, the fence from the agent's last run, up to an interval later."""
-    return fence_timeout_s(cfg.heartbeat.misses, cfg.heartbeat.interval_ms / 1000.0)
-
-
-def fence_timeout_s(misses: int, interval: float) -> float:
-    """fence_timeout for a heartbeat setting (the simulator's model too)."""
-    return (misses - 1) * interval
+    """How long the data plane forwards after the agent last ran: the missed
+    heartbeats after which the peers declare this node dead, without their
+    tolerance (availability.py), so that the node falls silent just before
+    they take its buckets."""
+    return cfg.heartbeat.misses * cfg.heartbeat.interval_ms / 1000.0
 
 
 def _parse_sync_filter(r: _Reader, m: Mapping[str, Any]) -> tuple[SyncFilter, float]:

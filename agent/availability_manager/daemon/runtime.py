@@ -37,7 +37,7 @@ from ..dataplane.conntrack_netlink import EventsLost
 from ..node import Destination, Node
 from ..node_config import NodeConfig
 from ..types import format_node_id
-from .config import AgentConfig, ConfigError, load_config, reload_incompatible
+from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload_incompatible
 from .control import ControlError, ControlServer
 from .health import HealthRunner
 from .kernel_guard import KernelGuard
@@ -65,6 +65,9 @@ CONNTRACK_FLUSH_DELAY_S = 0.002
 # Heartbeat intervals without any input (a timer is due every interval) after
 # which the runtime takes the gap for its own event loop's stall.
 STALL_HEARTBEATS = 2
+# The longest the fence stays down after a stall waiting for the Node to be
+# stable again (runtime._fence_may_rise).
+FENCE_HOLD_LIMIT_S = 2.0
 # Python's cyclic garbage collector walks every tracked object in a full
 # collection: with the peers' caches (three objects per connection) that
 # stops the loop for hundreds of milliseconds, long enough to miss heartbeats
@@ -208,6 +211,11 @@ class Runtime:
         self._last_ran = self.loop.time()
         self._keep_alive_every = cfg.heartbeat.interval_ms / 2000.0
         self._kept_alive_at = -1.0
+        # After a stall long enough for the fence to expire, the peers may
+        # have taken this node's buckets: the fence stays down until this
+        # time has passed (their claims read) and the Node is stable again.
+        self._fence_expires_after = fence_timeout(cfg)
+        self._fence_held_until: float | None = None
         self.kernel_guard = KernelGuard()
         # what the Node wants forwarded (the last ActiveBucketsChanged), kept
         # by the worker thread: a restore or probe programs it again
@@ -379,8 +387,25 @@ class Runtime:
                 "event loop stalled %.0f ms: peers not judged by it", (now - self._last_ran) * 1e3
             )
             self.node.host_stalled(self._last_ran, now)
+            if now - self._last_ran >= self._fence_expires_after:
+                self._fence_held_until = now + self._fence_expires_after
         self._last_ran = now
         return now
+
+    def _fence_may_rise(self, now: float) -> bool:
+        """False while the fence is held down after a long stall."""
+        if self._fence_held_until is None:
+            return True
+        if now < self._fence_held_until:
+            return False
+        settled = self.node.stable
+        if not settled and now < self._fence_held_until + FENCE_HOLD_LIMIT_S:
+            return False
+        self._fence_held_until = None
+        # Past the limit the node forwards what it believes it owns: a node
+        # that never settles must not black-hole its buckets for good.
+        log.info("fence up again after the stall (%s)", "settled" if settled else "limit reached")
+        return True
 
     def _on_sync(self, sock: SyncSocket) -> None:
         now = self._clock()
@@ -573,15 +598,11 @@ class Runtime:
 
     def _pump(self) -> None:
         now = self.loop.time()
+        if now - self._kept_alive_at >= self._keep_alive_every and self._fence_may_rise(now):
+            self._kept_alive_at = now  # the data plane's fence (dataplane/fence.py)
+            self.dataplane.keep_alive()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
-        # The data plane's fence (dataplane/fence.py), refreshed after the
-        # events: after a stall that let it expire, the Node counts its
-        # forwarding as void (Node.host_stalled) and the kernel has let go of
-        # every bucket (a removal is waited for) before the fence rises again.
-        if now - self._kept_alive_at >= self._keep_alive_every:
-            self._kept_alive_at = now
-            self.dataplane.keep_alive()
         self._pump_hooks()
         for datagram, destination in self.node.datagrams_to_send(now):
             if destination is Destination.SYNC:

@@ -26,7 +26,6 @@ from typing import assert_never
 from ..assignment import aimed_assignment
 from ..connection import Connection
 from ..crypto import Keyring
-from ..daemon.config import fence_timeout_s
 from ..daemon.state_dir import NONCE_BLOCK
 from ..node import Destination
 from ..node_config import NodeConfig
@@ -93,14 +92,6 @@ class SimNode:
     incarnation: int = 0
     isolated: bool = False  # fully partitioned: no sync and no data-plane traffic
     links_down: bool = False  # its own data-plane links are down (sync still works)
-    # a stalled host (stall()): its Node does not run from this time; what
-    # arrives meanwhile waits in `held`; its data plane's fence drops all
-    # forwarding once the stall reaches the peers' timeout (`fenced`)
-    stalled_since: float | None = None
-    held: list[tuple[bytes, Destination]] = dataclasses.field(default_factory=list)
-    fenced: bool = False
-    last_ran: float = 0.0  # the last time its Node was serviced (the fence's keep-alive)
-    stalls: int = 0  # stalls so far: a callback of an older one does nothing
     draining: bool = False
     leaving: bool = False
     ready: bool = False
@@ -126,7 +117,7 @@ class SimNode:
     @property
     def offline(self) -> bool:
         """Out of the data plane: packets neither reach it nor leave it."""
-        return self.isolated or self.links_down or self.fenced
+        return self.isolated or self.links_down
 
 
 class Cluster:
@@ -500,59 +491,6 @@ class Cluster:
         sim.node.set_link_status(ok, self.now)
         self._service(sim)
 
-    def stall(self, index: int, duration: float) -> None:
-        """The node's host stops running its agent for `duration` (a starved
-        CPU, a stopped process): nothing it receives is read meanwhile, and
-        its data plane's fence (dataplane/fence.py) stops forwarding when the
-        stall reaches config.fence_timeout, until the agent runs again."""
-        self.faulted = True
-        sim = self.nodes[node_address(index)]
-        if sim.node is None or sim.stalled_since is not None:
-            return
-        self.disturb(f"{sim.name} stalls for {duration * 1e3:.0f} ms")
-        sim.stalled_since = self.now
-        sim.stalls += 1
-        # the fence expires this long after the agent last ran (config.fence_timeout)
-        fence_at = sim.last_ran + fence_timeout_s(
-            self.options.heartbeat_misses, self.options.heartbeat_interval
-        )
-        token = sim.stalls
-        if self.now + duration >= fence_at:
-            self.scheduler.at(max(fence_at, self.now), partial(self._fence_drops, sim, token))
-        self.scheduler.after(duration, partial(self._stall_ends, sim, token))
-
-    def _fence_drops(self, sim: SimNode, token: int) -> None:
-        if sim.node is None or sim.stalled_since is None or token != sim.stalls:
-            return
-        self.log(sim.name, "fence: the data plane stops forwarding")
-        if not sim.offline:
-            self._count_unsynced(sim)
-            self.invariants.node_gone(sim.node_id, sim.kernel.owned, self.now, graceful=False)
-        sim.fenced = True
-        sim.online_since = None
-
-    def _stall_ends(self, sim: SimNode, token: int) -> None:
-        if sim.node is None or sim.stalled_since is None or token != sim.stalls:
-            return
-        since, sim.stalled_since = sim.stalled_since, None
-        sim.timer_at = None  # a timer that fell in the stall was skipped: re-armed below
-        self.disturb(f"{sim.name}'s stall ends")
-        node = sim.node
-        node.host_stalled(since, self.now)
-        held, sim.held = sim.held, []
-        for datagram, via in held:
-            node.receive_datagram(datagram, self.now, via)
-        if (deadline := node.next_timer()) is not None and deadline <= self.now:
-            node.handle_timer(self.now)
-        self._service(sim)
-        if sim.fenced:  # refreshed after the events (runtime._pump): the kernel let go first
-            self.log(sim.name, "fence: forwarding again")
-            sim.fenced = False
-            if not sim.offline:
-                sim.online_since = self.now
-                self.invariants.node_back(sim.node_id, sim.kernel.owned, self.now)
-            self._check_seamless()
-
     def heal(self) -> None:
         if not (self.network.faulty() or any(s.offline for s in self.nodes.values())):
             return  # nothing to heal: not a disturbance
@@ -598,18 +536,12 @@ class Cluster:
         sim = self.nodes.get(receiver)
         if sim is None or sim.node is None:
             return
-        if sim.stalled_since is not None:
-            sim.held.append((datagram, Destination.SYNC))
-            return
         sim.node.receive_datagram(datagram, self.now)
         self._service(sim)
 
     def _deliver_zone(self, receiver: NodeId, sender: NodeId, datagram: bytes) -> None:
         sim = self.nodes.get(receiver)
         if sim is not None and not sim.offline and sim.node is not None:  # zone links up
-            if sim.stalled_since is not None:
-                sim.held.append((datagram, Destination.ZONES))
-                return
             sim.node.receive_datagram(datagram, self.now, via=Destination.ZONES)
             self._service(sim)
 
@@ -628,8 +560,8 @@ class Cluster:
 
     def _timer(self, sim: SimNode, token: int) -> Callable[[], None]:
         def fire() -> None:
-            if token != sim.timer_token or sim.node is None or sim.stalled_since is not None:
-                return  # a stalled node's timer: handled when the stall ends
+            if token != sim.timer_token or sim.node is None:
+                return
             sim.timer_at = None
             deadline = sim.node.next_timer()
             if deadline is not None and deadline <= self.now:
@@ -644,7 +576,6 @@ class Cluster:
         if node is None:
             return
         now = self.now
-        sim.last_ran = now
         claimed_now: set[int] = set()
         while (event := node.next_event()) is not None:
             self._perform(sim, event, claimed_now)

@@ -254,19 +254,6 @@ def every_status_down(cluster: Cluster, rng: random.Random) -> float:
     return t + 2.5
 
 
-def stall(cluster: Cluster, rng: random.Random) -> float:
-    """B's agent stalls (a starved host, a stopped process), shorter or longer
-    than the peers' timeout, once or twice: its fence stops its forwarding,
-    the peers take its buckets, and afterwards no bucket is forwarded twice."""
-    _boot(cluster, rng, 3)
-    t = 1.5
-    for _ in range(rng.randint(1, 2)):
-        duration = rng.choice((0.08, 0.2, 0.5, 1.5)) * (0.5 + rng.random())
-        _at(cluster, t, partial(cluster.stall, 1, duration))
-        t += duration + 0.5 + rng.random()
-    return t + 2.5
-
-
 # -- the mixed random scenario --------------------------------------------------------
 
 
@@ -436,7 +423,6 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("isolate", "C cut from both networks, then back", isolate),
         Scenario("link-down", "B's data-plane links down, then up", link_down),
         Scenario("status-flap", "B's own status down and up again and again", status_flap),
-        Scenario("stall", "B's agent stalls, shorter or longer than the timeout", stall),
         Scenario(
             "every-status-down",
             "every node's own status down, back one by one, one flaps",
