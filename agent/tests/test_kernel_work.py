@@ -12,9 +12,7 @@ from availability_manager.daemon.kernel_work import (
     conntrack_probe,
     injection_attempts,
     retrying,
-    withhold,
 )
-from availability_manager.node_events import ActiveBucketsChanged, Switch
 
 ATTEMPTS = 1 + len(RETRY_DELAYS_S)
 
@@ -131,23 +129,3 @@ def test_a_problem_is_kept_to_its_first_line() -> None:
     nft = "DataPlaneError: nft -f - failed (exit 1): Error: EPERM\ntable inet fwcluster {\n"
     assert kernel_work.brief(nft) == "DataPlaneError: nft -f - failed (exit 1): Error: EPERM"
     assert kernel_work.brief("x" * 400) == "x" * 297 + "..."
-
-
-def test_withheld_buckets_are_neither_forwarded_nor_started() -> None:
-    event = ActiveBucketsChanged(
-        active=frozenset({1, 2, 3}),
-        added=frozenset({2, 3}),
-        removed=frozenset(),
-        switches=(
-            Switch(buckets=frozenset({4, 5}), at=100.0, start=True),
-            Switch(buckets=frozenset({6}), at=100.0, start=True),
-            Switch(buckets=frozenset({7}), at=100.0, start=False),
-        ),
-    )
-    active, switches = withhold(event, frozenset({2, 3, 5, 6, 7}))
-    assert active == {1}
-    assert switches == (
-        Switch(buckets=frozenset({4}), at=100.0, start=True),  # 6's start is gone whole
-        Switch(buckets=frozenset({7}), at=100.0, start=False),  # a stop still stops
-    )
-    assert withhold(event, frozenset()) == (event.active, event.switches)

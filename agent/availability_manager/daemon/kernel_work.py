@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..connection import PROTO_UDP, Connection, Tuple
-from ..node_events import ActiveBucketsChanged, Switch
 from .kernel_guard import RETRY_DELAYS_S
 
 log = logging.getLogger("availability-manager")
@@ -104,19 +103,3 @@ def conntrack_probe(conntrack: Injector) -> str | None:
 
 def _reasons(reasons: Counter[str]) -> str:
     return ", ".join(f"{r} x{n}" for r, n in reasons.most_common())
-
-
-def withhold(
-    event: ActiveBucketsChanged, withheld: frozenset[int]
-) -> tuple[frozenset[int], tuple[Switch, ...]]:
-    """What to program of `event` while `withheld` buckets must not be
-    forwarded (their injection was refused): neither plainly nor from a
-    start switch. Stop switches stay: they end forwarding."""
-    if not withheld:
-        return event.active, event.switches
-    switches = []
-    for switch in event.switches:
-        buckets = switch.buckets - withheld if switch.start else switch.buckets
-        if buckets:
-            switches.append(Switch(buckets=buckets, at=switch.at, start=switch.start))
-    return event.active - withheld, tuple(switches)

@@ -41,7 +41,7 @@ from .config import AgentConfig, ConfigError, fence_timeout, load_config, reload
 from .control import ControlError, ControlServer
 from .health import HealthRunner
 from .kernel_guard import KernelGuard
-from .kernel_work import brief, conntrack_probe, injection_attempts, retrying, withhold
+from .kernel_work import brief, conntrack_probe, injection_attempts, retrying
 from .keyfile import KeyFileError, load_keys
 from .link_hold_down import LinkHoldDown
 from .links import LinkMonitor
@@ -220,11 +220,6 @@ class Runtime:
         # what the Node wants forwarded (the last ActiveBucketsChanged), kept
         # by the worker thread: a restore or probe programs it again
         self._wanted_active: frozenset[int] = frozenset()
-        # Kernel worker only: buckets whose connections the kernel refused
-        # while it refuses every write (a step back is on its way to the
-        # loop). The worker forwards none of them meanwhile: the Node, not yet
-        # told, still programs them, and a peer would forward them too.
-        self._withheld: frozenset[int] = frozenset()
         self._ruleset_check_since: float | None = None  # a check is queued
         self._last_ruleset_check = 0.0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
@@ -659,7 +654,6 @@ class Runtime:
                 # whose kernel takes no entry must step back; one refused entry
                 # must not: every node would refuse it, and step back in turn.
                 if problem is not None and (probe := conntrack_probe(self.conntrack)):
-                    self._withheld |= event.buckets
                     self._step_back_soon("conntrack injection", f"{problem}; {probe}")
                 elif problem is not None:
                     log.error("%s: the kernel takes other entries, so no step back", problem)
@@ -668,15 +662,10 @@ class Runtime:
                 self.counters["injected_expectations"] += done
                 log.info("%s (%d written)", event.describe(), done)
             case ev.ActiveBucketsChanged():
-                if not event.active:
-                    self._withheld = frozenset()  # the step back reached the Node
-                active, switches = withhold(event, self._withheld)
-                if active != event.active:
-                    self.counters["buckets_withheld"] += len(event.active - active)
-                self._wanted_active = active
+                self._wanted_active = event.active
                 problem = retrying(
                     f"programming the {self.dataplane.name} data plane",
-                    lambda: self.dataplane.set_owned_buckets(active, switches),
+                    lambda: self.dataplane.set_owned_buckets(event.active, event.switches),
                     self.counters,
                 )
                 log.info("%s", event.describe())
@@ -732,8 +721,6 @@ class Runtime:
                 self.dataplane.install()
             self.dataplane.set_owned_buckets(self._wanted_active)
             problem = conntrack_probe(self.conntrack)
-            if problem is None:
-                self._withheld = frozenset()
         except Exception as exc:  # any refusal keeps the node back
             problem = brief(f"{type(exc).__name__}: {exc}")
         self.loop.call_soon_threadsafe(self._probe_done, problem)
