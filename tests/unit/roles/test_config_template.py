@@ -80,7 +80,7 @@ def test_failure_handling_settings_reach_the_agent_config(tmp_path: Path) -> Non
     assert cfg.heartbeat.handover_delay_ms == 0
     assert cfg.fence is False
     assert (cfg.links.hold_down_ms, cfg.links.hold_down_max_ms) == (500, 8000)
-    assert [z for z, _ in cfg.health.nexthops.targets] == ["outside"]
+    assert [target[0] for target in cfg.health.nexthops.targets] == ["outside"]
     assert cfg.sync_delay_s == 0.2
     assert cfg.sync_filter.tcp_states == frozenset({3})  # established
     assert [str(n) for n in cfg.sync_filter.ignore] == ["203.0.113.0/28"]
