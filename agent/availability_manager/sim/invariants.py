@@ -206,23 +206,23 @@ class Invariants:
 
     def check_seamless(self, forwarders: list[frozenset[NodeId]], now: float) -> None:
         """`forwarders[b]`: the live nodes whose data plane forwards bucket b now."""
-        self.report.seamless_checks += 1
-        for bucket, nodes in enumerate(forwarders):
-            if len(nodes) > 1:
-                names = ", ".join(sorted(n(x) for x in nodes))
-                self.fail(now, "seamless", f"bucket {bucket} forwarded by {names}")
-                return
-            if not nodes:
-                self.fail(now, "seamless", f"bucket {bucket} forwarded by nobody")
-                return
+        self._check_forwarders("seamless", forwarders, now, gaps=True)
 
     def check_exclusive(self, forwarders: list[frozenset[NodeId]], now: float) -> None:
-        """`forwarders[b]`: the live nodes whose data plane forwards bucket b now."""
+        """As check_seamless, but a bucket nobody forwards is allowed (a failover's gap)."""
+        self._check_forwarders("exclusive", forwarders, now, gaps=False)
+
+    def _check_forwarders(
+        self, rule: str, forwarders: list[frozenset[NodeId]], now: float, gaps: bool
+    ) -> None:
         self.report.seamless_checks += 1
         for bucket, nodes in enumerate(forwarders):
             if len(nodes) > 1:
                 names = ", ".join(sorted(n(x) for x in nodes))
-                self.fail(now, "exclusive", f"bucket {bucket} forwarded by {names}")
+                self.fail(now, rule, f"bucket {bucket} forwarded by {names}")
+                return
+            if gaps and not nodes:
+                self.fail(now, rule, f"bucket {bucket} forwarded by nobody")
                 return
 
     # -- injection -------------------------------------------------------------------------

@@ -19,7 +19,8 @@ notify_hooks = pytest.importorskip("availability_manager.daemon.notify_hooks")
 PLAYBOOK = Path(__file__).with_name("render_config_playbook.yml")
 
 
-def render(tmp_path: Path, variables: dict[str, Any]) -> tuple[Any, str]:
+def render_file(tmp_path: Path, variables: dict[str, Any]) -> Path:
+    """The role's template rendered with these variables (not yet read by the agent)."""
     out = tmp_path / "config.yml"
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps({**GOOD, **variables, "config_out": str(out)}))
@@ -28,6 +29,11 @@ def render(tmp_path: Path, variables: dict[str, Any]) -> tuple[Any, str]:
         "-e", f"@{extra}", str(PLAYBOOK),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def render(tmp_path: Path, variables: dict[str, Any]) -> tuple[Any, str]:
+    out = render_file(tmp_path, variables)
     return config.load_config(out), out.read_text()
 
 
@@ -98,14 +104,7 @@ def test_failure_handling_defaults_are_the_agents(tmp_path: Path) -> None:
 
 
 def test_a_wrong_setting_is_named_by_the_agent(tmp_path: Path) -> None:
-    out = tmp_path / "config.yml"
-    extra = tmp_path / "vars.json"
     bad = {"availability_manager_links": {"hold_down_ms": 500, "hold_down_max_ms": 10}}
-    extra.write_text(json.dumps({**GOOD, **bad, "config_out": str(out)}))
-    proc = ansible_playbook(
-        "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}",
-        "-e", f"@{extra}", str(PLAYBOOK),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = render_file(tmp_path, bad)
     with pytest.raises(config.ConfigError, match=r"links\.hold_down_max_ms"):
         config.load_config(out)
