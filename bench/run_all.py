@@ -12,6 +12,7 @@ import argparse
 import datetime
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fwbench import env
@@ -86,8 +87,12 @@ def main() -> int:
             if args.quick:
                 cmd.append("--quick")
             print(f"=== bench {name}", flush=True)
+            start = time.monotonic()
             if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:
                 failed.append(name)
+            # each benchmark's time, so a slow smoke run is found by reading
+            # `make test`'s log rather than by timing it again
+            print(f"=== bench {name} took {time.monotonic() - start:.0f} s", flush=True)
     if not args.quick:
         assemble()
     if failed:

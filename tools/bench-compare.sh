@@ -41,9 +41,11 @@ fi
 failed=()
 for name in failover sync syncloss active; do
     echo "=== bench compare_$name $*"
+    start=$SECONDS
     if ! .venv/bin/python "bench/compare_$name.py" "$@"; then
         failed+=("$name")
     fi
+    echo "=== bench compare_$name took $((SECONDS - start)) s"
 done
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "bench-compare: incomplete (a run failed or a side is missing): ${failed[*]}"
