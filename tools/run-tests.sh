@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# Runs every test area in turn and reports each; exits non-zero if any failed.
+# Runs every test area and reports each; exits non-zero if any failed.
 # Each area's output is shown and kept in .cache/test-logs/<area>.log; the
 # closing summary gives each area's time and, for a failed one, the last error
 # lines of its log (the reason, which may stand hundreds of lines above).
 # The last line is plain, for CI: "test areas: N passed, M failed".
 #   TEST_AREAS="lint unit"   only these areas (default: all, in this order)
+# Areas joined by "+" run at the same time ("ansible+kmod", the default):
+# the kernel module's TCG guests keep the CPU busy while the molecule
+# scenarios mostly wait on test hosts, and neither shares anything with the
+# other (the guests are VMs; the test hosts are containers with names of
+# their own). Their output is shown when the group ends, one area after the
+# other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-read -ra areas <<<"${TEST_AREAS:-lint unit sim lab bench-smoke ansible kmod}"
-# Each area's limit (seconds), about twice its time on a fresh 2-core machine:
-# a hang anywhere (a test, a guest, a playbook) fails its area and the next
-# area still runs, well inside CI's 90 minutes. timeout signals its whole
-# process group.
-declare -A limit=([lint]=300 [unit]=600 [sim]=900 [lab]=1500 [bench-smoke]=900 [ansible]=2400 [kmod]=1500)
+read -ra groups <<<"${TEST_AREAS:-lint unit sim lab bench-smoke ansible+kmod}"
+# Each area's limit (seconds), about twice its time on a fresh 2-core machine
+# (kmod: while ansible runs beside it): a hang anywhere (a test, a guest, a
+# playbook) fails its area and the next area still runs, well inside CI's 90
+# minutes. timeout signals its whole process group.
+declare -A limit=([lint]=300 [unit]=600 [sim]=900 [lab]=1500 [bench-smoke]=900 [ansible]=2400 [kmod]=1800)
 logs=.cache/test-logs
 mkdir -p "$logs"
 failed=()
 summary=()
+ran=0
 total_start=$SECONDS
 
 # The reason an area failed: its last lines that name an error, make's own
@@ -26,25 +33,66 @@ reason() { # <log>
         grep -vE '^make(\[[0-9]+\])?: \*\*\* \[' | tail -n 5 | cut -c1-240
 }
 
-for area in "${areas[@]}"; do
-    echo "=== make test-$area"
-    start=$SECONDS
-    log="$logs/$area.log"
-    timeout --kill-after=30 "${limit[$area]:-1800}" make --no-print-directory "test-$area" 2>&1 | tee "$log"
-    rc=${PIPESTATUS[0]}
+# One area under its limit; stdout is its output. The exit status is make's,
+# or timeout's 124/137 when the area ran over its limit.
+run_area() { # <area>
+    timeout --kill-after=30 "${limit[$1]:-1800}" make --no-print-directory "test-$1" 2>&1
+}
+
+# The summary lines of an area that ended with <rc> after <seconds>.
+record() { # <area> <rc> <seconds> [note]
+    local area=$1 rc=$2 took=$3 note=${4:-}
+    ran=$((ran + 1))
     if [ "$rc" -eq 0 ]; then
-        summary+=("$(printf '  %-12s pass %6d s' "$area" $((SECONDS - start)))")
-    else
-        failed+=("$area")
-        summary+=("$(printf '  %-12s FAIL %6d s  (log %s)' "$area" $((SECONDS - start)) "$log")")
-        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-            summary+=("      stopped: over its limit of ${limit[$area]:-1800} s (tools/run-tests.sh)")
-        fi
-        while IFS= read -r line; do
-            summary+=("      $line")
-        done < <(reason "$log")
+        summary+=("$(printf '  %-12s pass %6d s%s' "$area" "$took" "$note")")
+        return
     fi
-    echo "=== test-$area took $((SECONDS - start)) s"
+    failed+=("$area")
+    summary+=("$(printf '  %-12s FAIL %6d s%s  (log %s)' "$area" "$took" "$note" "$logs/$area.log")")
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        summary+=("      stopped: over its limit of ${limit[$area]:-1800} s (tools/run-tests.sh)")
+    fi
+    while IFS= read -r line; do
+        summary+=("      $line")
+    done < <(reason "$logs/$area.log")
+}
+
+for group in "${groups[@]}"; do
+    IFS=+ read -ra members <<<"$group"
+    if [ "${#members[@]}" -eq 1 ]; then
+        area=${members[0]}
+        echo "=== make test-$area"
+        start=$SECONDS
+        run_area "$area" | tee "$logs/$area.log"
+        rc=${PIPESTATUS[0]}
+        record "$area" "$rc" $((SECONDS - start))
+        echo "=== test-$area took $((SECONDS - start)) s"
+        continue
+    fi
+    echo "=== make ${members[*]/#/test-} (at the same time; each area's output follows when it ends)"
+    start=$SECONDS
+    # the shared set-up once, before the areas' own installers run side by side
+    make --no-print-directory bootstrap
+    pids=()
+    for area in "${members[@]}"; do
+        # each writes its own log and, when done, "<rc> <seconds>" beside it
+        (
+            s=$SECONDS
+            run_area "$area" >"$logs/$area.log"
+            echo "$? $((SECONDS - s))" >"$logs/$area.rc"
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    for area in "${members[@]}"; do
+        echo "=== make test-$area (ran beside: ${members[*]})"
+        cat "$logs/$area.log"
+        read -r rc took <"$logs/$area.rc" || { rc=1 took=0; }
+        rm -f "$logs/$area.rc"
+        record "$area" "$rc" "$took" " (beside others)"
+        echo "=== test-$area took $took s"
+    done
+    echo "=== ${members[*]} together took $((SECONDS - start)) s"
 done
 
 echo "=== summary (total $((SECONDS - total_start)) s)"
@@ -52,7 +100,7 @@ printf '%s\n' "${summary[@]}"
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "FAILED areas: ${failed[*]}"
 else
-    echo "all test areas passed: ${areas[*]}"
+    echo "all test areas passed: ${groups[*]}"
 fi
-echo "test areas: $((${#areas[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
+echo "test areas: $((ran - ${#failed[@]})) passed, ${#failed[@]} failed"
 [ "${#failed[@]}" -eq 0 ]

@@ -21,6 +21,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# make test runs this area beside the ansible area: wait for another apt
+# rather than fail on its lock
+APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 
 if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
@@ -57,8 +60,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-build-deps: installing ${missing[*]}"
     # The backports kernel needs -t so apt takes its dependencies from the same suite.
-    apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing[@]}" ||
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt-get install "${APT_LOCK_WAIT[@]}" -y -q --no-install-recommends -t bookworm-backports "${missing[@]}" ||
+        apt-get install "${APT_LOCK_WAIT[@]}" -y -q --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -x "$VENV/bin/vng" ]; then
