@@ -33,6 +33,7 @@ NAMED = [
     "isolate",
     "link-down",
     "status-flap",
+    "every-status-down",
     "membership8",
 ]
 
