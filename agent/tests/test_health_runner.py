@@ -230,3 +230,34 @@ def test_a_lost_next_hop_steps_back_only_while_a_peer_reaches_its_own() -> None:
             await runner.wait_closed()
 
     asyncio.run(main())
+
+
+@needs_root
+def test_kept_buckets_are_given_away_only_if_no_own_recovery_follows_a_peers() -> None:
+    """A next hop lost by every node comes back to each a round apart: the
+    first peer to reach its own again must not make this node step back for
+    the moment its own check still needs (NEXTHOP_CONFIRM_INTERVALS rounds);
+    a peer that reaches again for longer than that does."""
+
+    async def main() -> None:
+        calls = Calls(peers_reach=False)
+        runner = calls.runner(nexthops("2001:db8::fe"), (LOOP_ZONE,))
+        runner.start()
+        try:
+            await until(lambda: runner.status()["nexthop:loop"]["kept_buckets"])
+            # a peer's flag for less than the grace (2 rounds of 50 ms): kept throughout
+            calls.peers_reach = True
+            await asyncio.sleep(0.03)
+            calls.peers_reach = False
+            await asyncio.sleep(0.3)
+            assert calls.faults["nexthop"] is None
+            # for longer: given away, no sooner than the grace
+            calls.peers_reach = True
+            since = time.monotonic()
+            await until(lambda: calls.faults["nexthop"] is not None)
+            assert time.monotonic() - since >= 2 * 0.05 - 0.01
+        finally:
+            runner.close()
+            await runner.wait_closed()
+
+    asyncio.run(main())

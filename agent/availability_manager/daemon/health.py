@@ -39,7 +39,11 @@ NEXTHOP = "nexthop"
 # A next hop that every node loses is lost by each at a slightly different
 # moment (their rounds are not in step): the first to notice would see the
 # others still reaching theirs and step back for a moment. It waits this many
-# intervals first, long enough for the others' verdicts and heartbeats.
+# intervals first, long enough for the others' verdicts and heartbeats. The
+# same holds when it comes back: the first node whose next hop passes again
+# would make the others, whose own checks are a round behind, step back for a
+# moment (and their peers take and hand back every bucket within a second);
+# a node that kept its buckets waits as long before it gives them away.
 NEXTHOP_CONFIRM_INTERVALS = 2
 
 
@@ -90,6 +94,9 @@ class HealthRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._kept_buckets = False  # a next hop is lost, but no peer reaches its own
         self._lost_since: float | None = None  # since when some zone's next hop is lost
+        # since when a peer reaches its next hops again while ours are still lost
+        # and the buckets were kept (NEXTHOP_CONFIRM_INTERVALS)
+        self._peer_back_since: float | None = None
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
@@ -194,6 +201,13 @@ class HealthRunner:
             if now - self._lost_since < confirm - 1e-6:
                 return  # not yet: the verdict stands as it was (see the constant)
             kept = self.cfg.nexthops.only_if_a_peer_reaches and not self._peers_reach()
+            if kept or not self._kept_buckets:
+                self._peer_back_since = None
+            else:  # a peer reaches again: our own check may pass within a round too
+                if self._peer_back_since is None:
+                    self._peer_back_since = now
+                if now - self._peer_back_since < confirm - 1e-6:
+                    return  # not yet: the buckets stay kept (see the constant)
             if kept != self._kept_buckets and kept:
                 log.warning(
                     "health: next hop lost (%s), but no other node reaches its own: "
@@ -206,6 +220,7 @@ class HealthRunner:
         else:
             self._kept_buckets = False
             self._lost_since = None
+            self._peer_back_since = None
         self._set_fault(NEXTHOP, fault)
 
     # -- next hops ----------------------------------------------------------------------
