@@ -234,9 +234,6 @@ class Node:
         # buckets we handed back unstarted, with the instant: never started
         # from a peer's handoff at that same instant (_refresh_active)
         self._given_unstarted: dict[int, float] = {}
-        # Own status back up: until this time nothing is started on our own
-        # claim alone (_refresh_active)
-        self._resume_until: float | None = None
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         """The range distribution; a test driver's subclass may build a variant."""
@@ -458,8 +455,6 @@ class Node:
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
         if self._start_timer is not None:  # a start switch turns into plain forwarding
             deadlines.append(self._start_timer)
-        if self._resume_until is not None:
-            deadlines.append(self._resume_until)
         times = [t for t in deadlines if t is not None]
         if not times:
             return None
@@ -482,9 +477,6 @@ class Node:
         self._forget_dead_peers(now)
         if self._start_timer is not None and self._start_timer <= now:
             self._start_timer = None
-            self._active_dirty = True
-        if self._resume_until is not None and self._resume_until <= now:
-            self._resume_until = None
             self._active_dirty = True
         self._pump(now)
 
@@ -781,12 +773,6 @@ class Node:
         active = frozenset(
             b for b in self._owned if b not in giving and (owners[b] <= {me} or b in keep)
         )
-        if self._resume_until is not None:
-            # Our status just came back up: a peer may have taken a bucket on
-            # our fall while its claim is still on the way (we would believe
-            # it ours alone). Only what we forward goes on; the rest starts
-            # on a handoff, or when the hold ends and the claims are in.
-            active &= forwarded
         starts = {b: at for b, at in self._start_times(owners, giving).items() if b not in active}
         for b, at in self._starts.items():  # programmed earlier, not yet reached
             if b in self._owned and b not in giving and b not in keep and at > now_wall:
@@ -849,18 +835,6 @@ class Node:
                 back.add(b)
         return frozenset(back)
 
-    def _resume(self, now: float) -> None:
-        """Own status back up (see _refresh_active): hold plain starts for as
-        long as a peer's claim made on our fall can take to reach us (we told
-        the peers at once; a claim answers within a round trip, far less than
-        the heartbeat timeout taken as the bound). Any peer heard counts, up
-        or not: peers whose status comes back with ours would each believe
-        themselves alone. Without any peer, no hold."""
-        if self._availability.cluster_size() > 1:
-            hb = self.config.heartbeat_interval
-            self._resume_until = now + hb * (self.config.heartbeat_misses + 1)
-            self._active_dirty = True
-
     def _forwarded_at(self, wall: float) -> frozenset[int]:
         """What the data plane as last programmed forwards at wall-clock `wall`:
         the active buckets, stop switches not yet reached, start switches passed."""
@@ -904,11 +878,7 @@ class Node:
                 self._peer_up(event, now)
             case AvNodeDown():
                 self._peer_down(event, now)
-            case OwnStatusChanged():
-                if event.up:
-                    self._resume(now)
-                self._update_membership(now)
-            case NodeStateChanged():
+            case NodeStateChanged() | OwnStatusChanged():
                 self._update_membership(now)
             case AvPeerRefused():
                 self._events.append(ev.PeerRefused(node=event.node, reason=event.reason))

@@ -33,7 +33,6 @@ NAMED = [
     "isolate",
     "link-down",
     "status-flap",
-    "every-status-down",
     "membership8",
 ]
 
