@@ -10,7 +10,8 @@ cluster settled with every address back.
 - fw3's next hop vanishes (its address dropped): fw3 gives every bucket away,
   the others take them with every connection; back when the address returns.
 - every node's next hop vanishes: nobody steps back (a cluster that gave every
-  bucket away would forward nothing at all); every bucket stays where it was.
+  bucket away would forward nothing at all); every bucket stays where it was,
+  and stays there when the next hop comes back to each node a round apart.
 - fw3's check fails: the same as the first case, through the check.
 Nothing lost, nothing delivered twice.
 """
@@ -171,6 +172,17 @@ def test_a_next_hop_every_node_loses_moves_no_bucket(lab: LabState) -> None:
                 moved.append(now)
             time.sleep(0.05)
         statuses = {n: status(lab, n) for n in NODES}
+        # The hop comes back to each node a round apart: the first to pass
+        # again must not make the others step back for a moment (health.py,
+        # NEXTHOP_CONFIRM_INTERVALS): no bucket moves on the recovery either.
+        hop(lab, SHARED_HOP, True)
+        hop(lab, FW3_HOP, True)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            now = owned(lab)
+            if now != before:
+                moved.append(now)
+            time.sleep(0.05)
     finally:
         hop(lab, SHARED_HOP, True)
         hop(lab, FW3_HOP, True)
@@ -184,18 +196,6 @@ def test_a_next_hop_every_node_loses_moves_no_bucket(lab: LabState) -> None:
     wait_for(lambda: all_passing(lab))
 
 
-@pytest.mark.xfail(
-    reason="open (found when the branches were merged, 2026-12-06): run after the "
-    "every-node test, whose recovery flips fw3's own status down and up within 14 ms, "
-    "the traffic counts ~1,300 duplicates. A node whose own status comes back up "
-    "forwards the buckets it still owns at once, while its peers, which took them "
-    "over, forward them until their make-before-break handoff: it must wait until "
-    "the ranges are stable again. Alone this test passes (0 duplicates). Since 53cc79a "
-    "the simulator flaps a node's own status (status-flap, exclusive invariant) and "
-    "finds no double forwarding in 500 seeds, whole-second handoffs too; here 648 "
-    "duplicates remain (13:45 UTC): the cause is below the Node (runtime or nft).",
-    strict=False,
-)
 def test_a_failing_check_moves_the_buckets_off_and_back(lab: LabState) -> None:
     flag = flag_file(lab)
     faults = fail_and_recover(lab, flag.touch, lambda: flag.unlink(missing_ok=True))
