@@ -156,33 +156,35 @@ def test_a_vanished_next_hop_moves_the_buckets_off_and_back(lab: LabState) -> No
     assert "zone inside" in faults.get("nexthop", ""), faults
 
 
+def moves(lab: LabState, before: dict[str, set[int]], seconds: float) -> list[dict[str, set[int]]]:
+    """Every ownership other than `before` seen in `seconds` of polling."""
+    seen: list[dict[str, set[int]]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        now = owned(lab)
+        if now != before:
+            seen.append(now)
+        time.sleep(0.05)
+    return seen
+
+
 def test_a_next_hop_every_node_loses_moves_no_bucket(lab: LabState) -> None:
     before = owned(lab)
     traffic_control.start(lab, TRAFFIC)
-    moved = []
+    moved: list[dict[str, set[int]]] = []
     try:
         time.sleep(1.0)
         hop(lab, SHARED_HOP, False)
         hop(lab, FW3_HOP, False)
         # detection (3 rounds) and confirmation (2 more) take 0.5 s: watch 2 s
-        end = time.monotonic() + 2.0
-        while time.monotonic() < end:
-            now = owned(lab)
-            if now != before:
-                moved.append(now)
-            time.sleep(0.05)
+        moved += moves(lab, before, 2.0)
         statuses = {n: status(lab, n) for n in NODES}
         # The hop comes back to each node a round apart: the first to pass
         # again must not make the others step back for a moment (health.py,
         # NEXTHOP_CONFIRM_INTERVALS): no bucket moves on the recovery either.
         hop(lab, SHARED_HOP, True)
         hop(lab, FW3_HOP, True)
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:
-            now = owned(lab)
-            if now != before:
-                moved.append(now)
-            time.sleep(0.05)
+        moved += moves(lab, before, 1.5)
     finally:
         hop(lab, SHARED_HOP, True)
         hop(lab, FW3_HOP, True)

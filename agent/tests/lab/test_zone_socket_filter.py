@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fwcluster_lab.nslab import inside
@@ -100,29 +101,37 @@ def link() -> Iterator[None]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def test_zone_socket_takes_only_link_local_group_datagrams(link: None) -> None:
-    env_py = [sys.executable, "-c"]
-    receiver = subprocess.Popen(
-        ["ip", "netns", "exec", NODE_NS, *env_py, RECEIVER % {"port": PORT}],
+def receive_while_sending(receiver: str, sender: str) -> Any:
+    """Runs `receiver` (Python source) in the node's namespace until it says
+    "ready", then `sender` in the peer's; returns the JSON of the receiver's
+    last line."""
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", NODE_NS, sys.executable, "-c", receiver],
         stdout=subprocess.PIPE,
         text=True,
         cwd=AGENT,
     )
     try:
-        assert receiver.stdout is not None
-        assert receiver.stdout.readline().strip() == "ready"
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "ready"
         subprocess.run(
-            ["ip", "netns", "exec", PEER_NS, *env_py, SENDER % {"port": PORT, "node": NODE_IP}],
+            ["ip", "netns", "exec", PEER_NS, sys.executable, "-c", sender],
             check=True,
             timeout=20,
             cwd=AGENT,
         )
-        out, _ = receiver.communicate(timeout=20)
+        out, _ = listener.communicate(timeout=20)
     finally:
-        if receiver.poll() is None:
-            receiver.kill()
-            receiver.wait()
-    result = json.loads(out.strip().splitlines()[-1])
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_zone_socket_takes_only_link_local_group_datagrams(link: None) -> None:
+    result = receive_while_sending(
+        RECEIVER % {"port": PORT}, SENDER % {"port": PORT, "node": NODE_IP}
+    )
     assert result["accepted"] == ["heartbeat"]
     assert result["filtered"] == {"not-to-group": 1, "ttl-not-255": 2}
 
@@ -191,26 +200,7 @@ def _forge_and_listen() -> list[str]:
         "group": str(ZONE_HEARTBEAT_GROUP), "port": PORT, "node": NODE_IP, "peer": PEER_IP,
         "foreign": FOREIGN_IP, "node6": NODE_IP6,
     }  # fmt: skip
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", NODE_NS, sys.executable, "-c", LISTENER % args],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout is not None
-        assert listener.stdout.readline().strip() == "ready"
-        subprocess.run(
-            ["ip", "netns", "exec", PEER_NS, sys.executable, "-c", FORGER % args],
-            check=True,
-            timeout=20,
-            cwd=AGENT,
-        )
-        out, _ = listener.communicate(timeout=20)
-    finally:
-        if listener.poll() is None:
-            listener.kill()
-            listener.wait()
-    return list(json.loads(out.strip().splitlines()[-1]))
+    return list(receive_while_sending(LISTENER % args, FORGER % args))
 
 
 def test_the_agents_table_drops_forged_zone_heartbeats_before_the_socket(link: None) -> None:
