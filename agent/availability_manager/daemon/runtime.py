@@ -48,6 +48,7 @@ from .links import LinkMonitor
 from .notify_hooks import HookRunner, call_for_event, call_for_fault, call_for_phase
 from .ops_commands import OperatorCommands, kernel_listing
 from .own_status import OwnStatus
+from .read_moderation import ModeratedReader
 from .state_dir import StateDir, StateDirError
 from .systemd import Notifier
 from .transport import SyncSocket
@@ -62,6 +63,9 @@ LINK_RECHECK_S = 1.0
 # themselves (docs/benchmarks.md, sync throughput). A connection created in
 # the last 2 ms before its owner dies was not synced either way.
 CONNTRACK_FLUSH_DELAY_S = 0.002
+# While the conntrack and sync sockets are busy they are read at most once per
+# this interval (read_moderation.py); a quiet socket is read at once.
+BUSY_READ_INTERVAL_S = 0.002
 # Heartbeat intervals without any input (a timer is due every interval) after
 # which the runtime takes the gap for its own event loop's stall.
 STALL_HEARTBEATS = 2
@@ -238,6 +242,11 @@ class Runtime:
         )
         self.control = ControlServer(cfg.control_socket, self._control_handlers())
         self.health = self._health_runner()
+        busy = BUSY_READ_INTERVAL_S
+        self._moderated = (
+            ModeratedReader(self.loop, self.sync.fileno(), lambda: self._on_sync(sync), busy),
+            ModeratedReader(self.loop, self.conntrack.fileno(), self._on_conntrack, busy),
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -245,10 +254,10 @@ class Runtime:
         """Run until a leave completes or a fatal error; returns why it stopped."""
         self.dataplane.install()
         self._last_ran = self.loop.time()  # installing is not a stall
-        self.loop.add_reader(self.sync.fileno(), self._on_sync, self.sync)
+        for reader in self._moderated:
+            reader.start()
         for zs in self.zone_sockets:
             self.loop.add_reader(zs.fileno(), self._on_sync, zs)
-        self.loop.add_reader(self.conntrack.fileno(), self._on_conntrack)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
         if self.ruleset_watch is not None:
@@ -281,9 +290,9 @@ class Runtime:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        for reader in self._moderated:
+            reader.stop()
         for fd_owner in (
-            self.sync,
-            self.conntrack,
             self.links,
             self.ruleset_watch,
             *self.zone_sockets,
