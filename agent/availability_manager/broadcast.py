@@ -81,7 +81,11 @@ MAX_NAK_RANGES = 64
 MAX_REPAIRS_PER_NAK = 256
 """Retransmissions one NAK can cause (about 360 kB): a receiver missing more
 gets the rest at its next NAK, nak_retry later, and a 60-byte NAK cannot make
-a node resend its whole buffer in one burst."""
+a node resend its whole buffer in one burst. It is also the pace of all
+repairs together: a sender resends at most this many per nak_retry, whatever
+the number of NAKs and receivers (a token bucket of this size, refilled over
+nak_retry), so many receivers that missed different data cannot add up to a
+burst either."""
 
 MAX_RANGE_SPAN = 1 << 20
 """Largest number of seqs one NAK range or RbLost window may cover; also the
@@ -215,7 +219,7 @@ class BroadcastStats:
     data_sent: int = 0
     retransmitted: int = 0
     repairs_suppressed: int = 0  # NAKed seqs not resent: already resent within the holdoff
-    repairs_deferred: int = 0  # NAKs that asked for more than MAX_REPAIRS_PER_NAK
+    repairs_deferred: int = 0  # NAKs answered in part: the repair pace was used up
     naks_sent: int = 0
     naks_suppressed: int = 0  # heard NAKs that postponed one of ours
     lost_sent: int = 0
@@ -359,6 +363,8 @@ class ReliableBroadcast:
         self._next_seq = initial_seq
         self._sent: dict[int, bytes] = {}  # the last buffer_size payloads, by seq
         self._repaired_at: dict[int, float] = {}  # seq -> when last retransmitted
+        self._repair_tokens = float(MAX_REPAIRS_PER_NAK)  # the repair pace (token bucket)
+        self._tokens_at = now
         self._lost_sent_at: float | None = None
         self._resync_point: int | None = None  # next_seq at the last OutOfSync("sender")
         self._streams: dict[NodeId, _Stream] = {}
@@ -522,7 +528,8 @@ class ReliableBroadcast:
             if seq_sub(end, first) >= count:
                 self.stats.drop("nak-beyond-next-seq")
         lost_from: int | None = None
-        budget = MAX_REPAIRS_PER_NAK
+        budget = start_budget = self._repair_budget(now)
+        deferred = False
         for start, end in ranges:
             lo = seq_sub(start, first)
             hi = lo + seq_sub(end, start)
@@ -533,13 +540,23 @@ class ReliableBroadcast:
                     # The rest waits for the receiver's next NAK (nak_retry
                     # later): repairs are paced instead of one burst that
                     # blocks this loop and floods the sync network.
-                    self.stats.repairs_deferred += 1
+                    deferred = True
                     break
                 budget -= self._retransmit(seq_add(first, i), now)
+        self._repair_tokens -= start_budget - budget
+        self.stats.repairs_deferred += deferred
         if lost_from is not None:
             self._report_lost(source, lost_from, now)
         if len(self._repaired_at) > 4096:
             self._prune_repairs(now)
+
+    def _repair_budget(self, now: float) -> int:
+        """Repairs this node may send now (see MAX_REPAIRS_PER_NAK)."""
+        elapsed = max(now - self._tokens_at, 0.0)
+        self._tokens_at = max(now, self._tokens_at)
+        refill = elapsed * MAX_REPAIRS_PER_NAK / self._nak_retry
+        self._repair_tokens = min(float(MAX_REPAIRS_PER_NAK), self._repair_tokens + refill)
+        return int(self._repair_tokens)
 
     def _retransmit(self, seq: int, now: float) -> int:
         """Queue a repair of `seq`; 1 if queued, 0 if suppressed."""

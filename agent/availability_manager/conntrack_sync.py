@@ -619,6 +619,39 @@ class ConntrackSync:
         else:
             self._rejected["unexpected-message"] += 1
 
+    def receive_records(self, records: list[EntryRecord], source: NodeId, now: float) -> None:
+        """`receive` for a run of fast-path entry records of one payload, in
+        order, with the per-message checks made once per run: a peer does this
+        for every connection of the cluster (docs/benchmarks.md, sync path)."""
+        if source == self.node_id:
+            self._rejected["own-message"] += len(records)
+            return
+        if self._owed_after_skip and source in self._owed_after_skip:
+            self._owed_after_skip.discard(source)
+            self._start_round(self._all_groups, "peer-stream-skipped")
+        table: PeerCache | None = None
+        buckets, limit = self.buckets, self.max_cache_entries
+        resyncs = 0
+        for rec in records:
+            if rec.resync:
+                resyncs += 1
+            if rec.bucket >= buckets:
+                self._rejected["bucket-out-of-range"] += 1
+                continue
+            if table is None:
+                table = self._cache(source, now)
+            key = rec.key
+            if len(table) >= limit and key not in table:
+                self._rejected["cache-full"] += 1
+                continue
+            table.put_record(key, rec.bucket, rec.hash, rec.record)
+            if rec.resync:
+                self._collected.setdefault(source, set()).add(key)
+        if resyncs:
+            self._received["CtNewResync"] += resyncs
+        if len(records) > resyncs:
+            self._received["CtNew"] += len(records) - resyncs
+
     def _cache(self, peer: NodeId, now: float) -> PeerCache:
         table = self._caches.get(peer)
         if table is None:

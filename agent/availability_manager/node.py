@@ -932,12 +932,14 @@ class Node:
         except wire.WireError as exc:
             self._counters[f"drop_rb-payload-{exc.reason}"] += 1
             return
+        records: list[EntryRecord] = []  # a run of plain entries, cached as records
         for msg in messages:
-            if type(msg) is EntryRecord:  # a plain entry: cached as its record
-                self._sync.receive(msg, event.source, now)
-                if msg.bucket in self._owned:
-                    self._inject_late(msg.to_connection(), now)
+            if type(msg) is EntryRecord:
+                records.append(msg)
                 continue
+            if records:
+                self._receive_records(records, event.source, now)
+                records = []
             if not isinstance(msg, CT_MESSAGE_TYPES):
                 self._counters["drop_rb-payload-not-ct"] += 1
                 continue
@@ -948,6 +950,15 @@ class Node:
                 self._inject_late_expectation(msg.to_expectation(), now)
             elif isinstance(msg, CtResyncRequest) and msg.target == self.node_id:
                 self._table_owed.add(event.source)  # rule 3: it lacks our table
+        if records:
+            self._receive_records(records, event.source, now)
+
+    def _receive_records(self, records: list[EntryRecord], source: NodeId, now: float) -> None:
+        self._sync.receive_records(records, source, now)
+        owned = self._owned
+        for rec in records:
+            if rec.bucket in owned:
+                self._inject_late(rec.to_connection(), now)
 
     def _on_sync(self, event: ConntrackSyncEvent) -> None:
         match event:

@@ -677,3 +677,29 @@ def test_earliest_gap_due_is_tracked_through_every_change(ops: list[tuple[str, i
             stream.drop_before(seq)
         brute = min((g.due for g in stream.gaps.values()), default=None)
         assert stream.min_due() == brute
+
+
+def test_repairs_are_paced_across_naks_and_receivers() -> None:
+    """Issue 18.1: a NAK per receiver, each naming other data, added up to
+    one burst; now all repairs together keep to MAX_REPAIRS_PER_NAK per
+    nak_retry (50 ms here)."""
+    a = make(A, buffer_size=4096, initial_seq=0)
+    for peer in (B, C):
+        a.peer_up(peer, 0, 0.0)
+    for _ in range(4096):
+        a.send(b"p", 0.0)
+    a.messages_to_send(0.0)
+    a.receive(RbNak(A, (pack_range(0, 1999),)), B, 1.0)
+    a.receive(RbNak(A, (pack_range(2000, 3999),)), C, 1.0)
+    first = [m.seq for m in a.messages_to_send(1.0) if isinstance(m, RbData)]
+    assert first == list(range(MAX_REPAIRS_PER_NAK))  # C's NAK got nothing yet
+    assert a.stats.repairs_deferred == 2
+    # half the interval later, half the pace is back: C gets that share
+    a.receive(RbNak(A, (pack_range(2000, 3999),)), C, 1.025)
+    half = [m.seq for m in a.messages_to_send(1.025) if isinstance(m, RbData)]
+    assert half == list(range(2000, 2000 + len(half)))
+    assert MAX_REPAIRS_PER_NAK // 2 - 1 <= len(half) <= MAX_REPAIRS_PER_NAK // 2  # float time
+    # after a quiet interval the whole share is there again, never more
+    a.receive(RbNak(A, (pack_range(2000, 3999),)), C, 5.0)
+    later = [m.seq for m in a.messages_to_send(5.0) if isinstance(m, RbData)]
+    assert len(later) == MAX_REPAIRS_PER_NAK

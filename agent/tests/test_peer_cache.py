@@ -215,6 +215,46 @@ def test_a_receiver_fed_the_fast_path_ends_like_one_fed_the_reference(
     )
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    stream=streams(),
+    buckets=st.sampled_from([BUCKETS, BUCKETS // 2]),
+    limit=st.sampled_from([3, 1000]),
+    source=st.sampled_from([A, B]),
+)
+def test_runs_of_records_received_at_once_end_like_one_by_one(
+    stream: tuple[list[object], int], buckets: int, limit: int, source: int
+) -> None:
+    """receive_records (a payload's runs of plain entries at once) against
+    receive per message, its reference: with records beyond the cluster's
+    buckets, a cache at its limit and the node's own messages."""
+    msgs, version = stream
+    batched, single = (
+        ConntrackSync(
+            B, buckets, groups=GROUPS, wire_version=version, max_cache_entries=limit,
+            rng=random.Random(0), now=0.0,
+        )
+        for _ in range(2)
+    )  # fmt: skip
+    decoded = decode_ct_payload(b"".join(encode_ct(m) for m in msgs))
+    run: list[EntryRecord] = []
+    for m in [*decoded, None]:
+        if isinstance(m, EntryRecord):
+            run.append(m)
+            continue
+        if run:
+            batched.receive_records(run, source, 0.0)
+            run = []
+        if m is not None:
+            batched.receive(m, source, 0.0)
+    for m in decoded:
+        single.receive(m, source, 0.0)
+    assert batched.cache_entries(A) == single.cache_entries(A)
+    assert batched.cache_digests(A) == single.cache_digests(A)
+    assert batched.stats == single.stats
+    assert batched.peers() == single.peers()
+
+
 def test_a_bucket_beyond_the_cluster_is_rejected_on_the_fast_path_too() -> None:
     orig = Tuple(b"\xc6\x33\x64\x01", b"\xcb\x00\x71\x0a", 1000, 53)
     conn = Connection(PROTO_UDP, orig, orig.inverse(), bucket=BUCKETS)
