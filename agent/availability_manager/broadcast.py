@@ -41,7 +41,8 @@ Transitions of one seq s of a peer's stream at a receiver:
     delivered --(data s again)-------------------------> dropped, counted as a duplicate
 
 A skip moves `expected` past s and drops everything before it. An NAK is
-answered with at most MAX_REPAIRS_PER_NAK repairs; one naming seqs far
+answered with at most MAX_REPAIRS_PER_NAK repairs, and all NAKs together with
+at most that many per nak_retry (the repair pace); one naming seqs far
 outside the sender's recent stream is refused whole (`nak-out-of-window`). The
 `known_end - s > buffer_size` rule uses the sender's buffer size, a
 cluster-wide setting: data further back than that can no longer be repaired,

@@ -52,16 +52,22 @@ class Drains:
         return self.runs[-1]
 
 
+def watched(rx: socket.socket) -> tuple[asyncio.AbstractEventLoop, Drains, ModeratedReader]:
+    """A started reader of `rx` on the running loop, and its drains."""
+    loop = asyncio.get_running_loop()
+    drains = Drains(loop, rx)
+    reader = ModeratedReader(loop, rx.fileno(), drains, INTERVAL_S)
+    reader.start()
+    return loop, drains, reader
+
+
 def test_a_quiet_socket_is_read_at_once_and_a_busy_one_once_per_interval(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     rx, tx = pair
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        drains = Drains(loop, rx)
-        reader = ModeratedReader(loop, rx.fileno(), drains, INTERVAL_S)
-        reader.start()
+        loop, drains, reader = watched(rx)
         sent = loop.time()
         tx.send(b"first")
         at, got = await drains.next()
@@ -96,10 +102,7 @@ def test_stop_cancels_a_deferred_drain(pair: tuple[socket.socket, socket.socket]
     rx, tx = pair
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        drains = Drains(loop, rx)
-        reader = ModeratedReader(loop, rx.fileno(), drains, INTERVAL_S)
-        reader.start()
+        _loop, drains, reader = watched(rx)
         tx.send(b"a")
         await drains.next()
         tx.send(b"b")
