@@ -230,14 +230,6 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def med_worst(values: list[float | None]) -> tuple[str, str]:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "n/a", "n/a"
-    worst = "unrecovered" if len(known) < len(values) else f"{max(known):.0f} ms"
-    return f"{statistics.median(known):.0f} ms", worst
-
-
 def plot(kills: list[dict[str, Any]], drains: list[dict[str, Any]], path: Path) -> None:
     plt = report.pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
@@ -289,13 +281,13 @@ def write_section(
 ) -> None:  # fmt: skip
     d = report.out_dir(args, "failover")
     plot(kills, drains, d / "failover.png")
-    med, worst = med_worst([r["failover_ms"] for r in kills])
+    med, worst = stalls.med_worst([stalls.recovery_ms(r) for r in kills])
     lost = sum(r["tcp_lost"] for r in kills)
     dups = sum(r["duplicates"] for r in kills + drains)
     met = (
         worst != "unrecovered"
         and all(
-            r["failover_ms"] is not None and r["failover_ms"] <= GOAL_MS for r in kills
+            (ms := stalls.recovery_ms(r)) is not None and ms <= GOAL_MS for r in kills
         )
         and lost == 0
     )
@@ -383,7 +375,7 @@ def write_section(
             f"- {r['mode']} {r['index'] + 1}: `{line[:120]}`" for r, line in falses[:6]
         ]
     if drains:
-        dmed, dworst = med_worst([r["failover_ms"] for r in drains])
+        dmed, dworst = stalls.med_worst([stalls.recovery_ms(r) for r in drains])
         late = [r["late_slots"] for r in drains]
         cpu = [r["agents_cpu_ms"] for r in drains if r.get("agents_cpu_ms") is not None]
         lines += [

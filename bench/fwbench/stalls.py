@@ -16,7 +16,9 @@ answered, so recovery times are late by up to one interval.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Mapping
+from typing import Any
 
 Gap = tuple[float, float | None]
 
@@ -86,3 +88,21 @@ def impact(
         longest,
         tuple(sorted(chosen)),
     )
+
+
+def recovery_ms(run: dict[str, Any]) -> float | None:
+    """The fault to the last stalled flow moving again: 0 if no flow stalled
+    (a hitless drain), None if a stalled flow never moved again."""
+    if run["unrecovered_flows"]:
+        return None
+    return run["failover_ms"] or 0.0
+
+
+def med_worst(values: list[float | None]) -> tuple[str, str]:
+    """(median, worst) of recovery times as text; None is a flow that never
+    moved again, which makes the worst "unrecovered"."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a", "n/a"
+    worst = "unrecovered" if len(known) < len(values) else f"{max(known):.0f} ms"
+    return f"{statistics.median(known):.0f} ms", worst

@@ -128,6 +128,23 @@ def test_impact_takes_the_latest_gap_of_a_flow_and_none_when_quiet() -> None:
     assert quiet.failover_s is None and quiet.stalled_share == 0.0
 
 
+def test_a_drain_without_stalls_counts_as_recovered_at_once() -> None:
+    """failover.py's summary: no stalled flow is 0 ms (a hitless drain), a
+    flow that never moved again is unrecovered, whatever else recovered."""
+
+    def run(failover_ms: float | None, unrecovered: int) -> dict[str, Any]:
+        return {"failover_ms": failover_ms, "unrecovered_flows": unrecovered}
+
+    assert stalls.recovery_ms(run(None, 0)) == 0.0
+    assert stalls.recovery_ms(run(144.0, 0)) == 144.0
+    assert stalls.recovery_ms(run(144.0, 2)) is None
+    values = [
+        stalls.recovery_ms(r) for r in (run(None, 0), run(1233.0, 0), run(144.0, 0))
+    ]
+    assert stalls.med_worst(values) == ("144 ms", "1233 ms")
+    assert stalls.med_worst([0.0, None])[1] == "unrecovered"
+
+
 def test_fold_sums_self_and_total_samples(tmp_path: Path) -> None:
     folded = tmp_path / "fw1.txt"
     folded.write_text(
