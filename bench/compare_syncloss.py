@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from fwbench import report, runloop, syncloss
+from fwbench import agent_settings, report, runloop, syncloss
 from fwbench.baseline_cluster import BaselineCluster
 from fwbench.cluster import Cluster
 from fwbench.select import available_clusters
@@ -118,7 +118,9 @@ def main() -> int:
     p.add_argument("--losses", default=",".join(str(x) for x in LOSSES))
     p.add_argument("--rate", type=float, default=2000.0, help="new connections / s")
     p.add_argument("--seconds", type=float, default=5.0)
+    agent_settings.add_options(p)  # fwcluster's side only (keepalived keeps its own)
     args = p.parse_args()
+    agent_settings.apply(args)
     losses = [20] if args.quick else [int(x) for x in args.losses.split(",")]
     rate, seconds = (1000.0, 1.0) if args.quick else (args.rate, args.seconds)
     settings = [

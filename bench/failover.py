@@ -332,8 +332,9 @@ def write_section(
         lines += [""]
         if det:
             lines.append(
-                f"Median detection {statistics.median(det):.0f} ms after the kill (3 missed "
-                "50 ms heartbeats, counted from the last heartbeat before it)."
+                f"Median detection {statistics.median(det):.0f} ms after the kill "
+                f"({args.heartbeat['misses']} missed {args.heartbeat['interval_ms']} ms "
+                "heartbeats, counted from the last heartbeat before it)."
             )
         took = [r["takeover_ms"] for r in kills if r.get("takeover_ms") is not None]
         if took:
