@@ -137,6 +137,14 @@ def netns(name: str) -> Iterator[None]:
         os.close(home)
 
 
+def client_socket(family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket in the client namespace, with the tests' I/O timeout."""
+    with netns("cli"):
+        s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(IO_TIMEOUT)
+    return s
+
+
 def channel(ns: str) -> GenlChannel:
     with netns(ns):
         return GenlChannel()
@@ -385,9 +393,7 @@ class GuestTests:
     def t_traffic(self) -> str | None:
         self.server = EchoServer()
         for i in range(N_CONNS):
-            with netns("cli"):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(IO_TIMEOUT)
+            s = client_socket()
             try:
                 s.connect((SERVER_IP, SERVER_PORT))
             except OSError as e:
@@ -512,9 +518,7 @@ class GuestTests:
         if injected == 0:
             return f"{victim} had no connections: the failover was not exercised"
         # A new connection still works and lands on a survivor.
-        with netns("cli"):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(IO_TIMEOUT)
+        s = client_socket()
         try:
             s.connect((SERVER_IP, SERVER_PORT))
             ok = roundtrip(s, b"new\n")
@@ -670,10 +674,8 @@ class GuestTests:
             listener.listen(N_CONNS6)
             listener.settimeout(IO_TIMEOUT)
             for i in range(N_CONNS6):
-                with netns("cli"):
-                    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                c = client_socket(socket.AF_INET6)
                 conns.append(c)
-                c.settimeout(IO_TIMEOUT)
                 try:
                     c.connect((SERVER6, SERVER_PORT))
                     accepted.append(listener.accept()[0])
@@ -746,10 +748,8 @@ class GuestTests:
         clients: list[socket.socket] = []
         try:
             for i in range(N_TAP_CONNS):
-                with netns("cli"):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s = client_socket()
                 clients.append(s)
-                s.settimeout(IO_TIMEOUT)
                 try:
                     s.connect((SERVER_IP, SERVER_PORT))
                 except OSError as e:

@@ -40,7 +40,7 @@ class ModeratedReader:
         self._last_drain = float("-inf")
         self._deferred: asyncio.TimerHandle | None = None
         self._watching = False
-        self.deferred_drains = 0  # how often a wakeup was held back (metrics)
+        self.deferred_drains = 0  # wakeups held back (`busy_reads_deferred` in stats)
 
     def start(self) -> None:
         if not self._watching and self._deferred is None:

@@ -813,6 +813,7 @@ class Runtime:
         stats["own_status_up"] = self.own_status.up
         stats["kernel_step_backs"] = self.kernel_guard.step_backs
         stats["kernel_probes_failed"] = self.kernel_guard.probes_failed
+        stats["busy_reads_deferred"] = sum(r.deferred_drains for r in self._moderated)
         stats["ready"] = self.node.ready
         stats["stable"] = self.node.stable
         stats["members"] = len(self.node.members())
