@@ -40,7 +40,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, runs: int,
     lines = report.runs_header("Loss on the sync network: fwcluster vs conntrackd FTFW", results)  # fmt: skip
     lines += [
         (
-            f"{args.nodes} nodes each (keepalived variant: {args.variant}). Per run a fresh "
+            f"{args.nodes} nodes each (keepalived variant: {args.variant}; fwcluster's agents: "
+            f"{agent_settings.describe(args.heartbeat)}). Per run a fresh "
             f"cluster, sync loss set, {rate:,.0f} new UDP connections/s for {seconds:g} s, 1 s "
             "of grace, then the node holding them is killed. *Missing*: the victim's generator "
             "connections absent from every survivor's kernel table after the takeover. *Sync "
@@ -120,7 +121,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     agent_settings.add_options(p)  # fwcluster's side only (keepalived keeps its own)
     args = p.parse_args()
-    agent_settings.apply(args)
+    args.heartbeat = agent_settings.apply(args)
     losses = [20] if args.quick else [int(x) for x in args.losses.split(",")]
     rate, seconds = (1000.0, 1.0) if args.quick else (args.rate, args.seconds)
     settings = [

@@ -545,7 +545,8 @@ class ReliableBroadcast:
                     break
                 budget -= self._retransmit(seq_add(first, i), now)
         self._repair_tokens -= start_budget - budget
-        self.stats.repairs_deferred += deferred
+        if deferred:
+            self.stats.repairs_deferred += 1
         if lost_from is not None:
             self._report_lost(source, lost_from, now)
         if len(self._repaired_at) > 4096:

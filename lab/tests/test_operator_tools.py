@@ -243,7 +243,7 @@ def owns_again(log: Path) -> bool:
     return bool(owner) and owner[-1] != "0"
 
 
-BURST = 3000  # new UDP connections, sent as fast as one Python loop can
+BURST = 3000  # new UDP connections, in runs of 100 a millisecond apart
 BURST_SPORT = 45678
 
 
