@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "lab"), str(ROOT / "agent")]
 
 from availability_manager.cli.clusterctl import request
+from fwbench import agent_settings
 from fwcluster_lab import agent, build, cluster, faults
 from fwcluster_lab.state import LabState
 
@@ -125,7 +126,9 @@ def main() -> int:
     )
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--out", help="append the markdown table here")
+    agent_settings.add_options(parser)
     args = parser.parse_args()
+    heartbeat = agent_settings.apply(args)
     sizes = args.nodes or ([3] if args.quick else [3, 8, 16])
     if any(not 3 <= n <= 32 for n in sizes):
         parser.error("--nodes must be 3..32 (kill fw2 and drain fw3 leave a cluster)")
@@ -139,7 +142,7 @@ def main() -> int:
     for n in sizes:
         rows.append(measure(n, idle))
         print("\n".join(table(rows[-1:])), flush=True)
-    lines = table(rows)
+    lines = [f"Agents: {agent_settings.describe(heartbeat)}.", "", *table(rows)]
     print("\n".join(lines))
     if args.out and not args.quick:
         with open(args.out, "a") as fh:

@@ -293,6 +293,9 @@ class Availability:
         self._wire_version_low: int | None = None
         self._earliest_deadline: float | None = None
         self._events: collections.deque[AvailabilityEvent] = collections.deque()
+        # When the last heartbeat was handed out: the peers' deadlines for this
+        # node run from it (the data plane's fence is anchored there).
+        self.last_sent: float | None = None
 
     # -- inputs ---------------------------------------------------------------
 
@@ -393,6 +396,7 @@ class Availability:
         if now < self._next_send:
             return []
         self._next_send = now + self.interval
+        self.last_sent = now
         self.stats["heartbeats_sent"] += 1
         return [
             Heartbeat(

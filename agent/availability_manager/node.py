@@ -639,6 +639,12 @@ class Node:
         return self._stable
 
     @property
+    def last_heartbeat_sent(self) -> float | None:
+        """When this node last sent a heartbeat (None before the first): a
+        peer declares it dead a heartbeat timeout after hearing it."""
+        return self._availability.last_sent
+
+    @property
     def send_counter(self) -> int:
         """The nonce counter the next sealed datagram will carry."""
         return self._encryption.counter

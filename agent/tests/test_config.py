@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from availability_manager.availability import Availability, NodeDown
 from availability_manager.daemon.config import (
     ConfigError,
+    fence_timeout,
     load_config,
     parse_config,
     reload_incompatible,
@@ -169,3 +171,47 @@ def test_file_round_trip_and_reload_rules(tmp_path: Path) -> None:
     assert reload_incompatible(old, load_config(f)) == ["sync_delay_s"]
     f.write_text(yaml.safe_dump(with_change("protocols", ["tcp"])))
     assert reload_incompatible(old, load_config(f)) == ["protocols"]
+
+
+def _peer_declares_dead(
+    interval: float, misses: int, last_lost: bool, beats: int = 10
+) -> tuple[float, float]:
+    """Two real detectors exchange heartbeats until the node has sent `beats`
+    and stops (its last one lost on the way if `last_lost`): when the node
+    sent its last heartbeat, and when the peer declared it dead."""
+    node = Availability(1, 1, bytes(8), interval=interval, misses=misses, now=0.0)
+    peer = Availability(2, 2, bytes(8), interval=interval, misses=misses, now=0.0)
+    now, sent = 0.0, 0
+    step = interval / 100
+    while sent < beats:
+        for hb in node.messages_to_send(now):
+            sent += 1
+            if not (last_lost and sent == beats):
+                peer.receive(hb, 1, now)
+        for hb in peer.messages_to_send(now):
+            node.receive(hb, 2, now)
+        list(peer.iter_events())
+        now = round(now + step, 9)
+    last = node.last_sent
+    assert last is not None
+    while not any(isinstance(e, NodeDown) and e.node == 1 for e in peer.iter_events()):
+        assert now < last + 20 * interval, "the peer never declared the node dead"
+        peer.messages_to_send(now)
+        peer.handle_timer(now)
+        now = round(now + step, 9)
+    return last, now
+
+
+@pytest.mark.parametrize(("interval_ms", "misses"), [(50, 3), (25, 4), (20, 2), (1000, 10)])
+@pytest.mark.parametrize("last_lost", [False, True])
+def test_the_fence_expires_before_a_peer_declares_the_node_dead(
+    interval_ms: int, misses: int, last_lost: bool
+) -> None:
+    """The data plane's fence lasts `fence_timeout` after the node's last
+    heartbeat (runtime._keep_fence_up). A peer running the real detector must
+    not declare the node dead, and take its buckets, before the fence has
+    expired, even when that last heartbeat was lost on the way."""
+    cfg = parse(with_change("heartbeat", {"interval_ms": interval_ms, "misses": misses}))
+    last, declared = _peer_declares_dead(interval_ms / 1000, misses, last_lost)
+    fence_expires = last + fence_timeout(cfg)
+    assert declared > fence_expires, (declared, fence_expires)

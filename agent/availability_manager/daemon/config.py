@@ -518,11 +518,15 @@ def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
 
 
 def fence_timeout(cfg: AgentConfig) -> float:
-    """How long the data plane forwards after the agent last ran: the missed
-    heartbeats after which the peers declare this node dead, without their
-    tolerance (availability.py), so that the node falls silent just before
-    they take its buckets."""
-    return cfg.heartbeat.misses * cfg.heartbeat.interval_ms / 1000.0
+    """How long the data plane forwards after the agent's last heartbeat:
+    one interval less than the missed heartbeats after which the peers
+    declare this node dead (availability.py: they count from the last
+    heartbeat they heard, plus a fifth of an interval). So the node falls
+    silent before they take its buckets even if its last heartbeat was lost
+    or reached them late; counted from the agent's last run instead, the
+    fence outlived the peers' patience by up to an interval (duplicates in
+    the stalled-agent lab test)."""
+    return (cfg.heartbeat.misses - 1) * cfg.heartbeat.interval_ms / 1000.0
 
 
 def _parse_sync_filter(r: _Reader, m: Mapping[str, Any]) -> tuple[SyncFilter, float]:

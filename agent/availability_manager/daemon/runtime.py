@@ -213,12 +213,14 @@ class Runtime:
         # A gap longer than this between two inputs is the loop's own stall.
         self._stall_after = STALL_HEARTBEATS * cfg.heartbeat.interval_ms / 1000.0
         self._last_ran = self.loop.time()
-        self._keep_alive_every = cfg.heartbeat.interval_ms / 2000.0
-        self._kept_alive_at = -1.0
+        # The data plane's fence (dataplane/fence.py) is refreshed after every
+        # heartbeat sent and expires `fence_timeout` after it (config.py).
+        self._fence_timeout = fence_timeout(cfg)
+        self._fenced_from: float | None = None  # the heartbeat the fence counts from
+        self._fence_expires_at = self._last_ran + self._fence_timeout
         # After a stall long enough for the fence to expire, the peers may
-        # have taken this node's buckets: the fence stays down until this
-        # time has passed (their claims read) and the Node is stable again.
-        self._fence_expires_after = fence_timeout(cfg)
+        # have taken this node's buckets: the fence stays down until a
+        # timeout has passed (their claims read) and the Node is stable again.
         self._fence_held_until: float | None = None
         self.kernel_guard = KernelGuard()
         # what the Node wants forwarded (the last ActiveBucketsChanged), kept
@@ -391,8 +393,8 @@ class Runtime:
                 "event loop stalled %.0f ms: peers not judged by it", (now - self._last_ran) * 1e3
             )
             self.node.host_stalled(self._last_ran, now)
-            if now - self._last_ran >= self._fence_expires_after:
-                self._fence_held_until = now + self._fence_expires_after
+            if now >= self._fence_expires_at:
+                self._fence_held_until = now + self._fence_timeout
         self._last_ran = now
         return now
 
@@ -410,6 +412,19 @@ class Runtime:
         # that never settles must not black-hole its buckets for good.
         log.info("fence up again after the stall (%s)", "settled" if settled else "limit reached")
         return True
+
+    def _keep_fence_up(self, now: float) -> None:
+        """After a heartbeat went out, let the data plane forward until
+        `fence_timeout` after it: the peers' deadline for this node runs from
+        that heartbeat, not from whenever the loop last ran."""
+        sent = self.node.last_heartbeat_sent
+        if sent is None or sent == self._fenced_from or not self._fence_may_rise(now):
+            return
+        self._fenced_from = sent
+        expires = sent + self._fence_timeout
+        if expires > now:  # else the elements expire on their own, earlier
+            self._fence_expires_at = expires
+            self.dataplane.keep_alive(expires - now)
 
     def _on_sync(self, sock: SyncSocket) -> None:
         now = self._clock()
@@ -602,9 +617,6 @@ class Runtime:
 
     def _pump(self) -> None:
         now = self.loop.time()
-        if now - self._kept_alive_at >= self._keep_alive_every and self._fence_may_rise(now):
-            self._kept_alive_at = now  # the data plane's fence (dataplane/fence.py)
-            self.dataplane.keep_alive()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
         self._pump_hooks()
@@ -614,6 +626,7 @@ class Runtime:
             else:
                 for zs in self.zone_sockets:
                     zs.send(datagram)
+        self._keep_fence_up(now)
         deadline = self.node.next_timer()
         if self._timer is not None:
             if deadline is not None and self._timer.when() == max(deadline, now):

@@ -91,10 +91,11 @@ class DataPlane(Protocol):
     def status(self) -> dict[str, object]:
         """Backend name, owned buckets as programmed, counters if available."""
 
-    def keep_alive(self) -> None:
-        """The agent runs: keep the data plane's fence from expiring (called
-        from the event loop at least every heartbeat interval; cheap, never
-        blocking). A no-op for a backend without one."""
+    def keep_alive(self, timeout_s: float | None = None) -> None:
+        """The agent runs: keep the data plane's fence from expiring for
+        `timeout_s` more (at most, and by default, `fence_timeout_s`); called
+        from the event loop after every heartbeat it sends; cheap, never
+        blocking. A no-op for a backend without one."""
 
     def check(self) -> str | None:
         """What of install()'s and set_owned_buckets()'s work the kernel no

@@ -310,7 +310,7 @@ class ClusterdevDataPlane:
         self._saved_sysctls.clear()
         self._owned = frozenset()
 
-    def keep_alive(self) -> None:
+    def keep_alive(self, timeout_s: float | None = None) -> None:
         """No fence in the module yet (docs/failures.md: agent stalls)."""
 
     def check(self) -> str | None:

@@ -9,10 +9,11 @@ agent test without this) until the agent resumes or systemd's watchdog kills
 it (5 s). keepalived has the same hole; fwcluster closes it in the kernel.
 
 The table has a set `alive` (`type nf_proto; flags timeout`); the cluster
-chain drops every classified packet of a protocol family not in it. The agent
-re-adds both families with a timeout of its heartbeat timeout at least once
-per heartbeat interval, so the elements expire, and the node falls silent, at
-the moment its peers declare it dead, not later. A refresh is one netlink
+chain drops every classified packet of a protocol family not in it. After
+every heartbeat it sends, the agent re-adds both families with a timeout
+that ends `misses - 1` heartbeat intervals after that heartbeat
+(config.fence_timeout), so the elements expire, and the node falls silent,
+before its peers declare it dead, not later. A refresh is one netlink
 batch (flush the set, add two elements) written by hand: no `nft` process per
 heartbeat. The socket is non-blocking; the kernel's answers are errors only
 (no ACK asked), read on the next refresh and counted.
@@ -103,11 +104,14 @@ class Fence:
         self._sock.bind((0, 0))
         self._sock.setblocking(False)
 
-    def refresh(self) -> bool:
-        """Send one refresh; False if the kernel could not even take it (the
-        fence then expires: the node stops forwarding, which is the point)."""
+    def refresh(self, timeout_s: float | None = None) -> bool:
+        """Send one refresh: the elements expire `timeout_s` from now (the
+        constructor's timeout if None); False if the kernel could not even
+        take it (the fence then expires: the node stops forwarding, which is
+        the point)."""
         self._read_errors()
-        batch = refresh_batch(self.table, self.timeout_ms, self._seq)
+        timeout_ms = self.timeout_ms if timeout_s is None else max(1, round(timeout_s * 1000))
+        batch = refresh_batch(self.table, min(timeout_ms, self.timeout_ms), self._seq)
         self._seq = (self._seq + 4) & 0x7FFFFFFF or 1
         try:
             self._sock.send(batch)

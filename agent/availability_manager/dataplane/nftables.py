@@ -259,9 +259,9 @@ class NftablesDataPlane:
             result["fence"] = {"refreshes": self.fence.refreshes, "errors": dict(self.fence.errors)}
         return result
 
-    def keep_alive(self) -> None:
+    def keep_alive(self, timeout_s: float | None = None) -> None:
         if self.fence is not None:
-            self.fence.refresh()
+            self.fence.refresh(timeout_s)
 
     def check(self) -> str | None:
         if not self.installed:
