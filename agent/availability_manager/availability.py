@@ -51,7 +51,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import ClassVar
 
@@ -327,6 +327,14 @@ class Availability:
             return
         self._weight = weight
         self._next_send = min(self._next_send, now)
+
+    def send_soon(self, now: float) -> None:
+        """The next heartbeat goes out at once (a path to a peer is in doubt)."""
+        self._next_send = min(self._next_send, now)
+
+    def peers_heard(self) -> Iterable[NodeId]:
+        """Every peer heard within its timeout, admitted or not."""
+        return self._peers.keys()
 
     def set_rb_next_seq(self, seq: int) -> None:
         if not 0 <= seq <= 0xFFFFFFFF:

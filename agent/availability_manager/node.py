@@ -65,12 +65,33 @@ Node adds what makes the claimer *know* the entries:
 3. and not while we owe that peer our table (it came up, or asked for a
    resync): FIFO then delivers our table before our DELETEs, and entries that
    reach the claimer after its claim are injected at once (`_inject_late`).
+
+Zone heartbeats (`NodeConfig.zone_heartbeats`): a copy of the heartbeat on the
+zone links keeps a node a member while the sync network alone fails. The
+copies go out only while some node doubts the sync network, so that an idle
+cluster's zone links (customer-facing) carry no heartbeats and no node pays
+for (N - 1) x zones extra datagrams per interval:
+- doubt: a peer heard within its timeout was not heard on the sync network for
+  SYNC_DOUBT_INTERVALS (checked on inputs, at most every quarter interval), no
+  peer was ever heard there, or our own links are down (the dead one may be
+  the sync link). We send a heartbeat at once and, for `misses + 1` intervals
+  after the doubt ends, a zone copy of each, sealed after its sync copy, so
+  every peer opens it;
+- answer: a zone copy opened (it was sealed after its sync copy, or the sync
+  copy never came) means its sender doubts; we send a heartbeat at once and
+  zone copies for as long, sealed before their sync copy, so a peer that hears
+  the sync copy drops them unopened (`_zone_copy_stale`) and does not answer.
+A sync path lost in one direction alone is covered too: the side that stops
+hearing doubts, the other answers. The peers' timeout runs from the last
+heartbeat they heard on any path: the doubt starts 1.25-1.5 intervals after a
+peer's last sync heartbeat, before the timeout (`misses` + 0.2 intervals).
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import math
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -140,6 +161,14 @@ DatagramMessage = Heartbeat | RangeState | RbMessage
 DATAGRAM_MESSAGE_TYPES = (Heartbeat, RangeState, RbData, RbNak, RbLost)
 ZONE_MESSAGE_TYPES = (Heartbeat, RangeState)  # what a zone link may carry
 LISTEN_INTERVALS = 1.5  # heartbeat intervals a starting node listens before it sends
+# Zone heartbeats on doubt (module docstring, "Zone heartbeats"): a peer not
+# heard on the sync network for this many intervals is in doubt; the sync
+# paths are checked at most every quarter interval, on the inputs that come
+# anyway (a timer of its own only once the sync network fell silent); zone
+# copies go out for `misses + 1` intervals after the last doubt.
+SYNC_DOUBT_INTERVALS = 1.25
+SYNC_CHECK_INTERVALS = 0.25
+ZONE_HOLD_EXTRA_INTERVALS = 1
 # How long a bucket handed back unstarted is remembered (seconds after its
 # instant): a peer's claim that still announces that handoff is older.
 GIVEN_UNSTARTED_MEMORY_S = 10.0
@@ -213,6 +242,15 @@ class Node:
         self._duplicate = False
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
+        # Zone heartbeats on doubt: when each peer was last heard on the sync
+        # network; until when zone copies go out (answering a peer's doubt),
+        # and until when they are sealed after the sync copy (our own doubt,
+        # so that every peer opens them and answers).
+        self._sync_heard: dict[NodeId, float] = {}
+        self._sync_heard_last = -math.inf  # any peer, on the sync network
+        self._zone_copies_until = -math.inf
+        self._zone_doubt_until = -math.inf
+        self._zone_check_at = now
         # The state of the handover safety rules 1-3 (module docstring):
         self._awaiting_table: dict[NodeId, float] = {}  # rule 1: peer -> give-up time
         self._table_owed: set[NodeId] = set()  # rule 3: peers that lack our table
@@ -266,6 +304,12 @@ class Node:
                 self._duplicate_heard()
             return  # Encryption counted the reason
         header, plaintext = opened
+        if via is Destination.SYNC:
+            self._sync_heard[header.sender] = self._sync_heard_last = now
+            if self.config.zone_heartbeats and now >= self._zone_check_at:
+                self._check_sync_paths(now)
+        elif self.config.zone_heartbeats:
+            self._zone_answer(now)  # a fresh zone copy: its sender doubts its sync path
         try:
             decoded = wire.decode_messages(plaintext)
         except wire.WireError as exc:
@@ -303,6 +347,39 @@ class Node:
             self._duplicate = True
             self._counters["duplicate_node_id"] += 1
             self._events.append(ev.PeerRefused(node=self.node_id, reason="duplicate-node-id"))
+
+    def _zone_hold(self, now: float) -> float:
+        return now + (self.config.heartbeat_misses + ZONE_HOLD_EXTRA_INTERVALS) * (
+            self.config.heartbeat_interval
+        )
+
+    def _zone_answer(self, now: float) -> None:
+        """A peer's zone copy was opened: it was sealed after its sync copy (the
+        peer doubts the sync network) or its sync copy never came. Our
+        heartbeats go to the zone links too for a while, the first at once."""
+        if now >= self._zone_copies_until:
+            self._availability.send_soon(now)
+            self._counters["zone_answers"] += 1
+        self._zone_copies_until = max(self._zone_copies_until, self._zone_hold(now))
+
+    def _check_sync_paths(self, now: float) -> None:
+        """Doubt the sync network if a peer heard within its timeout (on any
+        path) was not heard on it for SYNC_DOUBT_INTERVALS, or if no peer was
+        ever heard on it (a node alone, or one whose sync link is dead from
+        the start: its zone copies are how the others learn of it)."""
+        self._zone_check_at = now + SYNC_CHECK_INTERVALS * self.config.heartbeat_interval
+        limit = now - SYNC_DOUBT_INTERVALS * self.config.heartbeat_interval
+        heard = self._sync_heard
+        doubt = not heard or any(
+            heard.get(p, -math.inf) < limit for p in self._availability.peers_heard()
+        )
+        if not doubt:
+            return
+        if now >= self._zone_doubt_until:
+            self._availability.send_soon(now)
+            self._counters["zone_doubts"] += 1
+        self._zone_doubt_until = max(self._zone_doubt_until, self._zone_hold(now))
+        self._zone_copies_until = max(self._zone_copies_until, self._zone_doubt_until)
 
     def _zone_copy_stale(self, data: bytes) -> bool:
         """A zone datagram carries only state (heartbeat, claim); one sealed
@@ -361,6 +438,11 @@ class Node:
         self._ranges.clock_offset = offset
 
     def set_link_status(self, up: bool, now: float) -> None:
+        if self.config.zone_heartbeats and up != self._availability.own_status:
+            # The dead link may be the sync link: the heartbeat saying so goes
+            # to the zone links too, from now until a while after it is back.
+            until = math.inf if not up else self._zone_hold(now)
+            self._zone_doubt_until = self._zone_copies_until = until
         self._availability.set_own_status(up, now)
         self._pump(now)
 
@@ -455,6 +537,18 @@ class Node:
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
         if self._start_timer is not None:  # a start switch turns into plain forwarding
             deadlines.append(self._start_timer)
+        if self.config.zone_heartbeats:
+            # Checked on the inputs that come anyway; a wakeup of its own only
+            # when the sync network fell silent, and in doubt just before
+            # the zone copies would stop.
+            interval = self.config.heartbeat_interval
+            deadlines.append(
+                max(
+                    self._zone_check_at,
+                    self._sync_heard_last + SYNC_DOUBT_INTERVALS * interval,
+                    self._zone_doubt_until - interval,
+                )
+            )
         times = [t for t in deadlines if t is not None]
         if not times:
             return None
@@ -475,6 +569,8 @@ class Node:
             del self._awaiting_table[peer]
             self._counters["table_wait_timeouts"] += 1
         self._forget_dead_peers(now)
+        if self.config.zone_heartbeats and now >= self._zone_check_at:
+            self._check_sync_paths(now)
         if self._start_timer is not None and self._start_timer <= now:
             self._start_timer = None
             self._active_dirty = True
@@ -514,22 +610,31 @@ class Node:
         control = [m for m in rb_out if not isinstance(m, RbData)]
         data = [m for m in rb_out if isinstance(m, RbData)]
         state = [wire.encode_message(m) for m in unreliable]
-        # The zone copy is sealed first (a lower counter) and sent last: a peer
-        # that hears the sync copy first drops the zone copy unopened as stale
-        # (`_zone_copy_stale`); when the sync network fails, it is all it hears.
+        # The zone copy answering a peer's doubt is sealed first (a lower
+        # counter) and sent last: a peer that hears the sync copy first drops
+        # it unopened as stale (`_zone_copy_stale`); when the sync network
+        # fails, it is all it hears. Our own doubt's copy is sealed last, so
+        # every peer opens it and answers (`_zone_answer`).
+        zone_due = (
+            self.config.zone_heartbeats
+            and now < self._zone_copies_until
+            and any(isinstance(m, Heartbeat) for m in unreliable)
+        )
+        doubt = now < self._zone_doubt_until
         zone: list[tuple[bytes, Destination]] = []
-        if self.config.zone_heartbeats and any(isinstance(m, Heartbeat) for m in unreliable):
-            zone = [
-                (self._encryption.seal(p), Destination.ZONES)
-                for p in pack(state, self._encryption.max_plaintext)
-            ]
+        if zone_due and not doubt:
+            zone = self._sealed(state, Destination.ZONES)
         encoded = [*state, *(wire.encode_message(m) for m in (*control, *data))]
-        out = [
-            (self._encryption.seal(p), Destination.SYNC)
-            for p in pack(encoded, self._encryption.max_plaintext)
-        ]
+        out = self._sealed(encoded, Destination.SYNC)
+        if zone_due and doubt:
+            zone = self._sealed(state, Destination.ZONES)
         out.extend(zone)
         return out
+
+    def _sealed(self, encoded: list[bytes], to: Destination) -> list[tuple[bytes, Destination]]:
+        return [
+            (self._encryption.seal(p), to) for p in pack(encoded, self._encryption.max_plaintext)
+        ]
 
     def _drop_everything_due(self, now: float) -> None:
         """A duplicate sends nothing: what the layers have due is dropped, so

@@ -36,9 +36,9 @@ class NodeConfig:
     # The highest wire version this node speaks: below wire.WIRE_VERSION only
     # to run exactly as an older release does (rolling-upgrade tests).
     max_wire_version: int = wire.WIRE_VERSION
-    # Send a copy of every heartbeat (and range state) to the zone links too
-    # (Destination.ZONES): costs a second AEAD operation per heartbeat, so
-    # only when the driver has zone links to send it on.
+    # Send a copy of the heartbeat (and range state) to the zone links too
+    # (Destination.ZONES) while the sync network is in doubt (Node module
+    # docstring, "Zone heartbeats"); only when the driver has zone links.
     zone_heartbeats: bool = False
     # What the operator chose not to sync (relevance.py), and how old an entry
     # must be before it is synced (conntrack_sync.py; 0: at once).

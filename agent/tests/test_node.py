@@ -431,6 +431,7 @@ def test_zone_copies_of_the_heartbeat_only_when_zone_heartbeats_are_configured()
 
     zoned = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
     zoned.connection_new(conn_in_bucket(3), 0.0)
+    zoned.handle_timer(TALK)  # it heard nobody on the sync network: in doubt
     peer = Node(config(9), random.Random(9), 0.0)  # a fresh replay window: same counters
     sent = _destinations_and_types(zoned, peer, TALK)
     zone = [types for where, types in sent if where == "zones"]
@@ -574,11 +575,17 @@ def test_zone_heartbeats_keep_a_peer_alive_without_the_sync_network() -> None:
 
 
 def test_a_zone_copy_after_its_sync_copy_is_dropped_unopened_alone_it_counts() -> None:
-    """While the sync network works, a zone copy (sealed just before its sync
-    copy, sent just after) reaches a peer stale and is dropped before the
-    AEAD; when the sync copy is lost, the zone copy is what keeps us alive."""
+    """A node answering a peer's doubt seals its zone copy just before the
+    sync copy and sends it just after: while the sync network works it
+    reaches a peer stale and is dropped before the AEAD; when the sync copy is
+    lost, the zone copy is what keeps the node alive."""
     a = Node(config(1, zone_heartbeats=True), random.Random(1), 0.0)
     b = Node(config(2), random.Random(2), 0.0)
+    doubter = Node(config(3, zone_heartbeats=True), random.Random(3), 0.0)
+    doubter.handle_timer(TALK)  # heard nobody on the sync network
+    for d, where in doubter.datagrams_to_send(TALK):
+        a.receive_datagram(d, TALK, where)  # its zone copy opened: a answers
+    assert a.stats()["zone_answers"] == 1
     sent = a.datagrams_to_send(TALK)
     assert [where for _, where in sent] == [Destination.SYNC, Destination.ZONES]
     (sync, _), (zone, _) = sent
@@ -594,6 +601,66 @@ def test_a_zone_copy_after_its_sync_copy_is_dropped_unopened_alone_it_counts() -
     b.receive_datagram(zone_only[0], TALK + 0.06, Destination.ZONES)
     assert b.stats()["heartbeats_received"] == 2
     assert b.stats()["drop_zone-copy-stale"] == 1
+
+
+def test_zone_copies_go_out_only_while_a_sync_path_is_in_doubt() -> None:
+    """Zone heartbeats cost every peer a datagram per heartbeat and zone: they
+    go out only while some node doubts the sync network. A node that stops
+    hearing a peer there doubts it and seals its zone copies after the sync
+    copy, so the peer opens them and answers on the zone links too; a sync
+    path lost in either direction alone therefore takes nobody down."""
+    nodes = [Node(config(i, zone_heartbeats=True), random.Random(i), 0.0) for i in (1, 2)]
+    now = 0.0
+    zone_sent = {1: 0, 2: 0}
+
+    def run(until: float, sync_ok: tuple[bool, bool]) -> None:
+        """Exchange until `until`; sync_ok: (1 -> 2 delivered, 2 -> 1 delivered)."""
+        nonlocal now
+        while now < until:
+            now = round(now + STEP, 9)
+            for i, (sender, receiver) in enumerate(((nodes[0], nodes[1]), (nodes[1], nodes[0]))):
+                for d, dest in sender.datagrams_to_send(now):
+                    if dest is Destination.ZONES:
+                        zone_sent[i + 1] += 1
+                    if dest is Destination.ZONES or sync_ok[i]:
+                        receiver.receive_datagram(d, now, via=dest)
+            for n in nodes:
+                n.handle_timer(now)
+
+    run(1.0, (True, True))
+    assert nid(2) in nodes[0].members() and nid(1) in nodes[1].members()
+    zone_sent.update({1: 0, 2: 0})
+    run(2.0, (True, True))  # the doubts of the start are long over
+    assert zone_sent == {1: 0, 2: 0}
+    for sync_ok in ((True, False), (False, True), (False, False)):
+        run(now + 1.0, sync_ok)
+        assert nid(2) in nodes[0].members() and nid(1) in nodes[1].members(), sync_ok
+        assert zone_sent[1] > 0 and zone_sent[2] > 0, sync_ok
+        run(now + 1.0, (True, True))  # healed: the zone copies stop again
+        zone_sent.update({1: 0, 2: 0})
+        run(now + 1.0, (True, True))
+        assert zone_sent == {1: 0, 2: 0}, sync_ok
+    assert nodes[0].stats()["zone_doubts"] >= 2 and nodes[1].stats()["zone_answers"] >= 1
+
+
+def test_a_node_whose_link_fails_says_so_on_the_zone_links_at_once() -> None:
+    """The dead link may be the sync link: the heartbeat that says the node's
+    links are down goes to the zone links too, without waiting for a doubt."""
+    nodes = [Node(config(i, zone_heartbeats=True), random.Random(i), 0.0) for i in (1, 2)]
+    now = 0.0
+    while now < 2.0:  # up over the sync network, the start's doubts over
+        now = round(now + STEP, 9)
+        for sender, receiver in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+            for d, dest in sender.datagrams_to_send(now):
+                receiver.receive_datagram(d, now, via=dest)
+        for n in nodes:
+            n.handle_timer(now)
+    assert all(w is Destination.SYNC for _, w in nodes[0].datagrams_to_send(now))
+    nodes[0].set_link_status(False, now)
+    zone = [d for d, w in nodes[0].datagrams_to_send(now) if w is Destination.ZONES]
+    assert len(zone) == 1
+    nodes[1].receive_datagram(zone[0], now, via=Destination.ZONES)
+    assert nid(1) not in nodes[1].members()  # its heartbeat said: links down
 
 
 def test_a_node_whose_own_link_fails_forwards_nothing_at_once(three: Cluster) -> None:

@@ -259,7 +259,7 @@ class Runtime:
         for reader in self._moderated:
             reader.start()
         for zs in self.zone_sockets:
-            self.loop.add_reader(zs.fileno(), self._on_sync, zs)
+            self.loop.add_reader(zs.fileno(), self._on_zone, zs)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
         if self.ruleset_watch is not None:
@@ -431,6 +431,20 @@ class Runtime:
         via = Destination.ZONES if sock.link_only else Destination.SYNC
         for datagram in sock.receive_all():
             self.node.receive_datagram(datagram, now, via)
+        self._pump()
+
+    def _on_zone(self, sock: SyncSocket) -> None:
+        """A zone link's datagrams, after whatever the sync socket holds: a
+        peer sends a heartbeat's sync copy before its zone copy, and the
+        sync socket's reads may be held back (read_moderation.py). Read in
+        that order, a zone copy that answers a doubt is found stale, as
+        meant, and not opened and taken for a doubt of its own (Node,
+        "Zone heartbeats"), which would keep the zone copies going."""
+        now = self._clock()
+        for datagram in self.sync.receive_all():
+            self.node.receive_datagram(datagram, now, Destination.SYNC)
+        for datagram in sock.receive_all():
+            self.node.receive_datagram(datagram, now, Destination.ZONES)
         self._pump()
 
     def _on_conntrack(self) -> None:
