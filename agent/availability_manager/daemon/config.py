@@ -519,14 +519,17 @@ def _parse_early_drop(r: _Reader, m: Mapping[str, Any]) -> EarlyDrop:
 
 def fence_timeout(cfg: AgentConfig) -> float:
     """How long the data plane forwards after the agent's last heartbeat:
-    one interval less than the missed heartbeats after which the peers
+    half an interval less than the missed heartbeats after which the peers
     declare this node dead (availability.py: they count from the last
     heartbeat they heard, plus a fifth of an interval). So the node falls
-    silent before they take its buckets even if its last heartbeat was lost
-    or reached them late; counted from the agent's last run instead, the
-    fence outlived the peers' patience by up to an interval (duplicates in
-    the stalled-agent lab test)."""
-    return (cfg.heartbeat.misses - 1) * cfg.heartbeat.interval_ms / 1000.0
+    silent before they take its buckets, and if its last heartbeat was lost
+    at most 0.3 intervals after they declared it, less than their takeover
+    takes (injection). Counted from the agent's last run instead, the fence
+    outlived the peers' patience by up to an interval (duplicates in the
+    stalled-agent lab test); a shorter one (misses - 1 intervals) fell
+    silent whenever the loop was 50 ms late under load (stalls of every
+    stream at drains in bench/failover.py)."""
+    return (cfg.heartbeat.misses - 0.5) * cfg.heartbeat.interval_ms / 1000.0
 
 
 def _parse_sync_filter(r: _Reader, m: Mapping[str, Any]) -> tuple[SyncFilter, float]:

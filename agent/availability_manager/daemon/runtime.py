@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, assert_never
 
 from .. import node_events as ev
+from ..availability import DEADLINE_TOLERANCE
 from ..connection import Connection
 from ..crypto import Keyring
 from ..ct_messages import Expectation
@@ -216,8 +217,10 @@ class Runtime:
         # The data plane's fence (dataplane/fence.py) is refreshed after every
         # heartbeat sent and expires `fence_timeout` after it (config.py).
         self._fence_timeout = fence_timeout(cfg)
+        self._heartbeat_timeout = (cfg.heartbeat.misses + DEADLINE_TOLERANCE) * (
+            cfg.heartbeat.interval_ms / 1000.0
+        )
         self._fenced_from: float | None = None  # the heartbeat the fence counts from
-        self._fence_expires_at = self._last_ran + self._fence_timeout
         # After a stall long enough for the fence to expire, the peers may
         # have taken this node's buckets: the fence stays down until a
         # timeout has passed (their claims read) and the Node is stable again.
@@ -393,10 +396,18 @@ class Runtime:
                 "event loop stalled %.0f ms: peers not judged by it", (now - self._last_ran) * 1e3
             )
             self.node.host_stalled(self._last_ran, now)
-            if now >= self._fence_expires_at:
+            if now >= self._peers_may_have_declared_us_dead():
                 self._fence_held_until = now + self._fence_timeout
         self._last_ran = now
         return now
+
+    def _peers_may_have_declared_us_dead(self) -> float:
+        """From when on a peer may have declared this node dead and taken its
+        buckets: a heartbeat timeout after the last heartbeat sent. A stall
+        that ends earlier let the fence expire at most: it rises again at
+        once, held down only after a longer one (its buckets may have moved)."""
+        sent = self.node.last_heartbeat_sent
+        return self._last_ran if sent is None else sent + self._heartbeat_timeout
 
     def _fence_may_rise(self, now: float) -> bool:
         """False while the fence is held down after a long stall."""
@@ -423,7 +434,6 @@ class Runtime:
         self._fenced_from = sent
         expires = sent + self._fence_timeout
         if expires > now:  # else the elements expire on their own, earlier
-            self._fence_expires_at = expires
             self.dataplane.keep_alive(expires - now)
 
     def _on_sync(self, sock: SyncSocket) -> None:
@@ -630,7 +640,10 @@ class Runtime:
     # -- outputs ----------------------------------------------------------------
 
     def _pump(self) -> None:
-        now = self.loop.time()
+        # Through the stall check: a pump after a stall that no input noticed
+        # first (a control command, a worker's result) would send the overdue
+        # heartbeat and raise the fence before the stall is judged.
+        now = self._clock()
         while (event := self.node.next_event()) is not None:
             self._perform(event)
         self._pump_hooks()
