@@ -744,6 +744,12 @@ class Node:
         return self._stable
 
     @property
+    def peer_timeout(self) -> float:
+        """How long after a peer's last heartbeat it is declared dead (and so
+        how long the peers wait for ours)."""
+        return self._availability.timeout
+
+    @property
     def last_heartbeat_sent(self) -> float | None:
         """When this node last sent a heartbeat (None before the first): a
         peer declares it dead a heartbeat timeout after hearing it."""

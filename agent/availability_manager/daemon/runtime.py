@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, assert_never
 
 from .. import node_events as ev
-from ..availability import DEADLINE_TOLERANCE
 from ..connection import Connection
 from ..crypto import Keyring
 from ..ct_messages import Expectation
@@ -217,9 +216,6 @@ class Runtime:
         # The data plane's fence (dataplane/fence.py) is refreshed after every
         # heartbeat sent and expires `fence_timeout` after it (config.py).
         self._fence_timeout = fence_timeout(cfg)
-        self._heartbeat_timeout = (cfg.heartbeat.misses + DEADLINE_TOLERANCE) * (
-            cfg.heartbeat.interval_ms / 1000.0
-        )
         self._fenced_from: float | None = None  # the heartbeat the fence counts from
         # After a stall long enough for the fence to expire, the peers may
         # have taken this node's buckets: the fence stays down until a
@@ -407,7 +403,7 @@ class Runtime:
         that ends earlier let the fence expire at most: it rises again at
         once, held down only after a longer one (its buckets may have moved)."""
         sent = self.node.last_heartbeat_sent
-        return self._last_ran if sent is None else sent + self._heartbeat_timeout
+        return self._last_ran if sent is None else sent + self.node.peer_timeout
 
     def _fence_may_rise(self, now: float) -> bool:
         """False while the fence is held down after a long stall."""

@@ -11,7 +11,7 @@ it (5 s). keepalived has the same hole; fwcluster closes it in the kernel.
 The table has a set `alive` (`type nf_proto; flags timeout`); the cluster
 chain drops every classified packet of a protocol family not in it. After
 every heartbeat it sends, the agent re-adds both families with a timeout
-that ends `misses - 1` heartbeat intervals after that heartbeat
+that ends `misses - 0.5` heartbeat intervals after that heartbeat
 (config.fence_timeout), so the elements expire, and the node falls silent,
 before its peers declare it dead, not later. A refresh is one netlink
 batch (flush the set, add two elements) written by hand: no `nft` process per
