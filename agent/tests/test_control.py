@@ -64,6 +64,7 @@ class Agent:
         self.path = path
         self.polls_until_drained: int | None = None
         self.drain_stuck = False
+        self.released = asyncio.Event()
 
     def status(self, _req: Any) -> dict[str, Any]:
         if self.polls_until_drained is not None and not self.drain_stuck:
@@ -82,6 +83,23 @@ class Agent:
     def crash(self, _req: Any) -> None:
         raise RuntimeError("bug")
 
+    # A command whose answer is awaited (as the runtime's status, which reads
+    # the kernel in its worker thread): it waits for another request.
+    def slow(self, req: Any) -> Any:
+        async def answer() -> str:
+            await self.released.wait()
+            if req.get("fail") == "refuse":
+                raise ControlError("refused late")
+            if req.get("fail") == "bug":
+                raise RuntimeError("bug")
+            return "waited"
+
+        return answer()
+
+    def release(self, _req: Any) -> str:
+        self.released.set()
+        return "released"
+
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
@@ -89,7 +107,15 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     a = Agent(path)
     loop = asyncio.new_event_loop()
     server = ControlServer(
-        path, {"status": a.status, "drain": a.drain, "join": a.refuse, "crash": a.crash}
+        path,
+        {
+            "status": a.status,
+            "drain": a.drain,
+            "join": a.refuse,
+            "crash": a.crash,
+            "slow": a.slow,
+            "release": a.release,
+        },
     )
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -120,6 +146,25 @@ def test_bad_requests_get_clear_errors(agent: Agent) -> None:
     assert answer["ok"] is False and "unknown command 'reboot'" in answer["error"]
     assert "internal error in crash" in raw(agent.path, b'{"cmd": "crash"}\n')["error"]
     assert raw(agent.path, b'{"cmd": "status"}\n')["result"]["node_id"] == "198.51.100.11"
+
+
+def test_an_awaited_answer_does_not_hold_up_other_requests(agent: Agent) -> None:
+    waiting = []
+    for fail in ("", "refuse", "bug"):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(str(agent.path))
+        s.sendall(json.dumps({"cmd": "slow", "fail": fail}).encode() + b"\n")
+        waiting.append(s)
+    # served while the three wait (a handler that blocked the loop would
+    # never see this request: the test would time out)
+    assert raw(agent.path, b'{"cmd": "release"}\n') == {"ok": True, "result": "released"}
+    answers = [json.loads(s.makefile().readline()) for s in waiting]
+    for s in waiting:
+        s.close()
+    assert answers[0] == {"ok": True, "result": "waited"}
+    assert answers[1] == {"ok": False, "error": "refused late"}
+    assert answers[2] == {"ok": False, "error": "internal error in slow; see the agent log"}
 
 
 def test_status_ranges_json(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:

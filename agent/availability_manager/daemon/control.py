@@ -12,6 +12,11 @@ the answer is then `{"ok": true, "stream": true}` followed by one JSON object
 per line, the last one carrying `"end": true` (or an `{"ok": false, ...}`
 line if the listing fails midway). Each part is written and drained before
 the next is produced: a slow reader slows the listing, never fills memory.
+
+A handler whose answer needs the kernel (the data plane's counters are read
+with `nft`, tens of milliseconds on a loaded machine) returns an awaitable
+instead: the event loop, which sends the heartbeats, is never held up by a
+status request; other requests are served meanwhile.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,23 @@ class Stream:
     must carry `"end": true`; the iterator is closed if the client goes away."""
 
     parts: AsyncIterator[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """An answer still being computed (a handler returned an awaitable)."""
+
+    command: str
+    awaitable: Awaitable[Any]
+
+    async def result(self) -> dict[str, Any]:
+        try:
+            return {"ok": True, "result": await self.awaitable}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception:  # as in dispatch: logged, never fatal
+            log.exception("control command %s failed", self.command)
+            return {"ok": False, "error": f"internal error in {self.command}; see the agent log"}
 
 
 class ControlError(Exception):
@@ -122,6 +145,8 @@ class ControlServer:
                 if not line:
                     break
                 answer = self.dispatch(line)
+                if isinstance(answer, Pending):
+                    answer = await answer.result()
                 if isinstance(answer, Stream):
                     await self._stream(writer, answer)
                 else:
@@ -153,7 +178,7 @@ class ControlServer:
             if aclose is not None:
                 await aclose()
 
-    def dispatch(self, line: bytes) -> dict[str, Any] | Stream:
+    def dispatch(self, line: bytes) -> dict[str, Any] | Stream | Pending:
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -168,7 +193,11 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {request['cmd']!r} (known: {known})"}
         try:
             result = handler(request)
-            return result if isinstance(result, Stream) else {"ok": True, "result": result}
+            if isinstance(result, Stream):
+                return result
+            if inspect.isawaitable(result):
+                return Pending(request["cmd"], result)
+            return {"ok": True, "result": result}
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception:  # a bug must not kill the agent; it is logged in full

@@ -54,7 +54,7 @@ def dataplane_for(cfg: AgentConfig) -> DataPlane:
 async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state: StateDir) -> str:
     from ..dataplane.conntrack_netlink import ConntrackSocket
     from ..dataplane.nft_monitor import RulesetMonitor
-    from ..dataplane.nft_ruleset import TABLE
+    from ..dataplane.nft_ruleset import HANDOVER_CHAIN, TABLE
     from .fault_injection import maybe_refusing
     from .links import LinkMonitor
     from .runtime import Runtime
@@ -112,7 +112,7 @@ async def _run(cfg: AgentConfig, broadcast: ipaddress.IPv4Address | None, state:
         metrics,
         zone_sockets,
         state,
-        RulesetMonitor(TABLE),
+        RulesetMonitor(TABLE, quiet_chains=frozenset({HANDOVER_CHAIN})),
     )
     return await runtime.run()
 

@@ -857,7 +857,16 @@ class Runtime:
         stats.update(self.hooks.stats())
         return stats
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        # The data plane's view is read with `nft` (processes, tens of ms under
+        # load) or netlink: in the kernel worker, after the writes queued
+        # before it, never on the loop that sends the heartbeats. At 16 lab
+        # nodes polled every 50 ms, reading it here stalled every loop past
+        # the peers' timeout (issue 19).
+        try:
+            dataplane = await self.loop.run_in_executor(self._kernel, self.dataplane.status)
+        except Exception as exc:  # status must answer most when the kernel is in trouble
+            dataplane = {"backend": self.dataplane.name, "error": f"{type(exc).__name__}: {exc}"}
         owners = self.node.bucket_owners()
         members = self.node.members()
         me = format_node_id(self.cfg.node_id)
@@ -875,10 +884,6 @@ class Runtime:
                 }
             )
         stats = self.stats()
-        try:
-            dataplane = self.dataplane.status()
-        except Exception as exc:  # status must answer most when the kernel is in trouble
-            dataplane = {"backend": self.dataplane.name, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "node_id": me,
             "state": self.node.phase(),
