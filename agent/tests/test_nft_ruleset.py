@@ -19,14 +19,15 @@ from collections.abc import Iterator
 
 import pytest
 from fwcluster_lab.netns import ns_run
+from fwcluster_lab.nslab import inside
 
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.early_drop import EarlyDrop, parse_slow_path
 from availability_manager.dataplane.nd_mangle import nd_compensation
-from availability_manager.dataplane.nft_handover import render_forwarding_update
+from availability_manager.dataplane.nft_batch import BatchRefused, BatchWriter
+from availability_manager.dataplane.nft_handover import forwarding_batch, render_forwarding_update
 from availability_manager.dataplane.nft_ruleset import (
     render_input_guard,
-    render_owned_update,
     render_ruleset,
     render_uninstall,
     validate_config,
@@ -57,7 +58,7 @@ def chain(text: str, name: str) -> list[str]:
 
 
 def test_only_the_agents_own_tables_are_written() -> None:
-    text = render_ruleset(config()) + render_owned_update(config(), {1}) + render_uninstall()
+    text = render_ruleset(config()) + render_uninstall()
     tables = set(re.findall(r"\btable (\w+) (\w+)", text))
     assert tables == {("inet", "fwcluster"), ("arp", "fwcluster")}
     assert "flush ruleset" not in text
@@ -192,20 +193,7 @@ def test_arp_mangling_for_every_ipv4_cluster_ip() -> None:
     }
 
 
-def test_owned_update_replaces_both_sets_in_one_script() -> None:
-    assert render_owned_update(config(), [5, 1, 5]) == (
-        "flush set inet fwcluster owned\n"
-        "flush set inet fwcluster owned_marks\n"
-        "add element inet fwcluster owned { 1, 5 }\n"
-        "add element inet fwcluster owned_marks { 0x2, 0x6 }\n"
-    )
-    assert render_owned_update(config(), []) == (
-        "flush set inet fwcluster owned\nflush set inet fwcluster owned_marks\n"
-    )
-    with pytest.raises(ValueError):
-        render_owned_update(config(), [256])
-    with pytest.raises(ValueError):
-        render_owned_update(config(), [-1])
+def test_the_ruleset_holds_the_owned_buckets_it_is_given() -> None:
     assert "elements = { 2, 3 }" in render_ruleset(config(), {3, 2})
 
 
@@ -444,3 +432,118 @@ def test_the_kernel_takes_the_switch_instant_in_whole_seconds(netns: str) -> Non
     assert cleared.returncode == 0, cleared.stderr
     listed = ns_run(netns, ["nft", "-j", "list", "chain", "inet", "fwcluster", "handover"])
     assert not [i for i in json.loads(listed.stdout)["nftables"] if "rule" in i]
+
+
+def _forwarding_state(netns: str) -> dict[str, object]:
+    """What a forwarding update leaves in the kernel, as nft reads it back:
+    the elements of the three forwarding sets and the handover chain's rules,
+    a named set's reference replaced by its elements (the netlink batch
+    uses slot sets, nft anonymous ones: the same rule to the packet)."""
+    listed = ns_run(netns, ["nft", "-j", "list", "table", "inet", "fwcluster"])
+    items = json.loads(listed.stdout)["nftables"]
+    sets = {i["set"]["name"]: sorted(i["set"].get("elem", [])) for i in items if "set" in i}
+    rules = []
+    for item in items:
+        rule = item.get("rule")
+        if not rule or rule["chain"] != "handover":
+            continue
+        exprs = []
+        for e in rule["expr"]:
+            match = e.get("match", {})
+            if "&" in match.get("left", {}):  # the marks: a set, one value or @slot
+                right = match["right"]
+                if isinstance(right, str) and right.startswith("@"):
+                    right = sets[right[1:]]
+                elif isinstance(right, dict):
+                    right = right["set"]
+                elif isinstance(right, int):
+                    right = [right]
+                e = {"match": {**match, "op": "==", "right": {"set": sorted(right)}}}
+            exprs.append(e)
+        rules.append(json.dumps(exprs, sort_keys=True))
+    return {
+        "owned": sets["owned"],
+        "owned_marks": sets["owned_marks"],
+        "switching": sets["switching"],
+        "handover": sorted(rules),
+    }
+
+
+@pytest.mark.lab
+def test_the_netlink_batch_programs_what_nft_programs(netns: str) -> None:
+    """The forwarding update without an `nft` process (nft_batch.py) leaves
+    the kernel as the `nft -j` transaction does: owned sets, switching set
+    and one rule per switch instant and direction; a later update without
+    switches clears them."""
+    cfg = config()
+    applied = ns_run(netns, ["nft", "-f", "-"], stdin=render_ruleset(cfg, {1, 2}), check=False)
+    assert applied.returncode == 0, applied.stderr
+    at = 1796540000.0
+    switches = (
+        Switch(buckets=frozenset({3, 4}), at=at, start=False),
+        Switch(buckets=frozenset({9}), at=at, start=False),  # same rule as the first
+        Switch(buckets=frozenset({7}), at=at + 1, start=True),
+    )
+    owned = {1, 2, 200}
+    update = render_forwarding_update(cfg, owned, switches)
+    assert ns_run(netns, ["nft", "-j", "-f", "-"], stdin=update, check=False).returncode == 0
+    by_nft = _forwarding_state(netns)
+    assert len(by_nft["handover"]) == 3  # type: ignore[arg-type]
+    cleared = render_forwarding_update(cfg, set())
+    assert ns_run(netns, ["nft", "-j", "-f", "-"], stdin=cleared, check=False).returncode == 0
+
+    with inside(netns):
+        writer = BatchWriter()
+    try:
+        batch = writer.batch("fwcluster")
+        forwarding_batch(batch, cfg, owned, switches)
+        writer.apply(batch)
+        by_batch = _forwarding_state(netns)
+        batch = writer.batch("fwcluster")
+        forwarding_batch(batch, cfg, {5})
+        writer.apply(batch)
+        after = _forwarding_state(netns)
+    finally:
+        writer.close()
+    # two switches of one instant and direction share a rule in the batch
+    assert len(by_batch["handover"]) == 2  # type: ignore[arg-type]
+    merged = dict(by_nft)
+    merged["handover"] = sorted(
+        json.dumps(json.loads(r), sort_keys=True)
+        for r in by_batch["handover"]  # type: ignore[attr-defined]
+    )
+    assert by_batch["owned"] == by_nft["owned"] == [1, 2, 200]
+    assert by_batch["owned_marks"] == by_nft["owned_marks"]
+    assert by_batch["switching"] == by_nft["switching"] == [3, 4, 7, 9]
+    # the stop rule of the batch holds both stop switches' marks
+    stops = [json.loads(r) for r in by_batch["handover"] if '"<"' in r]  # type: ignore[attr-defined]
+    nft_stops = [json.loads(r) for r in by_nft["handover"] if '"<"' in r]  # type: ignore[attr-defined]
+    assert len(stops) == 1 and len(nft_stops) == 2
+    marks = sorted(m for r in nft_stops for m in r[0]["match"]["right"]["set"])
+    assert stops[0][0]["match"]["right"]["set"] == marks
+    assert stops[0][1:] == nft_stops[0][1:]  # time, counter, accept: the same expressions
+    starts = [r for r in by_batch["handover"] if '">="' in r]  # type: ignore[attr-defined]
+    assert starts == [r for r in by_nft["handover"] if '">="' in r]  # type: ignore[attr-defined]
+    assert after == {"owned": [5], "owned_marks": [6], "switching": [], "handover": []}
+
+
+@pytest.mark.lab
+def test_a_refused_batch_changes_nothing(netns: str) -> None:
+    cfg = config()
+    applied = ns_run(netns, ["nft", "-f", "-"], stdin=render_ruleset(cfg, {1, 2}), check=False)
+    assert applied.returncode == 0, applied.stderr
+    with inside(netns):
+        writer = BatchWriter()
+    try:
+        batch = writer.batch("fwcluster")
+        forwarding_batch(batch, cfg, {9})
+        batch.flush_set("no_such_set")
+        with pytest.raises(BatchRefused, match="ENOENT"):
+            writer.apply(batch)
+        assert _forwarding_state(netns)["owned"] == [1, 2]  # all or nothing
+        batch = writer.batch("fwcluster")  # the socket still works
+        forwarding_batch(batch, cfg, {9})
+        writer.apply(batch)
+        assert _forwarding_state(netns)["owned"] == [9]
+    finally:
+        writer.close()

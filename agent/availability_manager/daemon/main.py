@@ -137,10 +137,20 @@ REALTIME_PRIORITY = 20
 
 def _ask_for_realtime() -> None:
     """Heartbeats must not starve behind other work on a busy firewall (a late
-    heartbeat looks like a dead node): ask for SCHED_RR, as keepalived does."""
+    heartbeat looks like a dead node): ask for SCHED_RR, as keepalived does.
+
+    With SCHED_RESET_ON_FORK: the processes the agent starts (`nft` and `ip`
+    for the data plane, operators' health checks, notify hooks) run at normal
+    priority. Inherited SCHED_RR made each `nft` (tens of ms of CPU) hold a
+    core against every other realtime task for up to a 100 ms round-robin
+    slice: in a 16-node lab on 2 cores, the agents' own loops stalled 100 ms
+    at a time and judged their peers dead in waves (issue 19). The agent's
+    threads keep the policy; nothing it waits for in a heartbeat's time is a
+    child process (the fence is a netlink batch)."""
     log = logging.getLogger("availability-manager")
     try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(REALTIME_PRIORITY))
+        policy = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+        os.sched_setscheduler(0, policy, os.sched_param(REALTIME_PRIORITY))
     except (PermissionError, OSError) as exc:
         log.warning("realtime scheduling refused (%s): running at normal priority", exc)
     else:

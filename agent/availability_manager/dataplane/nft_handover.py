@@ -12,10 +12,17 @@ and are written as integers, which no time zone can shift.
 
 One transaction replaces the owned sets, the `switching` set (every bucket of
 a pending switch: the early chain leaves their packets to the cluster chain)
-and the rules of the `handover` chain: per switch one rule for known
-connections (by conntrack mark) that accepts before (stop) or from (start)
-the instant. The cluster chain jumps there before it drops a packet of a
-bucket it does not own; NEW packets carry their freshly set mark there too.
+and the rules of the `handover` chain: per switch instant and direction one
+rule for known connections (by conntrack mark) that accepts before (stop) or
+from (start) the instant. The cluster chain jumps there before it drops a
+packet of a bucket it does not own; NEW packets carry their freshly set mark
+there too.
+
+The transaction is a netlink batch (`forwarding_batch`, nft_batch.py): the
+marks of each rule go into one of SWITCH_SLOTS named sets the ruleset
+declares, flushed and refilled with the rules. More distinct instants than
+slots at once (never seen: a handoff takes the next whole second) take the
+`nft -j` transaction of `render_forwarding_update`, with anonymous sets.
 """
 
 from __future__ import annotations
@@ -27,13 +34,16 @@ from typing import Any
 from ..node_events import Switch
 from .base import DataPlaneConfig
 from .bucket import mask_shift
+from .nft_batch import Batch, counter_accept, ct_mark_masked_in, meta_time, u32_key
 from .nft_ruleset import (
     HANDOVER_CHAIN,
     OWNED_MARKS_SET,
     OWNED_SET,
+    SWITCH_SLOTS,
     SWITCHING_SET,
     TABLE,
     render_elements,
+    switch_slot,
 )
 
 
@@ -41,11 +51,16 @@ def _mark(config: DataPlaneConfig, bucket: int) -> int:
     return (bucket + 1) << mask_shift(config.mark_mask)
 
 
-def _switch_rule(config: DataPlaneConfig, switch: Switch) -> dict[str, Any]:
-    marks = [_mark(config, b) for b in sorted(switch.buckets)]
+def _whole_second(switch: Switch) -> int:
     seconds = round(switch.at)
     if seconds != switch.at or not 0 < seconds < 1 << 34:
         raise ValueError(f"switch time {switch.at!r} is not a whole wall-clock second")
+    return seconds
+
+
+def _switch_rule(config: DataPlaneConfig, switch: Switch) -> dict[str, Any]:
+    marks = [_mark(config, b) for b in sorted(switch.buckets)]
+    seconds = _whole_second(switch)
     return {
         "rule": {
             "family": "inet",
@@ -109,3 +124,50 @@ def render_forwarding_update(
     ops.append({"flush": {"chain": {"family": "inet", "table": TABLE, "name": HANDOVER_CHAIN}}})
     ops += [{"add": _switch_rule(config, s)} for s in switches]
     return json.dumps({"nftables": ops})
+
+
+def switch_groups(switches: Sequence[Switch]) -> dict[tuple[int, bool], frozenset[int]]:
+    """The switches' buckets per (whole second, start): one rule each."""
+    groups: dict[tuple[int, bool], frozenset[int]] = {}
+    for switch in switches:
+        key = (_whole_second(switch), switch.start)
+        groups[key] = groups.get(key, frozenset()) | switch.buckets
+    return groups
+
+
+def fits_batch(switches: Sequence[Switch]) -> bool:
+    """Whether `forwarding_batch` can write these switches (enough slots)."""
+    return len(switch_groups(switches)) <= SWITCH_SLOTS
+
+
+def forwarding_batch(
+    batch: Batch, config: DataPlaneConfig, owned: Iterable[int], switches: Sequence[Switch] = ()
+) -> None:
+    """The same transaction as `render_forwarding_update`, as netlink messages
+    added to `batch`; the switches' marks go into the slot sets. Raises
+    ValueError for a bucket out of range, a switch not on a whole second or
+    more instants than slots (see `fits_batch`)."""
+    owned = sorted(set(owned))
+    render_elements(config, owned)  # validates the bucket numbers
+    groups = switch_groups(switches)
+    if len(groups) > SWITCH_SLOTS:
+        raise ValueError(f"{len(groups)} switch instants, only {SWITCH_SLOTS} slots")
+    switching = sorted({b for s in switches for b in s.buckets})
+    render_elements(config, switching)
+    batch.replace_set(OWNED_SET, (u32_key(b) for b in owned))
+    batch.replace_set(OWNED_MARKS_SET, (u32_key(_mark(config, b)) for b in owned))
+    batch.replace_set(SWITCHING_SET, (u32_key(b) for b in switching))
+    batch.flush_chain(HANDOVER_CHAIN)  # first: its rules use the slots
+    for slot in range(SWITCH_SLOTS):
+        batch.flush_set(switch_slot(slot))
+    for slot, ((seconds, start), buckets) in enumerate(sorted(groups.items())):
+        name = switch_slot(slot)
+        batch.add_elements(name, (u32_key(_mark(config, b)) for b in sorted(buckets)))
+        batch.add_rule(
+            HANDOVER_CHAIN,
+            [
+                *ct_mark_masked_in(config.mark_mask, name),
+                *meta_time(not start, seconds),
+                *counter_accept(),
+            ],
+        )

@@ -50,6 +50,15 @@ OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket +
 # holding their rules, and every bucket in one (the early chain passes them on).
 HANDOVER_CHAIN = "handover"
 SWITCHING_SET = "switching"
+# Named sets for the handover chain's rules (nft_handover.forwarding_batch):
+# one per switch instant and direction pending at once.
+SWITCH_SLOTS = 8
+
+
+def switch_slot(slot: int) -> str:
+    return f"switch_{slot}"
+
+
 COUNTERS = (
     "accepted_new", "not_owned", "invalid", "not_owned_established", "no_listener", "fenced",
     "zone_heartbeat_refused",
@@ -312,6 +321,8 @@ def render_ruleset(
     out.append(f"  set {SWITCHING_SET} {{")
     out.append(f"    typeof numgen inc mod {config.settings.buckets}")
     out.append("  }")
+    for slot in range(SWITCH_SLOTS):
+        out.append(f"  set {switch_slot(slot)} {{ typeof ct mark; }}")
     out.append(f"  chain {HANDOVER_CHAIN} {{")  # rules: nft_handover.py
     out.append("  }")
     out.append("  chain prerouting {")
@@ -389,18 +400,6 @@ def render_mark_elements(config: DataPlaneConfig, owned: Iterable[int]) -> str:
     render_elements(config, owned)  # validates
     shift = mask_shift(config.mark_mask)
     return ", ".join(f"{(b + 1) << shift:#x}" for b in sorted(set(owned)))
-
-
-def render_owned_update(config: DataPlaneConfig, owned: Iterable[int]) -> str:
-    """An `nft -f` script replacing both owned sets in one transaction."""
-    owned = sorted(set(owned))
-    elements = render_elements(config, owned)
-    marks = render_mark_elements(config, owned)
-    out = [f"flush set inet {TABLE} {OWNED_SET}", f"flush set inet {TABLE} {OWNED_MARKS_SET}"]
-    if elements:
-        out.append(f"add element inet {TABLE} {OWNED_SET} {{ {elements} }}")
-        out.append(f"add element inet {TABLE} {OWNED_MARKS_SET} {{ {marks} }}")
-    return "\n".join(out) + "\n"
 
 
 def render_input_guard(config: DataPlaneConfig) -> str:

@@ -28,14 +28,14 @@ from typing import Any
 from ..node_events import Switch
 from .base import DataPlaneConfig, Zone
 from .fence import Fence
-from .nft_handover import render_forwarding_update
+from .nft_batch import BatchRefused, BatchWriter
+from .nft_handover import fits_batch, forwarding_batch, render_forwarding_update
 from .nft_ruleset import (
     COUNTERS,
     EARLY_COUNTERS,
     HANDOVER_CHAIN,
     OWNED_SET,
     TABLE,
-    render_owned_update,
     render_ruleset,
     render_uninstall,
     validate_config,
@@ -157,7 +157,7 @@ class NftablesDataPlane:
         self.installed = False
         self.owned: frozenset[int] = frozenset()
         self.fence: Fence | None = None
-        self._switching = False  # the handover chain holds switches to clear
+        self.writer: BatchWriter | None = None  # set_owned_buckets' netlink socket
         self.fingerprint: Counter[str] = Counter()  # of the tables as install() left them
 
     # --- DataPlane -----------------------------------------------------------------
@@ -167,7 +167,8 @@ class NftablesDataPlane:
         script = render_ruleset(self.config, self.owned, macs)
         nft_apply(script)  # first: it fails early if a zone interface is missing
         self.installed = True
-        self._switching = False  # the new table's handover chain is empty
+        if self.writer is None:  # opened here: in the namespace the tables are in
+            self.writer = BatchWriter()
         if self.config.fence_timeout_s is not None:
             if self.fence is None:
                 self.fence = Fence(TABLE, self.config.fence_timeout_s)
@@ -202,21 +203,24 @@ class NftablesDataPlane:
         if not self.installed:
             raise DataPlaneError("set_owned_buckets() before install()")
         try:
-            if switches or self._switching:
-                # timed switches (or the last ones to clear): one JSON transaction
+            if self.writer is not None and fits_batch(switches):
+                batch = self.writer.batch(TABLE)
+                forwarding_batch(batch, self.config, owned, switches)  # validates first
+                try:
+                    self.writer.apply(batch)
+                except BatchRefused as e:
+                    raise DataPlaneError(f"nf_tables refused the forwarding update: {e}") from e
+            else:  # more switch instants than slots: nft, with anonymous sets
                 _run(
                     ["nft", "-j", "-f", "-"],
                     stdin=render_forwarding_update(self.config, owned, switches),
                 )
-            else:
-                nft_apply(render_owned_update(self.config, owned))  # validates before running
         except DataPlaneError:
             # What the kernel holds is unknown now. A later install() (a
             # restore) renders self.owned: it must not bring back a bucket
             # the Node has given away, or two nodes forward it.
             self.owned = self.owned & frozenset(owned)
             raise
-        self._switching = bool(switches)
         self.owned = frozenset(owned)
 
     def uninstall(self) -> None:
@@ -246,6 +250,9 @@ class NftablesDataPlane:
         if self.fence is not None:
             self.fence.close()
             self.fence = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if errors:
             raise DataPlaneError("uninstall incomplete: " + "; ".join(errors))
 
