@@ -4,6 +4,7 @@ import pytest
 
 from availability_manager.dataplane import nftables
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
+from availability_manager.dataplane.nft_batch import Batch, BatchRefused
 from availability_manager.types import ClusterSettings
 
 
@@ -21,17 +22,30 @@ def test_a_refused_owned_update_never_brings_back_a_released_bucket(
             ),
         )
     )
-    scripts: list[str] = []
-    monkeypatch.setattr(nftables, "nft_apply", lambda script, check=False: scripts.append(script))
+    # Unit level: a stand-in for the netlink writer (the real one is tested on
+    # the kernel in test_nft_ruleset.py: test_a_refused_batch_changes_nothing).
+    writer = StandInWriter()
+    dp.writer = writer  # type: ignore[assignment]
     dp.installed = True
     dp.set_owned_buckets(frozenset({1, 2, 3}))
-    assert dp.owned == {1, 2, 3}
+    assert dp.owned == {1, 2, 3} and writer.applied == 1
 
-    def refuse(script: str, check: bool = False) -> None:
-        raise nftables.DataPlaneError("nft -f - failed (exit 1): Operation not permitted")
-
-    monkeypatch.setattr(nftables, "nft_apply", refuse)
-    with pytest.raises(nftables.DataPlaneError):
+    writer.refuse = True
+    with pytest.raises(nftables.DataPlaneError, match="EPERM"):
         dp.set_owned_buckets(frozenset({3, 4}))  # 1 and 2 given away, 4 taken
     # what a restore (install) renders: neither a released bucket nor an unprogrammed one
     assert dp.owned == {3}
+
+
+class StandInWriter:
+    def __init__(self) -> None:
+        self.applied = 0
+        self.refuse = False
+
+    def batch(self, table: str) -> Batch:
+        return Batch(table, 1)
+
+    def apply(self, batch: Batch) -> None:
+        if self.refuse:
+            raise BatchRefused("EPERM: Operation not permitted")
+        self.applied += 1
