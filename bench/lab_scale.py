@@ -14,6 +14,10 @@ until `lab wait` would say settled (every living agent stable, sees exactly
 the living nodes, all buckets owned), polled every 50 ms over the control
 sockets (the figures include up to one poll round: 16 status requests). The
 lab (prefix fwz-) is taken down at the end, also on failure.
+
+The agents run at normal priority unless --realtime: 16 SCHED_RR agents on
+2 cores wait for each other's 100 ms round-robin slices whenever a few are
+busy at once, which a cluster of machines never sees (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -126,9 +130,17 @@ def main() -> int:
     )
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--out", help="append the markdown table here")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="the agents under SCHED_RR as deployed (default: normal priority, "
+        "as if each node had its own CPU; docs/lab.md)",
+    )
     agent_settings.add_options(parser)
     args = parser.parse_args()
     heartbeat = agent_settings.apply(args)
+    if not args.realtime:
+        os.environ["FWLAB_REALTIME"] = "0"  # read when the lab writes the configs
     sizes = args.nodes or ([3] if args.quick else [3, 8, 16])
     if any(not 3 <= n <= 32 for n in sizes):
         parser.error("--nodes must be 3..32 (kill fw2 and drain fw3 leave a cluster)")
@@ -142,7 +154,12 @@ def main() -> int:
     for n in sizes:
         rows.append(measure(n, idle))
         print("\n".join(table(rows[-1:])), flush=True)
-    lines = [f"Agents: {agent_settings.describe(heartbeat)}.", "", *table(rows)]
+    policy = "SCHED_RR" if args.realtime else "normal priority (SCHED_OTHER)"
+    lines = [
+        f"Agents: {agent_settings.describe(heartbeat)}, {policy}.",
+        "",
+        *table(rows),
+    ]
     print("\n".join(lines))
     if args.out and not args.quick:
         with open(args.out, "a") as fh:
