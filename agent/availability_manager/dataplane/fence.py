@@ -26,67 +26,19 @@ import errno
 import socket
 import struct
 
-from .netlink_attrs import (
-    NLM_F_CREATE,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
-    Malformed,
-    attr,
-    messages,
-    nest,
-)
-from .netlink_attrs import message as nl_message
+from .netlink_attrs import NLMSG_ERROR, Malformed, messages
+from .nft_batch import NETLINK_NETFILTER, Batch
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_LIST_ELEM = 1
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT = 1, 4
-NFTA_DATA_VALUE = 1
-NFPROTO_INET = 1
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
-
 FENCE_SET = "alive"
-NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (big endian)
-_BE64 = struct.Struct("!Q")
-
-
-def _string(atype: int, value: str) -> bytes:
-    return attr(atype, value.encode() + b"\0")
 
 
 def refresh_batch(table: str, timeout_ms: int, seq: int) -> bytes:
     """One transaction: flush the fence set, add IPv4 and IPv6 with `timeout_ms`."""
-    target = _string(NFTA_SET_ELEM_LIST_TABLE, table) + _string(NFTA_SET_ELEM_LIST_SET, FENCE_SET)
-    elements = nest(
-        NFTA_SET_ELEM_LIST_ELEMENTS,
-        *(
-            nest(
-                NFTA_LIST_ELEM,
-                nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, bytes([family]))),
-                attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms)),
-            )
-            for family in (NFPROTO_IPV4, NFPROTO_IPV6)
-        ),
-    )
-    batch = NFGENMSG.pack(socket.AF_UNSPEC, 0, NFNL_SUBSYS_NFTABLES)
-    inet = NFGENMSG.pack(NFPROTO_INET, 0, 0)
-    nft = NFNL_SUBSYS_NFTABLES << 8
-    return b"".join(
-        (
-            nl_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, batch),
-            nl_message(nft | NFT_MSG_DELSETELEM, NLM_F_REQUEST, seq + 1, inet + target),
-            nl_message(
-                nft | NFT_MSG_NEWSETELEM,
-                NLM_F_REQUEST | NLM_F_CREATE,
-                seq + 2,
-                inet + target + elements,
-            ),
-            nl_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 3, batch),
-        )
-    )
+    batch = Batch(table, seq, ack=False)
+    batch.flush_set(FENCE_SET)
+    batch.add_elements(FENCE_SET, (bytes([f]) for f in (NFPROTO_IPV4, NFPROTO_IPV6)), timeout_ms)
+    return bytes(batch)
 
 
 class Fence:

@@ -16,7 +16,8 @@ Only what the agent writes after install() is here; install() keeps `nft -f`
 Layout (include/uapi/linux/netfilter/nf_tables.h): a batch is
 BATCH_BEGIN, the messages, BATCH_END, each an nlmsghdr with an nfgenmsg
 (family, version 0, res_id: the subsystem in BEGIN/END). Every message but
-BEGIN/END asks for an ACK so that the writer knows it was taken.
+BEGIN/END asks for an ACK so that the writer knows it was taken (the
+fence's refresh, sent without waiting, asks for none: fence.py).
 """
 
 from __future__ import annotations
@@ -94,21 +95,22 @@ class Batch:
     """One nf_tables transaction on table `table` of family inet, built message
     by message; `bytes()` frames it."""
 
-    def __init__(self, table: str, seq: int) -> None:
+    def __init__(self, table: str, seq: int, ack: bool = True) -> None:
         self.table = table
         self.first_seq = seq
+        self._ack = NLM_F_ACK if ack else 0  # without: the kernel answers errors only
         self._seq = seq + 1  # BATCH_BEGIN takes `seq`
         self._messages: list[bytes] = []
 
     @property
     def acked(self) -> int:
         """How many ACKs the kernel sends when it takes the batch."""
-        return len(self._messages)
+        return len(self._messages) if self._ack else 0
 
     def _add(self, kind: int, flags: int, payload: bytes) -> None:
         header = NFGENMSG.pack(NFPROTO_INET, 0, 0)
         mtype = NFNL_SUBSYS_NFTABLES << 8 | kind
-        flags |= NLM_F_REQUEST | NLM_F_ACK
+        flags |= NLM_F_REQUEST | self._ack
         self._messages.append(nl_message(mtype, flags, self._seq, header + payload))
         self._seq += 1
 
