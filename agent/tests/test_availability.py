@@ -583,3 +583,20 @@ def test_a_stalled_host_does_not_judge_its_peers_by_the_stall(stalled: bool) -> 
             t += INTERVAL
             a.receive(hb(cluster_size=3), 2, t)
         assert [e.node for e in drain(a) if isinstance(e, NodeDown)] == [3]
+
+
+def test_an_idle_node_wakes_only_to_send_its_heartbeats() -> None:
+    """With every peer heard in time, no timer is due between heartbeats: a
+    stale bound on the first peer deadline woke the node about once in four
+    (issue 19: each wakeup of the agent costs far more than the timer)."""
+    a, b, c = make(1), make(2, now=0.013), make(3, now=0.031)
+    net = Net(a, b, c)
+    net.run(1.0)
+    assert net.converged()
+    sent = a.stats["heartbeats_sent"]
+    wakeups = 0
+    for _ in range(round(5.0 / TICK)):
+        wakeups += net.now >= a.next_timer()
+        net.step()
+    assert net.converged()
+    assert wakeups == a.stats["heartbeats_sent"] - sent

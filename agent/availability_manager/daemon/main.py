@@ -139,14 +139,11 @@ def _ask_for_realtime() -> None:
     """Heartbeats must not starve behind other work on a busy firewall (a late
     heartbeat looks like a dead node): ask for SCHED_RR, as keepalived does.
 
-    With SCHED_RESET_ON_FORK: the processes the agent starts (`nft` and `ip`
-    for the data plane, operators' health checks, notify hooks) run at normal
-    priority. Inherited SCHED_RR made each `nft` (tens of ms of CPU) hold a
-    core against every other realtime task for up to a 100 ms round-robin
-    slice: in a 16-node lab on 2 cores, the agents' own loops stalled 100 ms
-    at a time and judged their peers dead in waves (issue 19). The agent's
-    threads keep the policy; nothing it waits for in a heartbeat's time is a
-    child process (the fence is a netlink batch)."""
+    With SCHED_RESET_ON_FORK: the processes the agent starts run at normal
+    priority, so an operator's health check or notify hook cannot hold a
+    core against the heartbeats for a 100 ms round-robin slice. The data
+    plane's own commands, which a restore or a step back waits for, are
+    started at the agent's priority explicitly (dataplane/priority.py)."""
     log = logging.getLogger("availability-manager")
     try:
         policy = os.SCHED_RR | os.SCHED_RESET_ON_FORK

@@ -232,6 +232,10 @@ class Runtime:
         self._ruleset_check_since: float | None = None  # a check is queued
         self._last_ruleset_check = 0.0
         self._kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        # Reads of the kernel for `status` (nft listings): a thread of their
+        # own, so that an operator polling status never queues ahead of a
+        # write (a release the loop waits for, a restore, a step back).
+        self._kernel_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel-read")
         self.hooks = HookRunner(cfg.notify, format_node_id(cfg.node_id))
         self._phase = self.node.phase()  # what the hooks were told last
         self.ops = OperatorCommands(
@@ -265,11 +269,12 @@ class Runtime:
             self.loop.add_reader(zs.fileno(), self._on_zone, zs)
         if self.links is not None:
             self.loop.add_reader(self.links.fileno(), self._on_links)
-        # The ruleset watch is read on every timer (the heartbeats' at least),
-        # not when readable: the fence's refresh after each heartbeat is a
-        # set change the kernel announces to it, and a wakeup of its own for
-        # each was a fifth of an idle 3-node agent's wakeups. A flushed
-        # table is seen at most a heartbeat interval later.
+        if self.ruleset_watch is not None:
+            # Woken for at once: a flushed table forwards nothing until it is
+            # restored or the node steps back. (Read once per heartbeat instead,
+            # to save the wakeup each fence refresh's notification costs, the
+            # refusing-kernel lab test lost 3-6 times the packets.)
+            self.loop.add_reader(self.ruleset_watch.fileno(), self._read_ruleset_watch)
         await self.control.start()
         self._check_links()
         self.health.start()
@@ -320,6 +325,7 @@ class Runtime:
         await self.control.close()
         self.ops.close()
         self._kernel.shutdown(wait=True)  # finish queued kernel work first
+        self._kernel_reads.shutdown(wait=True, cancel_futures=True)
         self._pump_hooks()
         await self.hooks.close(grace=max((h.timeout_s for h in self.cfg.notify), default=0))
         self.dataplane.uninstall()
@@ -639,7 +645,6 @@ class Runtime:
         self._timer = None
         self.node.handle_timer(self._clock())
         self._pump()
-        self._read_ruleset_watch()
 
     # -- outputs ----------------------------------------------------------------
 
@@ -760,12 +765,11 @@ class Runtime:
         self._kernel_verdict(fault, now, "the kernel refuses our work: buckets to the others")
 
     def _check_kernel(self) -> None:
-        """Periodic: a probe when one is due, the ruleset watch read, a ruleset
-        check every RULESET_RECHECK_S (RULESET_RECHECK_WATCHED_S with a watch)."""
+        """Periodic: a probe when one is due, a ruleset check every
+        RULESET_RECHECK_S (RULESET_RECHECK_WATCHED_S with a watch)."""
         now = self.loop.time()
         if self.kernel_guard.probe_due(now):
             self._submit_unless_stopped(self._probe_in_worker)
-        self._read_ruleset_watch()
         every = RULESET_RECHECK_S if self.ruleset_watch is None else RULESET_RECHECK_WATCHED_S
         if now - self._last_ruleset_check >= every:
             self._queue_ruleset_check()
@@ -868,12 +872,14 @@ class Runtime:
 
     async def status(self) -> dict[str, Any]:
         # The data plane's view is read with `nft` (processes, tens of ms under
-        # load) or netlink: in the kernel worker, after the writes queued
-        # before it, never on the loop that sends the heartbeats. At 16 lab
-        # nodes polled every 50 ms, reading it here stalled every loop past
-        # the peers' timeout (issue 19).
+        # load) or netlink: in a thread, never on the loop that sends the
+        # heartbeats (at 16 lab nodes polled every 50 ms, reading it there
+        # stalled every loop past the peers' timeout, issue 19), and not in
+        # the kernel worker either (queued there, the reads of a polling
+        # operator delayed a step back: 3-4 times the packets lost in the
+        # refusing-kernel lab test).
         try:
-            dataplane = await self.loop.run_in_executor(self._kernel, self.dataplane.status)
+            dataplane = await self.loop.run_in_executor(self._kernel_reads, self.dataplane.status)
         except Exception as exc:  # status must answer most when the kernel is in trouble
             dataplane = {"backend": self.dataplane.name, "error": f"{type(exc).__name__}: {exc}"}
         owners = self.node.bucket_owners()

@@ -33,6 +33,7 @@ from . import clusterdev_genl as genl
 from .base import DataPlaneConfig, Zone
 from .early_drop import SlowPathEntry
 from .input_guard import InputGuard
+from .priority import at_own_priority
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _RECV_SIZE = 1 << 17  # GET_STATS for 4096 buckets is about 64 KiB
 
 def run_command(argv: Sequence[str]) -> str:
     """Run a command, return its stdout; raise CalledProcessError on failure."""
-    done = subprocess.run(list(argv), check=True, capture_output=True, text=True)
+    done = subprocess.run(at_own_priority(argv), check=True, capture_output=True, text=True)
     return done.stdout
 
 

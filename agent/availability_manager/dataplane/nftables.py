@@ -40,6 +40,7 @@ from .nft_ruleset import (
     render_uninstall,
     validate_config,
 )
+from .priority import at_own_priority
 from .sysctl import PROC_SYS, SysctlChanges, interface_key
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class DataPlaneError(RuntimeError):
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> str:
+    argv = at_own_priority(cmd)
     try:
-        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
     except FileNotFoundError as e:
         raise DataPlaneError(f"{cmd[0]} not found: install nftables and iproute2") from e
     except subprocess.TimeoutExpired as e:
