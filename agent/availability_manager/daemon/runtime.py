@@ -875,9 +875,8 @@ class Runtime:
         # load) or netlink: in a thread, never on the loop that sends the
         # heartbeats (at 16 lab nodes polled every 50 ms, reading it there
         # stalled every loop past the peers' timeout, issue 19), and not in
-        # the kernel worker either (queued there, the reads of a polling
-        # operator delayed a step back: 3-4 times the packets lost in the
-        # refusing-kernel lab test).
+        # the kernel worker either, where a polling operator's reads would
+        # queue ahead of writes the loop or a step back waits for.
         try:
             dataplane = await self.loop.run_in_executor(self._kernel_reads, self.dataplane.status)
         except Exception as exc:  # status must answer most when the kernel is in trouble
