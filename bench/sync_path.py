@@ -61,9 +61,15 @@ from fwbench import env, report
 # pointing at its agent/, for before/after side by side): there, the
 # reference functions are the only ones.
 try:
-    from availability_manager.peer_cache import decode_ct_payload, encode_ct_fast
+    from availability_manager.record_table import decode_ct_payload, encode_ct_fast
 except ImportError:
-    decode_ct_payload, encode_ct_fast = wire.decode_messages, encode_ct  # type: ignore[assignment]
+    try:  # before the owner's mirror kept records (the module was peer_cache)
+        from availability_manager.peer_cache import (  # type: ignore[no-redef]
+            decode_ct_payload,
+            encode_ct_fast,
+        )
+    except ImportError:
+        decode_ct_payload, encode_ct_fast = wire.decode_messages, encode_ct  # type: ignore[assignment]
 try:
     from availability_manager.node_config import NodeConfig
     from availability_manager.packing import pack
@@ -86,17 +92,19 @@ _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id
 def connections(n: int, buckets: list[int]) -> list[Connection]:
     """n new UDP connections, each a new 5-tuple (the generator's pattern),
     spread over `buckets`, marked with their bucket as the data plane marks them."""
-    base = int(ipaddress.IPv4Address("198.18.0.0"))
-    dst = ipaddress.IPv4Address("203.0.113.10").packed
-    out = []
-    for i in range(n):
-        src = (base + (i >> 14)).to_bytes(4, "big")
-        orig = Tuple(src, dst, 1024 + (i & 0x3FFF), 5001)
-        bucket = buckets[i % len(buckets)]
-        out.append(
-            Connection(PROTO_UDP, orig, orig.inverse(), mark=bucket + 1, bucket=bucket)
-        )
-    return out
+    return [connection(i, buckets) for i in range(n)]
+
+
+_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
+_DST = ipaddress.IPv4Address("203.0.113.10").packed
+
+
+def connection(i: int, buckets: list[int]) -> Connection:
+    """The i-th connection of `connections`."""
+    src = (_BASE + (i >> 14)).to_bytes(4, "big")
+    orig = Tuple(src, _DST, 1024 + (i & 0x3FFF), 5001)
+    bucket = buckets[i % len(buckets)]
+    return Connection(PROTO_UDP, orig, orig.inverse(), mark=bucket + 1, bucket=bucket)
 
 
 def event_bytes(conn: Connection, seq: int) -> bytes:
@@ -282,7 +290,8 @@ def cache_memory(n: int) -> float:
         p
         for start in range(0, n, BATCH)
         for p in pack(
-            [encode_ct(m) for m in _announce(conns[start : start + BATCH])], MAX_PAYLOAD
+            [encode_ct_fast(m) for m in _announce(conns[start : start + BATCH])],
+            MAX_PAYLOAD,
         )
     ]
     del conns
@@ -297,6 +306,27 @@ def cache_memory(n: int) -> float:
     tracemalloc.stop()
     if peer.stats.cache_sizes.get(OWNER) != n:
         raise SystemExit("cache memory: not every connection cached")
+    return held / n
+
+
+def mirror_memory(n: int) -> float:
+    """Bytes the owner's mirror holds per announced connection (tracemalloc).
+    Each Connection is made inside the loop and dropped after its event, as
+    the daemon drops a decoded event; what stays is what the mirror keeps."""
+    buckets = list(range(BUCKETS))
+    owner = ConntrackSync(OWNER, BUCKETS, rng=random.Random(1), now=1.0)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for start in range(0, n, BATCH):
+        for i in range(start, min(n, start + BATCH)):
+            owner.local_new(connection(i, buckets), 1.0)
+        owner.messages_to_send(1.0)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    if owner.stats.local_entries != n:
+        raise SystemExit("mirror memory: not every connection mirrored")
     return held / n
 
 
@@ -343,6 +373,7 @@ def main() -> int:
             run.update(end_to_end(n))
             runs.append(run)
         mem = cache_memory(n)
+        mirror_mem = mirror_memory(n)
     us = {k: statistics.median(r[k] for r in runs) / n * 1e6 for k in runs[0]}
     rows = []
     for side in ("owner", "peer"):
@@ -371,12 +402,14 @@ def main() -> int:
         (
             f"**Owner + one peer: {both:.1f} us per connection** (a 2-node cluster; each further "
             f"peer adds {us['peer: end to end']:.1f} us). Peer cache: "
-            f"{mem * 100_000 / 2**20:.1f} MiB per 100,000 cached connections (tracemalloc; "
-            "goal <= 40)."
+            f"{mem * 100_000 / 2**20:.1f} MiB per 100,000 cached connections, owner's mirror: "
+            f"{mirror_mem * 100_000 / 2**20:.1f} MiB per 100,000 announced (tracemalloc; "
+            "goal for the whole agent <= 40)."
         ),
         "",
     ]
     report.write(out, "sync_path", lines, {"us_per_connection": us, "cache_bytes_per_conn": mem,
+                                           "mirror_bytes_per_conn": mirror_mem,
                                            "connections": n, "runs": runs})  # fmt: skip
     print("\n".join(lines))
     return 0

@@ -98,7 +98,20 @@ from .ct_messages import (
     helper_of,
     with_helper,
 )
-from .peer_cache import EntryRecord, GroupIndex, PeerCache, entry_hash
+from .record_table import (
+    MORE,
+    SAME,
+    STATE_ONLY,
+    EntryRecord,
+    RecordTable,
+    entry_hash,
+    entry_record,
+    record_and_kind,
+    record_change,
+    stored_connection,
+    stored_entry_record,
+    stored_plain,
+)
 from .relevance import default_is_relevant
 from .types import NodeId
 from .wire import WIRE_VERSION
@@ -130,39 +143,6 @@ _TCP_PROGRESS = {
 def progress(conn: Connection) -> tuple[int, int]:
     state = _TCP_PROGRESS.get(conn.state, 0) if conn.proto == PROTO_TCP else conn.state
     return state, (conn.status & IPS_SYNC_MASK).bit_count()
-
-
-class _Table(GroupIndex):
-    """This node's own entries as Connections, by key (the mirror). The
-    reference of peer_cache.PeerCache, which keeps peers' entries as records."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self, groups: int) -> None:
-        super().__init__(groups)
-        self.entries: dict[bytes, Connection] = {}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def get(self, key: bytes) -> Connection | None:
-        return self.entries.get(key)
-
-    def put(self, key: bytes, conn: Connection) -> Connection | None:
-        old = self.remove(key)
-        self.entries[key] = conn
-        self._add(key, conn.bucket, entry_hash(conn))
-        return old
-
-    def remove(self, key: bytes) -> Connection | None:
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self._discard(key, old.bucket, entry_hash(old))
-        return old
-
-    def in_buckets(self, buckets: Iterable[int]) -> Iterable[tuple[bytes, Connection]]:
-        for key in self.keys_in_buckets(buckets):
-            yield key, self.entries[key]
 
 
 def _in_buckets(
@@ -226,6 +206,10 @@ class ConntrackSyncStats:
 
 Role = Literal["sender", "receiver"]
 
+# What the sync hands the reliable broadcast: messages, and plain entry
+# records already encoded (record_table.EntryRecord; `encode_ct_fast` writes both).
+Outgoing = CtMessage | EntryRecord
+
 
 class ConntrackSync:
     """The conntrack protocol of one node. See the module docstring."""
@@ -272,15 +256,18 @@ class ConntrackSync:
         self._all_groups = frozenset(range(groups))
         self.wire_version = wire_version
 
-        self._mirror = _Table(groups)
-        self._queue: collections.deque[CtMessage] = collections.deque()
+        # This node's announced entries, as the records peers were sent
+        # (record_table.py): half the memory of Connections, and a new
+        # event is compared with the announced one without decoding it.
+        self._mirror = RecordTable(groups)
+        self._queue: collections.deque[Outgoing] = collections.deque()
         self._round: _Round | None = None
         self._pending_scope: frozenset[int] = frozenset()  # empty: no round pending
         self._last_pull = now
         self._round_due = now  # when the running round may add its next batch
         self._check_at = now + check_interval * rng.uniform(0.5, 1.0)
 
-        self._caches: dict[NodeId, PeerCache] = {}
+        self._caches: dict[NodeId, RecordTable] = {}
         self._dead: set[NodeId] = set()
         self._collected: dict[NodeId, set[bytes]] = {}  # NEW_RESYNC keys since last DONE
         self._requested_at: dict[NodeId, float] = {}  # our outstanding resync requests
@@ -342,7 +329,7 @@ class ConntrackSync:
         if young is not None:
             self._young[key] = (young[0], conn)
             return True
-        if self._mirror.get(key) is not None or not self._is_relevant(conn):
+        if key in self._mirror or not self._is_relevant(conn):
             return False  # announced already, or ignored by _local_upsert
         self._young[key] = (now + self.sync_delay, conn)
         return True
@@ -385,7 +372,7 @@ class ConntrackSync:
         if self._young.pop(key, None) is not None:
             self._died_young += 1  # ended before anyone needed to know
             return
-        if self._mirror.remove(key) is None:
+        if not self._mirror.remove(key):
             self._local_ignored += 1
             return
         self._queue.append(CtDelete(key))
@@ -403,7 +390,7 @@ class ConntrackSync:
         for key in [k for k in self._young if k not in seen]:
             del self._young[key]  # ended while its events were lost
             self._died_young += 1
-        for key in [k for k in self._mirror.entries if k not in seen]:
+        for key in [k for k in self._mirror if k not in seen]:
             self._mirror.remove(key)
             self._queue.append(CtDelete(key))
 
@@ -415,46 +402,65 @@ class ConntrackSync:
             self._local_upsert(conn)
 
     def _local_upsert(self, conn: Connection) -> bytes | None:
-        """Mirror `conn` and queue what peers need; the key if it is mirrored."""
+        """Mirror `conn` and queue what peers need; the key if it is mirrored.
+        The rules in terms of Connections (the reference in
+        test_conntrack_sync.py) are decided here on the encoded records."""
         key = conn.key
         if not self._is_relevant(conn):
             self._local_ignored += 1
-            if self._mirror.remove(key) is not None:  # it was relevant before
+            if self._mirror.remove(key):  # it was relevant before
                 self._queue.append(CtDelete(key))
             return None
         if conn.status & ~self._status_mask:
             # Only the status bits that mean something on another node are synced;
             # the rest (CONFIRMED, DYING, ...) would cause UPDATEs that carry nothing.
             conn = conn.with_state(conn.state, conn.status & self._status_mask)
-        old = self._mirror.get(key)
-        if old is not None and old.seqadj and not conn.seqadj:
-            # The kernel reports the sequence offsets only in the event that
-            # changed them (and in dumps); they are never removed, so an event
-            # without them means "unchanged".
-            conn = conn.with_seqadj(old.seqadj)
-        if old == conn:
+        stored = self._mirror.stored(key)
+        old: Connection | None = None
+        if stored is not None and not stored_plain(stored) and not conn.seqadj:
+            # A generic record (helper or offsets). The kernel reports the
+            # sequence offsets only in the event that changed them (and in
+            # dumps); they are never removed, so an event without them means
+            # "unchanged".
+            old = stored_connection(stored)
+            if old.seqadj:
+                conn = conn.with_seqadj(old.seqadj)
+        record, kind = record_and_kind(conn)
+        change = MORE if stored is None else record_change(stored, record, kind)
+        if change is SAME:
             return key
-        self._mirror.put(key, conn)
-        if old is None and self._expect_pending:
-            for exp in [e for e in self._expect_pending.values() if e.master_key == key]:
-                del self._expect_pending[exp.key]
-                self._expect_new(exp)
-        if (
-            old is not None
-            and old.reply == conn.reply
-            and old.bucket == conn.bucket
-            and helper_of(old) == helper_of(conn)  # UPDATE carries neither the helper
-            and old.seqadj == conn.seqadj  # nor the sequence offsets
-        ):
+        h = entry_hash(conn)
+        self._mirror.put_record(key, conn.bucket, h, record, kind)
+        if stored is None:
+            if self._expect_pending:
+                for exp in [e for e in self._expect_pending.values() if e.master_key == key]:
+                    del self._expect_pending[exp.key]
+                    self._expect_new(exp)
+        elif change is not MORE and change is not STATE_ONLY:  # both generic: compare
+            if old is None:
+                old = stored_connection(stored)
+            if (
+                old.reply == conn.reply
+                and old.bucket == conn.bucket
+                and helper_of(old) == helper_of(conn)  # UPDATE carries neither the helper
+                and old.seqadj == conn.seqadj  # nor the sequence offsets
+            ):
+                change = STATE_ONLY
+        if change is STATE_ONLY:
             self._queue.append(CtUpdate(key, conn.state, conn.status, conn.mark))
         else:
-            self._queue.append(self._announcement(conn))
+            self._queue.append(self._announcement(conn, key, h, record, kind))
         return key
 
-    def _announcement(self, conn: Connection) -> CtNew | CtNewResync:
+    def _announcement(
+        self, conn: Connection, key: bytes, h: int, record: bytes, kind: int
+    ) -> Outgoing:
         # While a round runs, new entries in its scope are part of it (see module doc).
         r = self._round
-        if r is not None and conn.bucket % self.groups in r.scope:
+        resync = r is not None and conn.bucket % self.groups in r.scope
+        if kind:  # plain: the record is the message, the same in every wire version
+            return entry_record(key, conn.bucket, h, record, kind, resync)
+        if resync:
             return CtNewResync.from_connection(conn, self.wire_version)
         return CtNew.from_connection(conn, self.wire_version)
 
@@ -467,8 +473,8 @@ class ConntrackSync:
         self._expect_new(exp)
 
     def _expect_new(self, exp: Expectation) -> None:
-        master = self._mirror.get(exp.master_key)
-        if master is None:
+        master_bucket = self._mirror.bucket_of(exp.master_key)
+        if master_bucket is None:
             # A helper may expect before its master is confirmed (TFTP's read
             # request creates the expectation on the master's first packet,
             # whose NEW event comes after): hold it until the master shows up.
@@ -477,8 +483,8 @@ class ConntrackSync:
                 self._local_ignored += 1
             self._expect_pending[exp.key] = exp
             return
-        if exp.bucket != master.bucket:
-            exp = dataclasses.replace(exp, bucket=master.bucket)
+        if exp.bucket != master_bucket:
+            exp = dataclasses.replace(exp, bucket=master_bucket)
         if self._expect_mirror.get(exp.key) == exp:
             return
         self._expect_mirror[exp.key] = exp
@@ -584,7 +590,7 @@ class ConntrackSync:
         if self._owed_after_skip and source in self._owed_after_skip:
             self._owed_after_skip.discard(source)
             self._start_round(self._all_groups, "peer-stream-skipped")
-        if type(msg) is EntryRecord:  # the peer's fast path (peer_cache.py)
+        if type(msg) is EntryRecord:  # the peer's fast path (record_table.py)
             self._received[msg.type_name] += 1
             self._receive_record(msg, source, now)
         elif isinstance(msg, CtNew | CtNewResync):
@@ -629,7 +635,7 @@ class ConntrackSync:
         if self._owed_after_skip and source in self._owed_after_skip:
             self._owed_after_skip.discard(source)
             self._start_round(self._all_groups, "peer-stream-skipped")
-        table: PeerCache | None = None
+        table: RecordTable | None = None
         buckets, limit = self.buckets, self.max_cache_entries
         resyncs = 0
         for rec in records:
@@ -644,7 +650,7 @@ class ConntrackSync:
             if len(table) >= limit and key not in table:
                 self._rejected["cache-full"] += 1
                 continue
-            table.put_record(key, rec.bucket, rec.hash, rec.record)
+            table.put_record(key, rec.bucket, rec.hash, rec.record, rec.kind)
             if rec.resync:
                 self._collected.setdefault(source, set()).add(key)
         if resyncs:
@@ -652,10 +658,10 @@ class ConntrackSync:
         if len(records) > resyncs:
             self._received["CtNew"] += len(records) - resyncs
 
-    def _cache(self, peer: NodeId, now: float) -> PeerCache:
+    def _cache(self, peer: NodeId, now: float) -> RecordTable:
         table = self._caches.get(peer)
         if table is None:
-            table = self._caches[peer] = PeerCache(self.groups)
+            table = self._caches[peer] = RecordTable(self.groups)
             self._unsynced_since[peer] = now
         return table
 
@@ -683,7 +689,7 @@ class ConntrackSync:
         table = self._cache(source, now)
         if self._full(table, rec.key):
             return
-        table.put_record(rec.key, rec.bucket, rec.hash, rec.record)
+        table.put_record(rec.key, rec.bucket, rec.hash, rec.record, rec.kind)
         if rec.resync:
             self._collected.setdefault(source, set()).add(rec.key)
 
@@ -699,7 +705,7 @@ class ConntrackSync:
             return
         exps[exp.key] = exp
 
-    def _full(self, table: PeerCache, key: bytes) -> bool:
+    def _full(self, table: RecordTable, key: bytes) -> bool:
         """A new key for a peer cache at its limit: counted and not cached (the
         digest check then reports the difference, which is the alarm)."""
         if len(table) < self.max_cache_entries or key in table:
@@ -709,6 +715,8 @@ class ConntrackSync:
 
     def _receive_update(self, msg: CtUpdate, source: NodeId) -> None:
         table = self._caches.get(source)
+        if table is not None and table.restate(msg.key, msg.state, msg.status, msg.mark):
+            return  # a plain record, patched in place
         old = table.get(msg.key) if table is not None else None
         if table is None or old is None:
             self._unknown_updates += 1  # lost NEW; the next digest check repairs it
@@ -849,16 +857,19 @@ class ConntrackSync:
                 del self._held_requests[peer]
                 self._request(peer, scope, self._held_causes.pop(peer), now, force=True)
 
-    def _next_round_message(self) -> CtNewResync | CtResyncDone | None:
+    def _next_round_message(self) -> EntryRecord | CtNewResync | CtResyncDone | None:
         r = self._round
         if r is None:
             return None
         while r.pos < len(r.keys):
             key = r.keys[r.pos]
             r.pos += 1
-            conn = self._mirror.get(key)
-            if conn is not None:  # else deleted since the snapshot; its DELETE went out
-                return CtNewResync.from_connection(conn, self.wire_version)
+            stored = self._mirror.stored(key)
+            if stored is None:
+                continue  # deleted since the snapshot; its DELETE went out
+            if stored_plain(stored):
+                return stored_entry_record(key, stored, resync=True)
+            return CtNewResync.from_connection(stored_connection(stored), self.wire_version)
         done = CtResyncDone(() if r.scope == self._all_groups else tuple(sorted(r.scope)))
         self._round = None
         if self._pending_scope:
@@ -868,14 +879,14 @@ class ConntrackSync:
 
     # -- sans-I/O surface ------------------------------------------------------
 
-    def messages_to_send(self, now: float) -> list[CtMessage]:
+    def messages_to_send(self, now: float) -> list[Outgoing]:
         """Messages for the reliable broadcast, in order, at most
         `max_messages_per_call`. Live changes go out as soon as they are pulled;
         a resync round adds at most one batch per `pace_interval`, so a big
         table neither overruns the broadcast's sender buffer nor starves the
         heartbeats that share the link (next_timer says when to pull again)."""
         self._last_pull = now
-        out: list[CtMessage] = []
+        out: list[Outgoing] = []
         cap = self.max_messages_per_call
         while self._queue and len(out) < cap:
             out.append(self._queue.popleft())
@@ -886,7 +897,7 @@ class ConntrackSync:
                     out.append(step)
             self._round_due = now + self.pace_interval
         for msg in out:
-            self._sent[type(msg).__name__] += 1
+            self._sent[msg.type_name if type(msg) is EntryRecord else type(msg).__name__] += 1
         return out
 
     def next_timer(self) -> float | None:
@@ -931,12 +942,19 @@ class ConntrackSync:
     def local_in_buckets(self, buckets: frozenset[int]) -> list[Connection]:
         return [conn for _, conn in self._mirror.in_buckets(buckets)]
 
+    def local_keys_in_buckets(self, buckets: frozenset[int]) -> list[bytes]:
+        return list(self._mirror.keys_in_buckets(buckets))
+
     def local_entries(self) -> list[Connection]:
-        return list(self._mirror.entries.values())
+        """Every mirrored entry, decoded (a status view or a test)."""
+        return self._mirror.connections()
+
+    def local_keys(self) -> list[bytes]:
+        return list(self._mirror.keys())
 
     def has_local(self, key: bytes) -> bool:
         """Whether the local table (as mirrored) has this connection."""
-        return self._mirror.get(key) is not None
+        return key in self._mirror
 
     def cache_entries(self, peer: NodeId) -> list[Connection]:
         """Every cached entry of `peer`, decoded (a status view or a test; the
@@ -1001,7 +1019,7 @@ class ConntrackSync:
             table = self._caches.get(peer)
             if table is not None:
                 dropped += len(table)
-                self._caches[peer] = PeerCache(self.groups)
+                self._caches[peer] = RecordTable(self.groups)
                 self._expect_caches.pop(peer, None)
         return dropped
 

@@ -142,7 +142,6 @@ from .ct_messages import (
 from .node_config import NodeConfig
 from .node_stats import layer_stats
 from .packing import pack
-from .peer_cache import EntryRecord, decode_ct_payload, encode_ct_fast
 from .ranges import (
     Claim,
     Handoff,
@@ -153,6 +152,7 @@ from .ranges import (
     Stable,
     Unstable,
 )
+from .record_table import EntryRecord, decode_ct_payload, encode_ct_fast
 from .types import NodeId, format_node_id
 
 # What a sync datagram may carry at its top level (CT messages travel inside
@@ -728,7 +728,7 @@ class Node:
             }
             for peer, alive in self._sync.peers().items()
         }
-        return {"local": len(self._sync.local_entries()), "peers": peers}
+        return {"local": self._sync.stats.local_entries, "peers": peers}
 
     def set_keyring(self, keyring: Keyring) -> None:
         """A key rotation step at runtime (see crypto.Keyring)."""
@@ -767,7 +767,7 @@ class Node:
 
     def known_keys(self) -> frozenset[bytes]:
         """Keys of every entry this node knows: its own and every cached peer's."""
-        keys = {c.key for c in self._sync.local_entries()}
+        keys = set(self._sync.local_keys())
         for peer in self._sync.peers():
             keys.update(self._sync.cache_keys(peer))
         return frozenset(keys)
@@ -1111,7 +1111,7 @@ class Node:
 
     def _claim(self, event: Claim, now: float) -> None:
         """Inject what we hold of the claimed buckets, then program them."""
-        mine = {c.key for c in self._sync.local_in_buckets(event.buckets)}
+        mine = set(self._sync.local_keys_in_buckets(event.buckets))
         conns = tuple(c for c in self._sync.cached_in_buckets(event.buckets) if c.key not in mine)
         if conns:
             self._events.append(ev.InjectConnections(conns=conns, buckets=event.buckets))

@@ -9,7 +9,7 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_peer_cache import connections
+from test_record_table import connections
 
 from availability_manager.dataplane import netlink_attrs as nl
 from availability_manager.dataplane.conntrack_netlink import (

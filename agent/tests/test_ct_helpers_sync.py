@@ -13,7 +13,6 @@ from test_conntrack_sync import A, B, Net, conn
 
 from availability_manager import wire
 from availability_manager.connection import IPS_EXPECTED, PROTO_TCP, Connection, make_tuple
-from availability_manager.conntrack_sync import entry_hash
 from availability_manager.ct_messages import (
     CtExpect,
     CtExpectDelete,
@@ -24,6 +23,7 @@ from availability_manager.ct_messages import (
     helper_of,
     with_helper,
 )
+from availability_manager.record_table import entry_hash
 
 FTP_BUCKET = 5
 

@@ -1,13 +1,20 @@
-"""Peer caches in wire form, and the peer's fast path from payload to cache.
+"""Tables of conntrack entries in wire form (peers' caches and this node's
+own mirror), and the peer's fast path from payload to cache.
 
-Every peer caches every other node's connections, so a peer's cost per
-record and its memory per entry decide the cluster's connection rate
-(docs/benchmarks.md, "Sync path: where the time goes"). A cache holds each
-entry as the CT record it arrived in (the encoded CT_NEW / CT_NEW_RESYNC
-message), keyed by `Connection.key`, behind a 10-byte prefix with what the
-digests and the bucket index need (the entry hash and the bucket). Nothing
-is decoded until a Connection is asked for: takeover, drain, late injection,
-status views.
+Every peer caches every other node's connections, and every owner mirrors
+its own, so the cost per record and the memory per entry decide the
+cluster's connection rate (docs/benchmarks.md, "Sync path: where the time
+goes"). A `RecordTable` holds each entry as its CT record (the encoded
+CT_NEW / CT_NEW_RESYNC message), keyed by `Connection.key`, behind an
+11-byte prefix with what the digests, the bucket index and the owner's
+change test need (the entry hash, the bucket, the record's layout). Nothing
+is decoded until a Connection is asked for: takeover, drain, late
+injection, status views.
+
+The owner encodes each new state of a connection once (`encode_record`);
+the record is both what the mirror keeps and what goes to the peers, and
+comparing it with the mirrored one tells "unchanged", "state only" (an
+UPDATE) and "more" (a new announcement) without decoding.
 
 `decode_ct_payload` is `wire.decode_messages` for reliable-broadcast payloads,
 with one fast path: a CT_NEW / CT_NEW_RESYNC body laid out exactly as this
@@ -18,7 +25,7 @@ message, its two Tuples and its Connection. Such a body passes every check
 the generic decoder and the message's validation make (the layout fixes
 every attribute's id and length, and every value of those kinds is in
 range), so the reference (decode, `to_connection`, `key`, `entry_hash`)
-gives the same; the property tests in test_peer_cache.py hold both to it.
+gives the same; the property tests in test_record_table.py hold both to it.
 Any other message takes the generic decoder, with its errors, in order.
 """
 
@@ -64,10 +71,37 @@ def entry_hash(conn: Connection) -> int:
 
 
 def encode_record(conn: Connection) -> bytes:
-    """The CT record a cache keeps for `conn` when it did not arrive as one
-    (an update applied, a message that took the generic path): decoding it
-    gives `conn` back, helper and sequence offsets included."""
+    """The CT_NEW record of `conn` as a table keeps it and wire version 2
+    carries it: decoding it gives `conn` back, helper and sequence offsets
+    included. A plain entry (no helper, no offsets) is packed in one go."""
+    return record_and_kind(conn)[0]
+
+
+def encode_record_generic(conn: Connection) -> bytes:
+    """`encode_record` through the message class (its reference)."""
     return _encode_message(CtNew.from_connection(conn, VERSION_HELPERS))
+
+
+def record_and_kind(conn: Connection) -> tuple[bytes, int]:
+    """(record, layout kind): kind 0 for a record only the generic decoder reads."""
+    if type(conn) is not Connection or conn.seqadj:
+        return encode_record_generic(conn), 0
+    o, r = conn.orig, conn.reply
+    n = len(o.src)
+    if conn.nat:
+        lay = _BY_FORM[n, True]
+        body = lay.layout.pack(
+            1, 1, conn.proto, 2, n, o.src, 3, n, o.dst, 4, 2, o.sport, 5, 2, o.dport,
+            6, 1, conn.state, 7, 4, conn.status, 8, 4, conn.mark, 9, 2, conn.bucket,
+            10, n, r.src, 11, n, r.dst, 12, 2, r.sport, 13, 2, r.dport,
+        )  # fmt: skip
+    else:
+        lay = _BY_FORM[n, False]
+        body = lay.layout.pack(
+            1, 1, conn.proto, 2, n, o.src, 3, n, o.dst, 4, 2, o.sport, 5, 2, o.dport,
+            6, 1, conn.state, 7, 4, conn.status, 8, 4, conn.mark, 9, 2, conn.bucket,
+        )  # fmt: skip
+    return lay.head + body, lay.kind
 
 
 def record_connection(record: bytes | memoryview) -> Connection:
@@ -78,9 +112,9 @@ def record_connection(record: bytes | memoryview) -> Connection:
     found = _entry_values(record, MSG_HEADER.size, length)
     if found is None or len(record) != MSG_HEADER.size + length:
         return record_connection_generic(record)
-    nat, v = found
+    layout, v = found
     proto, osrc, odst, osport, odport, state, status, mark, bucket = v[:9]
-    if nat:
+    if layout.nat:
         reply = Tuple(*v[9:])
     else:
         reply = Tuple(odst, osrc, *untranslated_reply_ports(proto, osport, odport))
@@ -98,14 +132,17 @@ class EntryRecord:
     """A CT_NEW / CT_NEW_RESYNC taken by the fast path: what a cache needs,
     and the record itself (decoded only if a Connection is asked for)."""
 
-    __slots__ = ("bucket", "hash", "key", "record", "resync")
+    __slots__ = ("bucket", "hash", "key", "kind", "record", "resync")
 
-    def __init__(self, key: bytes, bucket: int, hash: int, record: bytes, resync: bool) -> None:
+    def __init__(
+        self, key: bytes, bucket: int, hash: int, record: bytes, resync: bool, kind: int
+    ) -> None:
         self.key = key
         self.bucket = bucket
         self.hash = hash
         self.record = record
         self.resync = resync
+        self.kind = kind  # which of the plain layouts (never 0)
 
     @property
     def type_name(self) -> str:
@@ -125,6 +162,12 @@ class _Layout:
     ids: tuple[int, ...]
     lengths: tuple[int, ...]
     nat: bool
+    kind: int  # 1..4, kept in a table's prefix (0 there: no plain layout)
+    head: bytes  # the CT_NEW message header of a record of this layout
+    # Where state, status and mark (ids 6-8, values and attribute headers)
+    # lie in the record: two records of this layout that agree outside it
+    # differ by what an UPDATE carries.
+    state_window: slice
 
 
 _ENTRY_TYPES = {int(MsgType.CT_NEW): False, int(MsgType.CT_NEW_RESYNC): True}
@@ -151,7 +194,13 @@ def _layouts() -> dict[int, _Layout]:
                 lengths.append(size)
             layout = struct.Struct("".join(fmt))
             count = len(lengths)
-            out[layout.size] = _Layout(layout, tuple(range(1, count + 1)), tuple(lengths), nat)
+            start = MSG_HEADER.size + sum(4 + size for size in lengths[:5])
+            out[layout.size] = _Layout(
+                layout, tuple(range(1, count + 1)), tuple(lengths), nat,
+                kind=len(out) + 1,
+                head=MSG_HEADER.pack(int(MsgType.CT_NEW), 0, layout.size),
+                state_window=slice(start, start + sum(4 + size for size in lengths[5:8])),
+            )  # fmt: skip
     assert len(out) == 4  # the four body lengths differ
     return out
 
@@ -159,52 +208,38 @@ def _layouts() -> dict[int, _Layout]:
 _LAYOUTS = _layouts()
 # (address length, NAT) -> the layout, for the encoder
 _BY_FORM = {(lay.lengths[1], lay.nat): lay for lay in _LAYOUTS.values()}
-_ENTRY_MSG_TYPES: dict[type, int] = {
-    CtNew: int(MsgType.CT_NEW),
-    CtNewResync: int(MsgType.CT_NEW_RESYNC),
-}
+_BY_KIND = {lay.kind: lay for lay in _LAYOUTS.values()}
+_RESYNC_TYPE = bytes([int(MsgType.CT_NEW_RESYNC)])
 
 
 def encode_ct_fast(msg: object) -> bytes:
-    """`ct_messages.encode_ct`, with one pack for an entry record of the
-    layouts above (the owner encodes one per new connection)."""
-    msg_type = _ENTRY_MSG_TYPES.get(type(msg))
-    if msg_type is None:
-        return encode_ct(msg)
-    assert isinstance(msg, CtNew | CtNewResync)
-    if msg.helper or msg.seqadj:
-        return encode_ct(msg)
-    n = len(msg.orig_src)
-    if msg.reply_src:
-        lay = _BY_FORM[n, True]
-        body = lay.layout.pack(
-            1, 1, msg.proto, 2, n, msg.orig_src, 3, n, msg.orig_dst,
-            4, 2, msg.orig_sport, 5, 2, msg.orig_dport, 6, 1, msg.state,
-            7, 4, msg.status, 8, 4, msg.mark, 9, 2, msg.bucket,
-            10, n, msg.reply_src[0], 11, n, msg.reply_dst[0],
-            12, 2, msg.reply_sport[0], 13, 2, msg.reply_dport[0],
-        )  # fmt: skip
-    else:
-        lay = _BY_FORM[n, False]
-        body = lay.layout.pack(
-            1, 1, msg.proto, 2, n, msg.orig_src, 3, n, msg.orig_dst,
-            4, 2, msg.orig_sport, 5, 2, msg.orig_dport, 6, 1, msg.state,
-            7, 4, msg.status, 8, 4, msg.mark, 9, 2, msg.bucket,
-        )  # fmt: skip
-    return MSG_HEADER.pack(msg_type, 0, len(body)) + body
+    """`ct_messages.encode_ct`, except that an `EntryRecord` is its record
+    already (the owner's entries go out encoded once, by `encode_record`)."""
+    if type(msg) is EntryRecord:
+        return msg.record
+    return encode_ct(msg)
+
+
+def entry_record(
+    key: bytes, bucket: int, hash: int, record: bytes, kind: int, resync: bool
+) -> EntryRecord:
+    """The owner's announcement of a plain record from `encode_record`
+    (`kind` not 0): CT_NEW, or CT_NEW_RESYNC within a resync round."""
+    return EntryRecord(key, bucket, hash, _RESYNC_TYPE + record[1:] if resync else record,
+                       resync, kind)  # fmt: skip
 
 
 def _entry_values(
     buf: bytes | memoryview, body: int, length: int
-) -> tuple[bool, tuple[Any, ...]] | None:
-    """(NAT, attribute values) of an entry body of a known layout, else None."""
+) -> tuple[_Layout, tuple[Any, ...]] | None:
+    """(layout, attribute values) of an entry body of a known layout, else None."""
     layout = _LAYOUTS.get(length)
     if layout is None:
         return None
     values = layout.layout.unpack_from(buf, body)
     if values[0::3] != layout.ids or values[1::3] != layout.lengths:
         return None
-    return layout.nat, values[2::3]
+    return layout, values[2::3]
 
 
 def _fast_entry(
@@ -213,9 +248,9 @@ def _fast_entry(
     found = _entry_values(view, body, length)
     if found is None:
         return None
-    nat, v = found
+    layout, v = found
     proto, osrc, odst, osport, odport, state, status, mark, bucket = v[:9]
-    if nat:
+    if layout.nat:
         rsrc, rdst, rsport, rdport = v[9:]
     else:
         rsrc, rdst = odst, osrc
@@ -223,7 +258,7 @@ def _fast_entry(
     key = hashlib.blake2b(key_material(proto, osport, odport, osrc, odst), digest_size=8).digest()
     h = hash_fields(proto, state, status, mark, bucket, osrc, odst, osport, odport,
                     rsrc, rdst, rsport, rdport)  # fmt: skip
-    return EntryRecord(key, bucket, h, bytes(view[start : body + length]), resync)
+    return EntryRecord(key, bucket, h, bytes(view[start : body + length]), resync, layout.kind)
 
 
 def decode_ct_payload(payload: bytes | memoryview) -> list[object]:
@@ -254,7 +289,8 @@ def decode_ct_payload(payload: bytes | memoryview) -> list[object]:
     return out
 
 
-_PREFIX = struct.Struct("!QH")  # entry hash, bucket
+_PREFIX = struct.Struct("!QHB")  # entry hash, bucket, layout kind (0: generic)
+_P = _PREFIX.size
 
 
 class GroupIndex:
@@ -305,10 +341,10 @@ class GroupIndex:
         return sum(len(self._by_bucket.get(b, ())) for b in buckets)
 
 
-class PeerCache(GroupIndex):
-    """One peer's entries as records (see the module docstring). Same surface
-    and iteration orders as the local mirror's table (conntrack_sync._Table),
-    which is its reference."""
+class RecordTable(GroupIndex):
+    """Entries as records (see the module docstring): a peer's cache, or the
+    owner's mirror. Same surface and iteration orders as a table of
+    Connections (the reference in test_record_table.py)."""
 
     __slots__ = ("_records",)
 
@@ -322,38 +358,118 @@ class PeerCache(GroupIndex):
     def __contains__(self, key: bytes) -> bool:
         return key in self._records
 
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._records)
+
     def keys(self) -> Iterable[bytes]:
         return self._records.keys()
 
     def get(self, key: bytes) -> Connection | None:
         stored = self._records.get(key)
-        return None if stored is None else _stored_connection(stored)
+        return None if stored is None else stored_connection(stored)
+
+    def stored(self, key: bytes) -> bytes | None:
+        """The entry as kept (prefix and record), for `record_change` and
+        `stored_connection`; None if the key is not here."""
+        return self._records.get(key)
+
+    def bucket_of(self, key: bytes) -> int | None:
+        stored = self._records.get(key)
+        return None if stored is None else _PREFIX.unpack_from(stored)[1]
 
     def put(self, key: bytes, conn: Connection) -> None:
-        self.put_record(key, conn.bucket, entry_hash(conn), encode_record(conn))
+        record, kind = record_and_kind(conn)
+        self.put_record(key, conn.bucket, entry_hash(conn), record, kind)
 
-    def put_record(self, key: bytes, bucket: int, hash: int, record: bytes) -> None:
-        """Cache a record whose key, bucket and entry hash are known; a known
-        key is replaced."""
+    def put_record(self, key: bytes, bucket: int, hash: int, record: bytes, kind: int) -> None:
+        """Keep a record whose key, bucket, entry hash and layout kind are
+        known; a known key is replaced."""
         self.remove(key)
-        self._records[key] = _PREFIX.pack(hash, bucket) + record
+        self._records[key] = _PREFIX.pack(hash, bucket, kind) + record
         self._add(key, bucket, hash)
+
+    def restate(self, key: bytes, state: int, status: int, mark: int) -> bool:
+        """An UPDATE applied to a plain record in place (its bytes patched, its
+        hash recomputed, nothing decoded into objects); False if the key is
+        unknown or its record is not plain (the caller takes the generic way)."""
+        stored = self._records.get(key)
+        if stored is None:
+            return False
+        hash, bucket, kind = _PREFIX.unpack_from(stored)
+        if not kind:
+            return False
+        lay = _BY_KIND[kind]
+        w = lay.state_window
+        record = b"".join((
+            stored[_P : _P + w.start],
+            _STATE_ATTRS.pack(6, 1, state, 7, 4, status, 8, 4, mark),
+            stored[_P + w.stop :],
+        ))  # fmt: skip
+        v = lay.layout.unpack_from(record, MSG_HEADER.size)[2::3]
+        proto, osrc, odst, osport, odport = v[:5]
+        if lay.nat:
+            rsrc, rdst, rsport, rdport = v[9:]
+        else:
+            rsrc, rdst = odst, osrc
+            rsport, rdport = untranslated_reply_ports(proto, osport, odport)
+        new_hash = hash_fields(proto, state, status, mark, bucket, osrc, odst, osport, odport,
+                               rsrc, rdst, rsport, rdport)  # fmt: skip
+        self._discard(key, bucket, hash)
+        self._records[key] = _PREFIX.pack(new_hash, bucket, kind) + record
+        self._add(key, bucket, new_hash)
+        return True
 
     def remove(self, key: bytes) -> bool:
         stored = self._records.pop(key, None)
         if stored is None:
             return False
-        hash, bucket = _PREFIX.unpack_from(stored)
+        hash, bucket, _kind = _PREFIX.unpack_from(stored)
         self._discard(key, bucket, hash)
         return True
 
     def in_buckets(self, buckets: Iterable[int]) -> Iterator[tuple[bytes, Connection]]:
         for key in self.keys_in_buckets(buckets):
-            yield key, _stored_connection(self._records[key])
+            yield key, stored_connection(self._records[key])
 
     def connections(self) -> list[Connection]:
-        return [_stored_connection(s) for s in self._records.values()]
+        return [stored_connection(s) for s in self._records.values()]
 
 
-def _stored_connection(stored: bytes) -> Connection:
-    return record_connection(memoryview(stored)[_PREFIX.size :])
+_STATE_ATTRS = struct.Struct("!HHBHHIHHI")  # state, status, mark with their headers
+
+# What a new record of an entry changes against the one kept (record_change)
+SAME, STATE_ONLY, MORE, UNKNOWN = "same", "state-only", "more", "unknown"
+
+
+def record_change(stored: bytes, record: bytes, kind: int) -> str:
+    """How `record` (kind `kind`, from `encode_record`) differs from the kept
+    entry `stored`: SAME; STATE_ONLY (state, status or mark: an UPDATE says
+    it); MORE (the tuples, bucket, helper or offsets: announce the entry
+    again); UNKNOWN when both are generic records (decode and compare)."""
+    if len(stored) == _P + len(record) and stored.endswith(record):
+        return SAME
+    old_kind = stored[_P - 1]
+    if not old_kind and not kind:
+        return UNKNOWN
+    if old_kind != kind:
+        return MORE  # a plain record against a generic one: helper or offsets differ
+    w = _BY_KIND[kind].state_window
+    if stored[_P : _P + w.start] == record[: w.start] and stored[_P + w.stop :] == record[w.stop :]:
+        return STATE_ONLY
+    return MORE
+
+
+def stored_plain(stored: bytes) -> bool:
+    """Whether a kept entry's record is of a plain layout (no helper, no offsets)."""
+    return stored[_P - 1] != 0
+
+
+def stored_entry_record(key: bytes, stored: bytes, resync: bool) -> EntryRecord:
+    """The announcement of a kept plain entry (a resync round re-sends it)."""
+    hash, bucket, kind = _PREFIX.unpack_from(stored)
+    return entry_record(key, bucket, hash, stored[_P:], kind, resync)
+
+
+def stored_connection(stored: bytes) -> Connection:
+    """The Connection a kept entry describes."""
+    return record_connection(memoryview(stored)[_P:])
