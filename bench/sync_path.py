@@ -4,9 +4,10 @@ The agent's conntrack sync, driven in one process on a fixed clock exactly as
 the daemon drives it, for N new UDP connections:
 
 - owner: kernel event bytes (an IPCTNL_MSG_CT_NEW event as ctnetlink sends
-  it) -> netlink decode -> Connection -> mirror and queue (ConntrackSync)
-  -> CT record encode -> reliable-broadcast payloads and RB_DATA messages
-  -> AEAD seal of each datagram;
+  it) -> netlink decode -> Connection -> mirror and queue (ConntrackSync;
+  since the mirror keeps records, the CT record is encoded here, once)
+  -> CT record encode (what is left: a record passes through) ->
+  reliable-broadcast payloads and RB_DATA messages -> AEAD seal of each datagram;
 - peer: datagram -> AEAD open -> datagram decode -> reliable-broadcast
   delivery -> CT record decode -> peer cache insert.
 
@@ -17,8 +18,9 @@ composes them; `end to end` runs the same connections through two real
 on the peer), which is what the daemon pays without its sockets. The stages
 should add up to about the end-to-end figure.
 
-Memory: the peer cache's size per 100,000 cached connections, by tracemalloc
-(what the cache holds once everything transient is freed).
+Memory: the peer cache's size per 100,000 cached connections and the owner's
+mirror's per 100,000 announced, by tracemalloc (what each holds once
+everything transient is freed).
 
     .venv/bin/python bench/sync_path.py            # 100,000 connections, docs/benchmarks/
     .venv/bin/python bench/sync_path.py --quick    # 5,000, temp dir (smoke)
