@@ -37,7 +37,13 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .connection import Connection, Tuple, key_material, untranslated_reply_ports
+from .connection import (
+    Connection,
+    connection_unchecked,
+    key_material,
+    tuple_unchecked,
+    untranslated_reply_ports,
+)
 from .ct_messages import VERSION_HELPERS, CtNew, CtNewResync, encode_ct
 from .wire import MSG_HEADER, Kind, MsgType, WireError, decode_message, decode_messages
 from .wire import encode_message as _encode_message
@@ -115,10 +121,12 @@ def record_connection(record: bytes | memoryview) -> Connection:
     layout, v = found
     proto, osrc, odst, osport, odport, state, status, mark, bucket = v[:9]
     if layout.nat:
-        reply = Tuple(*v[9:])
+        reply = tuple_unchecked(*v[9:])
     else:
-        reply = Tuple(odst, osrc, *untranslated_reply_ports(proto, osport, odport))
-    return Connection(proto, Tuple(osrc, odst, osport, odport), reply, state, status, mark, bucket)
+        reply = tuple_unchecked(odst, osrc, *untranslated_reply_ports(proto, osport, odport))
+    # the layout fixes every length and range the constructors would check
+    orig = tuple_unchecked(osrc, odst, osport, odport)
+    return connection_unchecked(proto, orig, reply, state, status, mark, bucket)
 
 
 def record_connection_generic(record: bytes | memoryview) -> Connection:

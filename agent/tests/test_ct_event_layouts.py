@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_record_table import connections
 
+from availability_manager.connection import PROTO_UDP, Connection, Tuple
 from availability_manager.dataplane import netlink_attrs as nl
 from availability_manager.dataplane.conntrack_netlink import (
     IPCTNL_MSG_CT_NEW,
@@ -108,7 +109,8 @@ def events(draw: st.DrawFn) -> bytes:
     first=events(),
     second=events(),
     flips=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=3),
-    mask=st.sampled_from([0xFFFF, 0xFF00, 0x0FF0]),
+    # the last two give buckets beyond 65535, which only the generic decoder refuses
+    mask=st.sampled_from([0xFFFF, 0xFF00, 0x0FF0, 0xFFFFFFFF, 0xFFFF0000]),
 )
 def test_random_events_decode_alike_damaged_or_not(
     first: bytes, second: bytes, flips: list[tuple[int, int]], mask: int
@@ -125,3 +127,21 @@ def test_random_events_decode_alike_damaged_or_not(
     assert ref == fast
     ref, fast = both(bytes(data), mask, layouts)  # and once that one is learned too
     assert ref == fast
+
+
+def test_a_bucket_beyond_65535_is_refused_by_a_learned_layout_too() -> None:
+    """A 32-bit mark mask can name a bucket no Connection holds: the generic
+    decoder counts it as a bad value, and so must an event of a learned layout
+    (it builds its Connection without the constructor's checks)."""
+    orig = Tuple(bytes(4), bytes([1] * 4), 1, 2)
+
+    def event(mark: int) -> bytes:
+        conn = Connection(PROTO_UDP, orig, orig.inverse(), mark=mark)
+        mtype = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW
+        return nl.message(mtype, 0, 0, _NFGEN.pack(1, 0, 0) + encode_inject(conn))
+
+    layouts = EventLayouts(0xFFFFFFFF)
+    ref, fast = both(event(5), 0xFFFFFFFF, layouts)  # learns the layout
+    assert ref == fast and fast[0][0][2].bucket == 4
+    ref, fast = both(event(0x12345678), 0xFFFFFFFF, layouts)
+    assert ref == fast == ([], collections.Counter({"bad-value": 1}))

@@ -25,7 +25,16 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from ..connection import IPS_SYNC_MASK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Connection, Tuple
+from ..connection import (
+    IPS_SYNC_MASK,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    Connection,
+    Tuple,
+    connection_unchecked,
+    tuple_unchecked,
+)
 from . import netlink_attrs as nl
 from .bucket import mask_shift
 
@@ -182,14 +191,19 @@ class EventLayouts:
         mark = v[i["mark"]] if "mark" in i else 0
         value = (mark & self.mark_mask) >> self._shift
         has_state = "state" in i
-        conn = Connection(
+        bucket = value - 1 if value else 0
+        if bucket > 0xFFFF or len(orig.src) != len(reply.src):
+            return None  # the generic decoder refuses it, with its reason
+        # Every other value is of a size the constructors accept (the layout
+        # fixes addresses at 4 or 16 bytes, ports and fields at 8-32 bits).
+        conn = connection_unchecked(
             proto,
             orig,
             reply,
             v[i["state"]] if has_state and proto == PROTO_TCP else 0,
             v[i["status"]] & IPS_SYNC_MASK,
             mark,
-            value - 1 if value else 0,
+            bucket,
         )
         return conn, has_state or proto != PROTO_TCP
 
@@ -203,4 +217,4 @@ def _tuple(v: tuple[Any, ...], i: dict[str, int], side: str, proto: int) -> Tupl
     elif proto in PORT_PROTOS:
         sport = v[i[side + "sport"]] if side + "sport" in i else 0
         dport = v[i[side + "dport"]] if side + "dport" in i else 0
-    return Tuple(v[i[side + "src"]], v[i[side + "dst"]], sport, dport)
+    return tuple_unchecked(v[i[side + "src"]], v[i[side + "dst"]], sport, dport)
