@@ -250,6 +250,18 @@ def _entry_values(
     return layout, values[2::3]
 
 
+def _values_hash(layout: _Layout, v: tuple[Any, ...]) -> int:
+    """The entry hash of a plain record from its attribute values."""
+    proto, osrc, odst, osport, odport, state, status, mark, bucket = v[:9]
+    if layout.nat:
+        rsrc, rdst, rsport, rdport = v[9:]
+    else:
+        rsrc, rdst = odst, osrc
+        rsport, rdport = untranslated_reply_ports(proto, osport, odport)
+    return hash_fields(proto, state, status, mark, bucket, osrc, odst, osport, odport,
+                       rsrc, rdst, rsport, rdport)  # fmt: skip
+
+
 def _fast_entry(
     view: memoryview, start: int, body: int, length: int, resync: bool
 ) -> EntryRecord | None:
@@ -257,15 +269,9 @@ def _fast_entry(
     if found is None:
         return None
     layout, v = found
-    proto, osrc, odst, osport, odport, state, status, mark, bucket = v[:9]
-    if layout.nat:
-        rsrc, rdst, rsport, rdport = v[9:]
-    else:
-        rsrc, rdst = odst, osrc
-        rsport, rdport = untranslated_reply_ports(proto, osport, odport)
+    proto, osrc, odst, osport, odport = v[:5]
     key = hashlib.blake2b(key_material(proto, osport, odport, osrc, odst), digest_size=8).digest()
-    h = hash_fields(proto, state, status, mark, bucket, osrc, odst, osport, odport,
-                    rsrc, rdst, rsport, rdport)  # fmt: skip
+    bucket, h = v[8], _values_hash(layout, v)
     return EntryRecord(key, bucket, h, bytes(view[start : body + length]), resync, layout.kind)
 
 
@@ -413,15 +419,7 @@ class RecordTable(GroupIndex):
             _STATE_ATTRS.pack(6, 1, state, 7, 4, status, 8, 4, mark),
             stored[_P + w.stop :],
         ))  # fmt: skip
-        v = lay.layout.unpack_from(record, MSG_HEADER.size)[2::3]
-        proto, osrc, odst, osport, odport = v[:5]
-        if lay.nat:
-            rsrc, rdst, rsport, rdport = v[9:]
-        else:
-            rsrc, rdst = odst, osrc
-            rsport, rdport = untranslated_reply_ports(proto, osport, odport)
-        new_hash = hash_fields(proto, state, status, mark, bucket, osrc, odst, osport, odport,
-                               rsrc, rdst, rsport, rdport)  # fmt: skip
+        new_hash = _values_hash(lay, lay.layout.unpack_from(record, MSG_HEADER.size)[2::3])
         self._discard(key, bucket, hash)
         self._records[key] = _PREFIX.pack(new_hash, bucket, kind) + record
         self._add(key, bucket, new_hash)
