@@ -147,9 +147,14 @@ def test_flapping_link_moves_buckets_away_once_and_back_once(lab: LabState) -> N
     try:
         time.sleep(1.5)
         since = log_stamp()
-        for _ in range(flaps):  # down 0.2 s, up 0.3 s: quicker than any hold-down
+        for flap in range(flaps):  # down 0.2 s, up 0.3 s: quicker than any hold-down
             set_link(lab, "fw3", "inside", False, "switch")
-            time.sleep(0.2)
+            if flap == 0:
+                # The peers take its buckets at the next whole second (a
+                # handover's switch instant): up to a second after the fault.
+                wait_for(lambda: not owned(lab)["fw3"], timeout=2.0)
+            else:
+                time.sleep(0.2)
             set_link(lab, "fw3", "inside", True, "switch")
             last_up = time.monotonic()
             time.sleep(0.3)

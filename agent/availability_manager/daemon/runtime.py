@@ -508,16 +508,20 @@ class Runtime:
 
     def _on_links(self) -> None:
         assert self.links is not None
-        self.links.drain_events()
-        self._check_links()
+        self._check_links(self.links.drain_events())
         self._pump()
 
-    def _check_links(self) -> None:
+    def _check_links(self, went_down: set[str] | frozenset[str] = frozenset()) -> None:
         """A link down is a fault at once; a link back only after its
-        hold-down (link_hold_down.py), released by a timer of its own."""
+        hold-down (link_hold_down.py), released by a timer of its own.
+        `went_down`: interfaces the events reported down, which count as a
+        loss even when they are up again by now (their hold-down starts)."""
         now = self.loop.time()
         if self.links is not None:
-            self.link_hold_down.update(self.links.down(), now)
+            down = self.links.down()
+            if went_down - set(down):
+                self.link_hold_down.update([*down, *went_down], now)
+            self.link_hold_down.update(down, now)
         fault = self.link_hold_down.fault(now)
         self._links_up = fault is None
         self.set_fault("links", fault)
