@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--ping", type=int, default=0)
     tr.add_argument("--interval-ms", type=int, default=50)
     tr.add_argument("--json", help="stop: write the summary here too")
+    tr.add_argument(
+        "--to", choices=traffic.KINDS, default="ipv4",
+        help="ipv4: client -> server; dnat: client -> the outside port forward; "
+        "masquerade: server -> client (see testhosts/traffic.py)",
+    )
     return p
 
 
@@ -74,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.cmd == "traffic":
             if args.action == "start":
-                traffic.start(args.tcp, args.udp, args.ping, args.interval_ms)
-                print("traffic started")
+                traffic.start(args.tcp, args.udp, args.ping, args.interval_ms, kind=args.to)
+                print("traffic started" if args.to == "ipv4" else f"traffic started ({args.to})")
             else:
-                summary = traffic.stop(args.json)
+                summary = traffic.stop(args.json, kind=args.to)
                 print(traffic.counts_line(summary))
     except (LabError, RootfsError, OSError) as exc:
         print(f"testhosts: {exc}", file=sys.stderr)

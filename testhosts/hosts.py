@@ -9,6 +9,8 @@ directories, deletes the namespaces and the controller's management link.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import shutil
 import time
@@ -53,8 +55,10 @@ def up(nodes: int = 3, run_dir: Path = RUN_DIR, boot_timeout: float = 120.0) -> 
     layouts = {n.name: n for n in node_layouts(topo)}
     try:
         network.create_fabric(state, topo, list(layouts.values()))
-        # the lab's traffic server in every server namespace, as `lab up` starts it
+        # the lab's traffic server in every server namespace, as `lab up` starts it,
+        # and on the client: the far end of the masquerade traffic from inside
         start_traffic_servers(state, state.topology())
+        start_traffic_servers(state, dataclasses.replace(topo, servers=topo.clients[:1]))
         for node in layouts.values():
             shutil.rmtree(node.dir, ignore_errors=True)  # a fresh disk every `up`
             machine.mount_overlay(node, lower)

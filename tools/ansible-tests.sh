@@ -16,7 +16,7 @@ VENV=$REPO/.venv
 export PATH="$VENV/bin:$PATH" ANSIBLE_NOCOLOR=1 PY_COLORS=0
 LOGS=$REPO/.cache/ansible-tests
 SANITY_VENV=$REPO/.cache/ansible-sanity-venv
-SCENARIOS=${ANSIBLE_TESTS_SCENARIOS:-default failover drain rolling rotate_key reboot reconfigure}
+SCENARIOS=${ANSIBLE_TESTS_SCENARIOS:-default failover drain remove rolling rotate_key reboot reconfigure}
 SKIP=" ${ANSIBLE_TESTS_SKIP:-} "
 TMP=$(mktemp -d /tmp/fwcluster-ansible-tests.XXXXXX)
 mkdir -p "$LOGS"

@@ -105,3 +105,43 @@ def test_forget_built_wheels_keeps_dependencies(tmp_path: Path) -> None:
     (tmp_path / "pyyaml-6.0-cp311-cp311-linux_x86_64.whl").write_text("")
     agent_source.forget_built_wheels(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["pyyaml-6.0-cp311-cp311-linux_x86_64.whl"]
+
+
+def test_nat_traffic_goes_where_the_lab_inventory_translates(tmp_path: Path) -> None:
+    """`testhosts traffic --to dnat|masquerade` (the reconfigure scenario's NAT
+    traffic) must hit the lab inventory's port forward and masquerade, or
+    the scenario would measure untranslated traffic, or none."""
+    from fwcluster_lab.netns import LabError
+    from fwcluster_lab.state import LabState
+
+    from testhosts import traffic
+
+    group = yaml.safe_load((INVENTORY / "group_vars" / "firewalls.yml").read_text())
+    state = LabState(tmp_path, layout.PREFIX, 3, 1, 1, agents=False)
+    topo = state.topology()
+    client, server = topo.clients[0], topo.servers[0]
+    server_ip = str(server.links[0].address.ip)
+
+    dnat = traffic.target(state, "dnat")
+    assert (dnat.client, dnat.server) == (client.name, server.name)
+    outside = next(z for z in group["availability_manager_zones"] if z["name"] == "outside")
+    assert dnat.address == outside["cluster_ips"][0].split("/")[0]
+    forwards = {(d["zone"], d["proto"], d["dport"], d["to"]) for d in group["dataplane_dnat"]}
+    for proto in ("tcp", "udp"):
+        assert ("outside", proto, dnat.port, f"{server_ip}:7001") in forwards, forwards
+
+    masq = traffic.target(state, "masquerade")
+    assert (masq.client, masq.server) == (server.name, client.name)
+    assert masq.address == str(client.links[0].address.ip)
+    assert {"from": "inside", "to": "outside"} in group["dataplane_masquerade"]
+    allowed = [r for r in group["dataplane_forward_allow"] if (r["from"], r["to"]) == ("inside", "outside")]
+    for proto in ("tcp", "udp"):
+        assert any(r["proto"] == proto and masq.port in r["dports"] for r in allowed), allowed
+
+    assert traffic.target(state, "ipv4").address == server_ip
+    try:
+        traffic.target(state, "ipv6")
+    except LabError as exc:
+        assert "ipv4, dnat, masquerade" in str(exc)
+    else:
+        raise AssertionError("an unknown kind of traffic was accepted")
