@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--interval-ms", type=int, default=50)
     tr.add_argument("--json", help="stop: write the summary here too")
     tr.add_argument(
-        "--to", choices=traffic.KINDS, default="ipv4",
+        "--to",
+        choices=traffic.KINDS,
+        default="ipv4",
         help="ipv4: client -> server; dnat: client -> the outside port forward; "
         "masquerade: server -> client (see testhosts/traffic.py)",
     )

@@ -10,7 +10,6 @@ directories, deletes the namespaces and the controller's management link.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import shutil
 import time
