@@ -508,20 +508,16 @@ class Runtime:
 
     def _on_links(self) -> None:
         assert self.links is not None
-        self._check_links(self.links.drain_events())
+        self.links.drain_events()
+        self._check_links()
         self._pump()
 
-    def _check_links(self, went_down: set[str] | frozenset[str] = frozenset()) -> None:
+    def _check_links(self) -> None:
         """A link down is a fault at once; a link back only after its
-        hold-down (link_hold_down.py), released by a timer of its own.
-        `went_down`: interfaces the events reported down, which count as a
-        loss even when they are up again by now (their hold-down starts)."""
+        hold-down (link_hold_down.py), released by a timer of its own."""
         now = self.loop.time()
         if self.links is not None:
-            down = self.links.down()
-            if went_down - set(down):
-                self.link_hold_down.update([*down, *went_down], now)
-            self.link_hold_down.update(down, now)
+            self.link_hold_down.update(self.links.down(), now)
         fault = self.link_hold_down.fault(now)
         self._links_up = fault is None
         self.set_fault("links", fault)
