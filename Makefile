@@ -53,6 +53,7 @@ test-unit: bootstrap
 	$(PYTEST) -q -n 2 agent/tests -m "not sim and not lab"
 	$(PYTEST) -q bench/tests -m "not lab"
 	$(PYTEST) -q tools/tests
+	$(PYTEST) -q -n 2 tests/unit
 
 # The fuzz campaign at length (issue 18): the properties of
 # agent/tests/test_fuzz.py with FUZZ_EXAMPLES examples each (make test runs

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `make test-ansible`: everything about the Ansible collection fwcluster.cluster,
-# cheapest first: lint, unit tests (modules, inventory validation, test-host
-# builder), the changelog fragments (antsibull-changelog lint), the built
-# collection tarball, ansible-test sanity, then the molecule scenarios on
-# systemd-nspawn test hosts (needs root). Each step is bounded in
+# cheapest first: lint, the changelog fragments (antsibull-changelog lint),
+# the built collection tarball, ansible-test sanity, then the molecule
+# scenarios on systemd-nspawn test hosts (needs root). The collection's unit
+# tests (tests/unit: modules, inventory validation, role tasks on localhost,
+# test-host builder) run in `make test-unit`, with every other unit test:
+# in `make test` they then run on idle cores, not beside the kernel module's
+# TCG guests, which `make test` starts together with this script. Each step is bounded in
 # time; whatever happens, the test hosts are removed at the end.
 # Ends with: ansible: N passed, M failed
 #
@@ -16,7 +19,7 @@ VENV=$REPO/.venv
 export PATH="$VENV/bin:$PATH" ANSIBLE_NOCOLOR=1 PY_COLORS=0
 LOGS=$REPO/.cache/ansible-tests
 SANITY_VENV=$REPO/.cache/ansible-sanity-venv
-SCENARIOS=${ANSIBLE_TESTS_SCENARIOS:-default failover drain remove rolling rotate_key reboot reconfigure}
+SCENARIOS=${ANSIBLE_TESTS_SCENARIOS:-default failover drain remove rotate_key reboot reconfigure nat rolling}
 SKIP=" ${ANSIBLE_TESTS_SKIP:-} "
 TMP=$(mktemp -d /tmp/fwcluster-ansible-tests.XXXXXX)
 mkdir -p "$LOGS"
@@ -72,10 +75,6 @@ ensure_tools() {
 lint() {
     rm -rf "$REPO/.ansible"
     ansible-lint -c tests/sanity/ansible-lint.yml --nocolor -f pep8 roles playbooks molecule inventories
-}
-
-unit() {
-    pytest -q -p no:cacheprovider -n 2 tests/unit
 }
 
 # The changelog fragments (changelogs/fragments) in antsibull-changelog's
@@ -190,10 +189,9 @@ scenario() {
 }
 
 export REPO VENV LOGS SANITY_VENV TMP
-export -f lint unit changelog build_and_install agent_from_tarball clone_layout sanity scenario
+export -f lint changelog build_and_install agent_from_tarball clone_layout sanity scenario
 ensure_tools >"$LOGS/tools.log" 2>&1 || echo "ansible-tests: installing tools failed, see $LOGS/tools.log"
 step lint 600 lint
-step unit 900 unit
 step changelog 120 changelog
 step build 300 build_and_install
 step sanity 1500 sanity

@@ -2,9 +2,7 @@
 by every running agent, detected by the role and carried out as a restart
 through a drain, one node at a time, with no connection lost or delivered
 twice; every agent now runs the new setting, and fw3, drained by its
-operator before the rollout, was restarted and left drained. nat (issue 15):
-connections through the port forward and the masquerade, translated, kept
-across the same rollout, none delivered twice."""
+operator before the rollout, was restarted and left drained."""
 
 from __future__ import annotations
 
@@ -30,17 +28,3 @@ def test_the_refused_change_was_carried_out_by_a_restart(name: str) -> None:
     else:
         assert rec["cluster"]["state"] == "member" and rec["cluster"]["owned_buckets"] > 0, rec
 
-
-@pytest.mark.parametrize("kind", ["dnat", "masquerade"])
-def test_nat_connections_kept_across_the_rollout(kind: str) -> None:
-    assert_nothing_lost_or_doubled(f"reconfigure {kind}", traffic(f"reconfigure-{kind}"))
-
-
-def test_the_nat_traffic_was_translated() -> None:
-    # Read while it flowed, after the rollout: without the port forward the
-    # dnat traffic fails; without the masquerade it flows untranslated.
-    recs = [record(f"reconfigure-{name}") for name in NODES]
-    dnat = sum(rec["dnat_entries"] for rec in recs)
-    masquerade = sum(rec["masquerade_entries"] for rec in recs)
-    print(f"reconfigure: translated connections: {dnat} port-forwarded, {masquerade} masqueraded")
-    assert dnat > 0 and masquerade > 0

@@ -108,7 +108,7 @@ def test_forget_built_wheels_keeps_dependencies(tmp_path: Path) -> None:
 
 
 def test_nat_traffic_goes_where_the_lab_inventory_translates(tmp_path: Path) -> None:
-    """`testhosts traffic --to dnat|masquerade` (the reconfigure scenario's NAT
+    """`testhosts traffic --to dnat|masquerade` (the nat scenario's
     traffic) must hit the lab inventory's port forward and masquerade, or
     the scenario would measure untranslated traffic, or none."""
     from fwcluster_lab.netns import LabError
