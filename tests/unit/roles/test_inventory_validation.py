@@ -21,6 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = Path(__file__).with_name("validate_playbook.yml")
 BIN = Path(sys.executable).parent
+# site.yml's first play that contacts a node (after the inventory checks).
+FIRST_NODE_PLAY = "PLAY [Sort the nodes by whether their agent runs]"
 
 GOOD: dict[str, Any] = {
     "availability_manager_sync_address": "198.51.100.11",
@@ -228,7 +230,7 @@ def test_site_yml_stops_before_touching_a_node(tmp_path: Path, case: str) -> Non
     proc = run_site(tmp_path, variables)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"{case}: site.yml accepted it\n{output}"
-    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert FIRST_NODE_PLAY not in output, output
     assert "unreachable=0" in output, output
     failure = failure_text(output)
     for word in expected:
@@ -301,11 +303,11 @@ CLUSTER_CASES: dict[str, tuple[dict[str, dict[str, Any]], list[str]]] = {
 
 
 def test_a_good_three_node_inventory_passes_the_check_play(tmp_path: Path) -> None:
-    """The check play passes and the rollout play is reached (the nodes are
-    closed ports, so it ends unreachable there, after the checks)."""
+    """The check play passes and the first play on the nodes is reached (the
+    nodes are closed ports, so it ends unreachable there, after the checks)."""
     proc = run_site_hosts(tmp_path, three_nodes())
     output = proc.stdout + proc.stderr
-    assert "PLAY [Roll out fwcluster firewall nodes]" in output, output
+    assert FIRST_NODE_PLAY in output, output
 
 
 @pytest.mark.parametrize("case", sorted(CLUSTER_CASES))
@@ -316,7 +318,7 @@ def test_site_yml_refuses_a_wrong_cluster_before_any_node(
     proc = run_site_hosts(tmp_path, hosts)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"{case}: site.yml accepted it\n{output}"
-    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert FIRST_NODE_PLAY not in output, output
     assert "unreachable=0" in output and "unreachable=1" not in output, output
     failure = failure_text(output)
     for word in expected:
@@ -334,7 +336,7 @@ def test_limit_cannot_hide_a_conflict_with_a_node_left_out(tmp_path: Path) -> No
     proc = run_site_hosts(tmp_path, hosts, "--limit", "fw3")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    assert "PLAY [Roll out fwcluster firewall nodes]" not in output, output
+    assert FIRST_NODE_PLAY not in output, output
     assert "fw3: dataplane_nat_slot 1 is also fw1's" in failure_text(output)
 
 
