@@ -444,6 +444,15 @@ class Runtime:
         expires = sent + self._fence_timeout
         if expires > now:  # else the elements expire on their own, earlier
             self.dataplane.keep_alive(expires - now)
+            # The refresh is an nftables transaction: the kernel queued its
+            # notifications on the ruleset watch during the send (set
+            # elements and the generation, which the watch ignores). Read
+            # them now, in this wakeup: left for the selector, they cost a
+            # wakeup of their own per heartbeat, a third of an idle agent's
+            # wakeups at N = 3 (docs/benchmarks/lab_scale.md, issue 19). The
+            # watch stays on the selector, so a change by anyone else is
+            # seen as soon as before, or sooner.
+            self._read_ruleset_watch()
 
     def _on_sync(self, sock: SyncSocket) -> None:
         now = self._clock()
