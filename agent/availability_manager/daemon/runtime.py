@@ -273,7 +273,9 @@ class Runtime:
             # Woken for at once: a flushed table forwards nothing until it is
             # restored or the node steps back. (Read once per heartbeat instead,
             # to save the wakeup each fence refresh's notification costs, the
-            # refusing-kernel lab test lost 3-6 times the packets.)
+            # refusing-kernel lab test lost 3-6 times the packets.) The fence
+            # refresh's own notifications are read right after it, in its
+            # wakeup (_keep_fence_up).
             self.loop.add_reader(self.ruleset_watch.fileno(), self._read_ruleset_watch)
         await self.control.start()
         self._check_links()
