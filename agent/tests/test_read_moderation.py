@@ -75,24 +75,39 @@ def test_a_quiet_socket_is_read_at_once_and_a_busy_one_once_per_interval(
         assert at - sent < INTERVAL_S / 2, "a quiet socket waited"
         assert reader.deferred_drains == 0
 
-        # Busy: three datagrams right after a drain arrive in one drain,
-        # an interval after the first one.
+        # One more right after a quiet drain is read at once too (two peers'
+        # heartbeats a moment apart are not a busy socket) ...
+        tx.send(b"second")
+        at1, got = await drains.next()
+        assert got == [b"second"]
+        assert at1 - at < INTERVAL_S / 2, "the first read after a quiet one waited"
+        assert reader.deferred_drains == 0
+
+        # ... but now the socket is busy: three datagrams right after that
+        # drain arrive in one drain, an interval after it.
         for n in range(3):
             tx.send(b"busy%d" % n)
             await asyncio.sleep(0.005)
         at2, got = await drains.next()
         assert got == [b"busy0", b"busy1", b"busy2"]
-        assert at2 - at >= INTERVAL_S * 0.99
+        assert at2 - at1 >= INTERVAL_S * 0.99
         assert reader.deferred_drains == 1
-        assert len(drains.runs) == 2
+        assert len(drains.runs) == 3
+
+        # Still busy after the deferred drain: the next one waits again.
+        tx.send(b"busy3")
+        at3, got = await drains.next()
+        assert got == [b"busy3"]
+        assert at3 - at2 >= INTERVAL_S * 0.99
+        assert reader.deferred_drains == 2
 
         # Quiet again after more than an interval: at once.
         await asyncio.sleep(INTERVAL_S * 2)
         sent = loop.time()
         tx.send(b"later")
-        at3, got = await drains.next()
+        at4, got = await drains.next()
         assert got == [b"later"]
-        assert at3 - sent < INTERVAL_S / 2
+        assert at4 - sent < INTERVAL_S / 2
         reader.stop()
 
     asyncio.run(run())
@@ -106,12 +121,14 @@ def test_stop_cancels_a_deferred_drain(pair: tuple[socket.socket, socket.socket]
         tx.send(b"a")
         await drains.next()
         tx.send(b"b")
+        await drains.next()  # the second read within an interval: at once, now busy
+        tx.send(b"c")
         await asyncio.sleep(0.01)  # readable now, drain deferred
         assert reader.deferred_drains == 1
         reader.stop()
         await asyncio.sleep(INTERVAL_S * 2)
-        assert len(drains.runs) == 1
-        assert rx.recv(100) == b"b"  # left for whoever reads next
+        assert len(drains.runs) == 2
+        assert rx.recv(100) == b"c"  # left for whoever reads next
 
     asyncio.run(run())
 

@@ -9,6 +9,13 @@ the same problem: while a socket is busy, read it at most once per interval
 and let the queue fill meanwhile. A quiet socket is read at once, so heartbeats
 and the first events of a burst keep their latency; only a socket read less
 than an interval ago waits, for the rest of that interval.
+
+One read soon after a quiet one is not moderated: two peers' heartbeats a
+moment apart are not a busy socket, and holding the second back cost an idle
+agent two more wakeups and two epoll_ctl calls (the deferral and the timer
+that ends it) for a wakeup it spared nobody (issue 19, docs/benchmarks/
+lab_scale.md). A socket is busy once it was read twice within an interval;
+from then on every read within an interval of the last one waits.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ class ModeratedReader:
         self._drain = drain
         self._interval_s = interval_s
         self._last_drain = float("-inf")
+        # The last drain came less than an interval after the one before it
+        # (or was deferred): the socket is busy, the next read may wait.
+        self._busy = False
         self._deferred: asyncio.TimerHandle | None = None
         self._watching = False
         self.deferred_drains = 0  # wakeups held back (`busy_reads_deferred` in stats)
@@ -58,7 +68,8 @@ class ModeratedReader:
     def _readable(self) -> None:
         now = self._loop.time()
         wait = self._last_drain + self._interval_s - now
-        if wait <= 0:
+        if wait <= 0 or not self._busy:
+            self._busy = wait > 0  # the second read within an interval: busy
             self._run(now)
             return
         self._loop.remove_reader(self._fd)
@@ -68,6 +79,7 @@ class ModeratedReader:
 
     def _resume(self) -> None:
         self._deferred = None
+        self._busy = True
         self._loop.add_reader(self._fd, self._readable)
         self._watching = True
         self._run(self._loop.time())

@@ -273,7 +273,9 @@ class Runtime:
             # Woken for at once: a flushed table forwards nothing until it is
             # restored or the node steps back. (Read once per heartbeat instead,
             # to save the wakeup each fence refresh's notification costs, the
-            # refusing-kernel lab test lost 3-6 times the packets.)
+            # refusing-kernel lab test lost 3-6 times the packets.) The fence
+            # refresh's own notifications are read right after it, in its
+            # wakeup (_keep_fence_up).
             self.loop.add_reader(self.ruleset_watch.fileno(), self._read_ruleset_watch)
         await self.control.start()
         self._check_links()
@@ -444,6 +446,15 @@ class Runtime:
         expires = sent + self._fence_timeout
         if expires > now:  # else the elements expire on their own, earlier
             self.dataplane.keep_alive(expires - now)
+            # The refresh is an nftables transaction: the kernel queued its
+            # notifications on the ruleset watch during the send (set
+            # elements and the generation, which the watch ignores). Read
+            # them now, in this wakeup: left for the selector, they cost a
+            # wakeup of their own per heartbeat, a third of an idle agent's
+            # wakeups at N = 3 (docs/benchmarks/lab_scale.md, issue 19). The
+            # watch stays on the selector, so a change by anyone else is
+            # seen as soon as before, or sooner.
+            self._read_ruleset_watch()
 
     def _on_sync(self, sock: SyncSocket) -> None:
         now = self._clock()
