@@ -6,8 +6,8 @@
 # tests (tests/unit: modules, inventory validation, role tasks on localhost,
 # test-host builder) run in `make test-unit`, with every other unit test:
 # in `make test` they then run on idle cores, not beside the kernel module's
-# TCG guests, which `make test` starts together with this script. Each step is bounded in
-# time; whatever happens, the test hosts are removed at the end.
+# TCG guests, which `make test` starts together with this script. Each step
+# is bounded in time; whatever happens, the test hosts are removed at the end.
 # Ends with: ansible: N passed, M failed
 #
 #   ANSIBLE_TESTS_SCENARIOS="default failover"  only these molecule scenarios
