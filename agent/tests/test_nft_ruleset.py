@@ -93,8 +93,15 @@ def test_prerouting_order_and_priority() -> None:
     assert ct[3] == "ct state established,related jump handover"
     assert ct[4].startswith("ct state established,related") and ct[4].endswith("drop")
     assert ct[5].startswith("ct state invalid") and ct[5].endswith("drop")
-    assert ct[6] == "fib daddr type local goto hash_fwd"  # local before the zone map
+    # NEW of an entry that already has a bucket (unreplied): never hashed again
+    assert ct[6] == "ct mark and 0x0000ffff != 0 goto marked_new"
+    assert ct[7] == "fib daddr type local goto hash_fwd"  # local before the zone map
     assert ct[-1] == "goto hash_fwd"
+    assert chain(text, "marked_new") == [
+        'ct mark and 0x0000ffff @owned_marks counter name "accepted_new" accept',
+        "jump handover",
+        'counter name "not_owned" drop',
+    ]
 
 
 def test_new_local_connections_without_a_socket_are_dropped_after_dnat() -> None:

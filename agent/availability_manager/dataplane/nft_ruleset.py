@@ -17,7 +17,9 @@ Packet path (prerouting, priority -150: after conntrack, before DNAT):
     cluster_traffic: pkttype := host;
                      established/related, not classified (mark 0): accept;
                      established/related of an owned bucket: accept; other: drop;
-                     invalid: drop; NEW: orient, then hash_fwd / hash_rev
+                     invalid: drop;
+                     NEW of an entry with a bucket (unreplied): by that bucket;
+                     other NEW: orient, then hash_fwd / hash_rev
 Input path (priority 0, after DNAT): zone heartbeats that did not come from
 the link are dropped (_zone_heartbeat_rules); a classified NEW connection to
 this node with no socket to take it is dropped (see _input_rules).
@@ -50,6 +52,8 @@ OWNED_MARKS_SET = "owned_marks"  # the same buckets as conntrack marks (bucket +
 # holding their rules, and every bucket in one (the early chain passes them on).
 HANDOVER_CHAIN = "handover"
 SWITCHING_SET = "switching"
+# NEW packets of an entry that already names a bucket (_marked_new_rules).
+MARKED_NEW_CHAIN = "marked_new"
 # Named sets for the handover chain's rules (nft_handover.forwarding_batch):
 # one per switch instant and direction pending at once.
 SWITCH_SLOTS = 8
@@ -255,6 +259,25 @@ def _input_rules(config: DataPlaneConfig) -> list[str]:
     ]
 
 
+def _marked_new_rules(config: DataPlaneConfig) -> list[str]:
+    """A NEW packet whose conntrack entry already carries a bucket keeps that
+    bucket: it is not hashed again. conntrack calls every packet of a
+    connection NEW until the first reply (a UDP flow, a TFTP transfer's
+    first blocks), and an entry injected at a takeover carries the bucket
+    its owner gave it, which is not always the hash of its own tuple: a
+    helper's data connection inherits its master's bucket. Hashed again, it
+    would move to another bucket on the taker: forwarded twice while the
+    giver still forwards it, or by nobody (a TFTP transfer stalled, found by
+    lab/tests/test_stateful_helpers.py's drain before the first block). The
+    clusterdev hook decides the same (kmod/clusterdev/clusterdev_hook.c)."""
+    mask = f"{config.mark_mask:#010x}"
+    return [
+        f'ct mark and {mask} @{OWNED_MARKS_SET} counter name "accepted_new" accept',
+        f"jump {HANDOVER_CHAIN}",
+        'counter name "not_owned" drop',
+    ]
+
+
 def _zone_heartbeat_rules(config: DataPlaneConfig) -> list[str]:
     """The zone heartbeat port on the customer-facing zone interfaces takes
     only what a peer on the link sends: IPv4 to the heartbeat group with TTL
@@ -339,11 +362,15 @@ def render_ruleset(
     out.append(f"    ct state established,related jump {HANDOVER_CHAIN}")
     out.append('    ct state established,related counter name "not_owned_established" drop')
     out.append('    ct state invalid counter name "invalid" drop')
+    out.append(f"    ct mark and {mask} != 0 goto {MARKED_NEW_CHAIN}")
     out.append("    fib daddr type local goto hash_fwd")
     vmap = _orientation_map(config)
     if vmap:
         out.append(f"    {vmap}")
     out.append("    goto hash_fwd")
+    out.append("  }")
+    out.append(f"  chain {MARKED_NEW_CHAIN} {{")
+    out += [f"    {r}" for r in _marked_new_rules(config)]
     out.append("  }")
     if early:
         out += _early_chains(config)

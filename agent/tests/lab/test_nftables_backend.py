@@ -474,3 +474,50 @@ def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab)
     finally:
         with inside(lab.fw):
             dp.uninstall()
+
+
+def test_a_new_packet_of_an_entry_with_a_bucket_keeps_that_bucket(lab: Lab) -> None:
+    """UDP is NEW until its first reply, so an injected entry (a takeover's)
+    that is still unreplied sees NEW packets. Its bucket is the one its owner
+    gave it, not always its tuple's hash (a helper's data connection has its
+    master's): the node forwards by that bucket and leaves the mark alone. The
+    entries are written with the conntrack tool, as the agent writes them."""
+    settings = ClusterSettings(buckets=64, hash_seed=0x5EED)
+    client, server = ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(SERVER).packed
+
+    def own_hash(port: int) -> int:
+        return bucket_of(settings, ZONES, in_zone="inside", out_zone="outside", proto=17,
+                         src=client, dst=server, sport=port, dport=5000)  # fmt: skip
+
+    ports = range(32000, 32040)
+    given = {p: (own_hash(p) + 1 + p % 7) % 64 for p in ports}  # never the tuple's own bucket
+    owned = frozenset(range(0, 64, 2))
+    expected = {p for p in ports if given[p] in owned}
+    assert 0 < len(expected) < len(ports)
+    dp = NftablesDataPlane(_config(settings))
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(owned)
+    try:
+        for p in ports:
+            sh("conntrack", "-I", "-p", "udp", "-s", CLIENT, "-d", SERVER,
+               "--sport", str(p), "--dport", "5000", "--timeout", "60",
+               "--mark", str(given[p] + 1), ns=lab.fw)  # fmt: skip
+        got = source_ports_received(
+            lab.server, SERVER, lambda: udp_flows(lab.client, CLIENT, SERVER, ports), expected
+        )
+        assert got == expected, f"forwarded by the tuple's hash: {sorted(got ^ expected)[:5]}"
+        marks = {
+            int(e["sport"]): bucket_of_mark(int(e["mark"]), 0xFFFF)
+            for e in conntrack_entries(lab.fw)
+            if e["src"] == CLIENT and e["sport"] and int(e["sport"]) in ports
+        }
+        assert marks == given, "an entry's bucket was rewritten by a NEW packet"
+        with inside(lab.fw):
+            counters = dp.status()["counters"]
+        assert isinstance(counters, dict)
+        assert counters["accepted_new"] == len(expected)
+        assert counters["not_owned"] == len(ports) - len(expected)
+    finally:
+        with inside(lab.fw):
+            dp.uninstall()
