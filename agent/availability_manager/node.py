@@ -561,7 +561,16 @@ class Node:
         if deadline is not None and deadline <= now:
             self._broadcast.handle_timer(now)
         self._sync.handle_timer(now)
+        handing_off = self._ranges.handoff() is not None
         self._ranges.handle_timer(now)
+        if handing_off and self._ranges.handoff() is None:
+            # The handoff's instant passed. Its stop switch took the buckets
+            # out of our data plane; those it keeps (the taker went down
+            # before the instant, or hands them back) raise no range event,
+            # yet must be forwarded again at once: left as programmed, nobody
+            # forwarded them until the next membership change (seconds:
+            # lab/tests/test_kernel_faults.py lost a TCP stream to it).
+            self._active_dirty = True
         expired = [p for p, t in self._awaiting_table.items() if t <= now]
         for peer in expired:
             # Its table never completed (a lossy or overloaded peer): stop

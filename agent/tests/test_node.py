@@ -285,6 +285,35 @@ def test_a_drain_with_a_handover_delay_switches_giver_and_taker_at_one_instant()
     assert taker.node.active_buckets() == set(range(BUCKETS))
 
 
+def test_a_bucket_kept_from_a_handoff_whose_taker_went_down_is_forwarded_after_it() -> None:
+    """The giver announced a handoff; before its instant the taker steps
+    back (own status down: its links, its kernel). At the instant the
+    giver's stop switch takes the buckets out of its data plane, and it
+    keeps them (nobody took them): it must forward them again then, not
+    at the next membership change."""
+    c = Cluster(0)
+    for i in (1, 2):
+        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=0.5), random.Random(i), c.now))
+    c.host(1).node.set_clock_offset(5000.0)
+    c.host(2).node.set_clock_offset(5000.0)
+    c.run(1.0)
+    giver, taker = c.host(1), c.host(2)
+    taker.node.drain(c.now)
+    c.run(1.0)
+    assert giver.node.active_buckets() == set(range(BUCKETS))
+    taker.node.undrain(c.now)
+    c.run(0.1)
+    pending = events_of(giver, ev.ActiveBucketsChanged)[-1][1]
+    stops = [w for w in pending.switches if not w.start]  # type: ignore[attr-defined]
+    assert stops, "the giver programmed no stop switch"
+    taker.node.set_link_status(False, c.now)  # steps back before the instant
+    c.run(1.0)
+    assert giver.owned == set(range(BUCKETS))
+    assert giver.node.active_buckets() == set(range(BUCKETS)), "kept buckets not forwarded"
+    last = events_of(giver, ev.ActiveBucketsChanged)[-1][1]
+    assert last.active == set(range(BUCKETS)) and not last.switches  # type: ignore[attr-defined]
+
+
 def test_leave_completes_once_the_others_hold_every_bucket(three: Cluster) -> None:
     c = three.host(3)
     c.node.leave(three.now)
