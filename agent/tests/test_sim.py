@@ -143,6 +143,16 @@ def test_a_bucket_waiting_for_the_next_handoff_stays_forwarded() -> None:
     assert result.ok, result.describe_failure()
 
 
+def test_a_bucket_kept_from_an_abandoned_handoff_is_forwarded_again() -> None:
+    """Seed 9 of step-back-in-handoff: A hands buckets to B, B steps back and
+    C crashes before the instant. A keeps them; the stop switch had taken
+    them out of its data plane and nothing else changed, so they stayed
+    forwarded by nobody (the forwarding check after the quiet period)."""
+    result = run_scenario("step-back-in-handoff", 9)
+    assert result.ok, result.describe_failure()
+    assert result.report.assignment_checks >= 1
+
+
 def test_known_bad_missing_injection_is_caught() -> None:
     """A driver that never writes InjectConnections claims buckets without their entries."""
     rules = {

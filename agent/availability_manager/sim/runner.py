@@ -92,6 +92,7 @@ class SimNode:
     incarnation: int = 0
     isolated: bool = False  # fully partitioned: no sync and no data-plane traffic
     links_down: bool = False  # its own data-plane links are down (sync still works)
+    health_down: bool = False  # a health check failed: a member no more, its data plane works
     draining: bool = False
     leaving: bool = False
     ready: bool = False
@@ -323,7 +324,7 @@ class Cluster:
             sim.kernel = Kernel(node_id)  # a rebooted machine starts with an empty table
         sim.kernel.drop_injections = self.options.drop_injections
         sim.incarnation += 1
-        sim.isolated = sim.links_down = sim.draining = sim.leaving = False
+        sim.isolated = sim.links_down = sim.health_down = sim.draining = sim.leaving = False
         sim.ready = sim.stop_requested = False
         # As the daemon does (state_dir.py): the counter starts above the last
         # reservation, with the wall clock in microseconds as a floor, so a
@@ -488,6 +489,7 @@ class Cluster:
         if sim.node is None:
             return
         self.disturb(f"{sim.name}'s health {'ok' if ok else 'failed'}")
+        sim.health_down = not ok
         sim.node.set_link_status(ok, self.now)
         self._service(sim)
 
@@ -706,10 +708,11 @@ class Cluster:
     # -- convergence checks ------------------------------------------------------------------
 
     def active_members(self) -> dict[NodeId, int]:
-        """The live, reachable, non-draining, non-leaving nodes and their weights."""
+        """The live, reachable, healthy, non-draining, non-leaving nodes and
+        their weights."""
         out: dict[NodeId, int] = {}
         for s in self.nodes.values():
-            if s.node is not None and not (s.offline or s.draining or s.leaving):
+            if s.node is not None and not (s.offline or s.health_down or s.draining or s.leaving):
                 out[s.node_id] = s.node.config.weight
         return out
 

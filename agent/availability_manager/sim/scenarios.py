@@ -232,6 +232,25 @@ def status_flap(cluster: Cluster, rng: random.Random) -> float:
     return t + 1.5
 
 
+def step_back_in_handoff(cluster: Cluster, rng: random.Random) -> float:
+    """B is drained, then undrained: A and C announce handoffs of its buckets
+    to B, and before their instant B steps back (a health check, a link) for
+    longer than the quiet period. The givers keep those buckets and must
+    forward them again once the instant has passed (the forwarding check):
+    their stop switches took them out of the data plane, and nothing else
+    changes until B is back."""
+    _boot(cluster, rng, 3)
+    _at(cluster, 1.5, lambda: cluster.drain(1))
+    _at(cluster, 3.5, lambda: cluster.undrain(1))
+    fault = cluster.set_health if rng.random() < 0.5 else cluster.set_links
+    down_at = 3.5 + 0.01 + rng.random() * 0.05  # within the 0.1 s handover delay
+    _at(cluster, down_at, partial(fault, 1, False))
+    if rng.random() < 0.5:  # and C crashes meanwhile (the lab's case: A alone is left)
+        _at(cluster, down_at + rng.random() * 0.03, lambda: cluster.crash(2))
+    _at(cluster, down_at + 2.6, partial(fault, 1, True))
+    return down_at + 4.0
+
+
 # -- the mixed random scenario --------------------------------------------------------
 
 
@@ -401,6 +420,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("isolate", "C cut from both networks, then back", isolate),
         Scenario("link-down", "B's data-plane links down, then up", link_down),
         Scenario("status-flap", "B's own status down and up again and again", status_flap),
+        Scenario(
+            "step-back-in-handoff",
+            "B undrained, then steps back before the handoff instant: givers keep forwarding",
+            step_back_in_handoff,
+        ),
         Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0, sized=mixed),
         _membership_at(8),
         _membership_at(16),
