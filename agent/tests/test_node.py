@@ -246,17 +246,24 @@ def test_drain_hands_the_buckets_over_and_undrain_takes_them_back(three: Cluster
     assert conn.key in b.table
 
 
+def two_nodes_with_handover_delay(delay: float) -> Cluster:
+    """Two nodes with make-before-break handovers and the same wall clock
+    (offset 5000 s), settled."""
+    c = Cluster(0)
+    for i in (1, 2):
+        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=delay), random.Random(i), c.now))
+    c.host(1).node.set_clock_offset(5000.0)
+    c.host(2).node.set_clock_offset(5000.0)
+    c.run(1.0)
+    return c
+
+
 def test_a_drain_with_a_handover_delay_switches_giver_and_taker_at_one_instant() -> None:
     """Make-before-break: the giver's data plane gets a stop switch and the
     taker's a start switch for the same buckets at the same wall-clock
     instant (each node's clock + its offset); the giver releases at that
     instant, and that release is a `removed` (the daemon lets go first)."""
-    c = Cluster(0)
-    for i in (1, 2):
-        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=0.1), random.Random(i), c.now))
-    c.host(1).node.set_clock_offset(5000.0)
-    c.host(2).node.set_clock_offset(5000.0)
-    c.run(1.0)
+    c = two_nodes_with_handover_delay(0.1)
     giver, taker = c.host(2), c.host(1)
     given = giver.owned
     assert given and taker.owned | given == set(range(BUCKETS))
@@ -291,12 +298,7 @@ def test_a_bucket_kept_from_a_handoff_whose_taker_went_down_is_forwarded_after_i
     giver's stop switch takes the buckets out of its data plane, and it
     keeps them (nobody took them): it must forward them again then, not
     at the next membership change."""
-    c = Cluster(0)
-    for i in (1, 2):
-        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=0.5), random.Random(i), c.now))
-    c.host(1).node.set_clock_offset(5000.0)
-    c.host(2).node.set_clock_offset(5000.0)
-    c.run(1.0)
+    c = two_nodes_with_handover_delay(0.5)
     giver, taker = c.host(1), c.host(2)
     taker.node.drain(c.now)
     c.run(1.0)
