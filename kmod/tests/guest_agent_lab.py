@@ -99,8 +99,14 @@ def status_json(state: Any, node: str) -> dict[str, Any]:
     6.1 guest on 2026-12-07). An agent that never answers still fails."""
     argv = agent.clusterctl_argv(state.run_dir, node, "status", "--json")
     for attempt in range(1, STATUS_ATTEMPTS + 1):
-        done = subprocess.run(in_ns(state.topology().node(node).ns, argv), capture_output=True,
-                              text=True, timeout=180, check=False)  # fmt: skip
+        try:
+            done = subprocess.run(in_ns(state.topology().node(node).ns, argv), capture_output=True,
+                                  text=True, timeout=180, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired as e:
+            # clusterctl gives up on a silent agent after 5 s: a hang this long
+            # is the guest itself; what the agent last did says more than this
+            raise AssertionError(f"clusterctl status --json on {node}: no exit in 180 s; "
+                                 f"{node}'s log ends: {log_tail(state, node)}") from e  # fmt: skip
         if done.returncode != EXIT_UNREACHABLE or attempt == STATUS_ATTEMPTS:
             break
         step(f"clusterctl status on {node}: no answer in 5 s (attempt {attempt}), asking again")
@@ -109,6 +115,15 @@ def status_json(state: Any, node: str) -> dict[str, Any]:
                              f"{done.stderr.strip()}")  # fmt: skip
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def log_tail(state: Any, node: str, lines: int = 15) -> str:
+    """The last lines of a node's agent log, for a failure message."""
+    try:
+        text = agent.log_path(state.run_dir, node).read_text(errors="replace")
+    except OSError as e:
+        return f"(no log: {e})"
+    return " | ".join(text.splitlines()[-lines:])
 
 
 def check_links(state: Any) -> str | None:
