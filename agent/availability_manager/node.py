@@ -172,6 +172,14 @@ ZONE_HOLD_EXTRA_INTERVALS = 1
 # How long a bucket handed back unstarted is remembered (seconds after its
 # instant): a peer's claim that still announces that handoff is older.
 GIVEN_UNSTARTED_MEMORY_S = 10.0
+# After a long stall the node learns its forwarding again from the peers'
+# claims (host_stalled): for at least this many heartbeat intervals (the
+# queued claims are read in the first, every live peer's answer to our
+# return arrives within one more), and at most STALL_RELEARN_LIMIT_S while a
+# peer still claims one of our buckets without handing it back (one that
+# never does must not keep our share unforwarded for good).
+STALL_RELEARN_INTERVALS = 2
+STALL_RELEARN_LIMIT_S = 2.0
 
 
 class Destination(enum.Enum):
@@ -272,6 +280,11 @@ class Node:
         # buckets we handed back unstarted, with the instant: never started
         # from a peer's handoff at that same instant (_refresh_active)
         self._given_unstarted: dict[int, float] = {}
+        # After a long stall (host_stalled): the earliest and the latest end
+        # of relearning our forwarding from the peers' claims, and whether a
+        # peer still holds one of our buckets without handing it back.
+        self._relearn: tuple[float, float] | None = None
+        self._relearn_waits = False
 
     def _new_ranges(self, config: NodeConfig, now: float) -> RangeDistribution:
         """The range distribution; a test driver's subclass may build a variant."""
@@ -448,9 +461,45 @@ class Node:
 
     def host_stalled(self, since: float, now: float) -> None:
         """The host did not run the Node from `since` to `now` (a stalled
-        event loop): peers are not judged by that time (Availability)."""
+        event loop): peers are not judged by that time (Availability).
+
+        A stall past the peers' patience (a heartbeat timeout after our last
+        heartbeat) let them declare us dead and take our buckets; our data
+        plane's fence expired meanwhile, so we forwarded nothing either. What
+        we forwarded before the stall is then no ground for make-before-break:
+        kept, it would count as forwarded while the peers hand the buckets
+        back one by one, and nobody would start them. Until
+        `forwarding_known_at` (long enough to read the peers' queued claims
+        and one fresh heartbeat of each) we forward only what nobody else
+        claims, and start the rest at the peers' handoff instants; the runtime
+        keeps the fence down until then."""
         self._availability.host_stalled(since, now)
+        sent = self.last_heartbeat_sent
+        if now >= (since if sent is None else sent + self.peer_timeout):
+            earliest = now + STALL_RELEARN_INTERVALS * self.config.heartbeat_interval
+            self._relearn = (earliest, now + STALL_RELEARN_LIMIT_S)
+            self._relearn_waits = True
+            self._counters["stall_relearns"] += 1
+            self._active_dirty = True
         self._pump(now)
+
+    @property
+    def relearning(self) -> bool:
+        """True while this node learns its forwarding again after a long
+        stall (host_stalled): its data plane must not forward yet."""
+        return self._relearn is not None
+
+    def _relearn_done(self, now: float) -> bool:
+        """Ends relearning when its time has come (see host_stalled)."""
+        if self._relearn is None:
+            return True
+        earliest, limit = self._relearn
+        if now >= limit or (now >= earliest and not self._relearn_waits):
+            if self._relearn_waits:
+                self._counters["stall_relearn_limits"] += 1
+            self._relearn = None
+            return True
+        return False
 
     def set_nexthops_ok(self, ok: bool, now: float) -> None:
         """Whether this node reaches every next hop it watches: announced in
@@ -537,6 +586,8 @@ class Node:
             deadlines.append(0.0)  # applicable now (our table went out): handle_timer applies it
         if self._start_timer is not None:  # a start switch turns into plain forwarding
             deadlines.append(self._start_timer)
+        if self._relearn is not None:
+            deadlines.append(self._relearn[0] if not self._relearn_waits else self._relearn[1])
         if self.config.zone_heartbeats:
             # Checked on the inputs that come anyway; a wakeup of its own only
             # when the sync network fell silent, and in doubt just before
@@ -582,6 +633,8 @@ class Node:
             self._check_sync_paths(now)
         if self._start_timer is not None and self._start_timer <= now:
             self._start_timer = None
+            self._active_dirty = True
+        if self._relearn is not None and self._relearn_done(now):
             self._active_dirty = True
         self._pump(now)
 
@@ -872,7 +925,10 @@ class Node:
         ours = self._ranges.handoff()
         giving = ours[0] & self._owned if ours is not None else frozenset()
         now_wall = now + self._ranges.clock_offset
-        forwarded = self._forwarded_at(now_wall)
+        # Right after a long stall our data plane forwarded nothing (fence)
+        # whatever it was programmed with: see host_stalled.
+        relearning = not self._relearn_done(now)
+        forwarded = frozenset() if relearning else self._forwarded_at(now_wall)
         if giving and ours is not None:
             # One we forward that its taker hands back to us at the same
             # instant (a move reversed: an undrain, a peer back up; whole
@@ -904,6 +960,8 @@ class Node:
             if b in self._owned and b not in giving and b not in keep and at > now_wall:
                 starts[b] = max(starts.get(b, at), at)
         active -= starts.keys()
+        if relearning:
+            active = self._after_stall(active, starts)
         self._starts = starts
         # a start kept only for its time (the giver's release came first) turns
         # into plain forwarding then: a timer
@@ -944,6 +1002,28 @@ class Node:
                     switches=self._switches,
                 )
             )
+
+    def _after_stall(self, active: frozenset[int], starts: dict[int, float]) -> frozenset[int]:
+        """Relearning after a long stall: of `active`, a bucket a live peer
+        claims (even a claim our view does not honour: the peer took it
+        while we were silent, under a membership without us) starts at the
+        latest instant its claimants hand it back (into `starts`); one a
+        claimant does not hand back yet is not forwarded. Returns the rest."""
+        claims = self._ranges.peer_claims()
+        handoffs = self._ranges.peer_handoffs()
+        waiting = False
+        out = set()
+        for b in active:
+            claimants = [p for p, owned in claims.items() if b in owned]
+            times = [h[1] for p in claimants if (h := handoffs.get(p)) is not None and b in h[0]]
+            if not claimants:
+                out.add(b)
+            elif len(times) == len(claimants):
+                starts[b] = max(times)
+            else:
+                waiting = True
+        self._relearn_waits = waiting
+        return frozenset(out)
 
     def _handed_back(
         self, owners: list[frozenset[NodeId]], buckets: frozenset[int], at: float

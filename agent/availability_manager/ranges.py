@@ -485,6 +485,11 @@ class RangeDistribution:
             return None
         return frozenset(self._handoff), self._handoff_ns / 1e9
 
+    def peer_claims(self) -> dict[NodeId, frozenset[int]]:
+        """Each peer's last claim as it stands, honoured or not (peers not
+        reported down): what it may be forwarding."""
+        return {p: c.owned for p, c in self._peers.items()}
+
     def peer_handoffs(self) -> dict[NodeId, tuple[frozenset[int], float]]:
         """Each peer's announced handoff: its buckets and the switch time
         (wall-clock seconds), for peers not reported down."""

@@ -71,6 +71,21 @@ def test_retrying_is_bounded_and_reports_the_last_problem(no_sleep: list[float])
     assert no_sleep == list(RETRY_DELAYS_S)
 
 
+def test_a_refusal_no_retry_can_change_is_tried_once(no_sleep: list[float]) -> None:
+    """nft's words when another program's `flags owner` table holds the
+    agent's table: retrying only delays the step back."""
+    calls = []
+
+    def denied() -> str | None:
+        calls.append(1)
+        raise RuntimeError("nft -f - failed (exit 1): /dev/stdin:1:12-20: Error: Could not "
+                           "process rule: Operation not permitted")  # fmt: skip
+
+    errors: Counter[str] = Counter()
+    assert "Operation not permitted" in str(retrying("restoring", denied, errors))
+    assert len(calls) == 1 == errors["kernel_errors"] and no_sleep == []
+
+
 def test_injection_retries_only_the_refused_entries() -> None:
     conns = [conn(p) for p in range(1000, 1010)]
     table = FakeTable({conns[3], conns[7]}, times=1)

@@ -65,7 +65,7 @@ def runtime(watch: Watch | None) -> tuple[Runtime, Loop, DataPlane, NodeStub]:
     rt.ruleset_watch = watch
     rt._fence_timeout = FENCE_TIMEOUT
     rt._fenced_from = None
-    rt._fence_held_until = None
+    rt._fence_held = False
     rt._ruleset_check_since = None
     return rt, loop, dp, node
 

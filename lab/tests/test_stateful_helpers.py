@@ -315,7 +315,28 @@ def check_tftp_case(lab: LabState, path: str, when: str, how: str) -> None:
     owner = owner_of(lab, "udp", *patterns)
     with disrupted(lab, owner, how):
         result = client.result()
+        if result["error"] is not None:
+            print(kernel_views(lab))  # before the rejoin changes them
     check_tftp(lab, result, f"tftp {path}, {how} of {owner} {when}")
+
+
+def kernel_views(state: LabState) -> str:
+    """Every living node's UDP entries (with marks), expectations and the
+    agent's owned marks, counters and timed switches: what a failed
+    transfer leaves to explain it (it failed twice in clean runs and never
+    in 64 targeted ones)."""
+    out = []
+    for node in cluster.living_nodes(state):
+        out.append(f"== {node} at {time.time():.3f}")
+        for argv in (
+            ["conntrack", "-L", "-p", "udp", "-o", "extended,mark"],
+            ["conntrack", "-L", "expect"],
+            ["nft", "list", "set", "inet", "fwcluster", "owned_marks"],
+            ["nft", "list", "chain", "inet", "fwcluster", "handover"],
+            ["nft", "list", "counters", "table", "inet", "fwcluster"],
+        ):
+            out.append(ns_exec(state, node, argv))
+    return "\n".join(out)
 
 
 def check_ftp_case(lab: LabState, path: str, mode: str, how: str, announced: bool) -> None:

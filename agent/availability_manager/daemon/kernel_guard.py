@@ -6,7 +6,8 @@ buckets its data plane does not forward: the cluster thinks traffic is
 handled that is dropped. This object decides, with time passed in, what the
 runtime does about it:
 
-    write fails        -> retry after each delay in RETRY_DELAYS_S (in line)
+    write fails        -> retry after each delay in RETRY_DELAYS_S (in line),
+                          unless the kernel denies it for good (is_final)
     still failing      -> `failed()`: the fault is set ("kernel" watcher in
                           own_status), the node gives its buckets away, and a
                           probe is scheduled after the next backoff step
@@ -22,15 +23,35 @@ back to its first step only after HEALTHY_RESET_S without a failure.
 
 from __future__ import annotations
 
+import errno
+import os
+
 # In-line retries of one kernel write, in seconds after the failed attempt:
 # three attempts within about 50 ms plus the writes' own time. The event loop
 # waits for a release of buckets (runtime._perform), so these delays must stay
 # far below the heartbeat timeout (3 x 50 ms in the lab).
 RETRY_DELAYS_S = (0.01, 0.03)
+# Refusals that no retry within milliseconds can change: the kernel denies the
+# agent the operation itself (another program's table with `flags owner`, a
+# missing capability, an LSM). They are tried once (kernel_work.retrying):
+# retrying only delays the step back, and every in-line attempt is an `nft`
+# process, 100 ms and more on a loaded machine, while nobody forwards the
+# node's buckets.
+FINAL_REFUSALS = (os.strerror(errno.EPERM), os.strerror(errno.EACCES))
 # Seconds from a step back to the first probe, then between failed probes.
 PROBE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 # A step back this long after the last failure starts the backoff afresh.
 HEALTHY_RESET_S = 60.0
+
+
+def is_final(problem: str) -> bool:
+    """True when `problem` names a refusal that retrying cannot change."""
+    return any(words in problem for words in FINAL_REFUSALS)
+
+
+def attempts_for(problem: str) -> int:
+    """How often a kernel write that failed with `problem` was attempted."""
+    return 1 if is_final(problem) else 1 + len(RETRY_DELAYS_S)
 
 
 class KernelGuard:
@@ -50,7 +71,8 @@ class KernelGuard:
         if self._last_failure is not None and now - self._last_failure >= HEALTHY_RESET_S:
             self._level = 0
         self._last_failure = now
-        self.fault = f"{what} failed {1 + len(RETRY_DELAYS_S)} times: {detail}"
+        tries = attempts_for(detail)
+        self.fault = f"{what} failed {tries} time{'s' if tries > 1 else ''}: {detail}"
         if self._next_probe is None:
             self.step_backs += 1
             self._schedule(now)

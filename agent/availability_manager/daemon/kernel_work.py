@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..connection import PROTO_UDP, Connection, Tuple
-from .kernel_guard import RETRY_DELAYS_S
+from .kernel_guard import RETRY_DELAYS_S, is_final
 
 log = logging.getLogger("availability-manager")
 
@@ -37,9 +37,9 @@ class Injector(Protocol):
 
 def retrying(what: str, attempt: Callable[[], str | None], errors: Counter[str]) -> str | None:
     """Run `attempt` (None: done; a text: what went wrong; or it raises) up to
-    1 + len(RETRY_DELAYS_S) times. Returns None once it succeeds, else the
-    last problem. Each failed attempt is logged and counted in
-    errors["kernel_errors"]."""
+    1 + len(RETRY_DELAYS_S) times, or once for a final refusal (is_final).
+    Returns None once it succeeds, else the last problem. Each failed attempt
+    is logged and counted in errors["kernel_errors"]."""
     problem: str | None = "not attempted"
     for tries, delay in enumerate((0.0, *RETRY_DELAYS_S), start=1):
         if delay:
@@ -56,6 +56,9 @@ def retrying(what: str, attempt: Callable[[], str | None], errors: Counter[str])
         log.warning(
             "%s failed (attempt %d of %d): %s", what, tries, 1 + len(RETRY_DELAYS_S), problem
         )
+        if is_final(problem):
+            log.warning("%s: not retried, the kernel denies the operation itself", what)
+            break
     return problem
 
 

@@ -69,9 +69,6 @@ BUSY_READ_INTERVAL_S = 0.002
 # Heartbeat intervals without any input (a timer is due every interval) after
 # which the runtime takes the gap for its own event loop's stall.
 STALL_HEARTBEATS = 2
-# The longest the fence stays down after a stall waiting for the Node to be
-# stable again (runtime._fence_may_rise).
-FENCE_HOLD_LIMIT_S = 2.0
 # Python's cyclic garbage collector walks every tracked object in a full
 # collection: with the peers' caches (three objects per connection) that
 # stops the loop for hundreds of milliseconds, long enough to miss heartbeats
@@ -221,10 +218,10 @@ class Runtime:
         # heartbeat sent and expires `fence_timeout` after it (config.py).
         self._fence_timeout = fence_timeout(cfg)
         self._fenced_from: float | None = None  # the heartbeat the fence counts from
-        # After a stall long enough for the fence to expire, the peers may
-        # have taken this node's buckets: the fence stays down until a
-        # timeout has passed (their claims read) and the Node is stable again.
-        self._fence_held_until: float | None = None
+        # After a stall long enough for the peers to take this node's
+        # buckets, the fence stays down while the Node learns its forwarding
+        # again from their claims (Node.host_stalled).
+        self._fence_held = False
         self.kernel_guard = KernelGuard()
         # what the Node wants forwarded (the last ActiveBucketsChanged), kept
         # by the worker thread: a restore or probe programs it again
@@ -407,32 +404,26 @@ class Runtime:
                 "event loop stalled %.0f ms: peers not judged by it", (now - self._last_ran) * 1e3
             )
             self.node.host_stalled(self._last_ran, now)
-            if now >= self._peers_may_have_declared_us_dead():
-                self._fence_held_until = now + self._fence_timeout
+            # A shorter stall let the fence expire at most: it rises with the
+            # next heartbeat. After a longer one the peers may have taken our
+            # buckets: down until the Node knows what it forwards.
+            if self.node.relearning:
+                self._fence_held = True
         self._last_ran = now
         return now
 
-    def _peers_may_have_declared_us_dead(self) -> float:
-        """From when on a peer may have declared this node dead and taken its
-        buckets: a heartbeat timeout after the last heartbeat sent. A stall
-        that ends earlier let the fence expire at most: it rises again at
-        once, held down only after a longer one (its buckets may have moved)."""
-        sent = self.node.last_heartbeat_sent
-        return self._last_ran if sent is None else sent + self.node.peer_timeout
-
-    def _fence_may_rise(self, now: float) -> bool:
-        """False while the fence is held down after a long stall."""
-        if self._fence_held_until is None:
+    def _fence_may_rise(self) -> bool:
+        """False while the fence is held down after a long stall. Not until
+        the Node is stable: the peers hand our buckets back at their own
+        instants, and the Node starts each at its instant (Node.host_stalled);
+        a fence held until the last one left the first ones unforwarded
+        (a second of a peer's share lost in the stalled-agent lab test)."""
+        if not self._fence_held:
             return True
-        if now < self._fence_held_until:
+        if self.node.relearning:
             return False
-        settled = self.node.stable
-        if not settled and now < self._fence_held_until + FENCE_HOLD_LIMIT_S:
-            return False
-        self._fence_held_until = None
-        # Past the limit the node forwards what it believes it owns: a node
-        # that never settles must not black-hole its buckets for good.
-        log.info("fence up again after the stall (%s)", "settled" if settled else "limit reached")
+        self._fence_held = False
+        log.info("fence up again after the stall: forwarding what no peer claims")
         return True
 
     def _keep_fence_up(self, now: float) -> None:
@@ -440,7 +431,7 @@ class Runtime:
         `fence_timeout` after it: the peers' deadline for this node runs from
         that heartbeat, not from whenever the loop last ran."""
         sent = self.node.last_heartbeat_sent
-        if sent is None or sent == self._fenced_from or not self._fence_may_rise(now):
+        if sent is None or sent == self._fenced_from or not self._fence_may_rise():
             return
         self._fenced_from = sent
         expires = sent + self._fence_timeout
