@@ -13,7 +13,7 @@ def test_a_failure_steps_back_and_schedules_the_first_probe() -> None:
         f"nftables programming failed {1 + len(RETRY_DELAYS_S)} times: No such file or directory"
     )
     assert guard.fault == fault and guard.step_backs == 1
-    denied = guard.failed("restoring", "Error: Could not process rule: Operation not permitted", 11.0)
+    denied = guard.failed("restoring", "Could not process rule: Operation not permitted", 11.0)
     assert denied.startswith("restoring failed 1 time: "), "a final refusal is tried once"
     assert not guard.probe_due(10.0 + PROBE_BACKOFF_S[0] - 0.01)
     assert guard.probe_due(10.0 + PROBE_BACKOFF_S[0])
