@@ -67,7 +67,7 @@ test-sim: bootstrap
 	$(PY) -m availability_manager.sim --seeds $(SEEDS) --jobs 2
 	$(PY) -m availability_manager.sim --seeds $(SEEDS16) --scenario membership16 --jobs 2
 	$(PY) -m availability_manager.sim --seeds $(SEEDS32) --scenario membership32 --jobs 2
-	for s in long-sync-partition hostile-claims clock-step duplicate-node-id status-flap step-back-in-handoff; do \
+	for s in long-sync-partition hostile-claims clock-step duplicate-node-id status-flap step-back-in-handoff stall; do \
 		$(PY) -m availability_manager.sim --seeds $(SEEDS_HARDEN) --scenario $$s --jobs 2 || exit 1; done
 
 # Real kernels: network namespaces, nftables, conntrack. Needs root. Serial:

@@ -464,7 +464,8 @@ class Node:
         event loop): peers are not judged by that time (Availability).
 
         A stall past the peers' patience (a heartbeat timeout after our last
-        heartbeat) let them declare us dead and take our buckets; our data
+        heartbeat, less an interval) let them declare us dead and take our
+        buckets; our data
         plane's fence expired meanwhile, so we forwarded nothing either. What
         we forwarded before the stall is then no ground for make-before-break:
         kept, it would count as forwarded while the peers hand the buckets
@@ -475,7 +476,12 @@ class Node:
         keeps the fence down until then."""
         self._availability.host_stalled(since, now)
         sent = self.last_heartbeat_sent
-        if now >= (since if sent is None else sent + self.peer_timeout):
+        # A peer declares us dead `peer_timeout` after it heard that heartbeat,
+        # and may do so in the moment we return, before our next heartbeat
+        # reaches it (the simulator's stall scenario found it: forwarded by
+        # both): an interval of margin for the way there.
+        margin = self.config.heartbeat_interval
+        if now >= (since if sent is None else sent + self.peer_timeout - margin):
             earliest = now + STALL_RELEARN_INTERVALS * self.config.heartbeat_interval
             self._relearn = (earliest, now + STALL_RELEARN_LIMIT_S)
             self._relearn_waits = True

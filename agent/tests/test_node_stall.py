@@ -155,7 +155,7 @@ def test_a_short_stall_leaves_the_forwarding_as_it_was() -> None:
     own = h.owned
     since = c.now
     c.stalled = h
-    c.run(0.08)
+    c.run(0.04)  # less than a heartbeat timeout less an interval (0.11 s) since the last
     c.resume(since)
     assert not h.node.relearning
     c.run(0.5)

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from availability_manager.connection import PROTO_TCP, Connection, make_tuple
+from availability_manager.node import Node
 from availability_manager.sim.__main__ import main
 from availability_manager.sim.clock import Scheduler
 from availability_manager.sim.invariants import Invariants
@@ -151,6 +152,32 @@ def test_a_bucket_kept_from_an_abandoned_handoff_is_forwarded_again() -> None:
     result = run_scenario("step-back-in-handoff", 9)
     assert result.ok, result.describe_failure()
     assert result.report.assignment_checks >= 1
+
+
+def test_a_node_back_from_a_stall_at_the_peers_deadline_relearns() -> None:
+    """Seed 9 of stall: A stands still 159 ms and runs again 0.3 ms before B
+    declares it dead (B had not heard A's next heartbeat yet). Judged by
+    `sent + peer_timeout` alone A saw no reason to relearn and forwarded its
+    buckets while B, which had just taken them, did too (exclusive). A
+    relearns from an interval before that deadline."""
+    result = run_scenario("stall", 9)
+    assert result.ok, result.describe_failure()
+
+
+def test_known_bad_kept_forwarding_after_a_stall_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node that, back from a stall, forwards what nobody else claims in
+    its own view (a peer's claim it does not honour counts for nothing)
+    forwards the buckets that peer took at the same time."""
+
+    def keep(self: Node, active: frozenset[int], starts: dict[int, float]) -> frozenset[int]:
+        self._relearn_waits = False
+        return active
+
+    monkeypatch.setattr(Node, "_after_stall", keep)
+    rules = {v.rule for seed in range(3) for v in run_scenario("stall", seed).violations}
+    assert "exclusive" in rules
 
 
 def test_known_bad_missing_injection_is_caught() -> None:

@@ -48,6 +48,9 @@ class Kernel:
         self.claimed_at: dict[int, float] = {}
         self.stats = KernelStats()
         self.drop_injections = False  # known-bad variant: pretend injection is broken
+        # The data plane's fence expires at this time and stays down (a
+        # stalled agent, Cluster.stall); None: up.
+        self.fenced_at: float | None = None
 
     # -- the data plane's own traffic ---------------------------------------
 
@@ -102,10 +105,14 @@ class Kernel:
         self.programming = event
         return added
 
+    def fenced(self, now: float) -> bool:
+        """Whether the fence stops every packet at `now`."""
+        return self.fenced_at is not None and now >= self.fenced_at
+
     def forwards(self, bucket: int, now: float) -> bool:
         """Whether the data plane forwards `bucket`'s packets at `now` (the
         simulator's wall clock is its virtual clock)."""
-        return self.programming.forwards(bucket, now)
+        return not self.fenced(now) and self.programming.forwards(bucket, now)
 
     def delete(self, event: DeleteConnections) -> None:
         for conn in event.conns:

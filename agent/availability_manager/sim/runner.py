@@ -102,6 +102,11 @@ class SimNode:
     timer_at: float | None = None
     online_since: float | None = None  # on the zone links without a break since
     clock_offset: float = 0.0  # its wall clock minus the simulated time (a stepped clock)
+    # Its host stopped running the agent at this time (Cluster.stall); what
+    # reached it since waits in its sockets: (sync network?, datagram) or a
+    # kernel event (kind, connection).
+    stalled_since: float | None = None
+    waiting: list[tuple[str, object]] = dataclasses.field(default_factory=list)
     # What its state directory holds (daemon/state_dir.py): the end of the
     # last nonce reservation; and the highest counter any life of it sealed.
     nonce_reserved: int = 0
@@ -380,6 +385,57 @@ class Cluster:
         sim.kernel = Kernel(sim.node_id)
         sim.timer_token += 1
         sim.timer_at = None
+        sim.stalled_since, sim.waiting = None, []
+
+    def stall(self, index: int, seconds: float) -> None:
+        """The node's host stops running its agent for `seconds` (SIGSTOP, CPU
+        starvation): no timer fires and nothing is read; datagrams and kernel
+        events wait in its sockets. Its data plane forwards until the fence
+        expires, `misses - 0.5` intervals after its last heartbeat
+        (daemon/config.py fence_timeout). Back, it is told of the stall first
+        (as the runtime's _clock does), then reads what waited; its fence
+        stays down while the Node relearns its forwarding and rises with the
+        next heartbeat after that (runtime._keep_fence_up)."""
+        self.faulted = True
+        sim = self.nodes[node_address(index)]
+        if sim.node is None or sim.stalled_since is not None:
+            return
+        self.disturb(f"stall {sim.name} for {seconds * 1000:.0f} ms")
+        sim.stalled_since = self.now
+        sent = sim.node.last_heartbeat_sent
+        fence = self.options.heartbeat_interval * (self.options.heartbeat_misses - 0.5)
+        sim.kernel.fenced_at = (self.now if sent is None else sent) + fence
+        self.scheduler.at(max(self.now, sim.kernel.fenced_at), self._check_seamless)
+        sim.timer_token += 1  # its timer does not fire while it stands still
+        sim.timer_at = None
+        self.scheduler.after(seconds, partial(self._resume, sim))
+
+    def _resume(self, sim: SimNode) -> None:
+        node, since = sim.node, sim.stalled_since
+        if node is None or since is None:
+            return
+        sim.stalled_since = None
+        self.disturb(f"{sim.name} runs again")
+        node.host_stalled(since, self.now)
+        waiting, sim.waiting = sim.waiting, []
+        for kind, item in waiting:
+            if kind in ("sync", "zones"):
+                via = Destination.SYNC if kind == "sync" else Destination.ZONES
+                node.receive_datagram(item, self.now, via=via)  # type: ignore[arg-type]
+            else:
+                self.report(sim.node_id, kind, item)  # type: ignore[arg-type]
+        self._service(sim)
+
+    def _lift_fence(self, sim: SimNode) -> None:
+        """After a stall: up again with the first heartbeat sent once the
+        Node no longer relearns (runtime._fence_may_rise)."""
+        node, kernel = sim.node, sim.kernel
+        if node is None or kernel.fenced_at is None or node.relearning:
+            return
+        sent = node.last_heartbeat_sent
+        if sent is not None and sent > kernel.fenced_at:
+            kernel.fenced_at = None
+            self._check_seamless()
 
     def leave(self, index: int) -> None:
         sim = self.nodes[node_address(index)]
@@ -420,6 +476,7 @@ class Cluster:
         sim.kernel = Kernel(sim.node_id)
         sim.timer_token += 1
         sim.timer_at = None
+        sim.stalled_since, sim.waiting = None, []
 
     def _detach(self, sim: SimNode) -> None:
         self.network.detach(sim.node_id)
@@ -515,11 +572,19 @@ class Cluster:
     # -- the workload's view (workload.Host) ------------------------------------------------------
 
     def dataplane_kernels(self) -> list[Kernel]:
-        return [s.kernel for s in self.nodes.values() if s.alive and not s.offline]
+        now = self.now
+        return [
+            s.kernel
+            for s in self.nodes.values()
+            if s.alive and not s.offline and not s.kernel.fenced(now)
+        ]
 
     def report(self, node: NodeId, kind: str, conn: Connection) -> None:
         sim = self.nodes[node]
         if sim.node is None:
+            return
+        if sim.stalled_since is not None:
+            sim.waiting.append((kind, conn))
             return
         if kind == "new":
             sim.node.connection_new(conn, self.now)
@@ -538,12 +603,18 @@ class Cluster:
         sim = self.nodes.get(receiver)
         if sim is None or sim.node is None:
             return
+        if sim.stalled_since is not None:
+            sim.waiting.append(("sync", datagram))
+            return
         sim.node.receive_datagram(datagram, self.now)
         self._service(sim)
 
     def _deliver_zone(self, receiver: NodeId, sender: NodeId, datagram: bytes) -> None:
         sim = self.nodes.get(receiver)
         if sim is not None and not sim.offline and sim.node is not None:  # zone links up
+            if sim.stalled_since is not None:
+                sim.waiting.append(("zones", datagram))
+                return
             sim.node.receive_datagram(datagram, self.now, via=Destination.ZONES)
             self._service(sim)
 
@@ -575,7 +646,7 @@ class Cluster:
     def _service(self, sim: SimNode) -> None:
         """After any input: perform the node's events, send its datagrams, re-arm its timer."""
         node = sim.node
-        if node is None:
+        if node is None or sim.stalled_since is not None:
             return
         now = self.now
         claimed_now: set[int] = set()
@@ -603,6 +674,8 @@ class Cluster:
                         self.zone_network.broadcast(sim.node_id, datagram)
                 case _:
                     assert_never(destination)
+        if sim.kernel.fenced_at is not None:
+            self._lift_fence(sim)
         if self._settle_since is not None:
             self._check_settled()
         if sim.stop_requested:
@@ -679,8 +752,12 @@ class Cluster:
         forwarding can change."""
         if self.sync_faulted or not self.invariants.armed:
             return
-        kernels = [(s.node_id, s.kernel) for s in self.nodes.values() if s.alive and not s.offline]
         now = self.now
+        kernels = [
+            (s.node_id, s.kernel)
+            for s in self.nodes.values()
+            if s.alive and not s.offline and not s.kernel.fenced(now)
+        ]
         forwarders = [
             frozenset(n for n, k in kernels if k.forwards(b, now))
             for b in range(self.options.buckets)

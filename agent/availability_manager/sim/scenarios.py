@@ -251,6 +251,28 @@ def step_back_in_handoff(cluster: Cluster, rng: random.Random) -> float:
     return down_at + 4.0
 
 
+def stall(cluster: Cluster, rng: random.Random) -> float:
+    """3-4 nodes under load; one node's agent stands still for 0.05-1.5 s
+    (past the peers' timeout in most seeds: they take its buckets, its fence
+    expires), and in a third of the seeds a second node's soon after. Back,
+    it relearns its forwarding from the peers' claims: no bucket may be
+    forwarded by two nodes at once (the exclusive invariant), and after the
+    quiet period every bucket is owned as aimed."""
+    count = rng.choice((3, 4))
+    _boot(cluster, rng, count)
+    first = rng.randrange(count)
+    seconds = 0.05 + rng.random() * 1.45
+    _at(cluster, 1.5, partial(cluster.stall, first, seconds))
+    end = 1.5 + seconds
+    if rng.random() < 1 / 3:
+        second = (first + 1 + rng.randrange(count - 1)) % count
+        at = 1.5 + rng.random() * (seconds + 0.5)
+        more = 0.05 + rng.random() * 1.45
+        _at(cluster, at, partial(cluster.stall, second, more))
+        end = max(end, at + more)
+    return end + 3.0
+
+
 # -- the mixed random scenario --------------------------------------------------------
 
 
@@ -424,6 +446,11 @@ SCENARIOS: dict[str, Scenario] = {
             "step-back-in-handoff",
             "B undrained, then steps back before the handoff instant: givers keep forwarding",
             step_back_in_handoff,
+        ),
+        Scenario(
+            "stall",
+            "an agent stands still 0.05-1.5 s (fence expires, peers take over), then relearns",
+            stall,
         ),
         Scenario("mixed", "3-5 nodes and 1-3 random faults", mixed, rate=20.0, sized=mixed),
         _membership_at(8),
