@@ -465,15 +465,16 @@ class Node:
 
         A stall past the peers' patience (a heartbeat timeout after our last
         heartbeat, less an interval) let them declare us dead and take our
-        buckets; our data
-        plane's fence expired meanwhile, so we forwarded nothing either. What
-        we forwarded before the stall is then no ground for make-before-break:
-        kept, it would count as forwarded while the peers hand the buckets
-        back one by one, and nobody would start them. Until
-        `forwarding_known_at` (long enough to read the peers' queued claims
-        and one fresh heartbeat of each) we forward only what nobody else
-        claims, and start the rest at the peers' handoff instants; the runtime
-        keeps the fence down until then."""
+        buckets; our data plane's fence expired meanwhile, so we forwarded
+        nothing either. What we forwarded before the stall is then no ground
+        for make-before-break: kept, it would count as forwarded while the
+        peers hand the buckets back one by one, and nobody would start them.
+        While `relearning` (at least STALL_RELEARN_INTERVALS, to read the
+        peers' queued claims and their answer to our return; longer while a
+        peer holds one of ours without handing it back, up to
+        STALL_RELEARN_LIMIT_S) we forward only what no live peer claims and
+        start the rest at the peers' handoff instants (_after_stall); the
+        runtime keeps the fence down until it ends."""
         self._availability.host_stalled(since, now)
         sent = self.last_heartbeat_sent
         # A peer declares us dead `peer_timeout` after it heard that heartbeat,
