@@ -80,8 +80,13 @@ def guest_agent_config(*args: Any, **kwargs: Any) -> dict[str, Any]:
 LAB_AGENT_CONFIG = agent.agent_config
 
 
+STARTED = time.monotonic()
+
+
 def step(text: str) -> None:
-    print(f"  {text}", flush=True)
+    """A progress line with the seconds since the start (where a slow guest
+    spends its time)."""
+    print(f"  [{time.monotonic() - STARTED:5.0f} s] {text}", flush=True)
 
 
 # clusterctl's exit status when the agent did not answer within its 5 s.
@@ -299,6 +304,7 @@ def exercise(state: Any, start: float) -> str | None:
     if problem:
         return problem
     traffic_control.start(state, TRAFFIC, ready_timeout=180)
+    step("traffic running")
     try:
         time.sleep(3.0)
         problem = check_one_owner(state)
@@ -306,9 +312,11 @@ def exercise(state: Any, start: float) -> str | None:
             return problem
         faults.kill(state, VICTIM)
         cluster.wait_settled(state, timeout=120)
+        step(f"{VICTIM} killed, the others settled")
         time.sleep(5.0)
     finally:
         summary = traffic_control.stop_background(state, timeout=120)
+        step("traffic stopped")
     problem = check_traffic(summary)
     if problem and (n := false_takeovers(state)):
         problem += f"; {n} false takeovers (a living node declared dead: the guest stalled)"
