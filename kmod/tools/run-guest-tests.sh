@@ -10,7 +10,7 @@ set -uo pipefail
 
 KMOD_DIR=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$KMOD_DIR/.venv/bin:$PATH"
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-1800}  # seconds per boot (the agent lab alone may take 18 min: guest_tests.py)
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-2400}  # seconds per boot (the agent lab alone may take 25 min: guest_tests.py)
 # Cheap memory-error detectors of the stock Debian kernels (no KASAN or lockdep
 # there): SLUB red zones, poisoning and user tracking, and KFENCE sampling.
 GUEST_CMDLINE=${GUEST_CMDLINE:-slub_debug=FZPU kfence.sample_interval=5}
