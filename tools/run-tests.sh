@@ -22,7 +22,7 @@ read -ra groups <<<"${TEST_AREAS:-lint unit sim lab ansible,bench-smoke+kmod}"
 # (kmod: while ansible runs beside it): a hang anywhere (a test, a guest, a
 # playbook) fails its area and the next area still runs, well inside CI's 90
 # minutes. timeout signals its whole process group.
-declare -A limit=([lint]=300 [unit]=900 [sim]=900 [lab]=1500 [bench-smoke]=900 [ansible]=2400 [kmod]=3600)
+declare -A limit=([lint]=300 [unit]=900 [sim]=900 [lab]=1500 [bench-smoke]=900 [ansible]=3600 [kmod]=3600)
 logs=.cache/test-logs
 mkdir -p "$logs"
 failed=()
