@@ -403,8 +403,7 @@ class Cluster:
         self.disturb(f"stall {sim.name} for {seconds * 1000:.0f} ms")
         sim.stalled_since = self.now
         sent = sim.node.last_heartbeat_sent
-        fence = self.options.heartbeat_interval * (self.options.heartbeat_misses - 0.5)
-        sim.kernel.fenced_at = (self.now if sent is None else sent) + fence
+        sim.kernel.fenced_at = (self.now if sent is None else sent) + self._fence_timeout()
         self.scheduler.at(max(self.now, sim.kernel.fenced_at), self._check_seamless)
         sim.timer_token += 1  # its timer does not fire while it stands still
         sim.timer_at = None
@@ -433,7 +432,9 @@ class Cluster:
         if node is None or kernel.fenced_at is None or node.relearning:
             return
         sent = node.last_heartbeat_sent
-        if sent is not None and sent > kernel.fenced_at:
+        # any heartbeat after the last one before the stall refreshes it (a
+        # stall shorter than the fence leaves no gap, as in the runtime)
+        if sent is not None and sent > kernel.fenced_at - self._fence_timeout():
             kernel.fenced_at = None
             self._check_seamless()
 
@@ -626,6 +627,10 @@ class Cluster:
         if viewer.online_since is None or other.online_since is None:
             return 0.0
         return self.now - max(viewer.online_since, other.online_since)
+
+    def _fence_timeout(self) -> float:
+        """The data plane's fence after the last heartbeat (config.fence_timeout)."""
+        return self.options.heartbeat_interval * (self.options.heartbeat_misses - 0.5)
 
     def _peer_timeout(self) -> float:
         """A bound on the nodes' heartbeat timeout (misses, tolerance, delivery)."""
