@@ -58,15 +58,28 @@ def agent_pids(state: LabState) -> dict[str, int]:
     }
 
 
-def idle_cpu(state: LabState, seconds: float) -> tuple[float, float]:
-    """Mean and largest share of a core per agent over `seconds`."""
+def wakeups(pid: int) -> int:
+    """Times the agent's main thread went to sleep and was woken (its
+    voluntary context switches): an idle agent's CPU is mostly the price of
+    each wakeup, and how many there are depends on how the agents'
+    heartbeats happen to be phased, which differs from one lab to the next."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no context switch count for {pid}")
+
+
+def idle_cpu(state: LabState, seconds: float) -> tuple[float, float, float]:
+    """Mean and largest share of a core per agent over `seconds`, and the
+    mean wakeups per second per agent."""
     pids = agent_pids(state)
-    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    before = {n: (cpu_seconds(p), wakeups(p)) for n, p in pids.items()}
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    shares = [(cpu_seconds(p) - before[n]) / elapsed for n, p in pids.items()]
-    return sum(shares) / len(shares), max(shares)
+    shares = [(cpu_seconds(p) - before[n][0]) / elapsed for n, p in pids.items()]
+    woken = [(wakeups(p) - before[n][1]) / elapsed for n, p in pids.items()]
+    return sum(shares) / len(shares), max(shares), sum(woken) / len(woken)
 
 
 def settle(state: LabState) -> float:
@@ -81,7 +94,9 @@ def control(state: LabState, node: str, command: str) -> Any:
     return request(agent.control_socket(state.run_dir, node), command, timeout=5.0)
 
 
-def measure(nodes: int, idle_seconds: float) -> dict[str, float]:
+def measure(
+    nodes: int, idle_seconds: float, idle_only: bool = False
+) -> dict[str, float]:
     run_dir, prefix = RUN_DIR, PREFIX
     build.down(run_dir, prefix)  # a leftover of an earlier, crashed run
     out: dict[str, float] = {"nodes": nodes}
@@ -91,8 +106,12 @@ def measure(nodes: int, idle_seconds: float) -> dict[str, float]:
         out["up_build_s"] = time.monotonic() - started
         out["up_settle_s"] = settle(state)
         time.sleep(1.0)
-        out["idle_mean"], out["idle_max"] = idle_cpu(state, idle_seconds)
+        out["idle_mean"], out["idle_max"], out["wakeups"] = idle_cpu(
+            state, idle_seconds
+        )
         out["load1"] = float(Path("/proc/loadavg").read_text().split()[0])
+        if idle_only:
+            return out
         faults.kill(state, "fw2")
         out["kill_s"] = settle(state)
         faults.revive(state, "fw2")
@@ -108,16 +127,24 @@ def measure(nodes: int, idle_seconds: float) -> dict[str, float]:
 
 def table(rows: list[dict[str, float]]) -> list[str]:
     lines = [
-        "| N | idle CPU per agent, mean (max) | load1 | settle after up (build) "
-        + "| kill | revive | drain | undrain |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| N | idle CPU per agent, mean (max) | wakeups /s | CPU per wakeup | load1 "
+        + "| settle after up (build) | kill | revive | drain | undrain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def settled(r: dict[str, float], key: str) -> str:
+        return f"{r[key]:.2f} s" if key in r else "-"
+
     for r in rows:
+        per_wakeup_us = r["idle_mean"] / r["wakeups"] * 1e6 if r["wakeups"] else 0.0
         lines.append(
             f"| {r['nodes']:.0f} | {r['idle_mean'] * 100:.1f} % ({r['idle_max'] * 100:.1f} %) "
-            f"| {r['load1']:.1f} | {r['up_settle_s']:.2f} s ({r['up_build_s']:.0f} s) "
-            f"| {r['kill_s']:.2f} s | {r['revive_s']:.2f} s | {r['drain_s']:.2f} s "
-            f"| {r['undrain_s']:.2f} s |"
+            f"| {r['wakeups']:.0f} | {per_wakeup_us:.0f} us "
+            f"| {r['load1']:.1f} | {r['up_settle_s']:.2f} s ({r['up_build_s']:.0f} s) | "
+            + " | ".join(
+                settled(r, k) for k in ("kill_s", "revive_s", "drain_s", "undrain_s")
+            )
+            + " |"
         )
     return lines
 
@@ -129,6 +156,9 @@ def main() -> int:
         "--nodes", type=int, nargs="*", help="lab sizes (default 3 8 16)"
     )
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--idle-only", action="store_true", help="idle CPU only: no kill, revive, drain"
+    )
     parser.add_argument("--out", help="append the markdown table here")
     parser.add_argument(
         "--realtime",
@@ -152,7 +182,7 @@ def main() -> int:
     idle = 2.0 if args.quick else args.idle_seconds
     rows = []
     for n in sizes:
-        rows.append(measure(n, idle))
+        rows.append(measure(n, idle, args.idle_only))
         print("\n".join(table(rows[-1:])), flush=True)
     policy = "SCHED_RR" if args.realtime else "normal priority (SCHED_OTHER)"
     lines = [

@@ -429,7 +429,12 @@ class Runtime:
     def _keep_fence_up(self, now: float) -> None:
         """After a heartbeat went out, let the data plane forward until
         `fence_timeout` after it: the peers' deadline for this node runs from
-        that heartbeat, not from whenever the loop last ran."""
+        that heartbeat, not from whenever the loop last ran. Most heartbeats
+        did so on their way out (their packets carry the fence's mark, see
+        _pump); this refreshes by netlink the others: a backend without the
+        mark, a heartbeat none of whose copies left (a link down), and the
+        last heartbeat when the fence may rise again only after it (a stall
+        relearned)."""
         sent = self.node.last_heartbeat_sent
         if sent is None or sent == self._fenced_from or not self._fence_may_rise():
             return
@@ -658,12 +663,25 @@ class Runtime:
         while (event := self.node.next_event()) is not None:
             self._perform(event)
         self._pump_hooks()
-        for datagram, destination in self.node.datagrams_to_send(now):
+        heard_before = self.node.last_heartbeat_sent
+        out = self.node.datagrams_to_send(now)
+        # A heartbeat's packets refresh the fence in the kernel on their way
+        # out (fence.py): no syscall of its own. _keep_fence_up refreshes by
+        # netlink whatever they did not.
+        mark = 0
+        sent = self.node.last_heartbeat_sent
+        if out and sent != heard_before and self.dataplane.fence_mark and self._fence_may_rise():
+            mark = self.dataplane.fence_mark
+        fenced = False
+        for datagram, destination in out:
             if destination is Destination.SYNC:
-                self.sync.send(datagram)
+                fenced = self.sync.send(datagram, mark) or fenced
             else:
                 for zs in self.zone_sockets:
-                    zs.send(datagram)
+                    fenced = zs.send(datagram, mark) or fenced
+        if mark and fenced:
+            self._fenced_from = sent
+            self.counters["fence_heartbeats"] += 1
         self._keep_fence_up(now)
         deadline = self.node.next_timer()
         if self._timer is not None:

@@ -16,7 +16,9 @@ links is not taken for dead when only the sync network fails.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
 import socket
 import struct
 from collections.abc import Sequence
@@ -31,6 +33,13 @@ IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 # link itself can be heard (the GTSM rule, RFC 5082).
 LINK_TTL = 255
 _CMSG_SPACE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4)
+SO_MARK = getattr(socket, "SO_MARK", 36)
+_MARK = struct.Struct("=I")
+# What a kernel says when it takes no SO_MARK control message (or not from
+# us): the datagram is then sent without a mark, and no later one asks again.
+_MARK_REFUSED = (errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP)
+
+log = logging.getLogger("availability-manager")
 
 
 ZONE_HEARTBEAT_GROUP = ipaddress.IPv4Address("239.255.77.2")
@@ -104,6 +113,7 @@ class SyncSocket:
             raise ValueError("link_only needs the IPv4 multicast transport")
         self.sock = sock
         self.send_errors = 0
+        self.marks_taken = True  # until the kernel refuses an SO_MARK message
         self.link_only = link_only
         self._group = group.packed if group is not None else b""
         self.filtered: dict[str, int] = {}
@@ -111,14 +121,46 @@ class SyncSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, datagram: bytes) -> None:
+    def send(self, datagram: bytes, mark: int = 0) -> bool:
+        """To every destination; with `mark`, each packet carries that socket
+        mark (the data plane's fence, fence.py). True if at least one copy
+        left with the mark asked for (with mark 0: any copy)."""
+        left = False
         for dest in self.destinations:
             try:
-                self.sock.sendto(datagram, dest)
+                if mark and self.marks_taken:
+                    left = self._send_marked(datagram, dest, mark) or left
+                else:
+                    self.sock.sendto(datagram, dest)
+                    left = left or not mark
             except OSError:
                 # ENETUNREACH/ENOBUFS while a link is down: counted, the
                 # protocol's own repair (NAK, heartbeat) covers the loss
                 self.send_errors += 1
+        return left
+
+    def _send_marked(
+        self, datagram: bytes, dest: tuple[str, int] | tuple[str, int, int, int], mark: int
+    ) -> bool:
+        """True if the datagram left with `mark`, False if the kernel takes
+        no mark from us and it left without (no later datagram asks again)."""
+        try:
+            self.sock.sendmsg([datagram], [(socket.SOL_SOCKET, SO_MARK, _MARK.pack(mark))], 0, dest)
+            return True
+        except OSError as e:
+            if e.errno not in _MARK_REFUSED:
+                raise
+            refusal = e
+        # EPERM is also what an output rule that drops the packet returns:
+        # only if the same datagram leaves unmarked was it the mark.
+        self.sock.sendto(datagram, dest)
+        self.marks_taken = False
+        log.warning(
+            "the kernel refuses a socket mark on a datagram (%s): heartbeats go out "
+            "unmarked and the fence is refreshed by netlink after each",
+            errno.errorcode.get(refusal.errno or 0, refusal.errno),
+        )
+        return False
 
     def receive_all(self, limit: int = 256) -> list[bytes]:
         if self.link_only:

@@ -76,6 +76,12 @@ class DataPlane(Protocol):
 
     name: str
 
+    @property
+    def fence_mark(self) -> int:
+        """The socket mark that makes a heartbeat's packet refresh the fence
+        in the kernel on its way out (fence.py); 0: this backend has no such
+        fence, and keep_alive is all there is."""
+
     def install(self) -> None:
         """Program everything except ownership (this node owns no bucket yet)."""
 
@@ -94,8 +100,9 @@ class DataPlane(Protocol):
     def keep_alive(self, timeout_s: float | None = None) -> None:
         """The agent runs: keep the data plane's fence from expiring for
         `timeout_s` more (at most, and by default, `fence_timeout_s`); called
-        from the event loop after every heartbeat it sends; cheap, never
-        blocking. A no-op for a backend without one."""
+        from the event loop after a heartbeat whose packets did not refresh
+        it on their way out (`fence_mark`); cheap, never blocking. A no-op
+        for a backend without one."""
 
     def check(self) -> str | None:
         """What of install()'s and set_owned_buckets()'s work the kernel no

@@ -311,6 +311,8 @@ class ClusterdevDataPlane:
         self._saved_sysctls.clear()
         self._owned = frozenset()
 
+    fence_mark = 0  # no fence in the module yet
+
     def keep_alive(self, timeout_s: float | None = None) -> None:
         """No fence in the module yet (docs/failures.md: agent stalls)."""
 

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from .base import DataPlaneConfig
 from .bucket import mask_shift
 from .early_drop import PRIORITY as EARLY_PRIORITY
-from .fence import FENCE_SET
+from .fence import FENCE_OUT_CHAIN, FENCE_SET, fence_out_rule
 from .nd_mangle import render_nd_rules
 
 TABLE = "fwcluster"
@@ -339,8 +339,8 @@ def render_ruleset(
         out.append(f"    elements = {{ {marks} }}")
     out.append("  }")
     if config.fence_timeout_s is not None:
-        # fence.py: refreshed by the running agent, empty once it stops
-        out.append(f"  set {FENCE_SET} {{ type nf_proto; flags timeout; }}")
+        # fence.py: refreshed by the running agent's heartbeats, empty once it stops
+        out.append(f"  set {FENCE_SET} {{ type nf_proto; flags dynamic,timeout; }}")
     out.append(f"  set {SWITCHING_SET} {{")
     out.append(f"    typeof numgen inc mod {config.settings.buckets}")
     out.append("  }")
@@ -381,6 +381,11 @@ def render_ruleset(
     for chain, forward in (("hash_fwd", True), ("hash_rev", False)):
         out.append(f"  chain {chain} {{")
         out += [f"    {r}" for r in _hash_chain(config, forward)]
+        out.append("  }")
+    if config.fence_timeout_s is not None:
+        out.append(f"  chain {FENCE_OUT_CHAIN} {{")
+        out.append("    type filter hook output priority 0; policy accept;")
+        out.append(f"    {fence_out_rule(round(config.fence_timeout_s * 1000))}")
         out.append("  }")
     nd_rules = render_nd_rules(config, interface_macs or {})
     if nd_rules:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..node_events import Switch
 from .base import DataPlaneConfig, Zone
-from .fence import Fence
+from .fence import FENCE_MARK, Fence
 from .nft_batch import BatchRefused, BatchWriter
 from .nft_handover import fits_batch, forwarding_batch, render_forwarding_update
 from .nft_ruleset import (
@@ -267,6 +267,10 @@ class NftablesDataPlane:
         if self.fence is not None:
             result["fence"] = {"refreshes": self.fence.refreshes, "errors": dict(self.fence.errors)}
         return result
+
+    @property
+    def fence_mark(self) -> int:
+        return FENCE_MARK if self.config.fence_timeout_s is not None else 0
 
     def keep_alive(self, timeout_s: float | None = None) -> None:
         if self.fence is not None:

@@ -31,6 +31,7 @@ from fwcluster_lab.nslab import (
     wait_until,
 )
 
+from availability_manager.daemon.transport import SyncSocket
 from availability_manager.dataplane.base import DataPlaneConfig, Zone
 from availability_manager.dataplane.bucket import bucket_of, bucket_of_mark
 from availability_manager.dataplane.input_guard import InputGuard
@@ -472,6 +473,58 @@ def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab)
             fence = dp.status()["fence"]
         assert isinstance(fence, dict) and fence["errors"] == {} and fence["refreshes"] >= 3
     finally:
+        with inside(lab.fw):
+            dp.uninstall()
+
+
+def test_a_heartbeat_sent_with_the_fence_mark_keeps_the_node_forwarding(lab: Lab) -> None:
+    """The fence refreshed by the heartbeat's own packets (fence.py): a
+    datagram the agent's SyncSocket sends with `fence_mark` re-adds the
+    fence's elements on its way out, with no keep_alive(); the same datagram
+    unmarked does not; and the node falls silent a fence timeout after the
+    last marked one."""
+    settings = ClusterSettings(buckets=16)
+    config = dataclasses.replace(_config(settings), fence_timeout_s=0.3)
+    dp = NftablesDataPlane(config)
+
+    def forwarded(ports: range, expect: bool = True) -> set[int]:
+        def send() -> None:
+            udp_flows(lab.client, CLIENT, SERVER, ports)
+
+        return source_ports_received(lab.server, SERVER, send, set(ports) if expect else set())
+
+    def elements() -> str:
+        return sh("nft", "list", "set", "inet", "fwcluster", "alive", ns=lab.fw)
+
+    with inside(lab.fw):
+        dp.install()
+        dp.set_owned_buckets(frozenset(range(16)))
+        sync = SyncSocket(
+            "out0",
+            ipaddress.ip_address("198.51.100.2"),
+            7788,
+            "unicast",
+            peers=[ipaddress.ip_address(SERVER)],
+        )
+    try:
+        assert dp.fence_mark != 0
+        time.sleep(0.5)  # install's own refresh expired: fenced
+        assert "elements" not in elements()
+        assert sync.send(b"heartbeat", 0) is True
+        assert "elements" not in elements(), "an unmarked datagram refreshed the fence"
+        assert sync.send(b"heartbeat", dp.fence_mark) is True
+        assert sync.marks_taken and sync.send_errors == 0
+        listed = elements()
+        assert "elements" in listed and "expires" in listed, listed
+        assert forwarded(range(32000, 32010)) == set(range(32000, 32010))
+        with inside(lab.fw):
+            refreshes = dp.status()["fence"]
+        time.sleep(0.5)  # no heartbeat since: the agent "hangs"
+        assert forwarded(range(32100, 32110), expect=False) == set()
+        with inside(lab.fw):
+            assert dp.status()["fence"] == refreshes, "the heartbeat went by netlink"
+    finally:
+        sync.close()
         with inside(lab.fw):
             dp.uninstall()
 
