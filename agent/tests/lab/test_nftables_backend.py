@@ -438,6 +438,16 @@ def test_input_guard_alone_drops_what_the_nftables_backend_drops(lab: Lab) -> No
     assert "fwcluster" not in sh("nft", "list", "tables", ns=lab.fw)
 
 
+def udp_forwarded(lab: Lab, ports: range, expect: bool = True) -> set[int]:
+    """The source ports of UDP datagrams from the client (one per port) that
+    the fw forwarded to the server; waits for all of them if `expect`."""
+
+    def send() -> None:
+        udp_flows(lab.client, CLIENT, SERVER, ports)
+
+    return source_ports_received(lab.server, SERVER, send, set(ports) if expect else set())
+
+
 def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab) -> None:
     """The dead man's switch (dataplane/fence.py): owning every bucket, the
     node forwards while keep_alive() comes, drops everything classified once
@@ -446,12 +456,6 @@ def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab)
     config = dataclasses.replace(_config(settings), fence_timeout_s=0.2)
     dp = NftablesDataPlane(config)
 
-    def forwarded(ports: range, expect: bool = True) -> set[int]:
-        def send() -> None:
-            udp_flows(lab.client, CLIENT, SERVER, ports)
-
-        return source_ports_received(lab.server, SERVER, send, set(ports) if expect else set())
-
     with inside(lab.fw):
         dp.install()
         dp.set_owned_buckets(frozenset(range(16)))
@@ -459,16 +463,16 @@ def test_the_fence_stops_forwarding_when_the_agent_stops_refreshing_it(lab: Lab)
         alive = range(31000, 31010)
         with inside(lab.fw):
             dp.keep_alive()
-        assert forwarded(alive) == set(alive)
+        assert udp_forwarded(lab, alive) == set(alive)
         time.sleep(0.4)  # no keep_alive: the agent "hangs"
         hung = range(31100, 31110)
-        assert forwarded(hung, expect=False) == set()
+        assert udp_forwarded(lab, hung, expect=False) == set()
         with inside(lab.fw):
             fenced = dp.status()["counters"]
             dp.keep_alive()
         assert isinstance(fenced, dict) and fenced["fenced"] >= len(hung)
         back = range(31200, 31210)
-        assert forwarded(back) == set(back)
+        assert udp_forwarded(lab, back) == set(back)
         with inside(lab.fw):
             fence = dp.status()["fence"]
         assert isinstance(fence, dict) and fence["errors"] == {} and fence["refreshes"] >= 3
@@ -486,12 +490,6 @@ def test_a_heartbeat_sent_with_the_fence_mark_keeps_the_node_forwarding(lab: Lab
     settings = ClusterSettings(buckets=16)
     config = dataclasses.replace(_config(settings), fence_timeout_s=0.3)
     dp = NftablesDataPlane(config)
-
-    def forwarded(ports: range, expect: bool = True) -> set[int]:
-        def send() -> None:
-            udp_flows(lab.client, CLIENT, SERVER, ports)
-
-        return source_ports_received(lab.server, SERVER, send, set(ports) if expect else set())
 
     def elements() -> str:
         return sh("nft", "list", "set", "inet", "fwcluster", "alive", ns=lab.fw)
@@ -516,11 +514,11 @@ def test_a_heartbeat_sent_with_the_fence_mark_keeps_the_node_forwarding(lab: Lab
         assert sync.marks_taken and sync.send_errors == 0
         listed = elements()
         assert "elements" in listed and "expires" in listed, listed
-        assert forwarded(range(32000, 32010)) == set(range(32000, 32010))
+        assert udp_forwarded(lab, range(32000, 32010)) == set(range(32000, 32010))
         with inside(lab.fw):
             refreshes = dp.status()["fence"]
         time.sleep(0.5)  # no heartbeat since: the agent "hangs"
-        assert forwarded(range(32100, 32110), expect=False) == set()
+        assert udp_forwarded(lab, range(32100, 32110), expect=False) == set()
         with inside(lab.fw):
             assert dp.status()["fence"] == refreshes, "the heartbeat went by netlink"
     finally:
