@@ -28,6 +28,16 @@ from fwcluster_lab.netns import LabError, Proc, run, spawn, stop
 from fwcluster_lab.state import LabState
 
 BURN_NS = env.PREFIX + "burn"
+# sched_getscheduler() reports SCHED_RESET_ON_FORK with the policy: the
+# agent asks for it (its children start at normal priority), so without
+# the mask a SCHED_RR agent read as "other".
+RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
+
+
+def policy_of(pid: int) -> int:
+    return os.sched_getscheduler(pid) & ~RESET_ON_FORK
+
+
 POLICIES = {
     os.SCHED_OTHER: "SCHED_OTHER",
     os.SCHED_FIFO: "SCHED_FIFO",
@@ -79,7 +89,7 @@ def other_realtime(ours: set[int]) -> dict[int, str]:
             pid = int(proc.name)
             if pid in ours or not (proc / "cmdline").read_bytes():
                 continue  # ours, or a kernel thread (empty command line)
-            if os.sched_getscheduler(pid) in (os.SCHED_RR, os.SCHED_FIFO):
+            if policy_of(pid) in (os.SCHED_RR, os.SCHED_FIFO):
                 found[pid] = (
                     (proc / "cmdline")
                     .read_bytes()
@@ -103,7 +113,7 @@ def agent_policies(state: LabState) -> dict[str, str]:
             out[n.name] = "not running"
             continue
         try:
-            out[n.name] = POLICIES.get(os.sched_getscheduler(pid), "other")
+            out[n.name] = POLICIES.get(policy_of(pid), "other")
         except OSError:
             out[n.name] = "unknown"
     return out
