@@ -672,14 +672,14 @@ class Runtime:
         sent = self.node.last_heartbeat_sent
         if out and sent != heard_before and self.dataplane.fence_mark and self._fence_may_rise():
             mark = self.dataplane.fence_mark
-        fenced = False
+        refreshed = False  # a copy left marked: the fence counts from `sent`
         for datagram, destination in out:
             if destination is Destination.SYNC:
-                fenced = self.sync.send(datagram, mark) or fenced
+                refreshed = self.sync.send(datagram, mark) or refreshed
             else:
                 for zs in self.zone_sockets:
-                    fenced = zs.send(datagram, mark) or fenced
-        if mark and fenced:
+                    refreshed = zs.send(datagram, mark) or refreshed
+        if mark and refreshed:
             self._fenced_from = sent
             self.counters["fence_heartbeats"] += 1
         self._keep_fence_up(now)

@@ -70,12 +70,13 @@ def fence_out_rule(timeout_ms: int) -> str:
 
 
 class RefreshBatches:
-    """`refresh_batch` at a fraction of its cost: a refresh goes out with
-    every heartbeat, and building its attributes anew each time was about a
-    tenth of an idle agent's CPU (issue 19). The batch for a timeout is built
-    once and only its messages' sequence numbers are written per refresh
-    (the timeouts in use are few: the fence timeout, minus the milliseconds
-    a late heartbeat already used)."""
+    """`refresh_batch` at a fraction of its cost. Where the heartbeat's own
+    packets cannot refresh the fence (a kernel refusing the mark) a netlink
+    refresh follows every heartbeat, and building its attributes anew each
+    time was about a tenth of an idle agent's CPU (issue 19). The batch for
+    a timeout is built once and only its messages' sequence numbers are
+    written per refresh (the timeouts in use are few: the fence timeout,
+    minus the milliseconds a late heartbeat already used)."""
 
     MAX_KEPT = 64  # timeouts; more are built afresh after a clear
 
