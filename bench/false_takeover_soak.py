@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fwbench import agent_settings, env, labrun, measure, report, traced_traffic
+from fwbench import (
+    agent_settings,
+    env,
+    host_stalls,
+    labrun,
+    measure,
+    report,
+    traced_traffic,
+)
 from fwcluster_lab.netns import LabError, Proc, run, spawn, stop
 from fwcluster_lab.state import LabState
 
@@ -148,6 +156,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 sample: dict[str, Any] = {
                     "t": time.monotonic() - t0,
                     "busy": jnow.busy_share_since(jprev),
+                    "steal": jnow.steal_share_since(jprev),
                     "load": env.loadavg()[0],
                 }
                 jprev = jnow
@@ -166,7 +175,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                             f"stable {st.get('stable')}"
                         )
                 polls.append(sample)
-            busy = env.Jiffies().busy_share_since(j0)
+            jend = env.Jiffies()
+            busy, steal = jend.busy_share_since(j0), jend.steal_share_since(j0)
             burner_cpu = sum(measure.process_cpu_s(p.pid) or 0.0 for p in burners)
             soft_cpu = cpu_of(softirqd) - soft0
             elapsed = time.monotonic() - t0
@@ -183,11 +193,19 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             n: labrun.log_lines(state, n, " down (")[down_before[n] :] for n in nodes
         }
         counters = {n: labrun.sync_counters(state, n) for n in nodes}
+        stalls = {
+            n: host_stalls.loop_stalls_ms(
+                labrun.log_lines(state, n, host_stalls.NEEDLE)
+            )
+            for n in nodes
+        }
     s = traffic.summary if traffic is not None else None
     return {
         "seconds": elapsed,
         "burners": len(burners),
         "machine_busy_share": busy,
+        "machine_steal_share": steal,
+        "loop_stalls_ms": stalls,
         "burner_cpu_share": burner_cpu / elapsed / (os.cpu_count() or 1),
         "agent_policies": policies,
         "ksoftirqd_cpu_share": soft_cpu / elapsed / (os.cpu_count() or 1),
@@ -263,6 +281,8 @@ def write_section(
             f"got {r['burner_cpu_share']:.0%} of all CPU time, the kernel's ksoftirqd "
             f"threads (SCHED_OTHER) {r['ksoftirqd_cpu_share']:.1%}."
         ),
+        "",
+        host_stalls.stall_sentence(r),
         "",
         (
             f"**Peers declared down: {downs}; status polls with fewer than 3 members or "

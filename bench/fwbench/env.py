@@ -122,11 +122,18 @@ class Jiffies:
             int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         ]
         self.idle = values[3] + values[4]
+        # time the hypervisor ran something else while this VM's vCPUs
+        # wanted to run: a stall no process inside the VM can see or cause
+        self.steal = values[7] if len(values) > 7 else 0
         self.total = sum(values[:8])
 
     def busy_s_since(self, earlier: Jiffies) -> float:
         busy = (self.total - self.idle) - (earlier.total - earlier.idle)
         return busy / TICK
+
+    def steal_share_since(self, earlier: Jiffies) -> float:
+        total = self.total - earlier.total
+        return (self.steal - earlier.steal) / total if total else 0.0
 
     def busy_share_since(self, earlier: Jiffies) -> float:
         total = self.total - earlier.total

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fwbench import env, gen, profile, stalls
+from fwbench import env, gen, host_stalls, profile, stalls
 
 needs_lab = [
     pytest.mark.lab,
@@ -93,12 +93,32 @@ class TestQuickRuns:
         r = raw["result"]
         assert r["burners"] == 2 * (os.cpu_count() or 1)
         assert r["seconds"] >= 19 and len(r["polls"]) >= 8
-        assert set(r["agent_policies"]) == {"fw1", "fw2", "fw3"}
+        # the lab's agents ask for SCHED_RR (with SCHED_RESET_ON_FORK, which
+        # sched_getscheduler reports alongside: read as "other" until masked)
+        assert r["agent_policies"] == dict.fromkeys(("fw1", "fw2", "fw3"), "SCHED_RR")
         assert r["machine_busy_share"] > 0.8  # the CPUs really were saturated
+        assert 0.0 <= r["machine_steal_share"] < 1.0
+        assert set(r["loop_stalls_ms"]) == {"fw1", "fw2", "fw3"}
         no_leftovers()
 
 
 # -- the stall analysis, on hand-made gap tables (no root) -----------------------
+
+
+def test_the_soak_names_the_agents_loop_stalls_and_the_steal_time() -> None:
+    lines = [
+        "2026-12-07 20:56:02,935 WARNING event loop stalled 112 ms: peers not judged by it",
+        "2026-12-07 20:56:02,943 INFO forwards 43 buckets",
+    ]
+    assert host_stalls.loop_stalls_ms(lines) == [112]
+    r = {
+        "loop_stalls_ms": {"fw1": [112, 85], "fw2": [], "fw3": [95]},
+        "machine_steal_share": 0.008,
+        "polls": [{"steal": 0.0}, {"steal": 0.031}],
+    }
+    text = host_stalls.stall_sentence(r)
+    assert "3 stalls" in text and "longest 112 ms, 95 ms, 85 ms" in text
+    assert "0.8% of this VM's CPU time" in text and "3.1% in one 2 s sample" in text
 
 
 def test_impact_counts_only_gaps_around_the_fault() -> None:
