@@ -38,7 +38,9 @@ ORDER = [
     "compare_syncloss",
     "compare_active",
 ]
-SKIP = {"run_all"}
+# idle_floor: a tool run by hand in a lab node's namespace in place of its
+# agent (its figures are in lab_scale.md), not a benchmark with a section
+SKIP = {"run_all", "idle_floor"}
 # the keepalived + conntrackd comparisons need Debian packages and ~40 min:
 # tools/bench-compare.sh (make bench-compare) runs them; here they are only assembled
 SEPARATE = "compare_"
