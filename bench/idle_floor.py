@@ -25,16 +25,17 @@ import ipaddress
 import os
 import socket
 import sys
-from pathlib import Path
+
+from fwbench import measure
 
 
 def own_cpu_and_wakeups() -> tuple[float, int]:
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return cpu, int(line.split()[1])
-    raise RuntimeError("no voluntary_ctxt_switches in /proc/self/status")
+    cpu, woken = (
+        measure.process_cpu_s(os.getpid()),
+        measure.process_wakeups(os.getpid()),
+    )
+    assert cpu is not None and woken is not None  # this process is alive
+    return cpu, woken
 
 
 def group_socket(group: str, port: int, address: str) -> socket.socket:

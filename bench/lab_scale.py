@@ -34,6 +34,7 @@ sys.path[:0] = [str(ROOT / "lab"), str(ROOT / "agent")]
 
 from availability_manager.cli.clusterctl import request
 from fwbench import agent_settings
+from fwbench.measure import process_wakeups
 from fwcluster_lab import agent, build, cluster, faults
 from fwcluster_lab.state import LabState
 
@@ -59,14 +60,14 @@ def agent_pids(state: LabState) -> dict[str, int]:
 
 
 def wakeups(pid: int) -> int:
-    """Times the agent's main thread went to sleep and was woken (its
-    voluntary context switches): an idle agent's CPU is mostly the price of
-    each wakeup, and how many there are depends on how the agents'
-    heartbeats happen to be phased, which differs from one lab to the next."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no context switch count for {pid}")
+    """Times the agent went to sleep and was woken: an idle agent's CPU is
+    mostly the price of each wakeup, and how many there are depends on how
+    the agents' heartbeats happen to be phased, which differs from one lab
+    to the next."""
+    woken = process_wakeups(pid)
+    if woken is None:
+        raise RuntimeError(f"no context switch count for {pid}")
+    return woken
 
 
 def idle_cpu(state: LabState, seconds: float) -> tuple[float, float, float]:
