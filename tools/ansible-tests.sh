@@ -58,6 +58,10 @@ step() {
         [ $rc -eq 124 ] && echo "ansible-tests: $name timed out after ${limit}s" >>"$log"
         summary+=("FAIL  $name ($((SECONDS - start))s, log $log)")
         tail -n 30 "$log" | sed "s/^/  $name| /"
+        # Last, so that make test's summary (the last matching lines) shows
+        # why, not only molecule's recap: the failed tasks' own messages.
+        grep -E 'fatal: |FAILED! |failed: \[|AssertionError|^E  ' "$log" | tail -n 4 | cut -c1-400 |
+            sed "s/^/  $name| /"
     fi
     # Connection counts measured by the scenarios, for the record.
     grep -ho 'connections: [^|"]*' "$log" 2>/dev/null | sort -u | sed "s/^/  $name: /" || true
@@ -198,7 +202,14 @@ step changelog 120 changelog
 step build 300 build_and_install
 step sanity 1500 sanity
 for s in $SCENARIOS; do
+    before=$failed
     step "molecule:$s" 900 scenario "$s"
+    # A scenario that failed half-way leaves its hosts as they were then
+    # (traffic running, a node drained): the next one, which would reuse them,
+    # boots fresh ones instead of failing for the first one's reason.
+    if [ "$failed" -gt "$before" ]; then
+        "$VENV/bin/python" -m testhosts down >>"$LOGS/cleanup.log" 2>&1 || true
+    fi
 done
 
 printf '%s\n' "${summary[@]}"

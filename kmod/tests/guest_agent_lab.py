@@ -92,34 +92,66 @@ def step(text: str) -> None:
 # clusterctl's exit status when the agent did not answer within its 5 s.
 EXIT_UNREACHABLE = 3
 STATUS_ATTEMPTS = 4
+# clusterctl gives up on a silent agent after 5 s; a run this long never got
+# the CPU (or is stuck in the kernel, which process_states tells apart).
+STATUS_WAIT_S = 180
 
 
 def status_json(state: Any, node: str) -> dict[str, Any]:
     """`clusterctl status --json` in the node's namespace, as an operator runs it.
 
     Asked again (up to STATUS_ATTEMPTS times) when the agent did not answer in
-    clusterctl's 5 s: in a TCG guest beside `make test`'s molecule scenarios
-    an agent's loop stalls for seconds (2.3-2.7 s logged) and its status reads
-    the kernel in a thread on two emulated CPUs (one such timeout failed the
-    6.1 guest on 2026-12-07). An agent that never answers still fails."""
-    argv = agent.clusterctl_argv(state.run_dir, node, "status", "--json")
+    clusterctl's 5 s, or when clusterctl itself did not end in STATUS_WAIT_S:
+    in a TCG guest beside `make test`'s molecule scenarios an agent's loop
+    stalls for seconds (2.3-2.7 s logged), its status reads the kernel in a
+    thread on two emulated CPUs, and once (CI, 2026-12-07) clusterctl did not
+    exit in 180 s right after the agent logged "ready". Each retry prints the
+    state of the hung processes (R: waiting for a CPU; D: stuck in the kernel,
+    with its wait channel) and the guest's load. An agent that never answers
+    still fails."""
+    argv = in_ns(state.topology().node(node).ns,
+                 agent.clusterctl_argv(state.run_dir, node, "status", "--json"))  # fmt: skip
+    why = ""
     for attempt in range(1, STATUS_ATTEMPTS + 1):
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                out, err = proc.communicate(timeout=STATUS_WAIT_S)
+            except subprocess.TimeoutExpired:
+                why = (f"no exit in {STATUS_WAIT_S} s ({process_states(proc.pid)}; "
+                       f"load {Path('/proc/loadavg').read_text().strip()})")  # fmt: skip
+                proc.kill()
+                proc.communicate()
+                step(f"clusterctl status on {node}: {why} (attempt {attempt})")
+                continue
+        if proc.returncode == EXIT_UNREACHABLE and attempt < STATUS_ATTEMPTS:
+            step(f"clusterctl status on {node}: no answer in 5 s (attempt {attempt}), asking again")
+            continue
+        if proc.returncode:
+            raise AssertionError(f"clusterctl status --json on {node}: exit {proc.returncode}: "
+                                 f"{err.strip()}")  # fmt: skip
+        result: dict[str, Any] = json.loads(out)
+        return result
+    raise AssertionError(f"clusterctl status --json on {node}: {why} in each of {STATUS_ATTEMPTS} "
+                         f"attempts; {node}'s log ends: {log_tail(state, node)}")  # fmt: skip
+
+
+def process_states(pid: int) -> str:
+    """Each process of the tree under pid as comm:state:wchan, read from /proc."""
+    found: list[str] = []
+    todo = [pid]
+    while todo and len(found) < 16:
+        p = todo.pop()
+        proc = Path(f"/proc/{p}")
         try:
-            done = subprocess.run(in_ns(state.topology().node(node).ns, argv), capture_output=True,
-                                  text=True, timeout=180, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired as e:
-            # clusterctl gives up on a silent agent after 5 s: a hang this long
-            # is the guest itself; what the agent last did says more than this
-            raise AssertionError(f"clusterctl status --json on {node}: no exit in 180 s; "
-                                 f"{node}'s log ends: {log_tail(state, node)}") from e  # fmt: skip
-        if done.returncode != EXIT_UNREACHABLE or attempt == STATUS_ATTEMPTS:
-            break
-        step(f"clusterctl status on {node}: no answer in 5 s (attempt {attempt}), asking again")
-    if done.returncode:
-        raise AssertionError(f"clusterctl status --json on {node}: exit {done.returncode}: "
-                             f"{done.stderr.strip()}")  # fmt: skip
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+            comm = (proc / "comm").read_text().strip()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            wchan = (proc / "wchan").read_text().strip() or "-"
+            children = (proc / "task" / str(p) / "children").read_text().split()
+        except OSError:
+            continue
+        found.append(f"{comm}:{fields[0]}:{wchan}")
+        todo.extend(int(c) for c in children)
+    return " ".join(found) or "gone"
 
 
 def log_tail(state: Any, node: str, lines: int = 15) -> str:
