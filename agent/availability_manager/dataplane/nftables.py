@@ -52,8 +52,12 @@ class DataPlaneError(RuntimeError):
     """A command the backend needs failed; the message says which and why."""
 
 
-def _run(cmd: list[str], stdin: str | None = None) -> str:
-    argv = at_own_priority(cmd)
+def _run(cmd: list[str], stdin: str | None = None, *, writes: bool = True) -> str:
+    """Run a command of the data plane. Writes run at the agent's realtime
+    priority (priority.py); reads (`writes=False`: status, counters, the
+    ruleset check) at normal priority, so that a poll of the agent's status
+    never holds a core against its heartbeats."""
+    argv = at_own_priority(cmd) if writes else list(cmd)
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
     except FileNotFoundError as e:
@@ -73,7 +77,7 @@ def nft_apply(script: str, check: bool = False) -> None:
 
 
 def nft_json(*args: str) -> list[dict[str, Any]]:
-    text = _run(["nft", "-j", *args])
+    text = _run(["nft", "-j", *args], writes=False)
     try:
         out = json.loads(text)
     except ValueError as e:

@@ -8,6 +8,12 @@ a restore of a flushed ruleset and a step back from a refusing kernel wait
 for them while the node's buckets are not forwarded, and on a busy machine a
 normal-priority `nft` waits behind the very traffic it should let through.
 They are started through `chrt` with the agent's policy and priority.
+Read-only listings (`nft -j list`: status, counters, the ruleset check) are
+not: a status poll every second or two would run `nft` processes at the
+heartbeats' own priority, and on two busy cores an agent's loop can then wait
+a whole round-robin slice (100 ms) for them; the false takeover soak's paired
+112 ms stalls were suspected of this (docs/benchmarks/handover_drain.md).
+nftables.py starts those at normal priority.
 """
 
 from __future__ import annotations
