@@ -286,6 +286,9 @@ class Availability:
         # Heard but not yet proven fresh (their echo lacks our life): echoed
         # in our next heartbeat so that theirs can prove it.
         self._unproven: dict[NodeId, int] = {}
+        # when each unproven peer was last heard: it keeps a joining node
+        # waiting (settled) only while it could still be alive
+        self._unproven_heard: dict[NodeId, float] = {}
         self._echo_cache: bytes | None = None
         # Derived from the peers, asked for after every input: kept until a
         # peer comes, goes or changes them (None: compute again), so an idle
@@ -470,8 +473,14 @@ class Availability:
             )
         return self._wire_version_low
 
-    def settled(self) -> bool:
-        """Every peer heard is admitted: the membership is not about to grow."""
+    def settled(self, now: float) -> bool:
+        """Every peer heard is admitted: the membership is not about to grow.
+        A peer heard within the timeout but not yet proven fresh (its
+        heartbeat did not echo our life yet: a restarted node's first
+        moments) counts as heard: a node that took it for absence joined
+        alone and claimed every bucket its peers forwarded."""
+        if any(now - heard < self.timeout for heard in self._unproven_heard.values()):
+            return False
         return all(p.admitted for p in self._peers.values())
 
     def peers_reaching_nexthops(self) -> frozenset[NodeId]:
@@ -506,6 +515,7 @@ class Availability:
         make sure it hears us at once. Heartbeats without any echo come from
         a release before it and are taken as they always were."""
         if not hb.echo or hb.echoes(self.node_id, self.incarnation):
+            self._unproven_heard.pop(source, None)
             if self._unproven.pop(source, None) is not None:
                 self._echo_cache = None
             return True
@@ -513,9 +523,11 @@ class Availability:
         if source not in self._unproven:
             if len(self._unproven) >= MAX_ECHO * 8:
                 self._unproven.clear()  # bounded: only a hint to answer at once
+                self._unproven_heard.clear()
             self._unproven[source] = hb.incarnation
             self._echo_cache = None
             self._next_send = min(self._next_send, now)  # echo it: it learns we are here
+        self._unproven_heard[source] = now
         return False
 
     def _echo(self) -> tuple[bytes, ...]:

@@ -44,7 +44,8 @@ Node lifecycle (`phase()`):
 
     (start)  --listen 1.5 heartbeat intervals, sending nothing--> joining
              --own node id heard meanwhile--> duplicate (silent, never Ready)
-    joining  --grace over, every up peer's table received (or join timeout)--> member
+    joining  --grace over, every up peer's table and claim received (or join
+               timeout)--> member
     member   --drain()--> draining  --undrain()--> member
     member|draining --leave()--> leaving --owns nothing, others hold all--> left
                                                                   [LeaveComplete]
@@ -52,6 +53,11 @@ Node lifecycle (`phase()`):
 A joining node does not count itself in the membership, so it claims no
 bucket until it holds the connection tables of the nodes it takes buckets
 from; the others keep those buckets until it claims them (release after claim).
+Nor before it holds every up peer's claim: the buckets it claims are forwarded
+at once unless a peer is known to own them (then from the peer's handoff), so
+a claim made before the peers' claims arrived (rule 1 holds them back until
+our table reached them; rule 3 until we sent it) forwarded what the peers
+still forwarded, every packet twice until their handoff.
 
 Handover safety: releasing a bucket deletes our entries of it, so whoever
 claimed it must hold them first. Ranges guarantees the claim came first; the
@@ -1273,11 +1279,29 @@ class Node:
                     self._sync.forget_peer(peer)
                     self._counters["peers_forgotten"] += 1
 
+    def start_listening(self, now: float) -> None:
+        """The driver reads the network from `now` on: the listening before
+        talking and the grace before joining count from here, not from the
+        Node's creation. A daemon installs its data plane in between, which
+        took 0.5 s on a busy machine: the whole grace passed unheard and the
+        node joined alone, claiming every bucket its peers forwarded."""
+        if self._listened or self._joined:
+            return
+        interval = self.config.heartbeat_interval
+        self._listen_until = now + interval * LISTEN_INTERVALS
+        self._join_at = now + interval * (self.config.heartbeat_misses + 1)
+        self._join_deadline = self._join_at + self.config.join_timeout
+        self._join_timer = self._join_at
+
     def _maybe_join(self, now: float) -> None:
         if self._joined or now < self._join_at or self._duplicate:
             return
         self._join_timer = self._join_deadline
-        settled = self._availability.settled() and not self._awaiting_table
+        settled = (
+            self._availability.settled(now)
+            and not self._awaiting_table
+            and self._up <= self._ranges.peer_claims().keys()
+        )
         if settled or now >= self._join_deadline:
             self._joined = True
             if not settled:

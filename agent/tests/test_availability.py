@@ -105,7 +105,7 @@ class Net:
 
     def converged(self) -> bool:
         ids = set(self.nodes)
-        return all(set(n.members()) == ids and n.settled() for n in self.nodes.values())
+        return all(set(n.members()) == ids and n.settled(self.now) for n in self.nodes.values())
 
 
 def up_events(events: list[AvailabilityEvent]) -> list[int]:
@@ -226,13 +226,13 @@ def test_peer_is_up_only_after_announcing_our_cluster_size() -> None:
     a = make(1)
     a.receive(hb(cluster_size=1), 2, 0.0)  # it does not know us yet
     assert drain(a) == []
-    assert a.cluster_size() == 2 and not a.settled()
+    assert a.cluster_size() == 2 and not a.settled(0.0)
     assert list(a.members()) == [1]
     a.receive(hb(cluster_size=3), 2, 0.05)  # it counts someone we do not hear
     assert drain(a) == []
     a.receive(hb(cluster_size=2, rb_next_seq=9, weight=3), 2, 0.1)
     assert drain(a) == [NodeUp(2, 1, NodeState.ACTIVE, 3, 9)]
-    assert a.settled() and list(a.members()) == [1, 2]
+    assert a.settled(0.1) and list(a.members()) == [1, 2]
     a.receive(hb(cluster_size=5, rb_next_seq=9, weight=3), 2, 0.15)  # admitted stays admitted
     assert drain(a) == [] and list(a.members()) == [1, 2]
 
@@ -463,7 +463,7 @@ def test_peer_with_links_down_is_not_eligible() -> None:
 def test_peer_joining_with_links_down_is_up_only_when_links_come_up() -> None:
     a = make(1)
     a.receive(hb(cluster_size=2, own_status=0), 2, 0.0)
-    assert drain(a) == [] and list(a.members()) == [1] and a.settled()
+    assert drain(a) == [] and list(a.members()) == [1] and a.settled(0.0)
     a.receive(hb(cluster_size=3, own_status=1), 2, 0.05)  # admitted already
     assert drain(a) == [NodeUp(2, 1, NodeState.ACTIVE, 1, 0)]
 

@@ -316,6 +316,105 @@ def test_a_bucket_kept_from_a_handoff_whose_taker_went_down_is_forwarded_after_i
     assert last.active == set(range(BUCKETS)) and not last.switches  # type: ignore[attr-defined]
 
 
+def _forwarders(c: Cluster, wall: float) -> dict[int, set[int]]:
+    """Per bucket, the hosts whose last data-plane programming forwards it at `wall`."""
+    out: dict[int, set[int]] = {}
+    for node_id, h in c.hosts.items():
+        programmed = events_of(h, ev.ActiveBucketsChanged)
+        if not h.alive or not programmed:
+            continue
+        last = programmed[-1][1]
+        for b in range(BUCKETS):
+            if last.forwards(b, wall):  # type: ignore[attr-defined]
+                out.setdefault(b, set()).add(node_id)
+    return out
+
+
+class SlowLinkCluster(Cluster):
+    """Cluster whose datagrams from one node to another arrive `delay` late."""
+
+    def __init__(self, slow: tuple[int, int], delay: float) -> None:
+        super().__init__(0)
+        self.slow, self.delay = (nid(slow[0]), nid(slow[1])), delay
+        self.in_flight: list[tuple[float, bytes]] = []
+
+    def pump(self) -> None:
+        moving = True
+        while moving:
+            moving = False
+            due = [d for t, d in self.in_flight if t <= self.now + 1e-9]
+            self.in_flight = [(t, d) for t, d in self.in_flight if t > self.now + 1e-9]
+            for dgram in due:
+                moving = True
+                self.hosts[self.slow[1]].node.receive_datagram(dgram, self.now)
+            for node_id, h in self.hosts.items():
+                if not h.alive:
+                    continue
+                self._perform(h)
+                for dgram in sync_datagrams(h.node, self.now):
+                    moving = True
+                    for other_id, other in self.hosts.items():
+                        if other is h or not other.alive:
+                            continue
+                        if (node_id, other_id) == self.slow:
+                            self.in_flight.append((self.now + self.delay, dgram))
+                        else:
+                            other.node.receive_datagram(dgram, self.now)
+
+
+@pytest.mark.parametrize("delay", [0.06, 0.3])
+def test_a_restarted_node_forwards_nothing_another_node_forwards_until_the_handoff(
+    delay: float,
+) -> None:
+    """A node restarted (a new incarnation) while a peer forwards every
+    bucket must not claim before it knows the peer's claim, or it forwards
+    those buckets at once while the peer forwards them until its handoff's
+    instant: every packet twice for up to a second (molecule nat and the lab,
+    2026-12-08). What the restarted node sends reaches the peer `delay` late:
+    60 ms: the peer's claim waits for the restarted node's table (rule 1)
+    while the restarted node already holds the peer's table; 300 ms: the
+    peer's heartbeats echo the new life only after the join grace (200 ms),
+    and a node that took them (unproven) for nobody joined alone, claiming
+    every bucket."""
+    c = SlowLinkCluster(slow=(2, 1), delay=delay)
+    for i in (1, 2):
+        c.hosts[nid(i)] = Host(Node(config(i, handover_delay=0.1), random.Random(i), c.now))
+        c.host(i).node.set_clock_offset(5000.0)
+    c.run(3.0)
+    c.host(2).node.leave(c.now)
+    c.run(1.0)
+    assert c.host(1).node.active_buckets() == set(range(BUCKETS))
+    # the daemon's state directory carries the datagram counter over a restart
+    counter = c.host(2).node.send_counter + 1
+    c.hosts[nid(2)] = Host(
+        Node(
+            config(2, handover_delay=0.1, incarnation=2, initial_counter=counter),
+            random.Random(22),
+            c.now,
+        )
+    )
+    c.host(2).node.set_clock_offset(5000.0)
+    for _ in range(1000):
+        c.run(STEP)
+        doubled = {b: n for b, n in _forwarders(c, c.now + 5000.0).items() if len(n) > 1}
+        assert not doubled, f"at {c.now:.3f}: buckets forwarded by two nodes: {sorted(doubled)}"
+    share = buckets_of(aimed([nid(1), nid(2)]), nid(2))
+    assert c.host(2).node.active_buckets() == share, "the restarted node never took its share"
+
+
+def test_the_join_grace_counts_from_when_the_driver_starts_listening() -> None:
+    """The daemon creates its Node, installs its data plane (0.5 s on a busy
+    machine), then reads the network: the grace must not have passed unheard
+    by then, or a restarted node joins alone and claims every bucket."""
+    node = Node(config(1), random.Random(1), 0.0)
+    node.start_listening(0.5)
+    node.handle_timer(0.5)
+    assert node.phase() == "joining" and not node.owned_buckets()
+    assert (node.next_timer() or 0.0) > 0.5
+    node.handle_timer(0.75)
+    assert node.phase() == "member" and len(node.owned_buckets()) == BUCKETS
+
+
 def test_leave_completes_once_the_others_hold_every_bucket(three: Cluster) -> None:
     c = three.host(3)
     c.node.leave(three.now)

@@ -61,3 +61,20 @@ def test_a_peer_counts_from_the_first_heartbeat_that_echoes_our_life() -> None:
     # a release without the echo is taken as before
     av.receive(_hb(()), 3, 0.02)
     assert av.cluster_size() == 3
+
+
+def test_a_peer_heard_but_not_yet_proven_keeps_a_joining_node_unsettled() -> None:
+    """A restarted node must not take a peer whose heartbeats do not echo its
+    new life yet for nobody: it would join alone and claim every bucket the
+    peer forwards. Unsettled while that peer was heard within the timeout;
+    settled again once it is proven, or silent for the timeout (it died)."""
+    av = Availability(1, 7, b"fp-12345", now=0.0)
+    assert av.settled(0.0)
+    av.receive(_hb((echo_entry(2, 5) + echo_entry(1, 6),)), 2, 0.0)  # not our life yet
+    assert 2 not in av.members() and not av.settled(0.01)
+    assert not av.settled(av.timeout - 0.01)
+    assert av.settled(av.timeout + 0.01)  # silent since: gone
+    av.receive(_hb((echo_entry(2, 5) + echo_entry(1, 6),)), 2, 1.0)
+    assert not av.settled(1.0)
+    av.receive(_hb((echo_entry(2, 5) + echo_entry(1, 7),)), 2, 1.01)  # proven
+    assert 2 in av.members() and av.settled(1.01)

@@ -10,8 +10,10 @@ traffic run at the same time, each its own traffic client and summary:
     dnat        outside client -> 192.0.2.1:8001 (and pings to 192.0.2.1), to the server
     ipv6        outside client -> the server's IPv6 address (TCP, UDP, ICMPv6 echo)
 
-Two runs are made once and judged by several tests: a failover (fw3 killed:
-agent SIGKILL, links down) and a drain of fw2 then its join. Each test
+Three runs are made once and judged by several tests: a failover (fw3
+killed: agent SIGKILL, links down), a drain of fw2 then its join, and a
+rolling restart (each node drained, its agent stopped gracefully and started
+again, as the role's restart through a drain does). Each test
 checks one kind: 0 connections lost, 0 duplicates at either end, and that
 the node that failed (or drained) really carried connections of that kind.
 Hosts count the ICMP errors and TCP resets they receive while traffic runs
@@ -33,7 +35,7 @@ import test_cluster_behaviour
 from test_cluster_behaviour import accepted_new, ctl, ns_exec, status
 
 from fwcluster_lab import build, cluster, faults, traffic_control
-from fwcluster_lab.netns import list_namespaces, nft, ns_run
+from fwcluster_lab.netns import list_namespaces, nft, ns_run, stop
 from fwcluster_lab.state import LabState
 
 # the marks (and skip conditions) of every lab test that runs agents
@@ -181,7 +183,32 @@ def drain(lab: LabState, failover: Run) -> Run:
     return Run(summaries, entries, watch, extra)
 
 
-def judge(run: Run, kind: str, event: str) -> None:
+@pytest.fixture(scope="module")
+def rolling_restart(lab: LabState, drain: Run) -> Run:
+    """All four kinds of traffic; each node in turn is drained, its agent
+    stopped (SIGTERM: a graceful leave) and started again, and it joins. A
+    restarted agent must take its share back through a handoff, never
+    forward a bucket its peers still forward. (After `drain`: one event at a
+    time.)"""
+    watch0 = watch_counts(lab)
+    start_all(lab)
+    try:
+        time.sleep(1.5)
+        entries = conntrack_lines(lab, "fw1")
+        for node in ("fw1", "fw2", "fw3"):
+            assert "drain: confirmed" in ctl(lab, node, "drain", "--timeout", "30")
+            time.sleep(0.5)
+            assert stop(lab.procs[f"agent:{node}"], timeout=30), f"{node}'s agent did not stop"
+            faults.revive(lab, node)  # a fresh agent: it is not drained
+            cluster.wait_settled(lab, timeout=60)
+            time.sleep(1.0)
+        watch = {k: v - watch0[k] for k, v in watch_counts(lab).items()}
+    finally:
+        summaries = stop_all(lab)
+    return Run(summaries, entries, watch)
+
+
+def judge(run: Run, kind: str, event: str, packets_lost_per_flow: int = 15) -> None:
     s = run.summaries[kind]
     print(
         f"{event} {kind}: connections={s['connections']} lost={s['lost']} "
@@ -199,7 +226,8 @@ def judge(run: Run, kind: str, event: str) -> None:
     assert s["tcp"]["bytes_sent"] == s["tcp"]["bytes_echoed"], detail
     assert s["udp"]["flows"] == UDP and s["ping"]["flows"] == PING, detail
     # a failover window may cost a datagram flow some packets, never the flow
-    assert s["udp"]["lost"] <= 15 * UDP and s["ping"]["lost"] <= 15 * PING, detail
+    bound = packets_lost_per_flow
+    assert s["udp"]["lost"] <= bound * UDP and s["ping"]["lost"] <= bound * PING, detail
     # nothing answered a packet it did not know: no unreachable, no reset at any host
     assert run.watch == {"unreachable": 0, "tcp_reset": 0}, run.watch
 
@@ -224,3 +252,11 @@ def test_drain(drain: Run, kind: str) -> None:
     assert drain.extra["accepted_new_while_drained"] == 0, drain.extra
     assert drain.extra["entries_while_drained"][kind] == 0, drain.extra
     assert drain.extra["local_entries"] == 0, drain.extra
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rolling_restart(rolling_restart: Run, kind: str) -> None:
+    # Nothing delivered twice and no connection lost. A datagram flow loses
+    # up to ~0.9 s per restart (3 restarts: up to 45 packets at 20 ms), a
+    # known gap (docs/failures.md, "A restarted node's old NAT entries").
+    judge(rolling_restart, kind, "rolling restart", packets_lost_per_flow=45)

@@ -275,6 +275,9 @@ class Runtime:
             # wakeup (_keep_fence_up).
             self.loop.add_reader(self.ruleset_watch.fileno(), self._read_ruleset_watch)
         await self.control.start()
+        # the sync socket is read from here on: the Node's listening and join
+        # grace start now, not at its creation before the install above
+        self.node.start_listening(self.loop.time())
         self._check_links()
         self.health.start()
         self.node.local_table_dump(self.conntrack.dump(), self.loop.time())
