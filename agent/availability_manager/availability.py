@@ -285,10 +285,9 @@ class Availability:
         self._restarted_at: dict[NodeId, float] = {}  # last higher incarnation accepted
         # Heard but not yet proven fresh (their echo lacks our life): echoed
         # in our next heartbeat so that theirs can prove it.
-        self._unproven: dict[NodeId, int] = {}
-        # when each unproven peer was last heard: it keeps a joining node
-        # waiting (settled) only while it could still be alive
-        self._unproven_heard: dict[NodeId, float] = {}
+        # Per peer: its incarnation and when it was last heard (it keeps a
+        # joining node unsettled only while it could still be alive).
+        self._unproven: dict[NodeId, tuple[int, float]] = {}
         self._echo_cache: bytes | None = None
         # Derived from the peers, asked for after every input: kept until a
         # peer comes, goes or changes them (None: compute again), so an idle
@@ -479,7 +478,7 @@ class Availability:
         heartbeat did not echo our life yet: a restarted node's first
         moments) counts as heard: a node that took it for absence joined
         alone and claimed every bucket its peers forwarded."""
-        if any(now - heard < self.timeout for heard in self._unproven_heard.values()):
+        if any(now - heard < self.timeout for _, heard in self._unproven.values()):
             return False
         return all(p.admitted for p in self._peers.values())
 
@@ -515,19 +514,18 @@ class Availability:
         make sure it hears us at once. Heartbeats without any echo come from
         a release before it and are taken as they always were."""
         if not hb.echo or hb.echoes(self.node_id, self.incarnation):
-            self._unproven_heard.pop(source, None)
             if self._unproven.pop(source, None) is not None:
                 self._echo_cache = None
             return True
         self.stats["unproven"] += 1
-        if source not in self._unproven:
+        known = self._unproven.get(source)
+        if known is None:
             if len(self._unproven) >= MAX_ECHO * 8:
                 self._unproven.clear()  # bounded: only a hint to answer at once
-                self._unproven_heard.clear()
-            self._unproven[source] = hb.incarnation
             self._echo_cache = None
             self._next_send = min(self._next_send, now)  # echo it: it learns we are here
-        self._unproven_heard[source] = now
+        incarnation = hb.incarnation if known is None else known[0]  # the first one heard
+        self._unproven[source] = (incarnation, now)
         return False
 
     def _echo(self) -> tuple[bytes, ...]:
@@ -535,7 +533,7 @@ class Availability:
         if self._echo_cache is None:
             entries = [echo_entry(self.node_id, self.incarnation)]
             entries += [echo_entry(n, p.incarnation) for n, p in self._peers.items()]
-            entries += [echo_entry(n, inc) for n, inc in self._unproven.items()]
+            entries += [echo_entry(n, inc) for n, (inc, _) in self._unproven.items()]
             self._echo_cache = b"".join(entries[:MAX_ECHO])
         return (self._echo_cache,)
 
