@@ -243,16 +243,8 @@ class Node:
         self._ready = False
         self._stable = False
         self._joined = False
-        # Wait a few heartbeats before counting ourselves in: a node joining a
-        # running cluster must hear it first, or it would claim every bucket.
-        self._join_at = now + config.heartbeat_interval * (config.heartbeat_misses + 1)
-        self._join_deadline = self._join_at + config.join_timeout
-        self._join_timer = self._join_at  # then the deadline: tables are awaited by events
-        # Listen before talk: a node hearing its own id in this time is a
-        # duplicate (`_duplicate_heard`) and never speaks; a running node's
-        # heartbeat arrives within one interval, plus the tolerance.
-        self._listen_until = now + config.heartbeat_interval * LISTEN_INTERVALS
         self._listened = False
+        self._listen_from(now)  # again when the driver starts reading (start_listening)
         self._duplicate = False
         self._up: set[NodeId] = set()  # peers reported up (NodeUp without NodeDown since)
         self._state_counter: dict[NodeId, int] = {}  # newest datagram with state, per peer
@@ -1285,13 +1277,20 @@ class Node:
         Node's creation. A daemon installs its data plane in between, which
         took 0.5 s on a busy machine: the whole grace passed unheard and the
         node joined alone, claiming every bucket its peers forwarded."""
-        if self._listened or self._joined:
-            return
+        if not self._listened and not self._joined:
+            self._listen_from(now)
+
+    def _listen_from(self, now: float) -> None:
         interval = self.config.heartbeat_interval
+        # Listen before talk: a node hearing its own id in this time is a
+        # duplicate (`_duplicate_heard`) and never speaks; a running node's
+        # heartbeat arrives within one interval, plus the tolerance.
         self._listen_until = now + interval * LISTEN_INTERVALS
+        # Wait a few heartbeats before counting ourselves in: a node joining a
+        # running cluster must hear it first, or it would claim every bucket.
         self._join_at = now + interval * (self.config.heartbeat_misses + 1)
         self._join_deadline = self._join_at + self.config.join_timeout
-        self._join_timer = self._join_at
+        self._join_timer = self._join_at  # then the deadline: tables are awaited by events
 
     def _maybe_join(self, now: float) -> None:
         if self._joined or now < self._join_at or self._duplicate:
