@@ -36,26 +36,25 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def _status_number(pid: int, field: str) -> int | None:
+    """The first number of a field of /proc/<pid>/status; None if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def process_wakeups(pid: int) -> int | None:
     """Times the process's main thread went to sleep and was woken (its
     voluntary context switches); None if gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _status_number(pid, "voluntary_ctxt_switches")
 
 
 def process_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _status_number(pid, "VmRSS")
 
 
 def children_cpu_s() -> float:
